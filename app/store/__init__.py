@@ -1,0 +1,30 @@
+"""The store: a database of models, layers, units and what precompute made of them, plus a blob folder."""
+
+from app.store.blobs import BlobStore, is_valid_key
+from app.store.database import Store
+from app.store.schema import (
+    SCHEMA_VERSION,
+    Artifact,
+    DatasetExample,
+    DatasetImage,
+    Edge,
+    Layer,
+    Model,
+    Run,
+    Unit,
+)
+
+__all__ = [
+    "SCHEMA_VERSION",
+    "Artifact",
+    "BlobStore",
+    "DatasetExample",
+    "DatasetImage",
+    "Edge",
+    "Layer",
+    "Model",
+    "Run",
+    "Store",
+    "Unit",
+    "is_valid_key",
+]

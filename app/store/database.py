@@ -1,0 +1,117 @@
+"""Opening a store: the database engine plus the blob folder, schema-checked."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from sqlalchemy import Engine, create_engine, event, inspect, select
+from sqlalchemy.engine import make_url
+from sqlalchemy.orm import Session, sessionmaker
+
+from app.errors import StoreError
+from app.settings import Settings
+from app.store.blobs import BlobStore
+from app.store.schema import SCHEMA_VERSION, Base, Meta
+
+
+def _sqlite_pragmas(dbapi_connection, _record) -> None:  # noqa: ANN001 - DB-API objects
+    cursor = dbapi_connection.cursor()
+    cursor.execute("PRAGMA foreign_keys=ON")
+    cursor.execute("PRAGMA busy_timeout=30000")
+    cursor.close()
+
+
+def _engine(url: str, readonly: bool) -> Engine:
+    parsed = make_url(url)
+    if parsed.get_backend_name() != "sqlite":
+        options = {"postgresql_readonly": True} if readonly else {}
+        return create_engine(url, pool_pre_ping=True).execution_options(**options)
+    database = parsed.database
+    if not database or database == ":memory:":
+        raise StoreError("a store needs a database file, not an in-memory SQLite database")
+    if readonly:
+        if not Path(database).is_file():
+            raise StoreError(f"no store at {database}: run `microscope precompute catalog` first")
+        # SQLite's URI form opens the file read-only: the server cannot write by mistake.
+        engine = create_engine(
+            f"sqlite:///file:{Path(database).resolve()}?mode=ro&uri=true",
+            connect_args={"check_same_thread": False},
+        )
+    else:
+        Path(database).parent.mkdir(parents=True, exist_ok=True)
+        engine = create_engine(url)
+        with engine.connect() as connection:
+            # Write-ahead logging lets the server read while a precompute stage writes.
+            connection.exec_driver_sql("PRAGMA journal_mode=WAL")
+    event.listen(engine, "connect", _sqlite_pragmas)
+    return engine
+
+
+class Store:
+    """A database plus a blob folder. Open it with `Store.open`; close it when done."""
+
+    def __init__(self, settings: Settings, engine: Engine, readonly: bool) -> None:
+        self.settings = settings
+        self.engine = engine
+        self.readonly = readonly
+        self.blobs = BlobStore(settings.blob_dir)
+        self._sessions = sessionmaker(engine, expire_on_commit=False)
+
+    @classmethod
+    def open(cls, settings: Settings, *, readonly: bool = False) -> Store:
+        """Open (and, when writable and new, create) the store; refuse one of another schema version."""
+        engine = _engine(settings.database_url, readonly)
+        try:
+            version = _schema_version(engine)
+            if version is None:
+                if readonly:
+                    raise StoreError(f"{settings.database_url} holds no microscope store: run `microscope precompute catalog`")
+                Base.metadata.create_all(engine)
+                with Session(engine) as session, session.begin():
+                    session.add(Meta(key="schema_version", value=str(SCHEMA_VERSION)))
+            elif version > SCHEMA_VERSION:
+                raise StoreError(
+                    f"the store at {settings.database_url} has schema version {version}, newer than this "
+                    f"microscope's {SCHEMA_VERSION}: upgrade neuron-microscope to read it"
+                )
+            elif version < SCHEMA_VERSION:
+                raise StoreError(
+                    f"the store at {settings.database_url} has schema version {version}, older than this "
+                    f"microscope's {SCHEMA_VERSION}: export it with the older version or recompute it"
+                )
+        except Exception:
+            engine.dispose()
+            raise
+        return cls(settings, engine, readonly)
+
+    @contextmanager
+    def session(self) -> Iterator[Session]:
+        with self._sessions() as session:
+            yield session
+
+    @contextmanager
+    def transaction(self) -> Iterator[Session]:
+        """A session whose work commits at the end of the block, or not at all."""
+        with self._sessions() as session, session.begin():
+            yield session
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+    def __enter__(self) -> Store:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _schema_version(engine: Engine) -> int | None:
+    if not inspect(engine).has_table(Meta.__tablename__):
+        return None
+    with Session(engine) as session:
+        value = session.scalar(select(Meta.value).where(Meta.key == "schema_version"))
+    if value is None or not value.isdigit():
+        raise StoreError(f"{engine.url} has a meta table without a schema version: not a microscope store")
+    return int(value)

@@ -1,0 +1,165 @@
+"""The store's tables, as SQLAlchemy 2.0 typed models.
+
+Natural keys match the URLs: a model by name, a layer by (model, name), a
+unit by (layer, index). Images live in the blob store; rows hold only their
+content keys. Every artifact, example and edge names the run that made it,
+and every run records its recipe, so any image can be reproduced.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import JSON, ForeignKey, Index, String, UniqueConstraint
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+
+#: Bumped whenever a table changes; a store written by a newer version is refused.
+SCHEMA_VERSION = 1
+
+
+class Base(DeclarativeBase):
+    type_annotation_map = {dict[str, Any]: JSON, list[Any]: JSON}
+
+
+class Meta(Base):
+    __tablename__ = "meta"
+
+    key: Mapped[str] = mapped_column(String(64), primary_key=True)
+    value: Mapped[str] = mapped_column(String(256))
+
+
+class Model(Base):
+    __tablename__ = "models"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    name: Mapped[str] = mapped_column(String(64), unique=True)
+    title: Mapped[str] = mapped_column(String(256))
+    description: Mapped[str] = mapped_column(String(1024))
+    input_size: Mapped[int]
+    #: Digest of the pinned checksum list of the weights the store was made from.
+    weights_sha256: Mapped[str | None] = mapped_column(String(64))
+
+    layers: Mapped[list[Layer]] = relationship(back_populates="model", order_by="Layer.position")
+
+
+class Layer(Base):
+    __tablename__ = "layers"
+    __table_args__ = (UniqueConstraint("model_id", "name"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    model_id: Mapped[int] = mapped_column(ForeignKey("models.id"))
+    name: Mapped[str] = mapped_column(String(64))
+    #: Order in the network, from the input.
+    position: Mapped[int]
+    kind: Mapped[str] = mapped_column(String(16))
+    channels: Mapped[int]
+    size: Mapped[int]
+    stride: Mapped[int]
+    receptive_field: Mapped[int]
+    inputs: Mapped[list[Any]]
+    previous: Mapped[str | None] = mapped_column(String(64))
+    block: Mapped[str | None] = mapped_column(String(64))
+
+    model: Mapped[Model] = relationship(back_populates="layers")
+
+
+class Unit(Base):
+    __tablename__ = "units"
+    __table_args__ = (UniqueConstraint("layer_id", "index"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    layer_id: Mapped[int] = mapped_column(ForeignKey("layers.id"))
+    index: Mapped[int]
+    #: Human label: the class name of a logit unit.
+    label: Mapped[str | None] = mapped_column(String(256), index=True)
+
+
+class Run(Base):
+    """One invocation of a precompute stage and the recipe it followed."""
+
+    __tablename__ = "runs"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    stage: Mapped[str] = mapped_column(String(32))
+    model_id: Mapped[int] = mapped_column(ForeignKey("models.id"))
+    code_version: Mapped[str] = mapped_column(String(64))
+    weights_sha256: Mapped[str | None] = mapped_column(String(64))
+    params: Mapped[dict[str, Any]]
+    seed: Mapped[int | None]
+    started_at: Mapped[datetime]
+    finished_at: Mapped[datetime | None]
+
+
+class Artifact(Base):
+    """A rendered image of one unit by one technique (feature visualization)."""
+
+    __tablename__ = "artifacts"
+    __table_args__ = (UniqueConstraint("unit_id", "technique"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    unit_id: Mapped[int] = mapped_column(ForeignKey("units.id"))
+    technique: Mapped[str] = mapped_column(String(32))
+    blob_key: Mapped[str] = mapped_column(String(80))
+    #: Digest of the recipe: a rerun with the same recipe skips the unit.
+    recipe_sha256: Mapped[str] = mapped_column(String(64))
+    recipe: Mapped[dict[str, Any]]
+    objective: Mapped[float | None]
+    run_id: Mapped[int] = mapped_column(ForeignKey("runs.id"))
+
+
+class DatasetImage(Base):
+    """An image of a dataset, by its path under the dataset's root (never copied)."""
+
+    __tablename__ = "dataset_images"
+    __table_args__ = (UniqueConstraint("dataset", "path"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    dataset: Mapped[str] = mapped_column(String(128))
+    path: Mapped[str] = mapped_column(String(1024))
+    sha256: Mapped[str] = mapped_column(String(64))
+    width: Mapped[int]
+    height: Mapped[int]
+    thumbnail_key: Mapped[str | None] = mapped_column(String(80))
+
+
+class DatasetExample(Base):
+    """One of a unit's top (or bottom) dataset images, with where in it the unit fired."""
+
+    __tablename__ = "dataset_examples"
+    __table_args__ = (UniqueConstraint("unit_id", "kind", "rank"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    unit_id: Mapped[int] = mapped_column(ForeignKey("units.id"))
+    #: "top" (largest activation) or "bottom" (most negative pre-ReLU activation).
+    kind: Mapped[str] = mapped_column(String(8))
+    rank: Mapped[int]
+    image_id: Mapped[int] = mapped_column(ForeignKey("dataset_images.id"))
+    activation: Mapped[float]
+    y: Mapped[int]
+    x: Mapped[int]
+    crop_key: Mapped[str] = mapped_column(String(80))
+    run_id: Mapped[int] = mapped_column(ForeignKey("runs.id"))
+
+
+class Edge(Base):
+    """A circuit weight from a unit of one layer to a unit of the next."""
+
+    __tablename__ = "edges"
+    __table_args__ = (
+        UniqueConstraint("source_id", "target_id"),
+        Index("ix_edges_target", "target_id"),
+    )
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    source_id: Mapped[int] = mapped_column(ForeignKey("units.id"))
+    target_id: Mapped[int] = mapped_column(ForeignKey("units.id"))
+    #: "direct" (one convolution) or "expanded" (composed across a block).
+    kind: Mapped[str] = mapped_column(String(16))
+    #: The kernel's summed weight (sign and strength of the connection).
+    weight: Mapped[float]
+    norm: Mapped[float]
+    #: The small spatial kernel, rows of numbers.
+    kernel: Mapped[list[Any]]
+    kernel_key: Mapped[str | None] = mapped_column(String(80))
+    run_id: Mapped[int] = mapped_column(ForeignKey("runs.id"))

@@ -1,0 +1,122 @@
+"""Frozen, torch-free descriptions of models and their layers.
+
+Models and layers are data (see shared/STYLE.md, rule 2): the precompute job
+builds networks from these specs, the store is catalogued from them and the
+web server reads them without ever importing torch.
+"""
+
+from __future__ import annotations
+
+import difflib
+from dataclasses import dataclass
+from typing import Literal
+
+from app.errors import UnknownLayer
+
+LayerKind = Literal["conv", "mixed", "branch", "logits"]
+
+#: Kinds whose units are counted as "main" units (the 5,808 of InceptionV1).
+MAIN_KINDS: frozenset[str] = frozenset({"conv", "mixed"})
+
+
+@dataclass(frozen=True)
+class LayerSpec:
+    """One layer whose channels are units people browse.
+
+    Geometry is measured in input pixels at the model's input size: ``size``
+    is the side of the layer's square activation map, ``stride`` the distance
+    between neighbouring positions and ``receptive_field`` the side of the
+    square of input pixels that one position sees.
+    """
+
+    name: str
+    channels: int
+    kind: LayerKind
+    size: int
+    stride: int
+    receptive_field: int
+    #: Input pixel at the centre of position (0, 0).
+    offset: int
+    #: Unit layers whose outputs this layer reads (concatenated, in order).
+    inputs: tuple[str, ...]
+    #: For a main layer, the main layer before it (circuits expand across blocks).
+    previous: str | None = None
+    #: Convolution kernel side (0 where the layer is a concatenation).
+    kernel: int = 0
+    #: Name of the parameter files this layer's weights come from.
+    weights: str | None = None
+    #: The inception block a branch or block output belongs to.
+    block: str | None = None
+
+    @property
+    def is_main(self) -> bool:
+        return self.kind in MAIN_KINDS
+
+    def position_box(self, y: int, x: int, image_size: int) -> tuple[int, int, int, int]:
+        """The receptive field of position (y, x) as (left, top, right, bottom), clipped to the image."""
+        half = self.receptive_field // 2
+        centre_y = self.offset + y * self.stride
+        centre_x = self.offset + x * self.stride
+        left, top = max(0, centre_x - half), max(0, centre_y - half)
+        right = min(image_size, centre_x - half + self.receptive_field)
+        bottom = min(image_size, centre_y - half + self.receptive_field)
+        return left, top, right, bottom
+
+
+@dataclass(frozen=True)
+class ClassLabel:
+    index: int
+    synset: str
+    name: str
+
+
+@dataclass(frozen=True)
+class WeightsSource:
+    """Where a model's parameters come from when no local folder is given."""
+
+    base_url: str
+    #: Name of the local folder holding the files (e.g. under ``../shared/models``).
+    folder: str
+    #: Package resource (in ``app.zoo``) listing ``sha256  relative/path`` per file.
+    checksums: str
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """A model: its input convention, its layers in network order, its classes."""
+
+    name: str
+    title: str
+    description: str
+    input_size: int
+    #: Channel order the network's first convolution expects.
+    channel_order: Literal["RGB", "BGR"]
+    #: Pixel value range before the mean is subtracted.
+    value_range: tuple[float, float]
+    #: Per-channel mean subtracted from the pixels, in ``channel_order``.
+    mean: tuple[float, float, float]
+    layers: tuple[LayerSpec, ...]
+    classes: tuple[ClassLabel, ...]
+    weights: WeightsSource
+    #: Resize used by the accuracy check of the weights (the README's figures).
+    eval_resize: int = 256
+
+    def layer(self, name: str) -> LayerSpec:
+        """The layer called ``name``; `UnknownLayer` names the nearest valid ones."""
+        for layer in self.layers:
+            if layer.name == name:
+                return layer
+        names = [layer.name for layer in self.layers]
+        raise UnknownLayer(self.name, name, tuple(difflib.get_close_matches(name, names, n=3, cutoff=0.5)))
+
+    @property
+    def layer_names(self) -> tuple[str, ...]:
+        return tuple(layer.name for layer in self.layers)
+
+    @property
+    def main_layers(self) -> tuple[LayerSpec, ...]:
+        return tuple(layer for layer in self.layers if layer.is_main)
+
+    def unit_label(self, layer: LayerSpec, unit: int) -> str | None:
+        """A unit's human label: the class name for logits, none otherwise."""
+        return self.classes[unit].name if layer.kind == "logits" else None

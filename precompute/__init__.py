@@ -1,0 +1,1 @@
+"""The offline precompute job: networks, weights and the stages that fill the store."""

@@ -1,0 +1,77 @@
+"""The catalog stage: the model, layer and unit rows every other stage hangs its results on."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from app.errors import StoreError
+from app.store import Layer, Model, Store, Unit
+from app.zoo import LayerSpec, ModelSpec
+from precompute.runs import now, start_run
+from precompute.weight_files import Checksums
+
+
+@dataclass(frozen=True)
+class CatalogResult:
+    model: str
+    layers_added: int
+    units_added: int
+
+
+def catalog(store: Store, spec: ModelSpec) -> CatalogResult:
+    """Write ``spec``'s rows in one transaction; running it again adds nothing.
+
+    A store whose rows disagree with the spec (another version's layers) is
+    refused, and left as it was.
+    """
+    weights = Checksums.of(spec).digest
+    with store.transaction() as session:
+        model = session.scalar(select(Model).where(Model.name == spec.name))
+        if model is None:
+            model = Model(name=spec.name, title=spec.title, description=spec.description,
+                          input_size=spec.input_size, weights_sha256=weights)
+            session.add(model)
+            session.flush()
+        elif model.weights_sha256 != weights:
+            raise StoreError(f"the store's {spec.name} was made from other weights ({model.weights_sha256[:12]}…)")
+        existing = {layer.name: layer for layer in session.scalars(select(Layer).where(Layer.model_id == model.id))}
+        layers_added = units_added = 0
+        for position, layer_spec in enumerate(spec.layers):
+            layer = existing.get(layer_spec.name)
+            if layer is None:
+                layer = _layer_row(model.id, position, layer_spec)
+                session.add(layer)
+                session.flush()
+                layers_added += 1
+            else:
+                _check_layer(layer, layer_spec)
+            units_added += _add_units(session, layer, spec, layer_spec)
+        run = start_run(session, "catalog", model.id, {"layers": len(spec.layers)}, weights_sha256=weights)
+        run.finished_at = now()
+    return CatalogResult(spec.name, layers_added, units_added)
+
+
+def _layer_row(model_id: int, position: int, spec: LayerSpec) -> Layer:
+    return Layer(
+        model_id=model_id, name=spec.name, position=position, kind=spec.kind, channels=spec.channels,
+        size=spec.size, stride=spec.stride, receptive_field=spec.receptive_field, inputs=list(spec.inputs),
+        previous=spec.previous, block=spec.block,
+    )
+
+
+def _check_layer(layer: Layer, spec: LayerSpec) -> None:
+    if (layer.kind, layer.channels, layer.size) != (spec.kind, spec.channels, spec.size):
+        raise StoreError(
+            f"the store's layer {layer.name} ({layer.kind}, {layer.channels} channels, {layer.size}px) "
+            f"disagrees with the spec ({spec.kind}, {spec.channels} channels, {spec.size}px)"
+        )
+
+
+def _add_units(session: Session, layer: Layer, model: ModelSpec, spec: LayerSpec) -> int:
+    present = set(session.scalars(select(Unit.index).where(Unit.layer_id == layer.id)))
+    missing = [index for index in range(spec.channels) if index not in present]
+    session.add_all(Unit(layer_id=layer.id, index=index, label=model.unit_label(spec, index)) for index in missing)
+    return len(missing)

@@ -1,0 +1,120 @@
+"""The ``microscope`` command: precompute stages, model checks, store info and the server.
+
+Torch is imported only inside the commands that run a model, so ``microscope
+serve`` and ``microscope info`` work where only the server's dependencies are
+installed. Every user error (`MicroscopeError`) ends in one line on stderr
+and exit status 2; the store is left as it was.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from app.errors import MicroscopeError
+from app.settings import Settings
+from app.store import Store
+from app.zoo import DEFAULT_MODEL, get_model
+
+cli = typer.Typer(
+    help="Microscope: a self-hostable neuron microscope for vision networks.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+precompute_cli = typer.Typer(help="Offline stages that fill the store (need torch).", no_args_is_help=True)
+model_cli = typer.Typer(help="Check a model and its weights.", no_args_is_help=True)
+cli.add_typer(precompute_cli, name="precompute")
+cli.add_typer(model_cli, name="model")
+
+DataOption = Annotated[
+    Optional[Path],
+    typer.Option("--data", envvar="MICROSCOPE_DATA", help="Store directory (database file and blobs).",
+                 show_default="./microscope-data"),
+]
+DatabaseOption = Annotated[
+    Optional[str],
+    typer.Option("--database-url", envvar="MICROSCOPE_DATABASE_URL",
+                 help="SQLAlchemy URL of the database (default: SQLite inside --data)."),
+]
+ModelOption = Annotated[str, typer.Option("--model", help="Model name from the zoo.")]
+WeightsOption = Annotated[
+    Optional[Path],
+    typer.Option("--weights", envvar="MICROSCOPE_WEIGHTS",
+                 help="Folder of the model's weight files (default: ../shared/models/<name>, else download)."),
+]
+ImagesOption = Annotated[
+    Optional[Path],
+    typer.Option("--images", envvar="MICROSCOPE_IMAGES",
+                 help="Image folder (default: ../shared/data/imagenet-sample)."),
+]
+
+
+@cli.command()
+def info(data: DataOption = None, database_url: DatabaseOption = None,
+         as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False) -> None:
+    """Print what a store holds, per model, layer and technique."""
+    from dataclasses import asdict
+
+    from app.store.summary import coverage
+
+    with Store.open(Settings.load(data, database_url), readonly=True) as store, store.session() as session:
+        models = coverage(session)
+    if as_json:
+        typer.echo(json.dumps([asdict(model) for model in models]))
+        return
+    for model in models:
+        typer.echo(f"{model.name}: {model.title} ({len(model.layers)} layers, {model.units} units)")
+        typer.echo(f"  {'layer':<24} {'kind':<7} {'units':>5} {'examples':>8} {'circuits':>8}  rendered")
+        for layer in model.layers:
+            rendered = ", ".join(f"{name} {count}" for name, count in layer.rendered.items()) or "-"
+            typer.echo(f"  {layer.name:<24} {layer.kind:<7} {layer.channels:>5} "
+                       f"{layer.with_examples:>8} {layer.with_circuits:>8}  {rendered}")
+
+
+@precompute_cli.command("catalog")
+def precompute_catalog(model: ModelOption = DEFAULT_MODEL, data: DataOption = None,
+                       database_url: DatabaseOption = None) -> None:
+    """Write the model, layer and unit rows (with class names); idempotent."""
+    from precompute.catalog import catalog
+
+    spec = get_model(model)
+    with Store.open(Settings.load(data, database_url)) as store:
+        result = catalog(store, spec)
+    typer.echo(f"{result.model}: {result.layers_added} layers and {result.units_added} units added")
+
+
+@model_cli.command("eval")
+def model_eval(
+    model: ModelOption = DEFAULT_MODEL,
+    weights: WeightsOption = None,
+    images: ImagesOption = None,
+    batch: Annotated[int, typer.Option(min=1, help="Images per forward pass.")] = 50,
+    workers: Annotated[int, typer.Option(min=0, help="Image-decoding processes.")] = 1,
+) -> None:
+    """Classify a class-per-folder image set and print top-1/top-5 accuracy as one JSON line."""
+    from precompute.evaluate import evaluate
+    from precompute.images import locate_images
+    from precompute.weight_files import locate
+    from precompute.weights import load_network
+
+    spec = get_model(model)
+    net, _ = load_network(spec, locate(spec, weights))
+    accuracy = evaluate(net, spec, locate_images(images), batch_size=batch, workers=workers)
+    typer.echo(json.dumps(accuracy.as_dict()))
+
+
+def main() -> None:
+    try:
+        cli()
+    except MicroscopeError as error:
+        typer.echo(f"error: {error}", err=True)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()

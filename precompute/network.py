@@ -1,0 +1,166 @@
+"""InceptionV1 in plain PyTorch, built from its spec, with readable named layers.
+
+``net(images, layers=("mixed4a",))`` returns the pre-ReLU activations of the
+named unit layers and stops computing after the last one it needs, so a
+feature visualization of ``mixed3b`` never pays for ``mixed5b``. Images come
+in as RGB in [0, 1]; the conversion to the model's own input convention (BGR,
+0..255 minus the mean, for the Caffe weights) is declared in the spec and
+applied inside the module.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from app.zoo import LayerSpec, ModelSpec
+from app.zoo.inceptionv1 import POOLED_BLOCKS
+
+
+class LocalResponseNorm(nn.Module):
+    """Caffe's across-channel LRN, ``x / (k + alpha/n * sum_window x^2) ** beta``.
+
+    The windowed sum over neighbouring channels is a fixed banded 1x1
+    convolution, which is faster than ``nn.LocalResponseNorm``'s padding and
+    pooling and works with channels-last tensors (issue 3's measurements).
+    """
+
+    def __init__(self, channels: int, size: int = 5, alpha: float = 1e-4, beta: float = 0.75, k: float = 1.0) -> None:
+        super().__init__()
+        index = torch.arange(channels)
+        band = ((index[:, None] - index[None, :]).abs() <= size // 2).float() * (alpha / size)
+        self.register_buffer("band", band[:, :, None, None], persistent=False)
+        self.beta, self.k = beta, k
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x * (self.k + F.conv2d(x * x, self.band)).pow(-self.beta)
+
+
+def _max_pool(x: Tensor) -> Tensor:
+    return F.max_pool2d(x, kernel_size=3, stride=2, ceil_mode=True)
+
+
+class _Capture:
+    """Collects the requested activations and says when the rest can be skipped."""
+
+    def __init__(self, wanted: set[str]) -> None:
+        self.wanted = wanted
+        self.found: dict[str, Tensor] = {}
+
+    def add(self, name: str, value: Tensor) -> None:
+        if name in self.wanted:
+            self.found[name] = value
+
+    @property
+    def done(self) -> bool:
+        return len(self.found) == len(self.wanted)
+
+
+class Inception(nn.Module):
+    """One inception block; the block output is the concatenation of its four branches."""
+
+    def __init__(self, name: str, convs: Mapping[str, nn.Conv2d]) -> None:
+        super().__init__()
+        self.name = name
+        self.convs = nn.ModuleDict(convs)
+
+    def forward(self, x: Tensor, capture: _Capture) -> Tensor:
+        branch = self._branch(capture)
+        outputs = (
+            branch("1x1", x),
+            branch("3x3", F.relu(branch("3x3_bottleneck", x))),
+            branch("5x5", F.relu(branch("5x5_bottleneck", x))),
+            branch("pool_reduce", F.max_pool2d(x, kernel_size=3, stride=1, padding=1)),
+        )
+        pre = torch.cat(outputs, dim=1)
+        capture.add(self.name, pre)
+        return F.relu(pre)
+
+    def _branch(self, capture: _Capture):  # noqa: ANN202 - a small closure
+        def run(suffix: str, x: Tensor) -> Tensor:
+            pre = self.convs[suffix](x)
+            capture.add(f"{self.name}_{suffix}", pre)
+            return pre
+
+        return run
+
+
+class InceptionV1(nn.Module):
+    """The network of ``spec``; parameters are loaded separately (see `precompute.weights`)."""
+
+    def __init__(self, spec: ModelSpec) -> None:
+        super().__init__()
+        self.spec = spec
+        self.convs = nn.ModuleDict({layer.name: self._conv(layer) for layer in spec.layers if layer.kind == "conv"})
+        self.lrn0 = LocalResponseNorm(64)
+        self.lrn1 = LocalResponseNorm(192)
+        self.blocks = nn.ModuleList(
+            Inception(
+                layer.name,
+                {
+                    branch.name.removeprefix(f"{layer.name}_"): self._conv(branch)
+                    for branch in spec.layers
+                    if branch.kind == "branch" and branch.block == layer.name
+                },
+            )
+            for layer in spec.layers
+            if layer.kind == "mixed"
+        )
+        logits = next(layer for layer in spec.layers if layer.kind == "logits")
+        self.classifier = nn.Linear(spec.layer(logits.inputs[0]).channels, logits.channels)
+        self.logits_name = logits.name
+        channel_order = [2, 1, 0] if spec.channel_order == "BGR" else [0, 1, 2]
+        self.register_buffer("channel_order", torch.tensor(channel_order), persistent=False)
+        self.register_buffer("mean", torch.tensor(spec.mean).view(1, 3, 1, 1), persistent=False)
+        self.scale = spec.value_range[1] - spec.value_range[0]
+        self.offset = spec.value_range[0]
+
+    def _conv(self, layer: LayerSpec) -> nn.Conv2d:
+        in_channels = sum(self.spec.layer(name).channels for name in layer.inputs) if layer.inputs else 3
+        stride = 2 if layer.name == "conv2d0" else 1
+        return nn.Conv2d(in_channels, layer.channels, layer.kernel, stride=stride, padding=layer.kernel // 2)
+
+    def parameterized(self) -> dict[str, nn.Conv2d | nn.Linear]:
+        """The module holding each unit layer's weights, by layer name."""
+        modules: dict[str, nn.Conv2d | nn.Linear] = dict(self.convs.items())  # type: ignore[arg-type]
+        for block in self.blocks:
+            modules.update((f"{block.name}_{suffix}", conv) for suffix, conv in block.convs.items())
+        modules[self.logits_name] = self.classifier
+        return modules
+
+    def preprocess(self, images: Tensor) -> Tensor:
+        """RGB in [0, 1] to the network's own input convention."""
+        x = images.index_select(1, self.channel_order) * self.scale + self.offset
+        return x - self.mean
+
+    def forward(self, images: Tensor, layers: Iterable[str] | None = None) -> dict[str, Tensor]:
+        """Pre-ReLU activations of ``layers`` (all unit layers if None), computing no further than needed."""
+        wanted = set(self.spec.layer_names if layers is None else layers)
+        for name in wanted:
+            self.spec.layer(name)  # raises UnknownLayer with suggestions
+        capture = _Capture(wanted)
+        x = self.preprocess(images)
+        for name in ("conv2d0", "conv2d1", "conv2d2"):
+            pre = self.convs[name](x)
+            capture.add(name, pre)
+            if capture.done:
+                return capture.found
+            x = F.relu(pre)
+            if name == "conv2d0":
+                x = self.lrn0(_max_pool(x))
+            elif name == "conv2d2":
+                x = _max_pool(self.lrn1(x))
+        for block in self.blocks:
+            if block.name in POOLED_BLOCKS:
+                x = _max_pool(x)
+            x = block(x, capture)
+            if capture.done:
+                return capture.found
+        capture.add(self.logits_name, self.classifier(x.mean(dim=(2, 3))))
+        return capture.found
+
+    def logits(self, images: Tensor) -> Tensor:
+        return self(images, (self.logits_name,))[self.logits_name]

@@ -1,0 +1,124 @@
+"""Pretrained parameter files: located, checked and, where no folder is given, downloaded once.
+
+The BVLC GoogLeNet ships as raw little-endian float32 files, one filter and
+one bias per Caffe layer, filters in (out, kh, kw, in) order (see
+../shared/models/bvlc_googlenet/README.md). Every file is checked against the
+pinned SHA256 list kept in ``app/zoo`` before a single number is used.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import tempfile
+import urllib.request
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+
+import numpy as np
+
+from app.errors import WeightsError
+from app.zoo import ModelSpec
+
+
+@dataclass(frozen=True)
+class Checksums:
+    """The pinned ``sha256  relative/path`` list of a model's files."""
+
+    files: dict[str, str]
+    #: Digest of the list itself: names one set of weights in run recipes.
+    digest: str
+
+    @classmethod
+    def of(cls, spec: ModelSpec) -> Checksums:
+        text = resources.files("app.zoo").joinpath(spec.weights.checksums).read_text(encoding="utf-8")
+        files = {}
+        for line in text.splitlines():
+            if line.strip():
+                digest, path = line.split(maxsplit=1)
+                files[path.strip().lstrip("*")] = digest
+        return cls(files=files, digest=hashlib.sha256(text.encode()).hexdigest())
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def expected_shapes(spec: ModelSpec) -> dict[str, tuple[int, ...]]:
+    """The (out, kh, kw, in) shape of every filter file and (out,) of every bias file."""
+    shapes: dict[str, tuple[int, ...]] = {}
+    for layer in spec.layers:
+        if layer.weights is None:
+            continue
+        fan_in = sum(spec.layer(name).channels for name in layer.inputs) if layer.inputs else 3
+        kernel = max(layer.kernel, 1)
+        shapes[f"weights/{layer.weights}_filter.bin"] = (layer.channels, kernel, kernel, fan_in)
+        shapes[f"weights/{layer.weights}_bias.bin"] = (layer.channels,)
+    return shapes
+
+
+def verify(folder: Path, spec: ModelSpec) -> Checksums:
+    """Check every file of ``spec`` in ``folder``: present, of the right size, matching its checksum."""
+    if not folder.is_dir():
+        raise WeightsError(f"weights folder {folder} does not exist")
+    checksums = Checksums.of(spec)
+    for path, shape in expected_shapes(spec).items():
+        file = folder / path
+        if not file.is_file():
+            raise WeightsError(f"{file}: missing (expected {spec.name} weights of shape {shape})")
+        size = file.stat().st_size
+        if size != 4 * int(np.prod(shape)):
+            raise WeightsError(f"{file}: {size} bytes, expected {4 * int(np.prod(shape))} (float32 {shape})")
+        actual = file_sha256(file)
+        if actual != checksums.files[path]:
+            raise WeightsError(f"{file}: sha256 {actual}, expected {checksums.files[path]}")
+    return checksums
+
+
+def default_cache() -> Path:
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "neuron-microscope"
+
+
+def download(spec: ModelSpec, cache: Path, base_url: str | None = None) -> Path:
+    """Fetch ``spec``'s files once into ``cache`` (checked; resumes file by file) and return the folder."""
+    folder = cache / spec.name
+    checksums = Checksums.of(spec)
+    base_url = base_url or spec.weights.base_url
+    for path, digest in checksums.files.items():
+        target = folder / path
+        if target.is_file() and file_sha256(target) == digest:
+            continue
+        target.parent.mkdir(parents=True, exist_ok=True)
+        url = base_url.rstrip("/") + "/" + path
+        with tempfile.NamedTemporaryFile(dir=target.parent, delete=False) as partial:
+            try:
+                with urllib.request.urlopen(url, timeout=60) as response:
+                    shutil.copyfileobj(response, partial)
+            except OSError as error:
+                Path(partial.name).unlink()
+                raise WeightsError(f"could not download {url}: {error}") from error
+        actual = file_sha256(Path(partial.name))
+        if actual != digest:
+            Path(partial.name).unlink()
+            raise WeightsError(f"{url}: sha256 {actual}, expected {digest}")
+        os.replace(partial.name, target)
+    return folder
+
+
+#: Where this repository's CI and a developer checkout find the shared weights.
+SHARED_MODELS = Path("../shared/models")
+
+
+def locate(spec: ModelSpec, folder: Path | None, cache: Path | None = None) -> Path:
+    """The weights folder: the one given, else ../shared/models/<folder>, else a (checked) download."""
+    if folder is not None:
+        return folder
+    shared = SHARED_MODELS / spec.weights.folder
+    return shared if shared.is_dir() else download(spec, cache or default_cache())

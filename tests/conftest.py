@@ -1,0 +1,55 @@
+"""Fixtures: the real shared weights and images (by path, never copied), and fresh stores."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from app.settings import Settings
+from app.store import Store
+from app.zoo import ModelSpec, get_model
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="session")
+def shared_dir() -> Path:
+    """../shared beside the checkout, or MICROSCOPE_SHARED; its absence is a failure, not a skip."""
+    shared = Path(os.environ.get("MICROSCOPE_SHARED") or ROOT.parent / "shared")
+    assert (shared / "models/bvlc_googlenet").is_dir(), f"shared weights and data not found at {shared}"
+    return shared
+
+
+@pytest.fixture(scope="session")
+def weights_dir(shared_dir: Path) -> Path:
+    return shared_dir / "models/bvlc_googlenet"
+
+
+@pytest.fixture(scope="session")
+def images_dir(shared_dir: Path) -> Path:
+    return shared_dir / "data/imagenet-sample"
+
+
+@pytest.fixture(scope="session")
+def spec() -> ModelSpec:
+    return get_model("inceptionv1")
+
+
+@pytest.fixture(scope="session")
+def net(spec: ModelSpec, weights_dir: Path):  # noqa: ANN201 - torch type kept out of annotations
+    from precompute.weights import load_network
+
+    return load_network(spec, weights_dir)[0]
+
+
+@pytest.fixture
+def settings(tmp_path: Path) -> Settings:
+    return Settings.load(tmp_path / "store")
+
+
+@pytest.fixture
+def store(settings: Settings):  # noqa: ANN201
+    with Store.open(settings) as opened:
+        yield opened

@@ -1,0 +1,93 @@
+"""The store: catalog rows, schema checks, content-addressed blobs."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import pytest
+from sqlalchemy import func, select, update
+
+from app.errors import StoreError
+from app.settings import Settings
+from app.store import SCHEMA_VERSION, BlobStore, Layer, Run, Store, Unit, is_valid_key
+from app.store.schema import Meta
+from app.store.summary import coverage
+from app.zoo import ModelSpec
+from precompute.catalog import catalog
+
+
+def _digest(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def test_catalog_writes_every_layer_and_unit_once(store: Store, spec: ModelSpec) -> None:
+    first = catalog(store, spec)
+    assert (first.layers_added, first.units_added) == (67, sum(layer.channels for layer in spec.layers))
+    second = catalog(store, spec)
+    assert (second.layers_added, second.units_added) == (0, 0)
+    with store.session() as session:
+        assert session.scalar(select(func.count()).select_from(Unit)) == 13768
+        chain = session.scalar(
+            select(Unit).join(Layer).where(Layer.name == "softmax2", Unit.index == 488)
+        )
+        assert chain is not None and chain.label == "chain"
+        assert session.scalar(select(func.count()).select_from(Run).where(Run.stage == "catalog")) == 2
+        layers = coverage(session)[0].layers
+    assert [layer.name for layer in layers][:3] == ["conv2d0", "conv2d1", "conv2d2"]
+    assert layers[-1].name == "softmax2"
+
+
+def test_catalog_refuses_a_store_that_disagrees_and_leaves_it(store: Store, spec: ModelSpec) -> None:
+    catalog(store, spec)
+    with store.transaction() as session:
+        session.execute(update(Layer).where(Layer.name == "mixed4c").values(channels=508))
+    with pytest.raises(StoreError, match="mixed4c .*508 channels"):
+        catalog(store, spec)
+    with store.session() as session:
+        assert session.scalar(select(func.count()).select_from(Run)) == 1
+
+
+def test_a_store_from_a_newer_schema_is_refused_untouched(settings: Settings, spec: ModelSpec) -> None:
+    with Store.open(settings) as store:
+        catalog(store, spec)
+        with store.transaction() as session:
+            session.execute(update(Meta).values(value=str(SCHEMA_VERSION + 1)))
+    database = settings.data_dir / "microscope.sqlite"
+    before = _digest(database)
+    for readonly in (False, True):
+        with pytest.raises(StoreError, match=f"schema version {SCHEMA_VERSION + 1}, newer"):
+            Store.open(settings, readonly=readonly)
+    assert _digest(database) == before
+
+
+def test_a_missing_store_cannot_be_opened_read_only(tmp_path: Path) -> None:
+    with pytest.raises(StoreError, match="no store at"):
+        Store.open(Settings.load(tmp_path / "absent"), readonly=True)
+    assert not (tmp_path / "absent").exists()
+
+
+def test_read_only_store_cannot_write(settings: Settings, spec: ModelSpec) -> None:
+    with Store.open(settings) as store:
+        catalog(store, spec)
+    with Store.open(settings, readonly=True) as store, pytest.raises(Exception, match="readonly"):
+        catalog(store, spec)
+
+
+def test_blobs_are_content_addressed_and_keys_are_checked(tmp_path: Path) -> None:
+    blobs = BlobStore(tmp_path / "blobs")
+    key = blobs.put(b"pixels", "webp")
+    assert key == hashlib.sha256(b"pixels").hexdigest() + ".webp"
+    assert blobs.put(b"pixels", "webp") == key
+    assert blobs.path(key).read_bytes() == b"pixels" and blobs.has(key)
+    (blobs.path(key).parent / ".tmp-interrupted").write_bytes(b"half")
+    assert blobs.keys() == {key}
+    for bad in ("../secret.webp", key.upper(), key[:-5] + ".exe", "", key + "/x"):
+        assert not is_valid_key(bad)
+        with pytest.raises(ValueError):
+            blobs.path(bad)
+
+
+def test_settings_refuse_a_malformed_database_url(tmp_path: Path) -> None:
+    with pytest.raises(StoreError, match="not a database URL"):
+        Settings.load(tmp_path, "not a url")
