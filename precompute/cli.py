@@ -83,9 +83,79 @@ def precompute_catalog(model: ModelOption = DEFAULT_MODEL, data: DataOption = No
     from precompute.catalog import catalog
 
     spec = get_model(model)
-    with Store.open(Settings.load(data, database_url)) as store:
+    with Store.open(Settings.load(data, database_url), create=True) as store:
         result = catalog(store, spec)
     typer.echo(f"{result.model}: {result.layers_added} layers and {result.units_added} units added")
+
+
+LayersOption = Annotated[str, typer.Option("--layers", help="'all', 'main' or comma-separated layer names.")]
+DeviceOption = Annotated[str, typer.Option("--device", help="'auto' (a GPU when there is one), 'cpu', 'cuda', 'cuda:1'...")]
+WorkersOption = Annotated[int, typer.Option("--workers", min=0, help="Image-decoding processes.")]
+
+
+@precompute_cli.command("examples")
+def precompute_examples(
+    model: ModelOption = DEFAULT_MODEL,
+    layers: LayersOption = "all",
+    images: ImagesOption = None,
+    k: Annotated[int, typer.Option("-k", help="Top and bottom examples kept per unit.")] = 40,
+    batch: Annotated[int, typer.Option(help="Images per forward pass.")] = 32,
+    workers: WorkersOption = 1,
+    device: DeviceOption = "auto",
+    checkpoint_every: Annotated[int, typer.Option(min=1, help="Batches between checkpoints.")] = 8,
+    weights: WeightsOption = None,
+    data: DataOption = None,
+    database_url: DatabaseOption = None,
+) -> None:
+    """Top and bottom dataset examples of every unit, in one resumable streaming pass."""
+    from precompute.devices import pick_device
+    from precompute.examples import ExamplesConfig, run_examples
+    from precompute.images import locate_images
+    from precompute.selection import parse_layers
+    from precompute.weight_files import locate
+    from precompute.weights import load_network
+
+    spec = get_model(model)
+    config = ExamplesConfig(layers=tuple(parse_layers(spec, layers)), k=k, batch_size=batch, workers=workers,
+                            checkpoint_every=checkpoint_every)
+    root = locate_images(images)
+    with Store.open(Settings.load(data, database_url)) as store:
+        target = pick_device(device)
+        net, checksums = load_network(spec, locate(spec, weights))
+        result = run_examples(store, spec, net.to(target), checksums.digest, root, config, target)
+    for message in result.messages:
+        typer.echo(f"warning: {message}", err=True)
+    if result.reused:
+        typer.echo(f"examples: already computed for {len(config.layers)} layers with this recipe; nothing to do")
+        return
+    if result.skipped:
+        typer.echo(f"warning: skipped {len(result.skipped)} unreadable images:", err=True)
+        for failure in result.skipped:
+            typer.echo(f"  {failure}", err=True)
+    typer.echo(f"examples: {result.examples} examples of {len(config.layers)} layers from {result.images} images")
+
+
+@precompute_cli.command("circuits")
+def precompute_circuits(
+    model: ModelOption = DEFAULT_MODEL,
+    layers: LayersOption = "all",
+    weights: WeightsOption = None,
+    data: DataOption = None,
+    database_url: DatabaseOption = None,
+) -> None:
+    """Strongest input and output weights of every unit (expanded across blocks); resumable by layer pair."""
+    from precompute.circuits import run_circuits
+    from precompute.selection import parse_layers
+    from precompute.weight_files import locate
+    from precompute.weights import load_network
+
+    spec = get_model(model)
+    chosen = parse_layers(spec, layers)
+    with Store.open(Settings.load(data, database_url)) as store:
+        net, checksums = load_network(spec, locate(spec, weights))
+        result = run_circuits(store, spec, net, checksums.digest, chosen)
+    typer.echo(f"circuits: {result.edges} edges in {result.pairs_written} layer pairs written, "
+               f"{result.pairs_reused} already stored")
 
 
 @model_cli.command("eval")

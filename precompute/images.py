@@ -119,7 +119,7 @@ def batches(
 
 
 #: Where this repository's CI and a developer checkout find the default image folder.
-SHARED_IMAGES = Path("../shared/data/imagenet-sample")
+SHARED_IMAGES = Path(__file__).resolve().parents[2] / "shared" / "data/imagenet-sample"
 
 
 def locate_images(folder: Path | None) -> Path:

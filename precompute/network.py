@@ -10,7 +10,7 @@ applied inside the module.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 
 import torch
 import torch.nn.functional as F
@@ -43,20 +43,31 @@ def _max_pool(x: Tensor) -> Tensor:
     return F.max_pool2d(x, kernel_size=3, stride=2, ceil_mode=True)
 
 
-class _Capture:
-    """Collects the requested activations and says when the rest can be skipped."""
+#: Receives each requested activation as soon as it is computed.
+Sink = Callable[[str, Tensor], None]
 
-    def __init__(self, wanted: set[str]) -> None:
+
+class _Capture:
+    """Collects the requested activations (or hands them to a sink) and says when the rest can be skipped."""
+
+    def __init__(self, wanted: set[str], sink: Sink | None) -> None:
         self.wanted = wanted
+        self.sink = sink
         self.found: dict[str, Tensor] = {}
+        self.seen = 0
 
     def add(self, name: str, value: Tensor) -> None:
-        if name in self.wanted:
+        if name not in self.wanted:
+            return
+        self.seen += 1
+        if self.sink is None:
             self.found[name] = value
+        else:
+            self.sink(name, value)
 
     @property
     def done(self) -> bool:
-        return len(self.found) == len(self.wanted)
+        return self.seen == len(self.wanted)
 
 
 class Inception(nn.Module):
@@ -136,12 +147,16 @@ class InceptionV1(nn.Module):
         x = images.index_select(1, self.channel_order) * self.scale + self.offset
         return x - self.mean
 
-    def forward(self, images: Tensor, layers: Iterable[str] | None = None) -> dict[str, Tensor]:
-        """Pre-ReLU activations of ``layers`` (all unit layers if None), computing no further than needed."""
+    def forward(self, images: Tensor, layers: Iterable[str] | None = None, sink: Sink | None = None) -> dict[str, Tensor]:
+        """Pre-ReLU activations of ``layers`` (all unit layers if None), computing no further than needed.
+
+        With a ``sink``, each activation goes to it the moment it is computed
+        (while it is still in cache) and none is kept: the result is empty.
+        """
         wanted = set(self.spec.layer_names if layers is None else layers)
         for name in wanted:
             self.spec.layer(name)  # raises UnknownLayer with suggestions
-        capture = _Capture(wanted)
+        capture = _Capture(wanted, sink)
         x = self.preprocess(images)
         for name in ("conv2d0", "conv2d1", "conv2d2"):
             pre = self.convs[name](x)

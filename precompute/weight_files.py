@@ -113,7 +113,7 @@ def download(spec: ModelSpec, cache: Path, base_url: str | None = None) -> Path:
 
 
 #: Where this repository's CI and a developer checkout find the shared weights.
-SHARED_MODELS = Path("../shared/models")
+SHARED_MODELS = Path(__file__).resolve().parents[2] / "shared" / "models"
 
 
 def locate(spec: ModelSpec, folder: Path | None, cache: Path | None = None) -> Path:

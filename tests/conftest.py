@@ -51,5 +51,5 @@ def settings(tmp_path: Path) -> Settings:
 
 @pytest.fixture
 def store(settings: Settings):  # noqa: ANN201
-    with Store.open(settings) as opened:
+    with Store.open(settings, create=True) as opened:
         yield opened

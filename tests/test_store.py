@@ -49,7 +49,7 @@ def test_catalog_refuses_a_store_that_disagrees_and_leaves_it(store: Store, spec
 
 
 def test_a_store_from_a_newer_schema_is_refused_untouched(settings: Settings, spec: ModelSpec) -> None:
-    with Store.open(settings) as store:
+    with Store.open(settings, create=True) as store:
         catalog(store, spec)
         with store.transaction() as session:
             session.execute(update(Meta).values(value=str(SCHEMA_VERSION + 1)))
@@ -61,14 +61,15 @@ def test_a_store_from_a_newer_schema_is_refused_untouched(settings: Settings, sp
     assert _digest(database) == before
 
 
-def test_a_missing_store_cannot_be_opened_read_only(tmp_path: Path) -> None:
-    with pytest.raises(StoreError, match="no store at"):
-        Store.open(Settings.load(tmp_path / "absent"), readonly=True)
+def test_only_catalog_creates_a_store(tmp_path: Path) -> None:
+    for readonly in (True, False):
+        with pytest.raises(StoreError, match="no store at"):
+            Store.open(Settings.load(tmp_path / "absent"), readonly=readonly)
     assert not (tmp_path / "absent").exists()
 
 
 def test_read_only_store_cannot_write(settings: Settings, spec: ModelSpec) -> None:
-    with Store.open(settings) as store:
+    with Store.open(settings, create=True) as store:
         catalog(store, spec)
     with Store.open(settings, readonly=True) as store, pytest.raises(Exception, match="readonly"):
         catalog(store, spec)

@@ -5,6 +5,7 @@ from app.store.database import Store
 from app.store.schema import (
     SCHEMA_VERSION,
     Artifact,
+    Dataset,
     DatasetExample,
     DatasetImage,
     Edge,
@@ -12,12 +13,14 @@ from app.store.schema import (
     Model,
     Run,
     Unit,
+    UnitStats,
 )
 
 __all__ = [
     "SCHEMA_VERSION",
     "Artifact",
     "BlobStore",
+    "Dataset",
     "DatasetExample",
     "DatasetImage",
     "Edge",
@@ -26,5 +29,6 @@ __all__ = [
     "Run",
     "Store",
     "Unit",
+    "UnitStats",
     "is_valid_key",
 ]

@@ -40,7 +40,12 @@ class BlobStore:
         return self.path(key).is_file()
 
     def put(self, data: bytes, extension: str) -> str:
-        """Store ``data`` (idempotent) and return its key."""
+        """Store ``data`` (idempotent) and return its key.
+
+        The rename makes a blob appear whole or not at all, even when the
+        process is killed; call `flush` before committing rows that point at
+        new blobs so they also survive a crash of the machine.
+        """
         key = f"{hashlib.sha256(data).hexdigest()}.{extension}"
         target = self.path(key)
         if target.is_file():
@@ -48,10 +53,12 @@ class BlobStore:
         target.parent.mkdir(parents=True, exist_ok=True)
         with tempfile.NamedTemporaryFile(dir=target.parent, prefix=".tmp-", delete=False) as handle:
             handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
         os.replace(handle.name, target)
         return key
+
+    def flush(self) -> None:
+        """Make every blob written so far durable (one sync instead of one per file)."""
+        os.sync()
 
     def keys(self) -> set[str]:
         """Every complete blob (temporary files of interrupted writes are not keys)."""

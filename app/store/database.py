@@ -23,7 +23,7 @@ def _sqlite_pragmas(dbapi_connection, _record) -> None:  # noqa: ANN001 - DB-API
     cursor.close()
 
 
-def _engine(url: str, readonly: bool) -> Engine:
+def _engine(url: str, readonly: bool, create: bool) -> Engine:
     parsed = make_url(url)
     if parsed.get_backend_name() != "sqlite":
         options = {"postgresql_readonly": True} if readonly else {}
@@ -31,9 +31,9 @@ def _engine(url: str, readonly: bool) -> Engine:
     database = parsed.database
     if not database or database == ":memory:":
         raise StoreError("a store needs a database file, not an in-memory SQLite database")
+    if not create and not Path(database).is_file():
+        raise StoreError(f"no store at {database}: run `microscope precompute catalog` first")
     if readonly:
-        if not Path(database).is_file():
-            raise StoreError(f"no store at {database}: run `microscope precompute catalog` first")
         # SQLite's URI form opens the file read-only: the server cannot write by mistake.
         engine = create_engine(
             f"sqlite:///file:{Path(database).resolve()}?mode=ro&uri=true",
@@ -60,13 +60,13 @@ class Store:
         self._sessions = sessionmaker(engine, expire_on_commit=False)
 
     @classmethod
-    def open(cls, settings: Settings, *, readonly: bool = False) -> Store:
-        """Open (and, when writable and new, create) the store; refuse one of another schema version."""
-        engine = _engine(settings.database_url, readonly)
+    def open(cls, settings: Settings, *, readonly: bool = False, create: bool = False) -> Store:
+        """Open the store (creating it only where ``create``); refuse one of another schema version."""
+        engine = _engine(settings.database_url, readonly, create and not readonly)
         try:
             version = _schema_version(engine)
             if version is None:
-                if readonly:
+                if readonly or not create:
                     raise StoreError(f"{settings.database_url} holds no microscope store: run `microscope precompute catalog`")
                 Base.metadata.create_all(engine)
                 with Session(engine) as session, session.begin():

@@ -108,14 +108,28 @@ class Artifact(Base):
     run_id: Mapped[int] = mapped_column(ForeignKey("runs.id"))
 
 
-class DatasetImage(Base):
-    """An image of a dataset, by its path under the dataset's root (never copied)."""
+class Dataset(Base):
+    """An image folder the examples stage ran over; its images are never copied."""
 
-    __tablename__ = "dataset_images"
-    __table_args__ = (UniqueConstraint("dataset", "path"),)
+    __tablename__ = "datasets"
 
     id: Mapped[int] = mapped_column(primary_key=True)
-    dataset: Mapped[str] = mapped_column(String(128))
+    name: Mapped[str] = mapped_column(String(128), unique=True)
+    #: Absolute root the images were read from (where the originals live).
+    root: Mapped[str] = mapped_column(String(1024))
+    #: Digest of the sorted relative paths and sizes: the same files give the same digest.
+    fingerprint: Mapped[str] = mapped_column(String(64))
+    images: Mapped[int]
+
+
+class DatasetImage(Base):
+    """An image of a dataset, by its path under the dataset's root."""
+
+    __tablename__ = "dataset_images"
+    __table_args__ = (UniqueConstraint("dataset_id", "path"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    dataset_id: Mapped[int] = mapped_column(ForeignKey("datasets.id"))
     path: Mapped[str] = mapped_column(String(1024))
     sha256: Mapped[str] = mapped_column(String(64))
     width: Mapped[int]
@@ -139,6 +153,23 @@ class DatasetExample(Base):
     y: Mapped[int]
     x: Mapped[int]
     crop_key: Mapped[str] = mapped_column(String(80))
+    run_id: Mapped[int] = mapped_column(ForeignKey("runs.id"))
+
+
+class UnitStats(Base):
+    """How a unit responds over a dataset: a coarse histogram of its per-image maximum."""
+
+    __tablename__ = "unit_stats"
+
+    unit_id: Mapped[int] = mapped_column(ForeignKey("units.id"), primary_key=True)
+    dataset_id: Mapped[int] = mapped_column(ForeignKey("datasets.id"))
+    images: Mapped[int]
+    #: Mean over images of the unit's maximum pre-ReLU activation over positions.
+    mean_max: Mapped[float]
+    #: Fraction of images where the unit fires (its maximum is above zero).
+    active_fraction: Mapped[float]
+    #: Counts of the per-image maximum in the bins of ``histogram_edges`` (run params).
+    histogram: Mapped[list[Any]]
     run_id: Mapped[int] = mapped_column(ForeignKey("runs.id"))
 
 

@@ -14,7 +14,7 @@ import math
 from dataclasses import dataclass, replace
 from importlib import resources
 
-from app.zoo.spec import ClassLabel, LayerSpec, ModelSpec, WeightsSource
+from app.zoo.spec import ClassLabel, LayerSpec, ModelSpec, Pool, WeightsSource
 
 #: The public copy of the weights (raw float32 files), pinned to one commit.
 WEIGHTS_URL = (
@@ -37,6 +37,10 @@ BLOCKS: tuple[tuple[str, int, int, int, int, int, int], ...] = (
 
 #: Blocks preceded by a 3/2 max pool (Caffe's pool3 and pool4).
 POOLED_BLOCKS = frozenset({"mixed4a", "mixed5a"})
+
+#: Caffe's 3x3 stride-2 max pool (pool1..pool4), and the pool branch's 3x3 stride-1 pool.
+DOWNSAMPLE = Pool(3, 2)
+POOL_BRANCH = Pool(3, 1, 1)
 
 #: Branch suffix -> Caffe parameter name inside ``inception_XX/``.
 BRANCH_WEIGHTS = {
@@ -94,27 +98,30 @@ def _layers(input_size: int) -> tuple[LayerSpec, ...]:
     conv2d2 = conv2d1.conv(3)
     layers = [
         _layer("conv2d0", 64, "conv", conv2d0, (), kernel=7, weights="conv1/7x7_s2"),
-        _layer("conv2d1", 64, "conv", conv2d1, ("conv2d0",), previous="conv2d0", kernel=1, weights="conv2/3x3_reduce"),
+        _layer("conv2d1", 64, "conv", conv2d1, ("conv2d0",), previous="conv2d0", kernel=1, weights="conv2/3x3_reduce",
+               pools=(DOWNSAMPLE,)),
         _layer("conv2d2", 192, "conv", conv2d2, ("conv2d1",), previous="conv2d1", kernel=3, weights="conv2/3x3"),
     ]
-    grid, previous = conv2d2.max_pool(), "conv2d2"
+    grid, previous = conv2d2, "conv2d2"
     for block, c1, c3r, c3, c5r, c5, cp in BLOCKS:
-        if block in POOLED_BLOCKS:
-            grid = grid.max_pool()
+        # The stem's pool2 precedes mixed3a; pool3 and pool4 precede mixed4a and mixed5a.
+        pooled = block == "mixed3a" or block in POOLED_BLOCKS
+        entry = (DOWNSAMPLE,) if pooled else ()
+        grid = grid.max_pool() if pooled else grid
         caffe = f"inception_{block[-2:]}"
         branches = (
-            ("1x1", c1, grid.conv(1), 1, previous),
-            ("3x3_bottleneck", c3r, grid.conv(1), 1, previous),
-            ("3x3", c3, grid.conv(3), 3, f"{block}_3x3_bottleneck"),
-            ("5x5_bottleneck", c5r, grid.conv(1), 1, previous),
-            ("5x5", c5, grid.conv(5), 5, f"{block}_5x5_bottleneck"),
-            ("pool_reduce", cp, grid.conv(3, padding=1).conv(1), 1, previous),
+            ("1x1", c1, grid.conv(1), 1, previous, entry),
+            ("3x3_bottleneck", c3r, grid.conv(1), 1, previous, entry),
+            ("3x3", c3, grid.conv(3), 3, f"{block}_3x3_bottleneck", ()),
+            ("5x5_bottleneck", c5r, grid.conv(1), 1, previous, entry),
+            ("5x5", c5, grid.conv(5), 5, f"{block}_5x5_bottleneck", ()),
+            ("pool_reduce", cp, grid.conv(3, padding=1).conv(1), 1, previous, (*entry, POOL_BRANCH)),
         )
-        for suffix, channels, branch_grid, kernel, source in branches:
+        for suffix, channels, branch_grid, kernel, source, pools in branches:
             layers.append(
                 _layer(
                     f"{block}_{suffix}", channels, "branch", branch_grid, (source,),
-                    kernel=kernel, weights=f"{caffe}/{BRANCH_WEIGHTS[suffix]}", block=block,
+                    kernel=kernel, weights=f"{caffe}/{BRANCH_WEIGHTS[suffix]}", block=block, pools=pools,
                 )
             )
         widest = max((branch[2] for branch in branches), key=lambda g: g.receptive_field)

@@ -20,6 +20,15 @@ MAIN_KINDS: frozenset[str] = frozenset({"conv", "mixed"})
 
 
 @dataclass(frozen=True)
+class Pool:
+    """A max pool on the path from a layer's input to its convolution."""
+
+    size: int
+    stride: int
+    padding: int = 0
+
+
+@dataclass(frozen=True)
 class LayerSpec:
     """One layer whose channels are units people browse.
 
@@ -47,6 +56,8 @@ class LayerSpec:
     weights: str | None = None
     #: The inception block a branch or block output belongs to.
     block: str | None = None
+    #: Max pools between the input layer's activations and this layer's convolution, in order.
+    pools: tuple[Pool, ...] = ()
 
     @property
     def is_main(self) -> bool:

@@ -1,0 +1,221 @@
+"""The circuits stage: the strongest weights into and out of every unit.
+
+Two kinds of layer pairs (Distill, "Visualizing Weights"):
+
+- main pairs, ``previous -> layer`` for every main layer and ``softmax2``:
+  expanded weights across each inception block (the bottleneck composed with
+  its spatial convolution, the pool branch through the max pool's linear
+  stand-in) and across the max pools between blocks;
+- branch pairs, ``input -> branch`` for every branch layer: the direct
+  convolution (through the pools in front of it).
+
+For each pair, every target unit keeps its 16 strongest positive and 16
+strongest negative inputs by summed kernel weight, and every source unit of
+a main pair (or a bottleneck) its 16 strongest positive and negative
+outputs. Each edge stores the summed weight, the kernel's L2 norm, the kernel
+as numbers and a tiny red (positive) / blue (negative) image of it. Each pair
+is written in its own transaction under its own run, so an interrupted stage
+resumes at the first pair not written.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from PIL import Image
+from sqlalchemy import delete, insert, select
+from torch import Tensor
+from tqdm import tqdm
+
+from app.errors import StoreError
+from app.store import Edge, Layer, Model, Run, Store, Unit
+from app.zoo import LayerSpec, ModelSpec
+from precompute.kernels import Kernel
+from precompute.network import InceptionV1
+from precompute.runs import now, start_run
+
+TOP = 16
+#: Colour of the strongest positive and negative weights (ColorBrewer RdBu ends).
+POSITIVE = np.array([178, 24, 43], dtype=np.float32)
+NEGATIVE = np.array([33, 102, 172], dtype=np.float32)
+#: Shades per sign in kernel images: identical shaded kernels share one blob.
+LEVELS = 8
+
+
+@dataclass(frozen=True)
+class Piece:
+    """The kernel from a source layer to a run of consecutive target units starting at ``offset``."""
+
+    offset: int
+    kernel: Kernel
+    expanded: bool
+
+
+@dataclass(frozen=True)
+class Pair:
+    source: LayerSpec
+    target: LayerSpec
+    pieces: tuple[Piece, ...]
+    #: Whether source units keep their strongest outputs into this pair's target layer.
+    outputs: bool
+
+
+def _through_pools(kernel: Kernel, layer: LayerSpec) -> Kernel:
+    for pool in reversed(layer.pools):
+        kernel = kernel.after_pool(pool.size, pool.stride, pool.padding)
+    return kernel
+
+
+def branch_kernel(net: InceptionV1, layer: LayerSpec) -> Kernel:
+    """The map from ``layer.inputs[0]`` to ``layer``: its convolution, after the pools in front of it."""
+    conv = net.parameterized()[layer.name]
+    return _through_pools(Kernel.of_conv(conv.weight, stride=conv.stride[0]), layer)
+
+
+def main_pieces(net: InceptionV1, spec: ModelSpec, layer: LayerSpec) -> tuple[Piece, ...]:
+    """The map from ``layer.previous`` to ``layer``, one piece per branch of a block."""
+    if layer.kind == "logits":
+        weights = net.parameterized()[layer.name].weight
+        return (Piece(0, Kernel(weights.detach().float()[:, :, None, None]), False),)
+    if layer.kind == "conv":
+        return (Piece(0, branch_kernel(net, layer), bool(layer.pools)),)
+    pieces, offset = [], 0
+    for name in layer.inputs:
+        branch = spec.layer(name)
+        kernel, expanded = branch_kernel(net, branch), bool(branch.pools)
+        if branch.inputs[0] != layer.previous:  # a spatial conv after its bottleneck
+            bottleneck = spec.layer(branch.inputs[0])
+            kernel, expanded = kernel.after(branch_kernel(net, bottleneck)), True
+        pieces.append(Piece(offset, kernel, expanded))
+        offset += branch.channels
+    return tuple(pieces)
+
+
+def pairs(net: InceptionV1, spec: ModelSpec, layers: Sequence[LayerSpec]) -> Iterator[Pair]:
+    """Every pair whose target is one of ``layers``, in network order."""
+    for layer in layers:
+        if layer.kind == "branch":
+            source = spec.layer(layer.inputs[0])
+            piece = Piece(0, branch_kernel(net, layer), bool(layer.pools))
+            yield Pair(source, layer, (piece,), outputs=source.kind == "branch")
+        elif layer.previous is not None:
+            yield Pair(spec.layer(layer.previous), layer, main_pieces(net, spec, layer), outputs=True)
+
+
+def _strongest(summed: Tensor, k: int) -> Tensor:
+    """(row, column) of each row's k largest positive and k most negative entries."""
+    k = min(k, summed.shape[1])
+    found = []
+    for sign in (1.0, -1.0):
+        values, columns = (sign * summed).topk(k, dim=1)
+        rows = torch.arange(summed.shape[0])[:, None].expand_as(columns)
+        keep = values > 0
+        found.append(torch.stack([rows[keep], columns[keep]], dim=1))
+    return torch.cat(found)
+
+
+def select_edges(pair: Pair, k: int = TOP) -> list[tuple[int, int]]:
+    """(target, source) of every edge kept for ``pair``, sorted."""
+    summed = torch.cat([piece.kernel.summed() for piece in pair.pieces])
+    chosen = _strongest(summed, k)
+    if pair.outputs:
+        chosen = torch.cat([chosen, _strongest(summed.T, k).flip(1)])
+    return sorted({(int(t), int(s)) for t, s in chosen.tolist()})
+
+
+def kernel_image(kernel: np.ndarray, scale: float) -> bytes:
+    """A 1-pixel-per-weight PNG, white at zero, red positive, blue negative, in LEVELS shades."""
+    shade = np.round(np.clip(np.abs(kernel) / scale, 0, 1) * (LEVELS - 1)) / (LEVELS - 1)
+    colour = np.where(kernel[..., None] >= 0, POSITIVE, NEGATIVE)
+    pixels = 255 - shade[..., None] * (255 - colour)
+    out = io.BytesIO()
+    Image.fromarray(pixels.round().astype(np.uint8), "RGB").save(out, "PNG")
+    return out.getvalue()
+
+
+def recipe(pair: Pair, weights_sha256: str) -> dict[str, object]:
+    params: dict[str, object] = {
+        "source": pair.source.name, "target": pair.target.name, "top": TOP, "levels": LEVELS,
+        "stand_ins": "relu=identity, maxpool=avgpool, lrn=identity", "weights_sha256": weights_sha256,
+    }
+    params["recipe_sha256"] = hashlib.sha256(json.dumps(params, sort_keys=True).encode()).hexdigest()
+    return params
+
+
+@dataclass
+class CircuitsResult:
+    pairs_written: int = 0
+    pairs_reused: int = 0
+    edges: int = 0
+
+
+def run_circuits(
+    store: Store, spec: ModelSpec, net: InceptionV1, weights_sha256: str, layers: Sequence[LayerSpec], progress: bool = True
+) -> CircuitsResult:
+    result = CircuitsResult()
+    with store.session() as session:
+        model = session.scalar(select(Model).where(Model.name == spec.name))
+        if model is None:
+            raise StoreError(f"the store has no catalog of {spec.name}: run `microscope precompute catalog` first")
+        done = {
+            run.params.get("recipe_sha256")
+            for run in session.scalars(select(Run).where(Run.stage == "circuits", Run.finished_at.is_not(None)))
+        }
+        unit_ids = {
+            (name, index): unit_id
+            for name, index, unit_id in session.execute(
+                select(Layer.name, Unit.index, Unit.id).join(Unit, Unit.layer_id == Layer.id).where(Layer.model_id == model.id)
+            )
+        }
+    todo = [pair for pair in pairs(net, spec, layers)]
+    for pair in tqdm(todo, desc="circuits", unit="pair", disable=not progress):
+        params = recipe(pair, weights_sha256)
+        if params["recipe_sha256"] in done:
+            result.pairs_reused += 1
+            continue
+        result.edges += _write_pair(store, model.id, pair, params, unit_ids)
+        result.pairs_written += 1
+    return result
+
+
+def _write_pair(store: Store, model_id: int, pair: Pair, params: dict[str, object], unit_ids: dict) -> int:  # noqa: ANN001
+    edges = select_edges(pair)
+    starts = [piece.offset for piece in pair.pieces]
+    kernels = []
+    for target, source in edges:
+        piece = pair.pieces[int(np.searchsorted(starts, target, side="right")) - 1]
+        kernels.append((piece, piece.kernel.weights[target - piece.offset, source].numpy()))
+    scale = float(np.quantile(np.abs(np.concatenate([k.ravel() for _, k in kernels])), 0.99)) or 1.0
+    images: dict[bytes, str] = {}
+    rows = []
+    for (target, source), (piece, kernel) in zip(edges, kernels):
+        png = kernel_image(kernel, scale)
+        if png not in images:
+            images[png] = store.blobs.put(png, "png")
+        rows.append({
+            "source_id": unit_ids[pair.source.name, source], "target_id": unit_ids[pair.target.name, target],
+            "kind": "expanded" if piece.expanded else "direct", "weight": round(float(kernel.sum()), 6),
+            "norm": round(float(np.linalg.norm(kernel)), 6),
+            "kernel": np.round(kernel, 6).tolist(), "kernel_key": images[png],
+        })
+    store.blobs.flush()
+    target_ids = [unit_ids[pair.target.name, index] for index in range(pair.target.channels)]
+    source_ids = {unit_ids[pair.source.name, index] for index in range(pair.source.channels)}
+    with store.transaction() as session:
+        run = start_run(session, "circuits", model_id, params, weights_sha256=str(params["weights_sha256"]))
+        for chunk in range(0, len(target_ids), 500):
+            session.execute(
+                delete(Edge).where(Edge.target_id.in_(target_ids[chunk:chunk + 500]), Edge.source_id.in_(source_ids))
+            )
+        for row in rows:
+            row["run_id"] = run.id
+        for chunk in range(0, len(rows), 20000):
+            session.execute(insert(Edge), rows[chunk:chunk + 20000])
+        run.finished_at = now()
+    return len(rows)

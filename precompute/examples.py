@@ -1,0 +1,316 @@
+"""The examples stage: every unit's top and bottom dataset images, from one streaming pass.
+
+1. The pass: images are squashed to the model's input size (the network sees
+   the whole image) and run through the network once; `RunningStatistics`
+   keeps each unit's top-k and bottom-k on the device. The pass checkpoints
+   its state atomically every few batches; killed and run again it resumes
+   at the last checkpoint and ends with exactly an uninterrupted pass's
+   result (same batches, same order, same arithmetic).
+2. The write: each example's receptive-field crop (cut from the original
+   image, mapped from the input grid) and a thumbnail of each image go to the
+   blob store first; then one transaction replaces the selected units'
+   examples and statistics. An interruption before the commit leaves the
+   store as it was (at worst a few unreferenced blobs).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import tempfile
+from collections import defaultdict
+from collections.abc import Callable, Sequence
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from PIL import Image
+from sqlalchemy import delete, insert, select
+from torch import Tensor
+from torchvision.transforms import v2
+from tqdm import tqdm
+
+from app.errors import MicroscopeError, StoreError
+from app.store import Dataset, DatasetExample, DatasetImage, Layer, Model, Run, Store, Unit, UnitStats
+from app.zoo import LayerSpec, ModelSpec
+from precompute.images import ImageFile, batches, list_images
+from precompute.network import InceptionV1
+from precompute.ranking import HISTOGRAM_EDGES, RunningStatistics
+from precompute.runs import now, start_run
+
+THUMBNAIL_SIZE = 320
+CROP_SIZE = 128
+JPEG_QUALITY = 85
+
+
+@dataclass(frozen=True)
+class ExamplesConfig:
+    layers: tuple[LayerSpec, ...]
+    k: int = 40
+    batch_size: int = 32
+    workers: int = 1
+    checkpoint_every: int = 8
+
+    def __post_init__(self) -> None:
+        if self.k < 1:
+            raise MicroscopeError(f"-k must be at least 1, not {self.k}")
+        if self.batch_size < 1:
+            raise MicroscopeError(f"--batch must be at least 1, not {self.batch_size}")
+        if not self.layers:
+            raise MicroscopeError("no layers selected")
+
+
+@dataclass
+class ExamplesResult:
+    images: int
+    skipped: list[str] = field(default_factory=list)
+    examples: int = 0
+    reused: bool = False
+    messages: list[str] = field(default_factory=list)
+
+
+def fingerprint(files: Sequence[ImageFile]) -> str:
+    """The same relative paths with the same sizes give the same digest, wherever the root is."""
+    digest = hashlib.sha256()
+    for file in files:
+        digest.update(f"{file.path}\0{file.full_path.stat().st_size}\n".encode())
+    return digest.hexdigest()
+
+
+def input_transform(spec: ModelSpec) -> Callable[[Image.Image], Tensor]:
+    """The whole image squashed to the input size, so every example position maps back to it."""
+    return v2.Compose(
+        [v2.Resize((spec.input_size, spec.input_size)), v2.PILToTensor(), v2.ToDtype(torch.float32, scale=True)]
+    )
+
+
+def _recipe(spec: ModelSpec, weights: str, dataset: str, config: ExamplesConfig) -> dict[str, object]:
+    recipe = {
+        "model": spec.name,
+        "weights_sha256": weights,
+        "dataset_fingerprint": dataset,
+        "layers": [layer.name for layer in config.layers],
+        "k": config.k,
+        "input": f"resize {spec.input_size}x{spec.input_size}, whole image",
+        "batch_size": config.batch_size,
+        "histogram_edges": list(HISTOGRAM_EDGES),
+    }
+    recipe["recipe_sha256"] = hashlib.sha256(json.dumps(recipe, sort_keys=True).encode()).hexdigest()
+    return recipe
+
+
+def run_examples(
+    store: Store,
+    spec: ModelSpec,
+    net: InceptionV1,
+    weights_sha256: str,
+    root: Path,
+    config: ExamplesConfig,
+    device: torch.device,
+    progress: bool = True,
+) -> ExamplesResult:
+    files = list_images(root)
+    root = root.resolve()
+    recipe = _recipe(spec, weights_sha256, fingerprint(files), config)
+    result = ExamplesResult(images=len(files))
+    with store.session() as session:
+        model = session.scalar(select(Model).where(Model.name == spec.name))
+        if model is None:
+            raise StoreError(f"the store has no catalog of {spec.name}: run `microscope precompute catalog` first")
+        dataset = session.scalar(select(Dataset).where(Dataset.name == root.name))
+        if dataset is not None and dataset.root != str(root):
+            if dataset.fingerprint == recipe["dataset_fingerprint"]:
+                result.messages.append(f"dataset {root.name!r} moved from {dataset.root} to {root}: same files")
+            else:
+                result.messages.append(
+                    f"dataset {root.name!r} was read from {dataset.root}; {root} holds other files: "
+                    "the old results are kept for the units not recomputed"
+                )
+        done = session.scalars(select(Run).where(Run.stage == "examples", Run.finished_at.is_not(None))).all()
+        if any(run.params.get("recipe_sha256") == recipe["recipe_sha256"] for run in done):
+            result.reused = True
+            return result
+    checkpoint = store.settings.data_dir / "checkpoints" / f"examples-{recipe['recipe_sha256'][:16]}.pt"
+    statistics, skipped = _stream(net, spec, files, config, device, checkpoint, progress)
+    result.skipped = skipped
+    result.examples = _write(store, spec, model.id, files, root, statistics, recipe, config, progress)
+    checkpoint.unlink(missing_ok=True)
+    return result
+
+
+def _stream(
+    net: InceptionV1,
+    spec: ModelSpec,
+    files: Sequence[ImageFile],
+    config: ExamplesConfig,
+    device: torch.device,
+    checkpoint: Path,
+    progress: bool,
+) -> tuple[RunningStatistics, list[str]]:
+    statistics = RunningStatistics(spec, config.layers, config.k, device)
+    start, skipped = 0, []
+    if checkpoint.is_file():
+        saved = torch.load(checkpoint, map_location=device, weights_only=True)
+        statistics.load_state_dict(saved["statistics"])
+        start, skipped = saved["next_image"], list(saved["skipped"])
+    total_batches = (len(files) - start + config.batch_size - 1) // config.batch_size
+    bar = tqdm(total=len(files), initial=start, unit="img", desc="examples", disable=not progress, smoothing=0.1)
+    with torch.inference_mode():
+        for number, batch in enumerate(batches(files[start:], input_transform(spec), config.batch_size, config.workers), 1):
+            skipped.extend(batch.failed)
+            if batch.indices:
+                images = batch.images.to(device).contiguous(memory_format=torch.channels_last)
+                statistics.observe(net, images, torch.tensor(batch.indices) + start)
+            bar.update(len(batch.indices) + len(batch.failed))
+            if number % config.checkpoint_every == 0 or number == total_batches:
+                _save_checkpoint(checkpoint, statistics, start + min(number * config.batch_size, len(files) - start), skipped)
+    bar.close()
+    return statistics, skipped
+
+
+def _save_checkpoint(path: Path, statistics: RunningStatistics, next_image: int, skipped: list[str]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.NamedTemporaryFile(dir=path.parent, prefix=".tmp-", delete=False) as handle:
+        torch.save({"statistics": statistics.state_dict(), "next_image": next_image, "skipped": skipped}, handle)
+    os.replace(handle.name, path)
+
+
+@dataclass(frozen=True)
+class _ImageBlobs:
+    sha256: str
+    width: int
+    height: int
+    thumbnail: bytes
+    crops: dict[tuple[int, int, int, int], bytes]
+
+
+def _encode(image: Image.Image, size: int) -> bytes:
+    image = image.copy()
+    image.thumbnail((size, size), Image.Resampling.BICUBIC)
+    out = io.BytesIO()
+    image.save(out, "JPEG", quality=JPEG_QUALITY)
+    return out.getvalue()
+
+
+def _cut(job: tuple[Path, int, list[tuple[int, int, int, int]]]) -> _ImageBlobs:
+    """Thumbnail and crops of one original image; boxes are in the square input grid."""
+    path, input_size, boxes = job
+    data = path.read_bytes()
+    with Image.open(io.BytesIO(data)) as opened:
+        image = opened.convert("RGB")
+    sx, sy = image.width / input_size, image.height / input_size
+    crops = {
+        box: _encode(image.crop((round(box[0] * sx), round(box[1] * sy), round(box[2] * sx), round(box[3] * sy))), CROP_SIZE)
+        for box in boxes
+    }
+    return _ImageBlobs(hashlib.sha256(data).hexdigest(), image.width, image.height, _encode(image, THUMBNAIL_SIZE), crops)
+
+
+def _write(
+    store: Store,
+    spec: ModelSpec,
+    model_id: int,
+    files: Sequence[ImageFile],
+    root: Path,
+    statistics: RunningStatistics,
+    recipe: dict[str, object],
+    config: ExamplesConfig,
+    progress: bool,
+) -> int:
+    # Every example as (layer, unit, kind, rank, image, y, x, activation), on the host.
+    examples: list[tuple[LayerSpec, int, str, int, int, int, int, float]] = []
+    boxes: dict[int, set[tuple[int, int, int, int]]] = defaultdict(set)
+    for layer in config.layers:
+        stats = statistics.statistics(layer)
+        for kind, ranking, sign in (("top", stats.top, 1.0), ("bottom", stats.bottom, -1.0)):
+            values, images, positions = (t.cpu().tolist() for t in (ranking.values, ranking.images, ranking.positions))
+            for unit in range(layer.channels):
+                for rank, (value, image, position) in enumerate(zip(values[unit], images[unit], positions[unit])):
+                    if image < 0:
+                        break
+                    y, x = divmod(position, layer.size)
+                    examples.append((layer, unit, kind, rank, image, y, x, sign * value))
+                    boxes[image].add(layer.position_box(y, x, spec.input_size))
+    jobs = [(files[image].full_path, spec.input_size, sorted(found)) for image, found in sorted(boxes.items())]
+    thumbnails: dict[int, tuple[_ImageBlobs, str]] = {}
+    crop_keys: dict[tuple[int, tuple[int, int, int, int]], str] = {}
+    with ProcessPoolExecutor(max_workers=max(1, config.workers)) as pool:
+        cut = pool.map(_cut, jobs, chunksize=4)
+        for image, blobs in tqdm(zip(sorted(boxes), cut), total=len(jobs), desc="crops", unit="img", disable=not progress):
+            thumbnails[image] = (blobs, store.blobs.put(blobs.thumbnail, "jpg"))
+            for box, data in blobs.crops.items():
+                crop_keys[image, box] = store.blobs.put(data, "jpg")
+    store.blobs.flush()  # blobs are durable before any row points at them
+
+    with store.transaction() as session:
+        dataset = session.scalar(select(Dataset).where(Dataset.name == root.name))
+        if dataset is None:
+            dataset = Dataset(name=root.name, root=str(root), fingerprint="", images=0)
+            session.add(dataset)
+        dataset.root, dataset.fingerprint, dataset.images = str(root), str(recipe["dataset_fingerprint"]), len(files)
+        session.flush()
+        image_ids = _image_rows(session, dataset.id, files, thumbnails)
+        run = start_run(session, "examples", model_id, recipe, weights_sha256=str(recipe["weights_sha256"]))
+        unit_ids = _unit_ids(session, model_id, config.layers)
+        selected = list(unit_ids.values())
+        for chunk in range(0, len(selected), 500):
+            part = selected[chunk:chunk + 500]
+            session.execute(delete(DatasetExample).where(DatasetExample.unit_id.in_(part)))
+            session.execute(delete(UnitStats).where(UnitStats.unit_id.in_(part)))
+        rows = [
+            {
+                "unit_id": unit_ids[layer.name, unit], "kind": kind, "rank": rank, "image_id": image_ids[image],
+                "activation": round(value, 5), "y": y, "x": x, "run_id": run.id,
+                "crop_key": crop_keys[image, layer.position_box(y, x, spec.input_size)],
+            }
+            for layer, unit, kind, rank, image, y, x, value in examples
+        ]
+        for chunk in range(0, len(rows), 20000):
+            session.execute(insert(DatasetExample), rows[chunk:chunk + 20000])
+        session.execute(insert(UnitStats), _stats_rows(statistics, unit_ids, dataset.id, run.id))
+        run.finished_at = now()
+    return len(rows)
+
+
+def _image_rows(session, dataset_id: int, files: Sequence[ImageFile], thumbnails: dict) -> dict[int, int]:  # noqa: ANN001
+    existing = dict(session.execute(select(DatasetImage.path, DatasetImage.id).where(DatasetImage.dataset_id == dataset_id)).all())
+    ids: dict[int, int] = {}
+    for image, (blobs, key) in thumbnails.items():
+        path = files[image].path
+        if path in existing:
+            row = session.get(DatasetImage, existing[path])
+            row.sha256, row.width, row.height, row.thumbnail_key = blobs.sha256, blobs.width, blobs.height, key
+        else:
+            row = DatasetImage(dataset_id=dataset_id, path=path, sha256=blobs.sha256, width=blobs.width,
+                               height=blobs.height, thumbnail_key=key)
+            session.add(row)
+            session.flush()
+        ids[image] = row.id
+    return ids
+
+
+def _unit_ids(session, model_id: int, layers: Sequence[LayerSpec]) -> dict[tuple[str, int], int]:  # noqa: ANN001
+    names = [layer.name for layer in layers]
+    query = select(Layer.name, Unit.index, Unit.id).join(Unit, Unit.layer_id == Layer.id).where(
+        Layer.model_id == model_id, Layer.name.in_(names)
+    )
+    return {(name, index): unit_id for name, index, unit_id in session.execute(query)}
+
+
+def _stats_rows(statistics: RunningStatistics, unit_ids: dict, dataset_id: int, run_id: int) -> list[dict]:  # noqa: ANN001
+    seen = max(statistics.images_seen, 1)
+    rows = []
+    for layer in statistics.layers:
+        stats = statistics.statistics(layer)
+        histogram, mean, active = stats.histogram.cpu().tolist(), (stats.max_sum / seen).cpu().tolist(), stats.active.cpu().tolist()
+        for unit in range(layer.channels):
+            rows.append({
+                "unit_id": unit_ids[layer.name, unit], "dataset_id": dataset_id, "images": statistics.images_seen,
+                "mean_max": round(mean[unit], 5), "active_fraction": round(active[unit] / seen, 5),
+                "histogram": histogram[unit], "run_id": run_id,
+            })
+    return rows
+

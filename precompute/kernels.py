@@ -1,0 +1,72 @@
+"""Linear maps between layers as convolution kernels, and their composition.
+
+Following Distill's "Visualizing Weights" (Olah et al. 2020), the weight
+between two units that are not directly connected is the kernel of the
+linear map between them once the non-linearities in between are replaced by
+linear stand-ins:
+
+- ReLU -> identity (the "expanded weights" of the article);
+- max pool -> average pool over the same window (the linear map that treats
+  every position of the window alike);
+- local response normalization -> identity (its gain is within 1% of one at
+  this network's activation scale: alpha 1e-4 over 5 channels);
+- the global average pool before the classifier -> the mean over positions,
+  so the summed kernel is the classifier weight itself.
+
+A `Kernel` knows its stride and padding in the input grid, so composing two
+keeps track of where each tap lands; the autograd test in
+tests/test_circuits.py checks composition against the Jacobian of the
+stand-in network.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+
+@dataclass(frozen=True)
+class Kernel:
+    """``weights`` (out, in, k, k): output position p reads input ``p * stride - padding + (0..k-1)``."""
+
+    weights: Tensor
+    stride: int = 1
+    padding: int = 0
+
+    @property
+    def size(self) -> int:
+        return int(self.weights.shape[-1])
+
+    @classmethod
+    def of_conv(cls, weights: Tensor, stride: int = 1) -> Kernel:
+        return cls(weights.detach().float(), stride, weights.shape[-1] // 2)
+
+    def after(self, first: Kernel) -> Kernel:
+        """This kernel applied to the output of ``first``: (out, first.in, k', k')."""
+        size = (self.size - 1) * first.stride + first.size
+        out = self.weights.new_zeros(self.weights.shape[0], first.weights.shape[1], size, size)
+        for a in range(self.size):
+            for b in range(self.size):
+                tap = torch.einsum("om,mipq->oipq", self.weights[:, :, a, b], first.weights)
+                out[:, :, first.stride * a : first.stride * a + first.size, first.stride * b : first.stride * b + first.size] += tap
+        return Kernel(out, self.stride * first.stride, first.padding + self.padding * first.stride)
+
+    def after_pool(self, size: int, stride: int, padding: int) -> Kernel:
+        """This kernel applied to an average pool of every channel (the max pool's linear stand-in)."""
+        full = (self.size - 1) * stride + size
+        out = self.weights.new_zeros(*self.weights.shape[:2], full, full)
+        share = self.weights / (size * size)
+        for p in range(size):
+            for q in range(size):
+                out[:, :, p : p + stride * (self.size - 1) + 1 : stride, q : q + stride * (self.size - 1) + 1 : stride] += share
+        return Kernel(out, self.stride * stride, padding + self.padding * stride)
+
+    def summed(self) -> Tensor:
+        """(out, in): the total weight of each connection, its sign and strength."""
+        return self.weights.sum(dim=(2, 3))
+
+    def norms(self) -> Tensor:
+        """(out, in): the L2 norm of each connection's kernel."""
+        return self.weights.flatten(2).norm(dim=2)

@@ -1,0 +1,154 @@
+"""The examples stage: exact top-k, resumable after SIGKILL, robust to bad images."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from sqlalchemy import func, select
+
+from app.settings import Settings
+from app.store import Dataset, DatasetExample, DatasetImage, Layer, Store, Unit, UnitStats
+from app.zoo import ModelSpec
+from precompute.catalog import catalog
+from precompute.examples import ExamplesConfig, input_transform, run_examples
+from precompute.images import read_rgb
+from tests.conftest import ROOT
+from tests.test_cli import microscope
+
+LAYERS = "conv2d1,mixed3a_3x3,mixed3a,mixed3b"
+
+
+@pytest.fixture
+def sample(images_dir: Path, tmp_path: Path) -> Path:
+    """48 of the shared images, linked (not copied) into a folder of their own."""
+    folder = tmp_path / "sample"
+    for source in sorted(images_dir.glob("*/*.jpg"))[::20][:48]:
+        (folder / source.parent.name).mkdir(parents=True, exist_ok=True)
+        (folder / source.parent.name / source.name).symlink_to(source)
+    return folder
+
+
+def _examples(settings: Settings) -> list[tuple]:
+    with Store.open(settings, readonly=True) as store, store.session() as session:
+        query = (
+            select(Layer.name, Unit.index, DatasetExample.kind, DatasetExample.rank, DatasetImage.path,
+                   DatasetExample.activation, DatasetExample.y, DatasetExample.x, DatasetExample.crop_key)
+            .join(Unit, DatasetExample.unit_id == Unit.id).join(Layer, Unit.layer_id == Layer.id)
+            .join(DatasetImage, DatasetExample.image_id == DatasetImage.id)
+            .order_by(Layer.name, Unit.index, DatasetExample.kind, DatasetExample.rank)
+        )
+        return [tuple(row) for row in session.execute(query)]
+
+
+def test_top_examples_are_the_true_maxima(store: Store, spec: ModelSpec, net, sample: Path) -> None:  # noqa: ANN001
+    catalog(store, spec)
+    config = ExamplesConfig(layers=(spec.layer("mixed3a"),), k=5, batch_size=7)
+    result = run_examples(store, spec, net, "w", sample, config, torch.device("cpu"), progress=False)
+    assert result.examples == 256 * 5 * 2 and not result.skipped
+    files = sorted(sample.glob("*/*.jpg"))
+    images = torch.stack([input_transform(spec)(read_rgb(path)) for path in files])
+    with torch.no_grad():
+        acts = net(images.contiguous(memory_format=torch.channels_last), ["mixed3a"])["mixed3a"]
+    unit = 17
+    per_image = acts[:, unit].flatten(1)
+    best = per_image.max(dim=1).values.topk(5)
+    with store.session() as session:
+        rows = session.execute(
+            select(DatasetExample.activation, DatasetImage.path, DatasetExample.y, DatasetExample.x)
+            .join(Unit).join(Layer).join(DatasetImage, DatasetExample.image_id == DatasetImage.id)
+            .where(Layer.name == "mixed3a", Unit.index == unit, DatasetExample.kind == "top")
+            .order_by(DatasetExample.rank)
+        ).all()
+        stats = session.scalar(select(UnitStats).join(Unit).join(Layer).where(Layer.name == "mixed3a", Unit.index == unit))
+    assert [row.activation for row in rows] == pytest.approx(best.values.tolist(), rel=1e-4)
+    assert [row.path for row in rows] == [files[i].relative_to(sample).as_posix() for i in best.indices.tolist()]
+    first = int(best.indices[0])
+    position = int(per_image[first].argmax())
+    assert (rows[0].y, rows[0].x) == divmod(position, 28)
+    assert sum(stats.histogram) == 48 and stats.images == 48
+    assert stats.active_fraction == pytest.approx(float((per_image.max(dim=1).values > 0).float().mean()), abs=1e-4)
+
+
+def test_killed_midway_and_rerun_equals_an_uninterrupted_pass(sample: Path, weights_dir: Path, tmp_path: Path) -> None:
+    args = ["precompute", "examples", "--layers", LAYERS, "--images", str(sample), "--batch", "4",
+            "--checkpoint-every", "1", "-k", "6", "--weights", str(weights_dir)]
+    clean, killed = tmp_path / "clean", tmp_path / "killed"
+    for data in (clean, killed):
+        assert microscope("precompute", "catalog", "--data", str(data)).returncode == 0
+    assert microscope(*args, "--data", str(clean)).returncode == 0
+
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    process = subprocess.Popen([sys.executable, "-m", "precompute.cli", *args, "--data", str(killed)],
+                               env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    checkpoints = killed / "checkpoints"
+    deadline = time.monotonic() + 300
+    while not any(checkpoints.glob("examples-*.pt")) and process.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    saved = torch.load(next(checkpoints.glob("examples-*.pt")), weights_only=True)
+    assert 0 < saved["next_image"] < 48, "the kill must land mid-way"
+    with Store.open(Settings.load(killed), readonly=True) as store, store.session() as session:
+        assert session.scalar(select(func.count()).select_from(DatasetExample)) == 0
+
+    rerun = microscope(*args, "--data", str(killed))
+    assert rerun.returncode == 0, rerun.stderr
+    assert _examples(Settings.load(killed)) == _examples(Settings.load(clean))
+    assert not any(checkpoints.glob("examples-*.pt"))
+    again = microscope(*args, "--data", str(killed))
+    assert "already computed" in again.stdout
+
+
+def test_unreadable_images_are_skipped_and_listed(store: Store, spec: ModelSpec, net, sample: Path) -> None:  # noqa: ANN001
+    catalog(store, spec)
+    (sample / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 truncated")
+    (sample / "empty.png").write_bytes(b"")
+    config = ExamplesConfig(layers=(spec.layer("conv2d1"),), k=3, batch_size=16)
+    result = run_examples(store, spec, net, "w", sample, config, torch.device("cpu"), progress=False)
+    assert sorted(Path(failure.split(":")[0]).name for failure in result.skipped) == ["broken.jpg", "empty.png"]
+    assert result.examples == 64 * 3 * 2
+    with store.session() as session:
+        dataset = session.scalar(select(Dataset))
+        assert dataset.images == 50
+        keys = session.scalars(select(DatasetExample.crop_key)).all()
+        thumbs = session.scalars(select(DatasetImage.thumbnail_key)).all()
+    assert all(store.blobs.has(key) for key in [*keys, *thumbs])
+
+
+def test_a_moved_dataset_is_reported_and_kept(store: Store, spec: ModelSpec, net, sample: Path, tmp_path: Path) -> None:  # noqa: ANN001
+    catalog(store, spec)
+    config = ExamplesConfig(layers=(spec.layer("conv2d1"),), k=2, batch_size=16)
+    run_examples(store, spec, net, "w", sample, config, torch.device("cpu"), progress=False)
+    moved = tmp_path / "elsewhere" / "sample"
+    moved.parent.mkdir()
+    sample.rename(moved)
+    result = run_examples(store, spec, net, "w", moved, config, torch.device("cpu"), progress=False)
+    assert result.reused and "moved" in result.messages[0]
+    with store.session() as session:
+        assert session.scalar(select(func.count()).select_from(DatasetExample)) == 64 * 2 * 2
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [(["-k", "0"], "-k must be at least 1"), (["--layers", "mixed9z"], "has no layer 'mixed9z'")],
+)
+def test_bad_arguments_write_nothing(extra: list[str], message: str, sample: Path, tmp_path: Path) -> None:
+    data = tmp_path / "store"
+    assert microscope("precompute", "catalog", "--data", str(data)).returncode == 0
+    before = sorted(path.name for path in data.rglob("*"))
+    result = microscope("precompute", "examples", "--images", str(sample), "--data", str(data), *extra)
+    assert result.returncode == 2 and message in result.stderr
+    assert sorted(path.name for path in data.rglob("*")) == before
+
+
+def test_examples_need_a_catalog(sample: Path, tmp_path: Path) -> None:
+    result = microscope("precompute", "examples", "--images", str(sample), "--data", str(tmp_path / "none"))
+    assert result.returncode == 2 and "run `microscope precompute catalog` first" in result.stderr
+    assert not (tmp_path / "none").exists()
