@@ -76,6 +76,28 @@ def info(data: DataOption = None, database_url: DatabaseOption = None,
                        f"{layer.with_examples:>8} {layer.with_circuits:>8}  {rendered}")
 
 
+@cli.command()
+def serve(
+    data: DataOption = None,
+    database_url: DatabaseOption = None,
+    host: Annotated[str, typer.Option(help="Interface to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port to listen on.")] = 8000,
+    workers: Annotated[int, typer.Option(min=1, help="Server processes (one per core serves most).")] = 1,
+) -> None:
+    """Serve a store read-only in the browser and as JSON (never runs a model)."""
+    import os
+
+    import uvicorn
+
+    settings = Settings.load(data, database_url)
+    Store.open(settings, readonly=True).close()  # fail now, in one line, on a missing or newer store
+    os.environ["MICROSCOPE_DATA"] = str(settings.data_dir)
+    os.environ["MICROSCOPE_DATABASE_URL"] = settings.database_url
+    typer.echo(f"serving {settings.data_dir} at http://{host}:{port}/")
+    uvicorn.run("app.main:create_app", factory=True, host=host, port=port, workers=workers,
+                log_level="warning", access_log=False)
+
+
 @precompute_cli.command("catalog")
 def precompute_catalog(model: ModelOption = DEFAULT_MODEL, data: DataOption = None,
                        database_url: DatabaseOption = None) -> None:
@@ -133,6 +155,45 @@ def precompute_examples(
         for failure in result.skipped:
             typer.echo(f"  {failure}", err=True)
     typer.echo(f"examples: {result.examples} examples of {len(config.layers)} layers from {result.images} images")
+
+
+@precompute_cli.command("vis")
+def precompute_vis(
+    model: ModelOption = DEFAULT_MODEL,
+    layers: LayersOption = "main",
+    units: Annotated[str, typer.Option("--units", help="'all', N or START:STOP (per layer).")] = "0:8",
+    techniques: Annotated[str, typer.Option("--techniques", help="Comma-separated: channel, neuron, negative, diversity.")] = "channel",
+    steps: Annotated[int, typer.Option(help="Optimization steps (Lucid: 512).")] = 512,
+    size: Annotated[int, typer.Option(help="Image side in pixels.")] = 224,
+    batch: Annotated[int, typer.Option(help="Images optimized together.")] = 32,
+    seed: Annotated[int, typer.Option(help="Base seed; each image's seed derives from it and the unit.")] = 0,
+    precision: Annotated[str, typer.Option(help="auto (bf16 where native), fp32 or bf16.")] = "auto",
+    device: DeviceOption = "auto",
+    weights: WeightsOption = None,
+    data: DataOption = None,
+    database_url: DatabaseOption = None,
+) -> None:
+    """Feature visualizations of the chosen units, batched; skips what is stored with the same recipe."""
+    from precompute.devices import pick_device
+    from precompute.selection import parse_layers, units_per_layer
+    from precompute.vis import VisConfig, run_vis
+    from precompute.weight_files import locate
+    from precompute.weights import load_network
+
+    spec = get_model(model)
+    if precision not in ("auto", "fp32", "bf16"):
+        raise MicroscopeError(f"--precision {precision!r}: choose auto, fp32 or bf16")
+    chosen = parse_layers(spec, layers)
+    config = VisConfig(
+        layers=tuple(chosen), units=units_per_layer(chosen, units, explicit=layers not in ("all", "main")),
+        techniques=tuple(t.strip() for t in techniques.split(",") if t.strip()), steps=steps, size=size,
+        batch=batch, seed=seed, precision=precision,  # type: ignore[arg-type]
+    )
+    with Store.open(Settings.load(data, database_url)) as store:
+        target = pick_device(device)
+        net, checksums = load_network(spec, locate(spec, weights))
+        result = run_vis(store, spec, net.to(target), checksums.digest, config, target)
+    typer.echo(f"vis: {result.rendered} images rendered, {result.skipped} already stored with this recipe")
 
 
 @precompute_cli.command("circuits")

@@ -20,6 +20,31 @@ from app.zoo import LayerSpec, ModelSpec
 from app.zoo.inceptionv1 import POOLED_BLOCKS
 
 
+class _BandedNorm(torch.autograd.Function):
+    """``y = x * (k + conv(x^2, band)) ** -beta`` with a hand-written backward.
+
+    Autograd's own backward of the fractional power costs a second ``pow``;
+    the closed form needs one more banded convolution and a few products:
+    dL/dx = g d - 2 beta x conv(g y / s, band), with the band symmetric.
+    """
+
+    @staticmethod
+    def forward(ctx, x: Tensor, band: Tensor, k: float, beta: float) -> Tensor:  # noqa: ANN001
+        band = band.to(x.dtype)
+        s = F.conv2d(x * x, band).add_(k)
+        d = s.pow(-beta)
+        y = x * d
+        ctx.save_for_backward(x, y, d, s, band)
+        ctx.beta = beta
+        return y
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> tuple[Tensor | None, None, None, None]:  # noqa: ANN001
+        x, y, d, s, band = ctx.saved_tensors
+        spread = F.conv2d(torch.mul(grad, y).div_(s).to(band.dtype), band)
+        return torch.addcmul(grad * d, x, spread, value=-2 * ctx.beta), None, None, None
+
+
 class LocalResponseNorm(nn.Module):
     """Caffe's across-channel LRN, ``x / (k + alpha/n * sum_window x^2) ** beta``.
 
@@ -36,7 +61,29 @@ class LocalResponseNorm(nn.Module):
         self.beta, self.k = beta, k
 
     def forward(self, x: Tensor) -> Tensor:
-        return x * (self.k + F.conv2d(x * x, self.band)).pow(-self.beta)
+        return _BandedNorm.apply(x, self.band, self.k, self.beta)
+
+
+class SpaceToDepthConv(nn.Conv2d):
+    """A stride-2 convolution computed as a stride-1 one on a space-to-depth view of its input.
+
+    Same parameters and numbers as ``nn.Conv2d``; on CPU the backward pass to
+    the input (what feature visualization needs) takes about half as long for
+    the 3-channel stem, because dense stride-1 kernels are better optimized
+    than strided ones.
+    """
+
+    def forward(self, x: Tensor) -> Tensor:
+        kernel, padding = self.kernel_size[0], self.padding[0]
+        even = kernel + kernel % 2
+        weight = F.pad(self.weight, (0, even - kernel, 0, even - kernel))
+        out_channels, in_channels = weight.shape[:2]
+        weight = weight.reshape(out_channels, in_channels, even // 2, 2, even // 2, 2).permute(0, 1, 3, 5, 2, 4)
+        weight = weight.reshape(out_channels, in_channels * 4, even // 2, even // 2)
+        height, width = x.shape[-2:]
+        padded = F.pad(x, (padding, padding + (width + 2 * padding) % 2, padding, padding + (height + 2 * padding) % 2))
+        unshuffled = F.pixel_unshuffle(padded, 2).contiguous(memory_format=torch.channels_last)
+        return F.conv2d(unshuffled, weight, self.bias)
 
 
 def _max_pool(x: Tensor) -> Tensor:
@@ -131,8 +178,9 @@ class InceptionV1(nn.Module):
 
     def _conv(self, layer: LayerSpec) -> nn.Conv2d:
         in_channels = sum(self.spec.layer(name).channels for name in layer.inputs) if layer.inputs else 3
-        stride = 2 if layer.name == "conv2d0" else 1
-        return nn.Conv2d(in_channels, layer.channels, layer.kernel, stride=stride, padding=layer.kernel // 2)
+        if layer.name == "conv2d0":
+            return SpaceToDepthConv(in_channels, layer.channels, layer.kernel, stride=2, padding=layer.kernel // 2)
+        return nn.Conv2d(in_channels, layer.channels, layer.kernel, padding=layer.kernel // 2)
 
     def parameterized(self) -> dict[str, nn.Conv2d | nn.Linear]:
         """The module holding each unit layer's weights, by layer name."""

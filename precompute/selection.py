@@ -52,3 +52,22 @@ def parse_shard(text: str | None) -> tuple[int, int]:
     if count < 1 or not 0 <= index < count:
         raise MicroscopeError(f"--shard {text!r}: need 0 <= i < n")
     return index, count
+
+
+
+def units_per_layer(layers: list[LayerSpec], text: str, explicit: bool) -> dict[str, range]:
+    """The units of each layer chosen by ``--units``.
+
+    With layers named one by one, a range that misses a layer is an error;
+    with ``--layers all`` or ``main`` the range is clipped to each layer.
+    """
+    parse_units(text, 1 << 30)  # malformed text is an error either way
+    chosen = {}
+    for layer in layers:
+        try:
+            chosen[layer.name] = parse_units(text, layer.channels)
+        except MicroscopeError as error:
+            if explicit:
+                raise MicroscopeError(f"{layer.name}: {error}") from None
+            chosen[layer.name] = range(0)
+    return chosen

@@ -1,0 +1,106 @@
+"""The store's catalog (models, layers, units) held in memory by the server.
+
+The catalog changes only when ``microscope precompute catalog`` runs, so the
+server reads it once (and again when asked for a model it does not know) and
+resolves every path against it without a query. Misses raise the typed
+errors with the nearest valid names.
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections import defaultdict
+from dataclasses import dataclass, field
+
+from sqlalchemy import Connection, select
+
+from app.errors import UnitNotFound, UnknownLayer, UnknownModel
+from app.store import Layer, Model, Unit
+from app.zoo import LayerSpec, get_model, model_names
+
+
+@dataclass(frozen=True)
+class LayerEntry:
+    id: int
+    model: str
+    name: str
+    kind: str
+    channels: int
+    position: int
+    #: Store ids of the layer's units, by unit index.
+    unit_ids: tuple[int, ...]
+    labels: tuple[str | None, ...]
+    spec: LayerSpec | None
+
+    def unit_id(self, index: int) -> int:
+        if not 0 <= index < self.channels:
+            raise UnitNotFound(self.model, self.name, index, self.channels)
+        return self.unit_ids[index]
+
+
+@dataclass(frozen=True)
+class ModelEntry:
+    id: int
+    name: str
+    title: str
+    description: str
+    input_size: int
+    layers: tuple[LayerEntry, ...]
+
+    def layer(self, name: str) -> LayerEntry:
+        for entry in self.layers:
+            if entry.name == name:
+                return entry
+        names = [entry.name for entry in self.layers]
+        raise UnknownLayer(self.name, name, tuple(difflib.get_close_matches(name, names, n=3, cutoff=0.5)))
+
+    @property
+    def units(self) -> int:
+        return sum(layer.channels for layer in self.layers)
+
+
+@dataclass
+class Catalog:
+    models: dict[str, ModelEntry] = field(default_factory=dict)
+    #: unit id -> (model, layer, index)
+    units: dict[int, tuple[str, str, int]] = field(default_factory=dict)
+    #: lower-cased label -> units carrying it
+    labels: dict[str, list[tuple[str, str, int]]] = field(default_factory=lambda: defaultdict(list))
+
+    @classmethod
+    def load(cls, connection: Connection) -> Catalog:
+        catalog = cls()
+        unit_rows: dict[int, list[tuple[int, int, str | None]]] = defaultdict(list)
+        for layer_id, index, unit_id, label in connection.execute(
+            select(Unit.layer_id, Unit.index, Unit.id, Unit.label).order_by(Unit.layer_id, Unit.index)
+        ):
+            unit_rows[layer_id].append((index, unit_id, label))
+        layers_by_model: dict[int, list[LayerEntry]] = defaultdict(list)
+        model_rows = connection.execute(select(Model)).mappings().all()
+        model_by_id = {row["id"]: row["name"] for row in model_rows}
+        for row in connection.execute(select(Layer).order_by(Layer.model_id, Layer.position)).mappings():
+            units = unit_rows[row["id"]]
+            model_name = model_by_id[row["model_id"]]
+            spec = get_model(model_name).layer(row["name"]) if model_name in model_names() else None
+            entry = LayerEntry(
+                id=row["id"], model=model_name, name=row["name"], kind=row["kind"], channels=row["channels"],
+                position=row["position"], unit_ids=tuple(u for _, u, _ in units), labels=tuple(lb for _, _, lb in units),
+                spec=spec,
+            )
+            layers_by_model[row["model_id"]].append(entry)
+            for index, unit_id, label in units:
+                catalog.units[unit_id] = (model_name, entry.name, index)
+                if label:
+                    catalog.labels[label.lower()].append((model_name, entry.name, index))
+        for row in model_rows:
+            catalog.models[row["name"]] = ModelEntry(
+                id=row["id"], name=row["name"], title=row["title"], description=row["description"],
+                input_size=row["input_size"], layers=tuple(layers_by_model[row["id"]]),
+            )
+        return catalog
+
+    def model(self, name: str) -> ModelEntry:
+        try:
+            return self.models[name]
+        except KeyError:
+            raise UnknownModel(name, tuple(difflib.get_close_matches(name, list(self.models), n=3))) from None

@@ -1,0 +1,397 @@
+"""One function per page builds its data; templates and the JSON twins read the same objects.
+
+Every builder takes the in-memory `Catalog`, a database connection and the
+path's parameters, and returns a typed page (a dataclass whose fields are the
+JSON schema and the template's context).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from sqlalchemy import Connection, func, select
+
+from app import urls
+from app.catalog import Catalog, LayerEntry, ModelEntry
+from app.errors import NotFound
+from app.store import Artifact, Dataset, DatasetExample, DatasetImage, Edge, Run, UnitStats
+from app.store.summary import ModelCoverage
+
+TECHNIQUES = ("channel", "neuron", "negative", "diversity")
+#: The technique whose image stands for a unit in grids and circuits.
+THUMBNAIL_TECHNIQUE = "channel"
+UNITS_PER_PAGE = 96
+STRIP = 8
+
+
+@dataclass(frozen=True)
+class UnitRef:
+    """A unit as other pages show it: where it is, what it is called, its picture if rendered."""
+
+    model: str
+    layer: str
+    index: int
+    label: str | None
+    url: str
+    image_url: str | None
+
+
+@dataclass(frozen=True)
+class ModelSummary:
+    name: str
+    title: str
+    url: str
+    json_url: str
+    layers: int
+    units: int
+    rendered_units: int
+
+
+@dataclass(frozen=True)
+class IndexPage:
+    title: str
+    models: list[ModelSummary]
+    kind: str = "index"
+
+
+@dataclass(frozen=True)
+class LayerSummary:
+    name: str
+    kind: str
+    channels: int
+    url: str
+    rendered: dict[str, int]
+    with_examples: int
+    with_circuits: int
+    strip: list[UnitRef]
+
+
+@dataclass(frozen=True)
+class ModelPage:
+    title: str
+    name: str
+    description: str
+    url: str
+    json_url: str
+    layers: list[LayerSummary]
+    commands: list[str]
+    kind: str = "model"
+
+
+@dataclass(frozen=True)
+class LayerPage:
+    title: str
+    model: str
+    model_url: str
+    name: str
+    kind: str
+    channels: int
+    url: str
+    json_url: str
+    units: list[UnitRef]
+    page: int
+    pages: int
+    next_url: str | None
+    missing_command: str | None
+    kind_of_page: str = "layer"
+
+
+@dataclass(frozen=True)
+class Visualization:
+    technique: str
+    image_url: str
+    objective: float | None
+    recipe: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class Example:
+    kind: str
+    rank: int
+    activation: float
+    image: str
+    crop_url: str
+    url: str
+    y: int
+    x: int
+
+
+@dataclass(frozen=True)
+class Connection_:
+    """A circuit edge seen from one end: the unit at the other end and the weight between."""
+
+    unit: UnitRef
+    weight: float
+    norm: float
+    kind: str
+    kernel: list[Any]
+    kernel_url: str | None
+
+
+@dataclass(frozen=True)
+class Missing:
+    what: str
+    command: str
+
+
+@dataclass(frozen=True)
+class UnitPage:
+    title: str
+    unit: UnitRef
+    json_url: str
+    model_url: str
+    layer_url: str
+    layer_kind: str
+    previous_url: str | None
+    next_url: str | None
+    visualizations: list[Visualization]
+    top_examples: list[Example]
+    bottom_examples: list[Example]
+    stats: dict[str, Any] | None
+    inputs: list[Connection_]
+    outputs: list[Connection_]
+    #: The same unit seen in its block output or branch layer.
+    same_unit: UnitRef | None
+    missing: list[Missing] = field(default_factory=list)
+    kind: str = "unit"
+
+
+@dataclass(frozen=True)
+class ExamplePage:
+    title: str
+    unit: UnitRef
+    example: Example
+    image_url: str
+    #: The receptive field of the example's position, in percent of the image (left, top, width, height).
+    box: tuple[float, float, float, float]
+    dataset: str
+    kind: str = "example"
+
+
+@dataclass(frozen=True)
+class SearchPage:
+    title: str
+    query: str
+    results: list[UnitRef | dict[str, str]]
+    kind: str = "search"
+
+
+def _thumbnails(connection: Connection, unit_ids: list[int]) -> dict[int, str]:
+    if not unit_ids:
+        return {}
+    rows = connection.execute(
+        select(Artifact.unit_id, Artifact.blob_key).where(
+            Artifact.unit_id.in_(unit_ids), Artifact.technique == THUMBNAIL_TECHNIQUE
+        )
+    )
+    return {unit_id: urls.blob(key) for unit_id, key in rows}
+
+
+def _ref(catalog: Catalog, unit_id: int, images: dict[int, str]) -> UnitRef:
+    model, layer, index = catalog.units[unit_id]
+    label = catalog.models[model].layer(layer).labels[index]
+    return UnitRef(model, layer, index, label, urls.unit(model, layer, index), images.get(unit_id))
+
+
+def index_page(catalog: Catalog, counts: list[ModelCoverage]) -> IndexPage:
+    rendered = {model.name: sum(layer.rendered.get(THUMBNAIL_TECHNIQUE, 0) for layer in model.layers) for model in counts}
+    models = [
+        ModelSummary(entry.name, entry.title, urls.model(entry.name), urls.model(entry.name, json=True),
+                     len(entry.layers), entry.units, rendered.get(entry.name, 0))
+        for entry in sorted(catalog.models.values(), key=lambda m: m.name)
+    ]
+    return IndexPage(title="Microscope", models=models)
+
+
+def model_page(catalog: Catalog, connection: Connection, name: str, counts: list[ModelCoverage]) -> ModelPage:
+    """``counts`` is the store's coverage (cached by the caller: it scans every table)."""
+    entry = catalog.model(name)
+    counts_by_layer = {layer.name: layer for model in counts if model.name == name for layer in model.layers}
+    strips: dict[str, list[UnitRef]] = {}
+    rows = connection.execute(
+        select(Artifact.unit_id, Artifact.blob_key).where(Artifact.technique == THUMBNAIL_TECHNIQUE).order_by(Artifact.unit_id)
+    )
+    for unit_id, key in rows:
+        if unit_id in catalog.units and catalog.units[unit_id][0] == name:
+            layer = catalog.units[unit_id][1]
+            if len(strips.setdefault(layer, [])) < STRIP:
+                strips[layer].append(_ref(catalog, unit_id, {unit_id: urls.blob(key)}))
+    layers = [
+        LayerSummary(
+            name=layer.name, kind=layer.kind, channels=layer.channels, url=urls.layer(name, layer.name),
+            rendered=counts_by_layer[layer.name].rendered if layer.name in counts_by_layer else {},
+            with_examples=counts_by_layer[layer.name].with_examples if layer.name in counts_by_layer else 0,
+            with_circuits=counts_by_layer[layer.name].with_circuits if layer.name in counts_by_layer else 0,
+            strip=strips.get(layer.name, []),
+        )
+        for layer in entry.layers
+    ]
+    commands = []
+    if not any(layer.with_examples for layer in layers):
+        commands.append(f"microscope precompute examples --model {name}")
+    if not any(layer.with_circuits for layer in layers):
+        commands.append(f"microscope precompute circuits --model {name}")
+    if not any(layer.rendered for layer in layers):
+        commands.append(f"microscope precompute vis --model {name} --layers main --units 0:8")
+    return ModelPage(title=entry.title, name=name, description=entry.description, url=urls.model(name),
+                     json_url=urls.model(name, json=True), layers=layers, commands=commands)
+
+
+def layer_page(catalog: Catalog, connection: Connection, model: str, name: str, page: int) -> LayerPage:
+    layer = catalog.model(model).layer(name)
+    pages = max(1, -(-layer.channels // UNITS_PER_PAGE))
+    if not 1 <= page <= pages:
+        raise NotFound(f"{model}/{name} has pages 1..{pages}, not {page}")
+    indices = range((page - 1) * UNITS_PER_PAGE, min(page * UNITS_PER_PAGE, layer.channels))
+    ids = [layer.unit_ids[i] for i in indices]
+    images = _thumbnails(connection, ids)
+    rendered = connection.execute(
+        select(func.count()).select_from(Artifact).where(
+            Artifact.unit_id.in_(layer.unit_ids), Artifact.technique == THUMBNAIL_TECHNIQUE
+        )
+    ).scalar_one()
+    missing = None if rendered else f"microscope precompute vis --model {model} --layers {name} --units all"
+    return LayerPage(
+        title=f"{model} / {name}", model=model, model_url=urls.model(model), name=name, kind=layer.kind,
+        channels=layer.channels, url=urls.layer(model, name, page), json_url=urls.layer(model, name, page, json=True),
+        units=[_ref(catalog, unit_id, images) for unit_id in ids], page=page, pages=pages,
+        next_url=urls.layer(model, name, page + 1) if page < pages else None, missing_command=missing,
+    )
+
+
+def _examples(connection: Connection, catalog: Catalog, unit_id: int) -> list[Example]:
+    model, layer, index = catalog.units[unit_id]
+    rows = connection.execute(
+        select(DatasetExample.kind, DatasetExample.rank, DatasetExample.activation, DatasetExample.crop_key,
+               DatasetExample.y, DatasetExample.x, DatasetImage.path)
+        .join(DatasetImage, DatasetExample.image_id == DatasetImage.id)
+        .where(DatasetExample.unit_id == unit_id)
+        .order_by(DatasetExample.kind.desc(), DatasetExample.rank)
+    )
+    return [
+        Example(kind, rank, activation, path, urls.blob(crop), urls.example(model, layer, index, kind, rank), y, x)
+        for kind, rank, activation, crop, y, x, path in rows
+    ]
+
+
+def _connections(connection: Connection, catalog: Catalog, unit_id: int) -> tuple[list[Connection_], list[Connection_]]:
+    rows = connection.execute(
+        select(Edge.source_id, Edge.target_id, Edge.weight, Edge.norm, Edge.kind, Edge.kernel, Edge.kernel_key).where(
+            (Edge.target_id == unit_id) | (Edge.source_id == unit_id)
+        )
+    ).all()
+    others = [source if target == unit_id else target for source, target, *_ in rows]
+    images = _thumbnails(connection, others)
+    inputs, outputs = [], []
+    for (source, target, weight, norm, kind, kernel, key), other in zip(rows, others):
+        edge = Connection_(_ref(catalog, other, images), weight, norm, kind, kernel, urls.blob(key) if key else None)
+        (inputs if target == unit_id else outputs).append(edge)
+    order = lambda edge: -edge.weight  # noqa: E731 - strongest excitation first, strongest inhibition last
+    return sorted(inputs, key=order), sorted(outputs, key=order)
+
+
+def _same_unit(catalog: Catalog, model: ModelEntry, layer: LayerEntry, index: int) -> tuple[str, int] | None:
+    """A branch unit is also a unit of its block's output, and the other way round."""
+    if layer.spec is None or layer.spec.block is None:
+        return None
+    block = model.layer(layer.spec.block)
+    offset = 0
+    for name in block.spec.inputs if block.spec else ():
+        branch = model.layer(name)
+        if layer.kind == "branch" and name == layer.name:
+            return block.name, offset + index
+        if layer.kind == "mixed" and offset <= index < offset + branch.channels:
+            return branch.name, index - offset
+        offset += branch.channels
+    return None
+
+
+def unit_page(catalog: Catalog, connection: Connection, model_name: str, layer_name: str, index: int) -> UnitPage:
+    model = catalog.model(model_name)
+    layer = model.layer(layer_name)
+    unit_id = layer.unit_id(index)
+    artifacts = connection.execute(
+        select(Artifact.technique, Artifact.blob_key, Artifact.objective, Artifact.recipe).where(Artifact.unit_id == unit_id)
+    ).all()
+    by_technique = {technique: (key, objective, recipe) for technique, key, objective, recipe in artifacts}
+    visualizations = [
+        Visualization(t, urls.blob(by_technique[t][0]), by_technique[t][1], by_technique[t][2])
+        for t in TECHNIQUES if t in by_technique
+    ]
+    examples = _examples(connection, catalog, unit_id)
+    stats_row = connection.execute(
+        select(UnitStats.images, UnitStats.mean_max, UnitStats.active_fraction, UnitStats.histogram, Dataset.name)
+        .join(Dataset, UnitStats.dataset_id == Dataset.id).where(UnitStats.unit_id == unit_id)
+    ).first()
+    stats = None
+    if stats_row is not None:
+        edges = _histogram_edges(connection)
+        stats = {"images": stats_row[0], "mean_max": stats_row[1], "active_fraction": stats_row[2],
+                 "histogram": stats_row[3], "histogram_edges": edges, "dataset": stats_row[4]}
+    inputs, outputs = _connections(connection, catalog, unit_id)
+    same = _same_unit(catalog, model, layer, index)
+    same_ref = None
+    if same is not None:
+        same_id = model.layer(same[0]).unit_ids[same[1]]
+        same_ref = _ref(catalog, same_id, _thumbnails(connection, [same_id]))
+    missing = []
+    absent = [t for t in TECHNIQUES if t not in by_technique]
+    if absent:
+        missing.append(Missing(
+            f"feature visualization ({', '.join(absent)})",
+            f"microscope precompute vis --model {model_name} --layers {layer_name} --units {index} "
+            f"--techniques {','.join(absent)}",
+        ))
+    if not examples:
+        missing.append(Missing("dataset examples", f"microscope precompute examples --model {model_name} --layers {layer_name}"))
+    if not inputs and not outputs:
+        missing.append(Missing("circuit weights", f"microscope precompute circuits --model {model_name}"))
+    label = layer.labels[index]
+    title = f"{model_name} / {layer_name} / {index}" + (f" ({label})" if label else "")
+    return UnitPage(
+        title=title,
+        unit=UnitRef(model_name, layer_name, index, label, urls.unit(model_name, layer_name, index),
+                     visualizations[0].image_url if visualizations else None),
+        json_url=urls.unit(model_name, layer_name, index, json=True),
+        model_url=urls.model(model_name), layer_url=urls.layer(model_name, layer_name, index // UNITS_PER_PAGE + 1),
+        layer_kind=layer.kind,
+        previous_url=urls.unit(model_name, layer_name, index - 1) if index > 0 else None,
+        next_url=urls.unit(model_name, layer_name, index + 1) if index + 1 < layer.channels else None,
+        visualizations=visualizations,
+        top_examples=[e for e in examples if e.kind == "top"],
+        bottom_examples=[e for e in examples if e.kind == "bottom"],
+        stats=stats, inputs=inputs, outputs=outputs, same_unit=same_ref, missing=missing,
+    )
+
+
+def _histogram_edges(connection: Connection) -> list[float] | None:
+    params = connection.execute(
+        select(Run.params).where(Run.stage == "examples", Run.finished_at.is_not(None)).order_by(Run.id.desc()).limit(1)
+    ).scalar()
+    return params.get("histogram_edges") if params else None
+
+
+def example_page(catalog: Catalog, connection: Connection, model_name: str, layer_name: str, index: int,
+                 kind: str, rank: int) -> ExamplePage:
+    model = catalog.model(model_name)
+    layer = model.layer(layer_name)
+    unit_id = layer.unit_id(index)
+    row = connection.execute(
+        select(DatasetExample.activation, DatasetExample.crop_key, DatasetExample.y, DatasetExample.x,
+               DatasetImage.path, DatasetImage.thumbnail_key, Dataset.name)
+        .join(DatasetImage, DatasetExample.image_id == DatasetImage.id)
+        .join(Dataset, DatasetImage.dataset_id == Dataset.id)
+        .where(DatasetExample.unit_id == unit_id, DatasetExample.kind == kind, DatasetExample.rank == rank)
+    ).first()
+    if row is None:
+        raise NotFound(f"{model_name}/{layer_name}/{index} has no {kind} example of rank {rank}")
+    activation, crop, y, x, path, thumbnail, dataset = row
+    size = model.input_size
+    left, top, right, bottom = layer.spec.position_box(y, x, size) if layer.spec else (0, 0, size, size)
+    box = tuple(round(100 * v / size, 2) for v in (left, top, right - left, bottom - top))
+    ref = UnitRef(model_name, layer_name, index, layer.labels[index], urls.unit(model_name, layer_name, index), None)
+    example = Example(kind, rank, activation, path, urls.blob(crop),
+                      urls.example(model_name, layer_name, index, kind, rank), y, x)
+    return ExamplePage(title=f"{model_name} / {layer_name} / {index}: {kind} example {rank + 1}", unit=ref,
+                       example=example, image_url=urls.blob(thumbnail), box=box, dataset=dataset)  # type: ignore[arg-type]

@@ -1,0 +1,63 @@
+"""What the server holds between requests: the read-only store, the catalog, cached coverage."""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass, field
+
+from sqlalchemy import Connection, func, select
+from sqlalchemy.orm import Session
+
+from app.catalog import Catalog
+from app.store import Run, Store
+from app.store.blobs import is_valid_key, media_type
+from app.store.summary import ModelCoverage, coverage
+
+
+@dataclass
+class BlobReader:
+    store: Store
+
+    def has_key(self, key: str) -> bool:
+        return is_valid_key(key) and self.store.blobs.has(key)
+
+    def path(self, key: str):  # noqa: ANN201 - a Path
+        return self.store.blobs.path(key)
+
+
+@dataclass
+class ServerState:
+    """Built once by `create_app`; shared by every request."""
+
+    store: Store
+    _catalog: Catalog | None = None
+    _coverage: tuple[tuple[int | None, int], list[ModelCoverage]] | None = None
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    @property
+    def engine(self):  # noqa: ANN201 - an Engine
+        return self.store.engine
+
+    @property
+    def blobs(self) -> BlobReader:
+        return BlobReader(self.store)
+
+    @staticmethod
+    def media_type(key: str) -> str:
+        return media_type(key)
+
+    def catalog(self, connection: Connection, model: str | None = None) -> Catalog:
+        """The catalog, reloaded when a model is asked for that it does not hold (catalogued since)."""
+        with self._lock:
+            if self._catalog is None or (model is not None and model not in self._catalog.models):
+                self._catalog = Catalog.load(connection)
+            return self._catalog
+
+    def coverage(self, connection: Connection) -> list[ModelCoverage]:
+        """Coverage counts scan whole tables: recomputed only when a precompute run has finished since."""
+        version = tuple(connection.execute(select(func.max(Run.id), func.count(Run.finished_at))).one())
+        with self._lock:
+            if self._coverage is None or self._coverage[0] != version:
+                with Session(bind=connection) as session:
+                    self._coverage = (version, coverage(session))  # type: ignore[assignment]
+            return self._coverage[1]

@@ -1,0 +1,155 @@
+"""The routes, one per URL level; each resolves its path, builds its page, and responds.
+
+Routes with a ``.json`` twin are declared twice through `_twin`, the
+``.json`` path first, with path converters (``{unit:int}``) so that
+``447.json`` is never taken for a unit called "447.json".
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, Query, Request
+from fastapi.responses import FileResponse, RedirectResponse, Response
+from sqlalchemy import Connection
+
+from app import pages, urls
+from app.errors import NotFound
+from app.respond import respond
+from app.search import search
+from app.state import ServerState
+
+router = APIRouter()
+
+
+def get_state(request: Request) -> ServerState:
+    return request.app.state.microscope
+
+
+def get_connection(request: Request) -> Iterator[Connection]:
+    with request.app.state.microscope.engine.connect() as connection:
+        yield connection
+
+
+StateDep = Annotated[ServerState, Depends(get_state)]
+ConnectionDep = Annotated[Connection, Depends(get_connection)]
+
+
+def _twin(path: str, name: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """Register ``view(..., json: bool)`` at ``path.json`` (JSON) and ``path`` (HTML)."""
+
+    def register(view: Callable[..., Any]) -> Callable[..., Any]:
+        json_path = "/index.json" if path == "/" else f"{path}.json"
+        router.add_api_route(json_path, _bind(view, True), methods=["GET"], name=f"{name}_json")
+        router.add_api_route(path, _bind(view, False), methods=["GET"], name=name, include_in_schema=False,
+                             response_class=Response)
+        return view
+
+    return register
+
+
+def _bind(view: Callable[..., Any], json: bool) -> Callable[..., Any]:
+    import functools
+    import inspect
+
+    @functools.wraps(view)
+    def bound(*args: Any, **kwargs: Any) -> Any:
+        return view(*args, json=json, **kwargs)
+
+    signature = inspect.signature(view)
+    bound.__signature__ = signature.replace(  # type: ignore[attr-defined]
+        parameters=[p for p in signature.parameters.values() if p.name != "json"]
+    )
+    return bound
+
+
+@_twin("/", "index")
+def index(request: Request, state: StateDep, connection: ConnectionDep, json: bool) -> Response:
+    """The models in the store, with coverage."""
+    page = pages.index_page(state.catalog(connection), state.coverage(connection))
+    return respond(request, page, "index.html", json)
+
+
+@_twin("/models/{model}", "model")
+def model(request: Request, model: str, state: StateDep, connection: ConnectionDep, json: bool) -> Response:
+    """A model's layers in network order, with coverage per technique and a strip of visualizations."""
+    page = pages.model_page(state.catalog(connection, model), connection, model, state.coverage(connection))
+    return respond(request, page, "model.html", json)
+
+
+@_twin("/models/{model}/{layer}", "layer")
+def layer(
+    request: Request, model: str, layer: str, state: StateDep, connection: ConnectionDep, json: bool,
+    page: Annotated[int, Query(ge=1, le=100_000)] = 1,
+) -> Response:
+    """A page of a layer's units (htmx requests get only the grid, to append)."""
+    built = pages.layer_page(state.catalog(connection, model), connection, model, layer, page)
+    return respond(request, built, "layer.html", json)
+
+
+@_twin("/models/{model}/{layer}/{unit:int}", "unit")
+def unit(request: Request, model: str, layer: str, unit: int, state: StateDep, connection: ConnectionDep,
+         json: bool) -> Response:
+    """A unit: its visualizations, dataset examples and circuit."""
+    page = pages.unit_page(state.catalog(connection, model), connection, model, layer, unit)
+    return respond(request, page, "unit.html", json)
+
+
+@_twin("/models/{model}/{layer}/{unit:int}/examples/{kind}/{rank:int}", "example")
+def example(request: Request, model: str, layer: str, unit: int, kind: str, rank: int, state: StateDep,
+            connection: ConnectionDep, json: bool) -> Response:
+    """One dataset example: the whole image with the unit's receptive field marked."""
+    if kind not in ("top", "bottom"):
+        raise NotFound(f"examples are 'top' or 'bottom', not {kind!r}")
+    page = pages.example_page(state.catalog(connection, model), connection, model, layer, unit, kind, rank)
+    return respond(request, page, "example.html", json)
+
+
+@router.get("/search.json", name="search_json")
+def search_json(state: StateDep, connection: ConnectionDep, q: Annotated[str, Query(max_length=200)] = "") -> Any:
+    """Pages matching a query: ``mixed4c:447``, ``mixed4c 447``, a class or layer name."""
+    hits = search(state.catalog(connection), q)
+    return {"query": q, "results": [{"label": hit.label, "url": hit.url} for hit in hits]}
+
+
+@router.get("/search", name="search", include_in_schema=False, response_class=Response)
+def search_page(
+    request: Request, state: StateDep, connection: ConnectionDep,
+    q: Annotated[str, Query(max_length=200)] = "",
+    model: Annotated[str | None, Query(max_length=64)] = None,
+    layer: Annotated[str | None, Query(max_length=64)] = None,
+) -> Response:
+    """Search; a layer page's jump box sends its model and layer with a bare unit number."""
+    if layer and q.strip().isdigit():
+        q = f"{model + ' ' if model else ''}{layer}:{q.strip()}"
+    hits = search(state.catalog(connection), q)
+    if len(hits) == 1:
+        return RedirectResponse(hits[0].url, status_code=303)
+    page = pages.SearchPage(title=f"Search: {q}", query=q, results=[{"label": h.label, "url": h.url} for h in hits])
+    return respond(request, page, "search.html", json=False)
+
+
+@router.get("/blobs/{key}", name="blob", include_in_schema=False)
+def blob(key: str, request: Request, state: StateDep) -> Response:
+    """A stored image by content key: immutable, cached for a year, its key as the ETag."""
+    if not state.blobs.has_key(key):
+        raise NotFound(f"no blob {key!r}")
+    etag = f'"{key.split(".")[0]}"'
+    headers = {"Cache-Control": "public, max-age=31536000, immutable", "ETag": etag}
+    if request.headers.get("if-none-match") == etag:
+        return Response(status_code=304, headers=headers)
+    return FileResponse(state.blobs.path(key), media_type=state.media_type(key), headers=headers)
+
+
+def suggestion_links(error: NotFound) -> list[dict[str, str]]:
+    """Where an unknown name probably meant to go."""
+    from app.errors import UnitNotFound, UnknownLayer, UnknownModel
+
+    if isinstance(error, UnknownModel):
+        return [{"label": name, "url": urls.model(name)} for name in error.suggestions]
+    if isinstance(error, UnknownLayer):
+        return [{"label": name, "url": urls.layer(error.model, name)} for name in error.suggestions]
+    if isinstance(error, UnitNotFound):
+        return [{"label": f"{error.model}/{error.layer}", "url": urls.layer(error.model, error.layer)}]
+    return [{"label": name, "url": urls.search(name)} for name in error.suggestions]

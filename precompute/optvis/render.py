@@ -1,0 +1,91 @@
+"""`render`: optimize images for an objective. Pure: no printing, saving or showing."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from precompute.network import InceptionV1
+from precompute.optvis.objectives import Objective
+from precompute.optvis.param import Parameterization
+from precompute.optvis.transform import Transforms
+
+#: Lucid's defaults: Adam at 0.05 for 512 steps.
+LEARNING_RATE = 0.05
+STEPS = 512
+
+
+@dataclass(frozen=True)
+class Rendered:
+    #: (B, 3, N, N) RGB in [0, 1], on the CPU.
+    images: Tensor
+    #: (B,) the objective of each final image, untransformed, at the network's input size.
+    objective: Tensor
+
+
+Precision = Literal["auto", "fp32", "bf16"]
+
+
+def resolve_precision(precision: Precision, device: torch.device) -> Literal["fp32", "bf16"]:
+    """``auto`` is bfloat16 where the hardware computes it natively (CUDA; CPUs with AVX-512 BF16 or AMX).
+
+    Mixed precision halves the step time there; the network's weights and the
+    image parameters stay float32 and the final objective is measured in
+    float32 (bench/render.py compares both).
+    """
+    if precision != "auto":
+        return precision
+    if device.type == "cuda":
+        return "bf16"
+    return "bf16" if device.type == "cpu" and torch.ops.mkldnn._is_mkldnn_bf16_supported() else "fp32"
+
+
+def _autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager:
+    if precision == "bf16":
+        return torch.autocast(device.type, dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def render(
+    net: InceptionV1,
+    objective: Objective,
+    parameterization: Parameterization,
+    seeds: Sequence[int],
+    transforms: Transforms,
+    steps: int = STEPS,
+    device: torch.device | str = "cpu",
+    learning_rate: float = LEARNING_RATE,
+    precision: Precision = "fp32",
+) -> Rendered:
+    """Optimize one image per seed for ``objective`` (which scores each batch element).
+
+    The network runs only as far as the objective's layers; its weights stay
+    frozen; no hook is registered. Each image's initial values come from its
+    own seed, the random transforms from the first seed.
+    """
+    device = torch.device(device)
+    precision = resolve_precision(precision, device)
+    input_size = net.spec.input_size
+    generators = [torch.Generator().manual_seed(seed) for seed in seeds]
+    params, image_fn = parameterization(len(seeds), generators, device)
+    optimizer = torch.optim.Adam(params, lr=learning_rate)
+    draws = torch.Generator().manual_seed(seeds[0] ^ 0x5EED)
+    layers = tuple(objective.layers)
+    for _ in range(steps):
+        optimizer.zero_grad(set_to_none=True)
+        batch = transforms(image_fn(), input_size, draws).contiguous(memory_format=torch.channels_last)
+        with _autocast(device, precision):
+            loss = -objective(net(batch, layers)).float().sum()
+        loss.backward()
+        optimizer.step()
+    with torch.no_grad():
+        images = image_fn()
+        seen = F.interpolate(images, size=(input_size, input_size), mode="bilinear", align_corners=False)
+        values = objective(net(seen.contiguous(memory_format=torch.channels_last), layers))
+    return Rendered(images=images.detach().float().cpu(), objective=values.float().cpu())

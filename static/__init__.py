@@ -1,0 +1,1 @@
+"""Static files of the web server: one stylesheet and a pinned htmx (package data)."""

@@ -1,0 +1,139 @@
+"""Feature visualization parts: parameterizations, transforms, objectives, render, the vis stage."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from sqlalchemy import func, select
+
+from app.errors import MicroscopeError
+from app.store import Artifact, Store
+from app.zoo import ModelSpec
+from precompute.catalog import catalog
+from precompute.optvis import objectives, param
+from precompute.optvis.render import render, resolve_precision
+from precompute.optvis.transform import NONE, STANDARD
+from precompute.selection import parse_layers, units_per_layer
+from precompute.vis import VisConfig, run_vis, unit_seed
+from tests.test_cli import microscope
+
+
+def _generators(count: int) -> list[torch.Generator]:
+    return [torch.Generator().manual_seed(seed) for seed in range(count)]
+
+
+@pytest.mark.parametrize("name", ["fourier", "pixels"])
+def test_parameterizations_give_valid_rgb_images(name: str) -> None:
+    params, image = param.PARAMETERIZATIONS[name](48)(3, _generators(3), torch.device("cpu"))
+    out = image()
+    assert out.shape == (3, 3, 48, 48) and float(out.min().detach()) >= 0 and float(out.max().detach()) <= 1
+    out.sum().backward()
+    assert params[0].grad is not None and float(params[0].grad.abs().sum()) > 0
+    again = param.PARAMETERIZATIONS[name](48)(3, _generators(3), torch.device("cpu"))[1]()
+    assert torch.equal(out.detach(), again.detach())
+
+
+def test_fourier_scales_low_frequencies_up() -> None:
+    freqs = param.frequencies(8, 8)
+    assert freqs[0, 0] == 0 and freqs[0, 1] < freqs[0, 4] and freqs.shape == (8, 5)
+
+
+def test_transforms_are_random_differentiable_and_identity_when_off() -> None:
+    images = torch.rand(2, 3, 32, 32, requires_grad=True)
+    same = NONE(images, 32, torch.Generator().manual_seed(0))
+    assert torch.allclose(same, images, atol=1e-5)
+    moved = STANDARD(images, 64, torch.Generator().manual_seed(0))
+    assert moved.shape == (2, 3, 64, 64)
+    other = STANDARD(images, 64, torch.Generator().manual_seed(1))
+    assert not torch.allclose(moved, other)
+    moved.sum().backward()
+    assert float(images.grad.abs().sum()) > 0
+
+
+def test_objectives_compose() -> None:
+    activations = {"a": torch.arange(2 * 3 * 2 * 2, dtype=torch.float32).reshape(2, 3, 2, 2)}
+    channel = objectives.channel("a", 1)
+    assert torch.allclose((channel - 2 * channel)(activations), -channel(activations))
+    assert torch.allclose(channel(activations), torch.tensor([5.5, 17.5]))
+    per_image = objectives.channel("a", [0, 2])(activations)
+    assert torch.allclose(per_image, torch.tensor([1.5, 21.5]))
+    assert torch.allclose(objectives.neuron("a", 1)(activations), torch.tensor([7.0, 19.0]))
+    assert (channel + objectives.deepdream("a")).layers == frozenset({"a"})
+    same = {"a": torch.ones(4, 3, 2, 2)}
+    assert torch.allclose(objectives.diversity("a", group=2)(same), torch.ones(4))
+
+
+def test_render_improves_each_units_objective(net) -> None:  # noqa: ANN001
+    objective = objectives.channel("mixed3a", [3, 40])
+    before = render(net, objective, param.fourier(64), [1, 2], STANDARD, steps=0)
+    after = render(net, objective, param.fourier(64), [1, 2], STANDARD, steps=12)
+    assert after.images.shape == (2, 3, 64, 64)
+    assert bool((after.objective > before.objective + 1).all()), (before.objective, after.objective)
+    again = render(net, objective, param.fourier(64), [1, 2], STANDARD, steps=12)
+    assert torch.equal(after.images, again.images)
+
+
+def test_precision_resolution() -> None:
+    assert resolve_precision("fp32", torch.device("cpu")) == "fp32"
+    assert resolve_precision("auto", torch.device("cuda")) == "bf16"
+    assert resolve_precision("auto", torch.device("cpu")) in ("fp32", "bf16")
+
+
+def _config(spec: ModelSpec, **overrides: object) -> VisConfig:
+    layers = parse_layers(spec, "conv2d2,softmax2")
+    settings = dict(layers=tuple(layers), units=units_per_layer(layers, "0:2", explicit=True),
+                    techniques=("channel", "diversity"), steps=2, size=32, batch=4, precision="fp32")
+    return VisConfig(**{**settings, **overrides})  # type: ignore[arg-type]
+
+
+def test_vis_stage_stores_images_with_recipes_and_skips_them_after(store: Store, spec: ModelSpec, net) -> None:  # noqa: ANN001
+    catalog(store, spec)
+    cpu = torch.device("cpu")
+    first = run_vis(store, spec, net, "w", _config(spec), cpu, progress=False)
+    assert (first.rendered, first.skipped) == (8, 0)
+    with store.session() as session:
+        artifacts = session.scalars(select(Artifact)).all()
+    assert len(artifacts) == 8 and all(store.blobs.has(a.blob_key) for a in artifacts)
+    recipe = artifacts[0].recipe
+    assert recipe["steps"] == 2 and recipe["parameterization"] == "fourier" and recipe["weights_sha256"] == "w"
+    assert recipe["unit_seeds"][0] == unit_seed(0, recipe["layer"], recipe["batch_units"][0], recipe["technique"])
+    again = run_vis(store, spec, net, "w", _config(spec), cpu, progress=False)
+    assert (again.rendered, again.skipped) == (0, 8)
+    changed = run_vis(store, spec, net, "w", _config(spec, steps=3, techniques=("channel",)), cpu, progress=False)
+    assert (changed.rendered, changed.skipped) == (4, 0)
+    with store.session() as session:
+        assert session.scalar(select(func.count()).select_from(Artifact)) == 8
+
+
+def test_vis_config_rejects_bad_input(spec: ModelSpec) -> None:
+    with pytest.raises(MicroscopeError, match="unknown technique 'sparkle'"):
+        _config(spec, techniques=("sparkle",))
+    with pytest.raises(MicroscopeError, match="--batch must be at least 1"):
+        _config(spec, batch=0)
+    with pytest.raises(MicroscopeError, match="conv2d2: --units '600'"):
+        units_per_layer(parse_layers(spec, "conv2d2"), "600", explicit=True)
+    assert units_per_layer(parse_layers(spec, "all"), "100:200", explicit=False)["conv2d0"] == range(0)
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--layers", "mixed4c", "--units", "512"], "mixed4c: --units '512' selects no unit"),
+        (["--batch", "0"], "--batch must be at least 1"),
+        (["--techniques", "channel,glow"], "unknown technique 'glow'"),
+    ],
+)
+def test_vis_bad_arguments_write_nothing(args: list[str], message: str, tmp_path: Path) -> None:
+    data = tmp_path / "store"
+    assert microscope("precompute", "catalog", "--data", str(data)).returncode == 0
+    before = sorted(path.name for path in data.rglob("*"))
+    result = microscope("precompute", "vis", "--data", str(data), *args)
+    assert result.returncode == 2 and message in result.stderr, result.stderr
+    assert sorted(path.name for path in data.rglob("*")) == before
+
+
+def test_vis_needs_a_catalog(tmp_path: Path) -> None:
+    result = microscope("precompute", "vis", "--data", str(tmp_path / "none"))
+    assert result.returncode == 2 and "run `microscope precompute catalog` first" in result.stderr

@@ -1,0 +1,217 @@
+"""The web server over a small real store: every page and its JSON twin, errors, blobs, search."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+from fastapi.testclient import TestClient
+
+from app import urls
+from app.main import create_app
+from app.settings import Settings
+from app.zoo import ModelSpec
+from tests.test_cli import microscope
+from tests.web_store import build
+
+
+@pytest.fixture(scope="module")
+def store_settings(tmp_path_factory: pytest.TempPathFactory, spec: ModelSpec, net, images_dir: Path) -> Settings:  # noqa: ANN001
+    """Built once per module; the server opens it read-only, so no test can change it for another."""
+    return build(tmp_path_factory.mktemp("web"), spec, net, images_dir)
+
+
+@pytest.fixture
+def client(store_settings: Settings) -> Iterator[httpx.Client]:
+    """An httpx client driving the app in-process (Starlette's TestClient is an ``httpx.Client``)."""
+    with TestClient(create_app(store_settings), base_url="http://microscope", follow_redirects=False) as client:
+        yield client
+
+
+def _both(client: httpx.Client, html_url: str, json_url: str) -> tuple[httpx.Response, dict]:
+    page = client.get(html_url)
+    twin = client.get(json_url)
+    assert page.status_code == 200 and twin.status_code == 200, (page.text[:300], twin.text[:300])
+    assert page.headers["content-type"].startswith("text/html") and "<html" in page.text
+    assert page.headers["vary"] == "HX-Request"
+    return page, twin.json()
+
+
+def test_index_lists_models_with_coverage(client: httpx.Client) -> None:
+    page, data = _both(client, urls.home(), urls.home(json=True))
+    (model,) = data["models"]
+    assert model["name"] == "inceptionv1" and model["units"] == 13768 and model["rendered_units"] == 8
+    assert f'href="{urls.model("inceptionv1")}"' in page.text
+
+
+def test_model_page_lists_layers_in_network_order(client: httpx.Client) -> None:
+    page, data = _both(client, urls.model("inceptionv1"), urls.model("inceptionv1", json=True))
+    names = [layer["name"] for layer in data["layers"]]
+    assert names[:3] == ["conv2d0", "conv2d1", "conv2d2"] and names[-1] == "softmax2" and len(names) == 67
+    mixed3b = data["layers"][names.index("mixed3b")]
+    assert mixed3b["rendered"]["channel"] == 4 and mixed3b["with_examples"] == 480 and mixed3b["with_circuits"] == 480
+    assert len(mixed3b["strip"]) == 4 and all(unit["image_url"] for unit in mixed3b["strip"])
+    assert "mixed3a_5x5_bottleneck" in page.text and mixed3b["strip"][0]["image_url"] in page.text
+
+
+def test_layer_page_pages_units_and_htmx_appends(client: httpx.Client) -> None:
+    page, data = _both(client, urls.layer("inceptionv1", "mixed3b"), urls.layer("inceptionv1", "mixed3b", json=True))
+    assert [unit["index"] for unit in data["units"]] == list(range(96)) and data["pages"] == 5
+    assert data["units"][0]["image_url"] and data["units"][10]["image_url"] is None
+    assert data["next_url"] == urls.layer("inceptionv1", "mixed3b", 2)
+    fragment = client.get(data["next_url"], headers={"HX-Request": "true"})
+    assert fragment.status_code == 200 and "<html" not in fragment.text
+    assert fragment.text.count('class="tile"') == 96 and 'hx-get="/models/inceptionv1/mixed3b?page=3"' in fragment.text
+    last = client.get(urls.layer("inceptionv1", "mixed3b", 5, json=True)).json()
+    assert [u["index"] for u in last["units"]][-1] == 479 and last["next_url"] is None
+
+
+def test_unit_page_shows_visualizations_examples_and_circuit(client: httpx.Client) -> None:
+    page, data = _both(client, urls.unit("inceptionv1", "mixed3b", 0), urls.unit("inceptionv1", "mixed3b", 0, json=True))
+    assert [v["technique"] for v in data["visualizations"]] == ["channel", "neuron", "negative", "diversity"]
+    assert data["visualizations"][0]["recipe"]["steps"] == 2
+    assert len(data["top_examples"]) == 4 and len(data["bottom_examples"]) == 4
+    assert data["top_examples"][0]["activation"] >= data["top_examples"][-1]["activation"]
+    assert data["bottom_examples"][0]["activation"] <= data["bottom_examples"][-1]["activation"]
+    assert data["stats"]["images"] == 24 and sum(data["stats"]["histogram"]) == 24
+    inputs, outputs = data["inputs"], data["outputs"]
+    assert len(inputs) >= 32 and {e["unit"]["layer"] for e in inputs} == {"mixed3a"}
+    assert {e["unit"]["layer"] for e in outputs} == {"mixed4a"}
+    assert inputs[0]["weight"] > 0 > inputs[-1]["weight"] and inputs[0]["kernel_url"].startswith("/blobs/")
+    assert data["same_unit"]["layer"] == "mixed3b_1x1" and data["same_unit"]["index"] == 0
+    assert data["previous_url"] is None and data["next_url"] == urls.unit("inceptionv1", "mixed3b", 1)
+    assert data["missing"] == []
+    for edge in inputs[:3]:
+        assert f'href="{edge["unit"]["url"]}"' in page.text
+    assert data["top_examples"][0]["crop_url"] in page.text
+
+
+def test_unit_page_names_what_is_missing_and_the_command(client: httpx.Client) -> None:
+    page, data = _both(client, urls.unit("inceptionv1", "mixed4c", 447), urls.unit("inceptionv1", "mixed4c", 447, json=True))
+    commands = [missing["command"] for missing in data["missing"]]
+    assert "microscope precompute vis --model inceptionv1 --layers mixed4c --units 447 " \
+           "--techniques channel,neuron,negative,diversity" in commands
+    assert "microscope precompute examples --model inceptionv1 --layers mixed4c" in commands
+    assert all(command in page.text for command in commands)
+    assert "<img" not in page.text.split("<main>")[1].split("Inputs")[0]
+
+
+def test_class_units_carry_their_names(client: httpx.Client) -> None:
+    _, data = _both(client, urls.unit("inceptionv1", "softmax2", 1), urls.unit("inceptionv1", "softmax2", 1, json=True))
+    assert data["unit"]["label"] == "goldfish" and data["top_examples"]
+    assert all(e["unit"]["layer"] == "mixed5b" for e in data["inputs"])
+
+
+def test_example_page_marks_the_receptive_field(client: httpx.Client) -> None:
+    unit = client.get(urls.unit("inceptionv1", "mixed3a", 2, json=True)).json()
+    url = unit["top_examples"][0]["url"]
+    page, data = _both(client, url, url + ".json")
+    left, top, width, height = data["box"]
+    assert 0 <= left < 100 and 0 < width <= 100 * 59 / 224 + 0.01
+    fragment = client.get(url, headers={"HX-Request": "true"})
+    assert "<html" not in fragment.text and "class=\"box\"" in fragment.text
+
+
+@pytest.mark.parametrize(
+    ("url", "status", "suggestion"),
+    [
+        ("/models/inceptionv2", 404, "/models/inceptionv1"),
+        ("/models/inceptionv1/mixed4x", 404, "/models/inceptionv1/mixed4c"),
+        ("/models/inceptionv1/mixed4c/512", 404, "/models/inceptionv1/mixed4c"),
+        ("/models/inceptionv1/mixed4c/abc", 404, "/"),
+        ("/models/inceptionv1/mixed4c/-1", 404, "/"),
+        ("/models/inceptionv1/mixed4c?page=0", 400, None),
+        ("/models/inceptionv1/mixed4c?page=99", 404, None),
+        ("/models/inceptionv1/mixed4c?page=x", 400, None),
+        ("/models/inceptionv1/mixed4c/3/examples/sideways/0", 404, None),
+        ("/models/inceptionv1/mixed4c/3/examples/top/99", 404, None),
+        ("/nowhere/at/all", 404, "/"),
+    ],
+)
+def test_errors_are_pages_or_json_never_500(client: httpx.Client, url: str, status: int, suggestion: str | None) -> None:
+    page = client.get(url)
+    assert page.status_code == status and "<html" in page.text
+    path, _, query = url.partition("?")
+    twin = client.get(f"{path}.json" + (f"?{query}" if query else ""))
+    assert twin.status_code == status and "error" in twin.json()
+    if suggestion:
+        assert f'href="{suggestion}"' in page.text
+        assert suggestion in [s["url"] for s in twin.json()["suggestions"]]
+
+
+def test_blobs_are_immutable_and_keys_checked(client: httpx.Client) -> None:
+    data = client.get(urls.unit("inceptionv1", "mixed3b", 0, json=True)).json()
+    url = data["visualizations"][0]["image_url"]
+    image = client.get(url)
+    assert image.status_code == 200 and image.headers["content-type"] == "image/webp"
+    assert "immutable" in image.headers["cache-control"] and image.headers["etag"]
+    assert client.get(url, headers={"If-None-Match": image.headers["etag"]}).status_code == 304
+    for bad in ("/blobs/..%2F..%2Fmicroscope.sqlite", "/blobs/" + "0" * 64 + ".webp", "/blobs/abc", "/blobs/%2e%2e"):
+        assert client.get(bad).status_code == 404
+
+
+@pytest.mark.parametrize(
+    ("query", "target"),
+    [
+        ("mixed4c:447", "/models/inceptionv1/mixed4c/447"),
+        ("mixed4c 447", "/models/inceptionv1/mixed4c/447"),
+        ("inceptionv1 mixed3a:7", "/models/inceptionv1/mixed3a/7"),
+        ("goldfish", "/models/inceptionv1/softmax2/1"),
+        ("Chain", "/models/inceptionv1/softmax2/488"),
+        ("mixed4c", "/models/inceptionv1/mixed4c"),
+    ],
+)
+def test_search_lands_on_the_right_page(client: httpx.Client, query: str, target: str) -> None:
+    response = client.get(urls.search(query))
+    assert response.status_code == 303 and response.headers["location"] == target
+
+
+def test_search_lists_ambiguous_names_and_suggests_for_typos(client: httpx.Client) -> None:
+    crane = client.get(urls.search("crane"))
+    assert crane.status_code == 200 and crane.text.count("/models/inceptionv1/softmax2/") >= 2
+    assert client.get(urls.search("crane", json=True)).json()["results"][0]["url"].startswith("/models/")
+    typo = client.get(urls.search("goldfsh"))
+    assert typo.status_code == 404 and "goldfish" in typo.text
+    assert client.get(urls.search("mixed4c:9999")).status_code == 404
+    jump = client.get("/search?q=12&model=inceptionv1&layer=mixed3b")
+    assert jump.headers["location"] == "/models/inceptionv1/mixed3b/12"
+
+
+def test_openapi_lists_every_json_route(client: httpx.Client) -> None:
+    paths = set(client.get("/openapi.json").json()["paths"])
+    assert {"/index.json", "/models/{model}.json", "/models/{model}/{layer}.json", "/models/{model}/{layer}/{unit}.json",
+            "/models/{model}/{layer}/{unit}/examples/{kind}/{rank}.json", "/search.json"} <= paths
+    assert client.get("/docs").status_code == 200
+
+
+def test_the_server_never_imports_torch(store_settings: Settings) -> None:
+    code = (
+        "import sys; from pathlib import Path; from app.main import create_app; from app.settings import Settings;"
+        f"create_app(Settings.load(Path({str(store_settings.data_dir)!r}))); print('torch' in sys.modules)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "False"
+
+
+def test_the_server_opens_the_store_read_only(store_settings: Settings) -> None:
+    app = create_app(store_settings)
+    with app.state.microscope.engine.connect() as connection, pytest.raises(Exception, match="readonly"):
+        connection.exec_driver_sql("DELETE FROM units")
+
+
+def test_serve_refuses_a_missing_store_in_one_line(tmp_path: Path) -> None:
+    result = microscope("serve", "--data", str(tmp_path / "none"))
+    assert result.returncode == 2 and "no store at" in result.stderr and not (tmp_path / "none").exists()
+
+
+def test_every_link_on_a_unit_page_resolves(client: httpx.Client) -> None:
+    page = client.get(urls.unit("inceptionv1", "mixed3b", 0)).text
+    links = set(re.findall(r'(?:href|src|hx-get)="(/[^"]*)"', page))
+    assert len(links) > 50
+    for link in links:
+        assert client.get(link).status_code in (200, 303), link

@@ -1,0 +1,42 @@
+"""A small real store made by the project's own precompute stages, for the web tests."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from app.settings import Settings
+from app.store import Store
+from app.zoo import ModelSpec
+from precompute.catalog import catalog
+from precompute.circuits import run_circuits
+from precompute.examples import ExamplesConfig, run_examples
+from precompute.selection import parse_layers, units_per_layer
+from precompute.vis import VisConfig, run_vis
+
+EXAMPLE_LAYERS = "conv2d1,mixed3a,mixed3b,mixed3b_3x3,softmax2"
+CIRCUIT_LAYERS = "mixed3a,mixed3b,mixed3b_3x3_bottleneck,mixed3b_3x3,mixed4a,softmax2"
+
+
+def build(root: Path, spec: ModelSpec, net: torch.nn.Module, images: Path) -> Settings:
+    """Catalog, examples over 24 images, circuits of a few layers, tiny renders of a few units."""
+    settings = Settings.load(root)
+    cpu = torch.device("cpu")
+    sample = root / "images"
+    for source in sorted(images.glob("*/*.jpg"))[::40][:24]:
+        (sample / source.parent.name).mkdir(parents=True, exist_ok=True)
+        (sample / source.parent.name / source.name).symlink_to(source)
+    with Store.open(settings, create=True) as store:
+        catalog(store, spec)
+        layers = tuple(parse_layers(spec, EXAMPLE_LAYERS))
+        run_examples(store, spec, net, "w", sample, ExamplesConfig(layers=layers, k=4, batch_size=8), cpu, progress=False)
+        run_circuits(store, spec, net, "w", parse_layers(spec, CIRCUIT_LAYERS), progress=False)
+        shown = parse_layers(spec, "mixed3a,mixed3b")
+        channel = VisConfig(layers=tuple(shown), units=units_per_layer(shown, "0:4", explicit=True),
+                            techniques=("channel",), steps=2, size=32, batch=8, precision="fp32")
+        run_vis(store, spec, net, "w", channel, cpu, progress=False)
+        every = VisConfig(layers=(spec.layer("mixed3b"),), units={"mixed3b": range(0, 1)},
+                          techniques=("neuron", "negative", "diversity"), steps=2, size=32, batch=4, precision="fp32")
+        run_vis(store, spec, net, "w", every, cpu, progress=False)
+    return settings
