@@ -46,11 +46,14 @@ class ModelEntry:
     description: str
     input_size: int
     layers: tuple[LayerEntry, ...]
+    by_name: dict[str, LayerEntry] = field(default_factory=dict, compare=False)
+
+    def __post_init__(self) -> None:
+        self.by_name.update((entry.name, entry) for entry in self.layers)
 
     def layer(self, name: str) -> LayerEntry:
-        for entry in self.layers:
-            if entry.name == name:
-                return entry
+        if name in self.by_name:
+            return self.by_name[name]
         names = [entry.name for entry in self.layers]
         raise UnknownLayer(self.name, name, tuple(difflib.get_close_matches(name, names, n=3, cutoff=0.5)))
 

@@ -12,14 +12,14 @@ from importlib import resources
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import Response
 from fastapi.staticfiles import StaticFiles
 from fastapi.templating import Jinja2Templates
 from starlette.exceptions import HTTPException
 
 from app import urls
 from app.errors import MicroscopeError, NotFound
-from app.respond import html_error
+from app.respond import html_error, json_response
 from app.settings import Settings
 from app.state import ServerState
 from app.store import Store
@@ -57,7 +57,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     def microscope_error(request: Request, error: MicroscopeError) -> Response:
         suggestions = suggestion_links(error) if isinstance(error, NotFound) else []
         if _wants_json(request):
-            return JSONResponse({"error": str(error), "suggestions": suggestions}, status_code=error.status_code)
+            return json_response({"error": str(error), "suggestions": suggestions}, error.status_code)
         return html_error(request, str(error), suggestions, error.status_code)
 
     @app.exception_handler(HTTPException)
@@ -65,14 +65,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         message = "no such page" if error.status_code == 404 else str(error.detail)
         suggestions = [{"label": "all models", "url": urls.home()}, {"label": "search", "url": urls.search()}]
         if _wants_json(request):
-            return JSONResponse({"error": message, "suggestions": suggestions}, status_code=error.status_code)
+            return json_response({"error": message, "suggestions": suggestions}, error.status_code)
         return html_error(request, message, suggestions, error.status_code)
 
     @app.exception_handler(RequestValidationError)
     def invalid_request(request: Request, error: RequestValidationError) -> Response:
         message = "; ".join(f"{'.'.join(str(p) for p in e['loc'][1:])}: {e['msg']}" for e in error.errors())
         if _wants_json(request):
-            return JSONResponse({"error": message, "suggestions": []}, status_code=400)
+            return json_response({"error": message, "suggestions": []}, 400)
         return html_error(request, message, [], 400)
 
     return app

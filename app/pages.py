@@ -10,17 +10,16 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import Connection, func, select
+from sqlalchemy import Connection
 
-from app import urls
+from app import queries, urls
 from app.catalog import Catalog, LayerEntry, ModelEntry
 from app.errors import NotFound
-from app.store import Artifact, Dataset, DatasetExample, DatasetImage, Edge, Run, UnitStats
 from app.store.summary import ModelCoverage
 
 TECHNIQUES = ("channel", "neuron", "negative", "diversity")
 #: The technique whose image stands for a unit in grids and circuits.
-THUMBNAIL_TECHNIQUE = "channel"
+THUMBNAIL_TECHNIQUE = queries.THUMBNAIL_TECHNIQUE
 UNITS_PER_PAGE = 96
 STRIP = 8
 
@@ -130,6 +129,17 @@ class Connection_:
 
 
 @dataclass(frozen=True)
+class ConnectionGroup:
+    """A unit's connections to one other layer, strongest excitation first."""
+
+    layer: str
+    layer_kind: str
+    edges: list[Connection_]
+    #: The largest absolute weight in the group (scales the weight bars).
+    strongest: float
+
+
+@dataclass(frozen=True)
 class Missing:
     what: str
     command: str
@@ -149,8 +159,8 @@ class UnitPage:
     top_examples: list[Example]
     bottom_examples: list[Example]
     stats: dict[str, Any] | None
-    inputs: list[Connection_]
-    outputs: list[Connection_]
+    inputs: list[ConnectionGroup]
+    outputs: list[ConnectionGroup]
     #: The same unit seen in its block output or branch layer.
     same_unit: UnitRef | None
     missing: list[Missing] = field(default_factory=list)
@@ -180,12 +190,7 @@ class SearchPage:
 def _thumbnails(connection: Connection, unit_ids: list[int]) -> dict[int, str]:
     if not unit_ids:
         return {}
-    rows = connection.execute(
-        select(Artifact.unit_id, Artifact.blob_key).where(
-            Artifact.unit_id.in_(unit_ids), Artifact.technique == THUMBNAIL_TECHNIQUE
-        )
-    )
-    return {unit_id: urls.blob(key) for unit_id, key in rows}
+    return {unit_id: urls.blob(key) for unit_id, key in connection.execute(queries.thumbnails, {"ids": unit_ids})}
 
 
 def _ref(catalog: Catalog, unit_id: int, images: dict[int, str]) -> UnitRef:
@@ -209,10 +214,7 @@ def model_page(catalog: Catalog, connection: Connection, name: str, counts: list
     entry = catalog.model(name)
     counts_by_layer = {layer.name: layer for model in counts if model.name == name for layer in model.layers}
     strips: dict[str, list[UnitRef]] = {}
-    rows = connection.execute(
-        select(Artifact.unit_id, Artifact.blob_key).where(Artifact.technique == THUMBNAIL_TECHNIQUE).order_by(Artifact.unit_id)
-    )
-    for unit_id, key in rows:
+    for unit_id, key in connection.execute(queries.all_thumbnails):
         if unit_id in catalog.units and catalog.units[unit_id][0] == name:
             layer = catalog.units[unit_id][1]
             if len(strips.setdefault(layer, [])) < STRIP:
@@ -246,11 +248,7 @@ def layer_page(catalog: Catalog, connection: Connection, model: str, name: str, 
     indices = range((page - 1) * UNITS_PER_PAGE, min(page * UNITS_PER_PAGE, layer.channels))
     ids = [layer.unit_ids[i] for i in indices]
     images = _thumbnails(connection, ids)
-    rendered = connection.execute(
-        select(func.count()).select_from(Artifact).where(
-            Artifact.unit_id.in_(layer.unit_ids), Artifact.technique == THUMBNAIL_TECHNIQUE
-        )
-    ).scalar_one()
+    rendered = connection.execute(queries.rendered_in, {"ids": list(layer.unit_ids)}).scalar_one()
     missing = None if rendered else f"microscope precompute vis --model {model} --layers {name} --units all"
     return LayerPage(
         title=f"{model} / {name}", model=model, model_url=urls.model(model), name=name, kind=layer.kind,
@@ -262,33 +260,37 @@ def layer_page(catalog: Catalog, connection: Connection, model: str, name: str, 
 
 def _examples(connection: Connection, catalog: Catalog, unit_id: int) -> list[Example]:
     model, layer, index = catalog.units[unit_id]
-    rows = connection.execute(
-        select(DatasetExample.kind, DatasetExample.rank, DatasetExample.activation, DatasetExample.crop_key,
-               DatasetExample.y, DatasetExample.x, DatasetImage.path)
-        .join(DatasetImage, DatasetExample.image_id == DatasetImage.id)
-        .where(DatasetExample.unit_id == unit_id)
-        .order_by(DatasetExample.kind.desc(), DatasetExample.rank)
-    )
+    rows = connection.execute(queries.examples, {"unit": unit_id})
     return [
         Example(kind, rank, activation, path, urls.blob(crop), urls.example(model, layer, index, kind, rank), y, x)
         for kind, rank, activation, crop, y, x, path in rows
     ]
 
 
-def _connections(connection: Connection, catalog: Catalog, unit_id: int) -> tuple[list[Connection_], list[Connection_]]:
-    rows = connection.execute(
-        select(Edge.source_id, Edge.target_id, Edge.weight, Edge.norm, Edge.kind, Edge.kernel, Edge.kernel_key).where(
-            (Edge.target_id == unit_id) | (Edge.source_id == unit_id)
-        )
-    ).all()
+def _connections(
+    connection: Connection, catalog: Catalog, unit_id: int
+) -> tuple[list[ConnectionGroup], list[ConnectionGroup]]:
+    rows = connection.execute(queries.edges, {"unit": unit_id}).all()
     others = [source if target == unit_id else target for source, target, *_ in rows]
     images = _thumbnails(connection, others)
     inputs, outputs = [], []
     for (source, target, weight, norm, kind, kernel, key), other in zip(rows, others):
         edge = Connection_(_ref(catalog, other, images), weight, norm, kind, kernel, urls.blob(key) if key else None)
         (inputs if target == unit_id else outputs).append(edge)
-    order = lambda edge: -edge.weight  # noqa: E731 - strongest excitation first, strongest inhibition last
-    return sorted(inputs, key=order), sorted(outputs, key=order)
+    return _grouped(catalog, inputs), _grouped(catalog, outputs)
+
+
+def _grouped(catalog: Catalog, edges: list[Connection_]) -> list[ConnectionGroup]:
+    """By layer, main layers before branches; within a layer strongest excitation first, inhibition last."""
+    layers: dict[str, list[Connection_]] = {}
+    for edge in edges:
+        layers.setdefault(edge.unit.layer, []).append(edge)
+    groups = []
+    for name, members in layers.items():
+        kind = catalog.models[members[0].unit.model].layer(name).kind
+        ordered = sorted(members, key=lambda edge: -edge.weight)
+        groups.append(ConnectionGroup(name, kind, ordered, max(abs(edge.weight) for edge in ordered)))
+    return sorted(groups, key=lambda group: (group.layer_kind == "branch", group.layer))
 
 
 def _same_unit(catalog: Catalog, model: ModelEntry, layer: LayerEntry, index: int) -> tuple[str, int] | None:
@@ -311,19 +313,14 @@ def unit_page(catalog: Catalog, connection: Connection, model_name: str, layer_n
     model = catalog.model(model_name)
     layer = model.layer(layer_name)
     unit_id = layer.unit_id(index)
-    artifacts = connection.execute(
-        select(Artifact.technique, Artifact.blob_key, Artifact.objective, Artifact.recipe).where(Artifact.unit_id == unit_id)
-    ).all()
+    artifacts = connection.execute(queries.artifacts, {"unit": unit_id}).all()
     by_technique = {technique: (key, objective, recipe) for technique, key, objective, recipe in artifacts}
     visualizations = [
         Visualization(t, urls.blob(by_technique[t][0]), by_technique[t][1], by_technique[t][2])
         for t in TECHNIQUES if t in by_technique
     ]
     examples = _examples(connection, catalog, unit_id)
-    stats_row = connection.execute(
-        select(UnitStats.images, UnitStats.mean_max, UnitStats.active_fraction, UnitStats.histogram, Dataset.name)
-        .join(Dataset, UnitStats.dataset_id == Dataset.id).where(UnitStats.unit_id == unit_id)
-    ).first()
+    stats_row = connection.execute(queries.stats, {"unit": unit_id}).first()
     stats = None
     if stats_row is not None:
         edges = _histogram_edges(connection)
@@ -366,9 +363,7 @@ def unit_page(catalog: Catalog, connection: Connection, model_name: str, layer_n
 
 
 def _histogram_edges(connection: Connection) -> list[float] | None:
-    params = connection.execute(
-        select(Run.params).where(Run.stage == "examples", Run.finished_at.is_not(None)).order_by(Run.id.desc()).limit(1)
-    ).scalar()
+    params = connection.execute(queries.histogram_edges).scalar()
     return params.get("histogram_edges") if params else None
 
 
@@ -377,13 +372,7 @@ def example_page(catalog: Catalog, connection: Connection, model_name: str, laye
     model = catalog.model(model_name)
     layer = model.layer(layer_name)
     unit_id = layer.unit_id(index)
-    row = connection.execute(
-        select(DatasetExample.activation, DatasetExample.crop_key, DatasetExample.y, DatasetExample.x,
-               DatasetImage.path, DatasetImage.thumbnail_key, Dataset.name)
-        .join(DatasetImage, DatasetExample.image_id == DatasetImage.id)
-        .join(Dataset, DatasetImage.dataset_id == Dataset.id)
-        .where(DatasetExample.unit_id == unit_id, DatasetExample.kind == kind, DatasetExample.rank == rank)
-    ).first()
+    row = connection.execute(queries.example, {"unit": unit_id, "kind": kind, "rank": rank}).first()
     if row is None:
         raise NotFound(f"{model_name}/{layer_name}/{index} has no {kind} example of rank {rank}")
     activation, crop, y, x, path, thumbnail, dataset = row

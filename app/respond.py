@@ -2,22 +2,23 @@
 
 from __future__ import annotations
 
-import dataclasses
 from typing import Any
 
+import orjson
 from fastapi import Request
-from fastapi.responses import HTMLResponse, JSONResponse, Response
+from fastapi.responses import HTMLResponse, Response
 from fastapi.templating import Jinja2Templates
 
 
-def as_json(page: Any) -> Any:
-    return dataclasses.asdict(page) if dataclasses.is_dataclass(page) else page
+def json_response(data: Any, status_code: int = 200) -> Response:
+    """orjson serializes the page dataclasses directly, several times faster than asdict + json."""
+    return Response(orjson.dumps(data), status_code=status_code, media_type="application/json")
 
 
 def respond(request: Request, page: Any, template: str, json: bool, status_code: int = 200) -> Response:
     """The JSON twin for ``.json`` paths; for htmx requests only the page's content; else the whole page."""
     if json:
-        return JSONResponse(as_json(page), status_code=status_code)
+        return json_response(page, status_code)
     templates: Jinja2Templates = request.app.state.templates
     fragment = request.headers.get("HX-Request") == "true"
     response = templates.TemplateResponse(

@@ -7,7 +7,7 @@ Routes with a ``.json`` twin are declared twice through `_twin`, the
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Query, Request
@@ -23,11 +23,15 @@ from app.state import ServerState
 router = APIRouter()
 
 
-def get_state(request: Request) -> ServerState:
+# Views are coroutines that query the local database directly: each query takes well under a
+# millisecond on SQLite, less than a hop to the thread pool and back would cost.
+
+
+async def get_state(request: Request) -> ServerState:
     return request.app.state.microscope
 
 
-def get_connection(request: Request) -> Iterator[Connection]:
+async def get_connection(request: Request) -> AsyncIterator[Connection]:
     with request.app.state.microscope.engine.connect() as connection:
         yield connection
 
@@ -54,8 +58,8 @@ def _bind(view: Callable[..., Any], json: bool) -> Callable[..., Any]:
     import inspect
 
     @functools.wraps(view)
-    def bound(*args: Any, **kwargs: Any) -> Any:
-        return view(*args, json=json, **kwargs)
+    async def bound(*args: Any, **kwargs: Any) -> Any:
+        return await view(*args, json=json, **kwargs)
 
     signature = inspect.signature(view)
     bound.__signature__ = signature.replace(  # type: ignore[attr-defined]
@@ -65,21 +69,21 @@ def _bind(view: Callable[..., Any], json: bool) -> Callable[..., Any]:
 
 
 @_twin("/", "index")
-def index(request: Request, state: StateDep, connection: ConnectionDep, json: bool) -> Response:
+async def index(request: Request, state: StateDep, connection: ConnectionDep, json: bool) -> Response:
     """The models in the store, with coverage."""
     page = pages.index_page(state.catalog(connection), state.coverage(connection))
     return respond(request, page, "index.html", json)
 
 
 @_twin("/models/{model}", "model")
-def model(request: Request, model: str, state: StateDep, connection: ConnectionDep, json: bool) -> Response:
+async def model(request: Request, model: str, state: StateDep, connection: ConnectionDep, json: bool) -> Response:
     """A model's layers in network order, with coverage per technique and a strip of visualizations."""
     page = pages.model_page(state.catalog(connection, model), connection, model, state.coverage(connection))
     return respond(request, page, "model.html", json)
 
 
 @_twin("/models/{model}/{layer}", "layer")
-def layer(
+async def layer(
     request: Request, model: str, layer: str, state: StateDep, connection: ConnectionDep, json: bool,
     page: Annotated[int, Query(ge=1, le=100_000)] = 1,
 ) -> Response:
@@ -89,7 +93,7 @@ def layer(
 
 
 @_twin("/models/{model}/{layer}/{unit:int}", "unit")
-def unit(request: Request, model: str, layer: str, unit: int, state: StateDep, connection: ConnectionDep,
+async def unit(request: Request, model: str, layer: str, unit: int, state: StateDep, connection: ConnectionDep,
          json: bool) -> Response:
     """A unit: its visualizations, dataset examples and circuit."""
     page = pages.unit_page(state.catalog(connection, model), connection, model, layer, unit)
@@ -97,7 +101,7 @@ def unit(request: Request, model: str, layer: str, unit: int, state: StateDep, c
 
 
 @_twin("/models/{model}/{layer}/{unit:int}/examples/{kind}/{rank:int}", "example")
-def example(request: Request, model: str, layer: str, unit: int, kind: str, rank: int, state: StateDep,
+async def example(request: Request, model: str, layer: str, unit: int, kind: str, rank: int, state: StateDep,
             connection: ConnectionDep, json: bool) -> Response:
     """One dataset example: the whole image with the unit's receptive field marked."""
     if kind not in ("top", "bottom"):
@@ -107,14 +111,14 @@ def example(request: Request, model: str, layer: str, unit: int, kind: str, rank
 
 
 @router.get("/search.json", name="search_json")
-def search_json(state: StateDep, connection: ConnectionDep, q: Annotated[str, Query(max_length=200)] = "") -> Any:
+async def search_json(state: StateDep, connection: ConnectionDep, q: Annotated[str, Query(max_length=200)] = "") -> Any:
     """Pages matching a query: ``mixed4c:447``, ``mixed4c 447``, a class or layer name."""
     hits = search(state.catalog(connection), q)
     return {"query": q, "results": [{"label": hit.label, "url": hit.url} for hit in hits]}
 
 
 @router.get("/search", name="search", include_in_schema=False, response_class=Response)
-def search_page(
+async def search_page(
     request: Request, state: StateDep, connection: ConnectionDep,
     q: Annotated[str, Query(max_length=200)] = "",
     model: Annotated[str | None, Query(max_length=64)] = None,
@@ -131,7 +135,7 @@ def search_page(
 
 
 @router.get("/blobs/{key}", name="blob", include_in_schema=False)
-def blob(key: str, request: Request, state: StateDep) -> Response:
+async def blob(key: str, request: Request, state: StateDep) -> Response:
     """A stored image by content key: immutable, cached for a year, its key as the ETag."""
     if not state.blobs.has_key(key):
         raise NotFound(f"no blob {key!r}")

@@ -79,9 +79,12 @@ def test_unit_page_shows_visualizations_examples_and_circuit(client: httpx.Clien
     assert data["top_examples"][0]["activation"] >= data["top_examples"][-1]["activation"]
     assert data["bottom_examples"][0]["activation"] <= data["bottom_examples"][-1]["activation"]
     assert data["stats"]["images"] == 24 and sum(data["stats"]["histogram"]) == 24
-    inputs, outputs = data["inputs"], data["outputs"]
-    assert len(inputs) >= 32 and {e["unit"]["layer"] for e in inputs} == {"mixed3a"}
-    assert {e["unit"]["layer"] for e in outputs} == {"mixed4a"}
+    assert [group["layer"] for group in data["inputs"]] == ["mixed3a"]
+    assert [group["layer"] for group in data["outputs"]] == ["mixed4a"]
+    inputs = data["inputs"][0]["edges"]
+    assert len(inputs) >= 32 and {edge["kind"] for edge in inputs} == {"direct"}  # unit 0 is in the 1x1 branch
+    spatial = client.get(urls.unit("inceptionv1", "mixed3b", 200, json=True)).json()["inputs"][0]["edges"]
+    assert {edge["kind"] for edge in spatial} == {"expanded"} and len(spatial[0]["kernel"]) == 3
     assert inputs[0]["weight"] > 0 > inputs[-1]["weight"] and inputs[0]["kernel_url"].startswith("/blobs/")
     assert data["same_unit"]["layer"] == "mixed3b_1x1" and data["same_unit"]["index"] == 0
     assert data["previous_url"] is None and data["next_url"] == urls.unit("inceptionv1", "mixed3b", 1)
@@ -104,7 +107,13 @@ def test_unit_page_names_what_is_missing_and_the_command(client: httpx.Client) -
 def test_class_units_carry_their_names(client: httpx.Client) -> None:
     _, data = _both(client, urls.unit("inceptionv1", "softmax2", 1), urls.unit("inceptionv1", "softmax2", 1, json=True))
     assert data["unit"]["label"] == "goldfish" and data["top_examples"]
-    assert all(e["unit"]["layer"] == "mixed5b" for e in data["inputs"])
+    assert [group["layer"] for group in data["inputs"]] == ["mixed5b"]
+
+
+def test_a_main_units_outputs_list_the_next_block_before_its_branches(client: httpx.Client) -> None:
+    data = client.get(urls.unit("inceptionv1", "mixed3a", 5, json=True)).json()
+    layers = [group["layer"] for group in data["outputs"]]
+    assert layers[0] == "mixed3b" and set(layers) <= {"mixed3b", "mixed3b_3x3_bottleneck"}
 
 
 def test_example_page_marks_the_receptive_field(client: httpx.Client) -> None:

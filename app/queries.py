@@ -1,0 +1,60 @@
+"""The statements behind the pages, built once at import (requests only bind values).
+
+Building SQLAlchemy expressions costs more than running these indexed
+queries on SQLite, so the hot pages use these prepared shapes.
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import bindparam, func, select
+
+from app.store import Artifact, Dataset, DatasetExample, DatasetImage, Edge, Run, UnitStats
+
+THUMBNAIL_TECHNIQUE = "channel"
+
+thumbnails = select(Artifact.unit_id, Artifact.blob_key).where(
+    Artifact.unit_id.in_(bindparam("ids", expanding=True)), Artifact.technique == THUMBNAIL_TECHNIQUE
+)
+
+rendered_in = select(func.count()).select_from(Artifact).where(
+    Artifact.unit_id.in_(bindparam("ids", expanding=True)), Artifact.technique == THUMBNAIL_TECHNIQUE
+)
+
+all_thumbnails = (
+    select(Artifact.unit_id, Artifact.blob_key).where(Artifact.technique == THUMBNAIL_TECHNIQUE).order_by(Artifact.unit_id)
+)
+
+artifacts = select(Artifact.technique, Artifact.blob_key, Artifact.objective, Artifact.recipe).where(
+    Artifact.unit_id == bindparam("unit")
+)
+
+examples = (
+    select(DatasetExample.kind, DatasetExample.rank, DatasetExample.activation, DatasetExample.crop_key,
+           DatasetExample.y, DatasetExample.x, DatasetImage.path)
+    .join(DatasetImage, DatasetExample.image_id == DatasetImage.id)
+    .where(DatasetExample.unit_id == bindparam("unit"))
+    .order_by(DatasetExample.kind.desc(), DatasetExample.rank)
+)
+
+example = (
+    select(DatasetExample.activation, DatasetExample.crop_key, DatasetExample.y, DatasetExample.x,
+           DatasetImage.path, DatasetImage.thumbnail_key, Dataset.name)
+    .join(DatasetImage, DatasetExample.image_id == DatasetImage.id)
+    .join(Dataset, DatasetImage.dataset_id == Dataset.id)
+    .where(DatasetExample.unit_id == bindparam("unit"), DatasetExample.kind == bindparam("kind"),
+           DatasetExample.rank == bindparam("rank"))
+)
+
+stats = (
+    select(UnitStats.images, UnitStats.mean_max, UnitStats.active_fraction, UnitStats.histogram, Dataset.name)
+    .join(Dataset, UnitStats.dataset_id == Dataset.id)
+    .where(UnitStats.unit_id == bindparam("unit"))
+)
+
+edges = select(Edge.source_id, Edge.target_id, Edge.weight, Edge.norm, Edge.kind, Edge.kernel, Edge.kernel_key).where(
+    (Edge.target_id == bindparam("unit")) | (Edge.source_id == bindparam("unit"))
+)
+
+histogram_edges = (
+    select(Run.params).where(Run.stage == "examples", Run.finished_at.is_not(None)).order_by(Run.id.desc()).limit(1)
+)

@@ -1,0 +1,96 @@
+"""A real browser walks the microscope: models -> layer -> unit -> one of its input units.
+
+Playwright drives Debian's Chromium (/usr/bin/chromium, installed by .ci/run);
+the server runs as ``microscope serve`` does, in its own process. The last
+page's screenshot is kept as a test artifact (test-artifacts/).
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+from playwright.sync_api import Page, sync_playwright
+
+from app.settings import Settings
+from app.zoo import ModelSpec
+from tests.conftest import ROOT
+from tests.web_store import build
+
+CHROMIUM = os.environ.get("MICROSCOPE_CHROMIUM", "/usr/bin/chromium")
+ARTIFACTS = Path(os.environ.get("MICROSCOPE_TEST_ARTIFACTS") or ROOT / "test-artifacts")
+# Without these, Chromium keeps reaching for Google's hosts, which this network refuses.
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync"]
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory, spec: ModelSpec, net, images_dir: Path) -> Iterator[str]:  # noqa: ANN001
+    settings: Settings = build(tmp_path_factory.mktemp("browser"), spec, net, images_dir)
+    port = _free_port()
+    process = subprocess.Popen(
+        [sys.executable, "-m", "precompute.cli", "serve", "--data", str(settings.data_dir), "--port", str(port)],
+        env={**os.environ, "PYTHONPATH": str(ROOT)}, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+    )
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(url + "/index.json", timeout=1).status_code == 200:
+                break
+        except httpx.HTTPError:
+            time.sleep(0.2)
+    else:
+        process.kill()
+        pytest.fail(f"server did not start: {process.stderr.read().decode()[-2000:]}")
+    yield url
+    process.terminate()
+    process.wait(timeout=10)
+
+
+def _images_loaded(page: Page) -> bool:
+    return page.evaluate(
+        "() => [...document.querySelectorAll('main img')].every(img => img.complete && img.naturalWidth > 0)"
+    )
+
+
+def test_walk_from_the_index_to_an_input_unit(server: str) -> None:
+    assert Path(CHROMIUM).is_file(), f"Chromium not found at {CHROMIUM}: apt-get install chromium"
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        page = browser.new_page(viewport={"width": 1280, "height": 1400})
+        page.goto(server + "/")
+        page.click('a[href="/models/inceptionv1"]')
+        page.wait_for_url("**/models/inceptionv1")
+        page.click('a[href="/models/inceptionv1/mixed3b"]')
+        page.wait_for_url("**/models/inceptionv1/mixed3b")
+        page.click('a.tile[href="/models/inceptionv1/mixed3b/0"]')
+        page.wait_for_url("**/models/inceptionv1/mixed3b/0")
+        page.wait_for_load_state("networkidle")
+        assert page.locator("section.vis img").count() == 4 and _images_loaded(page)
+        first_input = page.locator("ol.circuit").first.locator("li a").first
+        target = first_input.get_attribute("href")
+        assert target and target.startswith("/models/inceptionv1/mixed3a/")
+        first_input.click()
+        page.wait_for_url("**" + target)
+        page.wait_for_load_state("networkidle")
+        assert page.locator("h1").inner_text().startswith("mixed3a:" + target.rsplit("/", 1)[1])
+        assert page.locator(".examples img").count() >= 4 and _images_loaded(page)
+        page.locator(".examples a").first.click()  # htmx: the whole image with the position marked
+        page.wait_for_selector("#viewer .marked .box")
+        page.screenshot(path=str(ARTIFACTS / "unit-page.png"), full_page=True)
+        browser.close()
