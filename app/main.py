@@ -6,6 +6,7 @@ every page is built from what precompute stored.
 
 from __future__ import annotations
 
+import gc
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from importlib import resources
@@ -46,7 +47,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         "Every page has a JSON twin at the same path plus `.json`.",
         version="0.1.0",
     )
-    app.state.microscope = ServerState(store)
+    app.state.microscope = state = ServerState(store)
+    with store.engine.connect() as connection:
+        state.catalog(connection)
+    # The catalog is tens of thousands of long-lived objects: freezing them keeps the garbage
+    # collector's full passes (tens of milliseconds each) from stalling requests.
+    gc.freeze()
     templates = Jinja2Templates(directory=str(resources.files("templates")))
     templates.env.globals["urls"] = urls
     app.state.templates = templates

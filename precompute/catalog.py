@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 
 from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from app.errors import StoreError
@@ -21,12 +23,26 @@ class CatalogResult:
     units_added: int
 
 
-def catalog(store: Store, spec: ModelSpec) -> CatalogResult:
+def catalog(store: Store, spec: ModelSpec, shard: tuple[int, int] = (0, 1)) -> CatalogResult:
     """Write ``spec``'s rows in one transaction; running it again adds nothing.
 
-    A store whose rows disagree with the spec (another version's layers) is
-    refused, and left as it was.
+    Shard i of n writes the layers i, i+n, ... (and the model row, whichever
+    shard comes first; a shard that loses that race retries). A store whose
+    rows disagree with the spec (another version's layers) is refused, and
+    left as it was.
     """
+    for attempt in range(5):
+        try:
+            return _catalog(store, spec, shard)
+        except IntegrityError:
+            if attempt == 4:
+                raise
+            time.sleep(0.2 * (attempt + 1))
+    raise AssertionError("unreachable")
+
+
+def _catalog(store: Store, spec: ModelSpec, shard: tuple[int, int]) -> CatalogResult:
+    index, count = shard
     weights = Checksums.of(spec).digest
     with store.transaction() as session:
         model = session.scalar(select(Model).where(Model.name == spec.name))
@@ -40,6 +56,8 @@ def catalog(store: Store, spec: ModelSpec) -> CatalogResult:
         existing = {layer.name: layer for layer in session.scalars(select(Layer).where(Layer.model_id == model.id))}
         layers_added = units_added = 0
         for position, layer_spec in enumerate(spec.layers):
+            if position % count != index:
+                continue
             layer = existing.get(layer_spec.name)
             if layer is None:
                 layer = _layer_row(model.id, position, layer_spec)
@@ -49,7 +67,8 @@ def catalog(store: Store, spec: ModelSpec) -> CatalogResult:
             else:
                 _check_layer(layer, layer_spec)
             units_added += _add_units(session, layer, spec, layer_spec)
-        run = start_run(session, "catalog", model.id, {"layers": len(spec.layers)}, weights_sha256=weights)
+        run = start_run(session, "catalog", model.id, {"layers": len(spec.layers), "shard": f"{index}/{count}"},
+                        weights_sha256=weights)
         run.finished_at = now()
     return CatalogResult(spec.name, layers_added, units_added)
 

@@ -156,8 +156,15 @@ class CircuitsResult:
 
 
 def run_circuits(
-    store: Store, spec: ModelSpec, net: InceptionV1, weights_sha256: str, layers: Sequence[LayerSpec], progress: bool = True
+    store: Store,
+    spec: ModelSpec,
+    net: InceptionV1,
+    weights_sha256: str,
+    layers: Sequence[LayerSpec],
+    progress: bool = True,
+    shard: tuple[int, int] = (0, 1),
 ) -> CircuitsResult:
+    """Write every pair whose target is in ``layers``; shard i of n takes the pairs i, i+n, i+2n, ..."""
     result = CircuitsResult()
     with store.session() as session:
         model = session.scalar(select(Model).where(Model.name == spec.name))
@@ -173,7 +180,8 @@ def run_circuits(
                 select(Layer.name, Unit.index, Unit.id).join(Unit, Unit.layer_id == Layer.id).where(Layer.model_id == model.id)
             )
         }
-    todo = [pair for pair in pairs(net, spec, layers)]
+    index, count = shard
+    todo = [pair for number, pair in enumerate(pairs(net, spec, layers)) if number % count == index]
     for pair in tqdm(todo, desc="circuits", unit="pair", disable=not progress):
         params = recipe(pair, weights_sha256)
         if params["recipe_sha256"] in done:

@@ -52,6 +52,13 @@ ImagesOption = Annotated[
     typer.Option("--images", envvar="MICROSCOPE_IMAGES",
                  help="Image folder (default: ../shared/data/imagenet-sample)."),
 ]
+LayersOption = Annotated[str, typer.Option("--layers", help="'all', 'main' or comma-separated layer names.")]
+DeviceOption = Annotated[str, typer.Option("--device", help="'auto' (a GPU when there is one), 'cpu', 'cuda', 'cuda:1'...")]
+WorkersOption = Annotated[int, typer.Option("--workers", min=0, help="Image-decoding processes.")]
+ShardOption = Annotated[
+    Optional[str],
+    typer.Option("--shard", help="i/n: do the i-th of n deterministic parts (n processes fill one store together)."),
+]
 
 
 @cli.command()
@@ -99,20 +106,17 @@ def serve(
 
 
 @precompute_cli.command("catalog")
-def precompute_catalog(model: ModelOption = DEFAULT_MODEL, data: DataOption = None,
+def precompute_catalog(model: ModelOption = DEFAULT_MODEL, shard: ShardOption = None, data: DataOption = None,
                        database_url: DatabaseOption = None) -> None:
     """Write the model, layer and unit rows (with class names); idempotent."""
     from precompute.catalog import catalog
+    from precompute.selection import parse_shard
 
     spec = get_model(model)
+    part = parse_shard(shard)
     with Store.open(Settings.load(data, database_url), create=True) as store:
-        result = catalog(store, spec)
+        result = catalog(store, spec, shard=part)
     typer.echo(f"{result.model}: {result.layers_added} layers and {result.units_added} units added")
-
-
-LayersOption = Annotated[str, typer.Option("--layers", help="'all', 'main' or comma-separated layer names.")]
-DeviceOption = Annotated[str, typer.Option("--device", help="'auto' (a GPU when there is one), 'cpu', 'cuda', 'cuda:1'...")]
-WorkersOption = Annotated[int, typer.Option("--workers", min=0, help="Image-decoding processes.")]
 
 
 @precompute_cli.command("examples")
@@ -125,6 +129,7 @@ def precompute_examples(
     workers: WorkersOption = 1,
     device: DeviceOption = "auto",
     checkpoint_every: Annotated[int, typer.Option(min=1, help="Batches between checkpoints.")] = 8,
+    shard: ShardOption = None,
     weights: WeightsOption = None,
     data: DataOption = None,
     database_url: DatabaseOption = None,
@@ -133,20 +138,24 @@ def precompute_examples(
     from precompute.devices import pick_device
     from precompute.examples import ExamplesConfig, run_examples
     from precompute.images import locate_images
-    from precompute.selection import parse_layers
+    from precompute.selection import parse_layers, parse_shard
     from precompute.weight_files import locate
     from precompute.weights import load_network
 
     spec = get_model(model)
+    parse_shard(shard)
     config = ExamplesConfig(layers=tuple(parse_layers(spec, layers)), k=k, batch_size=batch, workers=workers,
                             checkpoint_every=checkpoint_every)
     root = locate_images(images)
     with Store.open(Settings.load(data, database_url)) as store:
         target = pick_device(device)
         net, checksums = load_network(spec, locate(spec, weights))
-        result = run_examples(store, spec, net.to(target), checksums.digest, root, config, target)
+        result = run_examples(store, spec, net.to(target), checksums.digest, root, config, target,
+                              shard=parse_shard(shard))
     for message in result.messages:
-        typer.echo(f"warning: {message}", err=True)
+        typer.echo(f"{'note' if result.waiting else 'warning'}: {message}", err=True)
+    if result.waiting:
+        return
     if result.reused:
         typer.echo(f"examples: already computed for {len(config.layers)} layers with this recipe; nothing to do")
         return
@@ -169,13 +178,14 @@ def precompute_vis(
     seed: Annotated[int, typer.Option(help="Base seed; each image's seed derives from it and the unit.")] = 0,
     precision: Annotated[str, typer.Option(help="auto (bf16 where native), fp32 or bf16.")] = "auto",
     device: DeviceOption = "auto",
+    shard: ShardOption = None,
     weights: WeightsOption = None,
     data: DataOption = None,
     database_url: DatabaseOption = None,
 ) -> None:
     """Feature visualizations of the chosen units, batched; skips what is stored with the same recipe."""
     from precompute.devices import pick_device
-    from precompute.selection import parse_layers, units_per_layer
+    from precompute.selection import parse_layers, parse_shard, units_per_layer
     from precompute.vis import VisConfig, run_vis
     from precompute.weight_files import locate
     from precompute.weights import load_network
@@ -184,6 +194,7 @@ def precompute_vis(
     if precision not in ("auto", "fp32", "bf16"):
         raise MicroscopeError(f"--precision {precision!r}: choose auto, fp32 or bf16")
     chosen = parse_layers(spec, layers)
+    part = parse_shard(shard)
     config = VisConfig(
         layers=tuple(chosen), units=units_per_layer(chosen, units, explicit=layers not in ("all", "main")),
         techniques=tuple(t.strip() for t in techniques.split(",") if t.strip()), steps=steps, size=size,
@@ -192,7 +203,7 @@ def precompute_vis(
     with Store.open(Settings.load(data, database_url)) as store:
         target = pick_device(device)
         net, checksums = load_network(spec, locate(spec, weights))
-        result = run_vis(store, spec, net.to(target), checksums.digest, config, target)
+        result = run_vis(store, spec, net.to(target), checksums.digest, config, target, shard=part)
     typer.echo(f"vis: {result.rendered} images rendered, {result.skipped} already stored with this recipe")
 
 
@@ -200,21 +211,23 @@ def precompute_vis(
 def precompute_circuits(
     model: ModelOption = DEFAULT_MODEL,
     layers: LayersOption = "all",
+    shard: ShardOption = None,
     weights: WeightsOption = None,
     data: DataOption = None,
     database_url: DatabaseOption = None,
 ) -> None:
     """Strongest input and output weights of every unit (expanded across blocks); resumable by layer pair."""
     from precompute.circuits import run_circuits
-    from precompute.selection import parse_layers
+    from precompute.selection import parse_layers, parse_shard
     from precompute.weight_files import locate
     from precompute.weights import load_network
 
     spec = get_model(model)
     chosen = parse_layers(spec, layers)
+    part = parse_shard(shard)
     with Store.open(Settings.load(data, database_url)) as store:
         net, checksums = load_network(spec, locate(spec, weights))
-        result = run_circuits(store, spec, net, checksums.digest, chosen)
+        result = run_circuits(store, spec, net, checksums.digest, chosen, shard=part)
     typer.echo(f"circuits: {result.edges} edges in {result.pairs_written} layer pairs written, "
                f"{result.pairs_reused} already stored")
 

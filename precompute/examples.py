@@ -69,6 +69,8 @@ class ExamplesResult:
     skipped: list[str] = field(default_factory=list)
     examples: int = 0
     reused: bool = False
+    #: A shard that finished its images but left the writing to the last shard.
+    waiting: bool = False
     messages: list[str] = field(default_factory=list)
 
 
@@ -111,6 +113,7 @@ def run_examples(
     config: ExamplesConfig,
     device: torch.device,
     progress: bool = True,
+    shard: tuple[int, int] = (0, 1),
 ) -> ExamplesResult:
     files = list_images(root)
     root = root.resolve()
@@ -133,48 +136,113 @@ def run_examples(
         if any(run.params.get("recipe_sha256") == recipe["recipe_sha256"] for run in done):
             result.reused = True
             return result
-    checkpoint = store.settings.data_dir / "checkpoints" / f"examples-{recipe['recipe_sha256'][:16]}.pt"
-    statistics, skipped = _stream(net, spec, files, config, device, checkpoint, progress)
+    index, count = shard
+    folder = store.settings.data_dir / "checkpoints"
+    prefix = f"examples-{recipe['recipe_sha256'][:16]}"
+    checkpoint = folder / f"{prefix}-{index}of{count}.pt"
+    # A shard takes every n-th image; each shard's result is exact for its images, and the
+    # top-k of the union is the top-k of the shards' top-k lists, so merging loses nothing.
+    mine = list(range(index, len(files), count))
+    statistics, skipped = _stream(net, spec, files, mine, config, device, checkpoint, progress)
+    partials = [folder / f"{prefix}-{i}of{count}.pt" for i in range(count)]
+    if count > 1:
+        if not all(_complete(path) for path in partials):
+            result.messages.append(f"shard {index}/{count} done; the last shard to finish writes the store")
+            result.waiting = True
+            return result
+        lock = folder / f"{prefix}.merge-lock"
+        if not _acquire(lock):
+            result.messages.append(f"shard {index}/{count} done; another shard is writing the store")
+            result.waiting = True
+            return result
+        statistics, skipped = _merge(spec, config, device, partials)
     result.skipped = skipped
     result.examples = _write(store, spec, model.id, files, root, statistics, recipe, config, progress)
-    checkpoint.unlink(missing_ok=True)
+    for path in partials:
+        path.unlink(missing_ok=True)
+    if count > 1:
+        lock.unlink(missing_ok=True)
     return result
+
+
+def _complete(path: Path) -> bool:
+    return path.is_file() and bool(torch.load(path, map_location="cpu", weights_only=True)["complete"])
+
+
+def _acquire(lock: Path) -> bool:
+    """Create ``lock`` exclusively; a lock left by a process that died on this host is taken over."""
+    for _ in range(2):
+        try:
+            descriptor = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+        except FileExistsError:
+            try:
+                owner = int(lock.read_text() or 0)
+                os.kill(owner, 0)
+                return False
+            except (ValueError, ProcessLookupError):
+                lock.unlink(missing_ok=True)
+                continue
+            except PermissionError:
+                return False
+        with os.fdopen(descriptor, "w") as handle:
+            handle.write(str(os.getpid()))
+        return True
+    return False
+
+
+def _merge(spec: ModelSpec, config: ExamplesConfig, device: torch.device, partials: list[Path]) -> tuple[RunningStatistics, list[str]]:
+    merged = RunningStatistics(spec, config.layers, config.k, device)
+    skipped: list[str] = []
+    for path in partials:
+        saved = torch.load(path, map_location=device, weights_only=True)
+        part = RunningStatistics(spec, config.layers, config.k, device)
+        part.load_state_dict(saved["statistics"])
+        merged.merge(part)
+        skipped.extend(saved["skipped"])
+    return merged, skipped
 
 
 def _stream(
     net: InceptionV1,
     spec: ModelSpec,
     files: Sequence[ImageFile],
+    mine: list[int],
     config: ExamplesConfig,
     device: torch.device,
     checkpoint: Path,
     progress: bool,
 ) -> tuple[RunningStatistics, list[str]]:
+    """The pass over the images at positions ``mine`` of ``files``, resumed from ``checkpoint`` if there is one."""
     statistics = RunningStatistics(spec, config.layers, config.k, device)
     start, skipped = 0, []
     if checkpoint.is_file():
         saved = torch.load(checkpoint, map_location=device, weights_only=True)
         statistics.load_state_dict(saved["statistics"])
         start, skipped = saved["next_image"], list(saved["skipped"])
-    total_batches = (len(files) - start + config.batch_size - 1) // config.batch_size
-    bar = tqdm(total=len(files), initial=start, unit="img", desc="examples", disable=not progress, smoothing=0.1)
+    remaining = [files[i] for i in mine[start:]]
+    total_batches = (len(remaining) + config.batch_size - 1) // config.batch_size
+    bar = tqdm(total=len(mine), initial=start, unit="img", desc="examples", disable=not progress, smoothing=0.1)
     with torch.inference_mode():
-        for number, batch in enumerate(batches(files[start:], input_transform(spec), config.batch_size, config.workers), 1):
+        for number, batch in enumerate(batches(remaining, input_transform(spec), config.batch_size, config.workers), 1):
             skipped.extend(batch.failed)
             if batch.indices:
                 images = batch.images.to(device).contiguous(memory_format=torch.channels_last)
-                statistics.observe(net, images, torch.tensor(batch.indices) + start)
+                statistics.observe(net, images, torch.tensor([mine[start + i] for i in batch.indices]))
             bar.update(len(batch.indices) + len(batch.failed))
             if number % config.checkpoint_every == 0 or number == total_batches:
-                _save_checkpoint(checkpoint, statistics, start + min(number * config.batch_size, len(files) - start), skipped)
+                done = start + min(number * config.batch_size, len(remaining))
+                _save_checkpoint(checkpoint, statistics, done, skipped, complete=done == len(mine))
     bar.close()
+    if total_batches == 0 and not checkpoint.is_file():
+        _save_checkpoint(checkpoint, statistics, 0, skipped, complete=True)
     return statistics, skipped
 
 
-def _save_checkpoint(path: Path, statistics: RunningStatistics, next_image: int, skipped: list[str]) -> None:
+def _save_checkpoint(path: Path, statistics: RunningStatistics, next_image: int, skipped: list[str], complete: bool) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
+    state = {"statistics": statistics.state_dict(), "next_image": next_image, "skipped": skipped, "complete": complete}
     with tempfile.NamedTemporaryFile(dir=path.parent, prefix=".tmp-", delete=False) as handle:
-        torch.save({"statistics": statistics.state_dict(), "next_image": next_image, "skipped": skipped}, handle)
+        torch.save(state, handle)
     os.replace(handle.name, path)
 
 

@@ -41,11 +41,12 @@ class Ranking:
         )
 
     def update(self, values: Tensor, positions: Tensor, images: Tensor) -> None:
-        """Merge a batch: ``values`` and ``positions`` (B, C), ``images`` (B,) dataset indices."""
+        """Merge a batch: ``values`` and ``positions`` (B, C); ``images`` (B,) or per channel (B, C)."""
         channels, k = self.values.shape
         best = torch.cat([self.values, values.T], dim=1).topk(k, dim=1, sorted=True)
         self.values = best.values
-        self.images = torch.cat([self.images, images.expand(channels, -1)], dim=1).gather(1, best.indices)
+        images = images.T if images.dim() == 2 else images.expand(channels, -1)
+        self.images = torch.cat([self.images, images], dim=1).gather(1, best.indices)
         self.positions = torch.cat([self.positions, positions.T], dim=1).gather(1, best.indices)
 
 
@@ -162,6 +163,18 @@ class RunningStatistics:
         stats.histogram.scatter_add_(1, bins.T, torch.ones_like(bins.T))
         stats.max_sum += high.double().sum(dim=0)
         stats.active += (high > 0).sum(dim=0)
+
+    def merge(self, other: RunningStatistics) -> None:
+        """Fold in the statistics of a disjoint set of images (another shard's)."""
+        for name, stats in self.reduced.items():
+            theirs = other.reduced[name]
+            for side in ("top", "bottom"):
+                mine, their = getattr(stats, side), getattr(theirs, side)
+                mine.update(their.values.T, their.positions.T, their.images.T)
+            stats.histogram += theirs.histogram
+            stats.max_sum += theirs.max_sum
+            stats.active += theirs.active
+        self.images_seen += other.images_seen
 
     def state_dict(self) -> dict[str, object]:
         return {"images_seen": self.images_seen, "layers": {name: s.fields() for name, s in self.reduced.items()}}

@@ -137,7 +137,9 @@ def run_vis(
     config: VisConfig,
     device: torch.device,
     progress: bool = True,
+    shard: tuple[int, int] = (0, 1),
 ) -> VisResult:
+    """Render the chosen units; shard i of n takes chunks i, i+n, ... of the full list (stored or not)."""
     result = VisResult()
     with store.session() as session:
         model = session.scalar(select(Model).where(Model.name == spec.name))
@@ -156,16 +158,22 @@ def run_vis(
             )
         }
     todo: list[tuple[LayerSpec, str, dict, list[int]]] = []
+    index, count = shard
+    number = 0
     for layer in config.layers:
         for technique in config.techniques:
             params = recipe(config, layer, technique, weights_sha256, device)
-            units = [
-                unit for unit in config.units[layer.name]
-                if (ids[layer.name, unit], technique, params["recipe_sha256"]) not in stored
-            ]
-            result.skipped += len(config.units[layer.name]) - len(units)
             per_batch = config.batch // DIVERSITY_IMAGES if technique == "diversity" else config.batch
-            todo.extend((layer, technique, params, units[i:i + per_batch]) for i in range(0, len(units), per_batch))
+            chosen = list(config.units[layer.name])
+            for start in range(0, len(chosen), per_batch):
+                number += 1
+                if (number - 1) % count != index:
+                    continue
+                chunk = chosen[start:start + per_batch]
+                units = [u for u in chunk if (ids[layer.name, u], technique, params["recipe_sha256"]) not in stored]
+                result.skipped += len(chunk) - len(units)
+                if units:
+                    todo.append((layer, technique, params, units))
     if not todo:
         return result
     with store.transaction() as session:
