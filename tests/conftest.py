@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -53,3 +54,18 @@ def settings(tmp_path: Path) -> Settings:
 def store(settings: Settings):  # noqa: ANN201
     with Store.open(settings, create=True) as opened:
         yield opened
+
+
+@pytest.fixture(scope="session")
+def postgres_base() -> Iterator[str]:
+    from tests.postgres import postgres_server
+
+    with postgres_server() as url:
+        yield url
+
+
+@pytest.fixture
+def postgres_url(postgres_base: str) -> str:
+    from tests.postgres import new_database
+
+    return new_database(postgres_base)

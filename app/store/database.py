@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 from sqlalchemy import Engine, create_engine, event, inspect, select
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -68,15 +70,13 @@ class Store:
             if version is None:
                 if readonly or not create:
                     raise StoreError(f"{settings.database_url} holds no microscope store: run `microscope precompute catalog`")
-                Base.metadata.create_all(engine)
-                with Session(engine) as session, session.begin():
-                    session.add(Meta(key="schema_version", value=str(SCHEMA_VERSION)))
-            elif version > SCHEMA_VERSION:
+                version = _create(engine)
+            if version > SCHEMA_VERSION:
                 raise StoreError(
                     f"the store at {settings.database_url} has schema version {version}, newer than this "
                     f"microscope's {SCHEMA_VERSION}: upgrade neuron-microscope to read it"
                 )
-            elif version < SCHEMA_VERSION:
+            if version < SCHEMA_VERSION:
                 raise StoreError(
                     f"the store at {settings.database_url} has schema version {version}, older than this "
                     f"microscope's {SCHEMA_VERSION}: export it with the older version or recompute it"
@@ -105,6 +105,22 @@ class Store:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _create(engine: Engine) -> int:
+    """Create the tables; when shards race to create one store, the losers find the winner's."""
+    for attempt in range(10):
+        try:
+            with Session(engine) as session, session.begin():
+                Base.metadata.create_all(session.connection())
+                session.add(Meta(key="schema_version", value=str(SCHEMA_VERSION)))
+            return SCHEMA_VERSION
+        except DBAPIError:
+            time.sleep(0.1 * (attempt + 1))
+            version = _schema_version(engine)
+            if version is not None:
+                return version
+    raise StoreError(f"could not create a store at {engine.url}")
 
 
 def _schema_version(engine: Engine) -> int | None:

@@ -1,0 +1,99 @@
+"""PostgreSQL as the store's database: two shards fill one store concurrently, the server reads it."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from fastapi.testclient import TestClient
+from sqlalchemy import select
+
+from app import urls
+from app.main import create_app
+from app.settings import Settings
+from app.store import Artifact, DatasetExample, DatasetImage, Edge, Layer, Store, Unit
+from tests.conftest import ROOT
+from tests.test_cli import microscope
+
+CIRCUITS = "conv2d1,conv2d2,mixed3a,mixed3a_3x3,mixed3a_pool_reduce,softmax2"
+STAGES = [
+    ["precompute", "catalog"],
+    ["precompute", "circuits", "--layers", CIRCUITS],
+    ["precompute", "examples", "--layers", "conv2d2,mixed3a", "-k", "3", "--batch", "4"],
+    ["precompute", "vis", "--layers", "mixed3a", "--units", "0:4", "--steps", "2", "--size", "32", "--batch", "2"],
+]
+
+
+@pytest.fixture
+def sample(images_dir: Path, tmp_path: Path) -> Path:
+    folder = tmp_path / "sample"
+    for source in sorted(images_dir.glob("*/*.jpg"))[::60][:16]:
+        (folder / source.parent.name).mkdir(parents=True, exist_ok=True)
+        (folder / source.parent.name / source.name).symlink_to(source)
+    return folder
+
+
+def _contents(settings: Settings) -> dict[str, list[tuple]]:
+    """Every stored result by natural keys (never by row ids, which differ between stores)."""
+    with Store.open(settings, readonly=True) as store, store.engine.connect() as connection:
+        names = {unit_id: (layer, index) for unit_id, layer, index in connection.execute(
+            select(Unit.id, Layer.name, Unit.index).join(Layer))}
+        edges = sorted((names[s], names[t], round(w, 5), key) for s, t, w, key in connection.execute(
+            select(Edge.source_id, Edge.target_id, Edge.weight, Edge.kernel_key)))
+        examples = sorted((names[u], kind, rank, path, y, x, key) for u, kind, rank, path, y, x, key in connection.execute(
+            select(DatasetExample.unit_id, DatasetExample.kind, DatasetExample.rank, DatasetImage.path,
+                   DatasetExample.y, DatasetExample.x, DatasetExample.crop_key).join(DatasetImage)))
+        artifacts = sorted((names[u], technique, key) for u, technique, key in connection.execute(
+            select(Artifact.unit_id, Artifact.technique, Artifact.blob_key)))
+    return {"edges": edges, "examples": examples, "artifacts": artifacts, "units": sorted(names.values())}
+
+
+def test_two_shards_fill_one_postgres_store_like_one_process(
+    postgres_url: str, sample: Path, weights_dir: Path, tmp_path: Path
+) -> None:
+    common = ["--weights", str(weights_dir)]
+    alone = tmp_path / "alone"
+    for stage in STAGES:
+        extra = ["--images", str(sample)] if "examples" in stage else []
+        result = microscope(*stage, *extra, *(common if stage[1] != "catalog" else []), "--data", str(alone))
+        assert result.returncode == 0, result.stderr
+
+    shared = tmp_path / "shared"
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "MICROSCOPE_DATABASE_URL": postgres_url}
+    for stage in STAGES:
+        extra = ["--images", str(sample)] if "examples" in stage else []
+        processes = [
+            subprocess.Popen(
+                [sys.executable, "-m", "precompute.cli", *stage, *extra, *(common if stage[1] != "catalog" else []),
+                 "--data", str(shared), "--shard", f"{index}/2"],
+                env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+            )
+            for index in range(2)
+        ]
+        for process in processes:
+            out, err = process.communicate(timeout=600)
+            assert process.returncode == 0, err
+
+    one = _contents(Settings.load(alone))
+    two = _contents(Settings.load(shared, postgres_url))
+    assert len(two["units"]) == 13768 and two["units"] == one["units"]
+    assert len(two["edges"]) > 1000 and two["edges"] == one["edges"]
+    assert len(two["examples"]) == (192 + 256) * 3 * 2 and two["examples"] == one["examples"]
+    assert len(two["artifacts"]) == 4 and two["artifacts"] == one["artifacts"]
+    with Store.open(Settings.load(shared, postgres_url), readonly=True) as store:
+        assert all(store.blobs.has(key) for *_, key in two["edges"] + two["examples"] + two["artifacts"])
+
+
+def test_the_server_reads_a_postgres_store(postgres_url: str, tmp_path: Path) -> None:
+    settings = Settings.load(tmp_path / "store", postgres_url)
+    assert microscope("precompute", "catalog", "--data", str(settings.data_dir),
+                      env={"MICROSCOPE_DATABASE_URL": postgres_url}).returncode == 0
+    with TestClient(create_app(settings)) as client:
+        unit = client.get(urls.unit("inceptionv1", "softmax2", 488, json=True))
+        assert unit.status_code == 200 and unit.json()["unit"]["label"] == "chain"
+        assert client.get(urls.search("goldfish")).url.path == urls.unit("inceptionv1", "softmax2", 1)
+        with client.app.state.microscope.engine.connect() as connection, pytest.raises(Exception, match="read-only"):
+            connection.exec_driver_sql("DELETE FROM units")
