@@ -46,6 +46,10 @@ class StoreError(MicroscopeError):
     """The store cannot be used as asked (newer schema, missing catalog, ...)."""
 
 
+class StoreMissing(StoreError):
+    """There is no store where one was expected."""
+
+
 class WeightsError(MicroscopeError):
     """A weights file is missing, of the wrong size or fails its checksum."""
 

@@ -105,6 +105,46 @@ def serve(
                 log_level="warning", access_log=False)
 
 
+@cli.command("export")
+def export(
+    bundle: Annotated[Path, typer.Argument(help="The archive to write (a .tar).")],
+    data: DataOption = None,
+    database_url: DatabaseOption = None,
+) -> None:
+    """Write the whole store (rows and every blob they point at) as one archive."""
+    from app.store.bundle import export_bundle
+
+    with Store.open(Settings.load(data, database_url), readonly=True) as store:
+        summary = export_bundle(store, bundle)
+    typer.echo(f"exported {sum(summary.rows.values())} rows and {summary.blobs} blobs to {summary.path}")
+
+
+@cli.command("import")
+def import_(
+    bundle: Annotated[Path, typer.Argument(help="An archive written by `microscope export`.")],
+    data: DataOption = None,
+    database_url: DatabaseOption = None,
+) -> None:
+    """Read an archive into an empty (or new) store, checking every blob against its key."""
+    from app.store.bundle import import_bundle
+
+    summary = import_bundle(bundle, Settings.load(data, database_url))
+    typer.echo(f"imported {sum(summary.rows.values())} rows and {summary.blobs} blobs from {summary.path}")
+
+
+@cli.command()
+def gc(data: DataOption = None, database_url: DatabaseOption = None) -> None:
+    """Remove blobs no row points at and files half-written by interrupted stages (run when no stage is)."""
+    from app.store.maintenance import collect_garbage
+
+    with Store.open(Settings.load(data, database_url)) as store:
+        collected = collect_garbage(store)
+    typer.echo(f"gc: removed {collected.blobs_removed} unreferenced blobs and {collected.partial_files_removed} "
+               f"partial files; {collected.missing} referenced blobs missing")
+    if collected.missing:
+        raise typer.Exit(1)
+
+
 @precompute_cli.command("catalog")
 def precompute_catalog(model: ModelOption = DEFAULT_MODEL, shard: ShardOption = None, data: DataOption = None,
                        database_url: DatabaseOption = None) -> None:

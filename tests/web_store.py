@@ -19,7 +19,7 @@ EXAMPLE_LAYERS = "conv2d1,mixed3a,mixed3b,mixed3b_3x3,softmax2"
 CIRCUIT_LAYERS = "mixed3a,mixed3b,mixed3b_3x3_bottleneck,mixed3b_3x3,mixed4a,softmax2"
 
 
-def build(root: Path, spec: ModelSpec, net: torch.nn.Module, images: Path) -> Settings:
+def build(root: Path, spec: ModelSpec, net: torch.nn.Module, images: Path, circuits: str = CIRCUIT_LAYERS) -> Settings:
     """Catalog, examples over 24 images, circuits of a few layers, tiny renders of a few units."""
     settings = Settings.load(root)
     cpu = torch.device("cpu")
@@ -31,7 +31,7 @@ def build(root: Path, spec: ModelSpec, net: torch.nn.Module, images: Path) -> Se
         catalog(store, spec)
         layers = tuple(parse_layers(spec, EXAMPLE_LAYERS))
         run_examples(store, spec, net, "w", sample, ExamplesConfig(layers=layers, k=4, batch_size=8), cpu, progress=False)
-        run_circuits(store, spec, net, "w", parse_layers(spec, CIRCUIT_LAYERS), progress=False)
+        run_circuits(store, spec, net, "w", parse_layers(spec, circuits), progress=False)
         shown = parse_layers(spec, "mixed3a,mixed3b")
         channel = VisConfig(layers=tuple(shown), units=units_per_layer(shown, "0:4", explicit=True),
                             techniques=("channel",), steps=2, size=32, batch=8, precision="fp32")

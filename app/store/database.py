@@ -12,7 +12,7 @@ from sqlalchemy.exc import DBAPIError
 from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session, sessionmaker
 
-from app.errors import StoreError
+from app.errors import StoreError, StoreMissing
 from app.settings import Settings
 from app.store.blobs import BlobStore
 from app.store.schema import SCHEMA_VERSION, Base, Meta
@@ -34,7 +34,7 @@ def _engine(url: str, readonly: bool, create: bool) -> Engine:
     if not database or database == ":memory:":
         raise StoreError("a store needs a database file, not an in-memory SQLite database")
     if not create and not Path(database).is_file():
-        raise StoreError(f"no store at {database}: run `microscope precompute catalog` first")
+        raise StoreMissing(f"no store at {database}: run `microscope precompute catalog` first")
     if readonly:
         # SQLite's URI form opens the file read-only: the server cannot write by mistake.
         engine = create_engine(
@@ -69,7 +69,7 @@ class Store:
             version = _schema_version(engine)
             if version is None:
                 if readonly or not create:
-                    raise StoreError(f"{settings.database_url} holds no microscope store: run `microscope precompute catalog`")
+                    raise StoreMissing(f"{settings.database_url} holds no microscope store: run `microscope precompute catalog`")
                 version = _create(engine)
             if version > SCHEMA_VERSION:
                 raise StoreError(

@@ -1,0 +1,49 @@
+"""Keeping a store tidy: which blobs rows point at, and removing the ones nothing points at."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from sqlalchemy import Connection, select
+
+from app.store.database import Store
+from app.store.schema import Artifact, DatasetExample, DatasetImage, Edge
+
+#: Every column that holds a blob key.
+BLOB_COLUMNS = (Artifact.blob_key, DatasetExample.crop_key, DatasetImage.thumbnail_key, Edge.kernel_key)
+
+
+def referenced_keys(connection: Connection) -> set[str]:
+    keys: set[str] = set()
+    for column in BLOB_COLUMNS:
+        keys.update(key for (key,) in connection.execute(select(column).distinct()) if key)
+    return keys
+
+
+@dataclass(frozen=True)
+class Collected:
+    blobs_removed: int
+    partial_files_removed: int
+    missing: int
+
+
+def collect_garbage(store: Store) -> Collected:
+    """Remove blobs no row points at and half-written temporary files (left by interrupted stages).
+
+    Run it when no precompute stage is writing to the store: a stage writes
+    its blobs just before the rows that point at them.
+    """
+    with store.engine.connect() as connection:
+        referenced = referenced_keys(connection)
+    removed = partial = 0
+    root = store.blobs.root
+    if root.is_dir():
+        for path in root.glob("*/*/*"):
+            if path.name.startswith(".tmp-"):
+                path.unlink(missing_ok=True)
+                partial += 1
+            elif path.name not in referenced:
+                path.unlink(missing_ok=True)
+                removed += 1
+    missing = sum(1 for key in referenced if not store.blobs.has(key))
+    return Collected(removed, partial, missing)

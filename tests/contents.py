@@ -1,0 +1,30 @@
+"""A store's results by natural keys, to compare two stores (row ids and run ids may differ)."""
+
+from __future__ import annotations
+
+from sqlalchemy import select
+
+from app.settings import Settings
+from app.store import Artifact, DatasetExample, DatasetImage, Edge, Layer, Store, Unit, UnitStats
+from app.store.maintenance import referenced_keys
+
+
+def contents(settings: Settings) -> dict[str, list[tuple]]:
+    with Store.open(settings, readonly=True) as store, store.engine.connect() as connection:
+        names = {unit_id: (layer, index) for unit_id, layer, index in connection.execute(
+            select(Unit.id, Layer.name, Unit.index).join(Layer))}
+        edges = sorted((names[s], names[t], kind, round(w, 5), round(n, 5), key) for s, t, kind, w, n, key in connection.execute(
+            select(Edge.source_id, Edge.target_id, Edge.kind, Edge.weight, Edge.norm, Edge.kernel_key)))
+        examples = sorted((names[u], kind, rank, path, y, x, key) for u, kind, rank, path, y, x, key in connection.execute(
+            select(DatasetExample.unit_id, DatasetExample.kind, DatasetExample.rank, DatasetImage.path,
+                   DatasetExample.y, DatasetExample.x, DatasetExample.crop_key).join(DatasetImage)))
+        images = sorted(tuple(row) for row in connection.execute(
+            select(DatasetImage.path, DatasetImage.sha256, DatasetImage.width, DatasetImage.height, DatasetImage.thumbnail_key)))
+        stats = sorted((names[u], n, round(m, 3), round(a, 4), tuple(h)) for u, n, m, a, h in connection.execute(
+            select(UnitStats.unit_id, UnitStats.images, UnitStats.mean_max, UnitStats.active_fraction, UnitStats.histogram)))
+        artifacts = sorted((names[u], technique, key) for u, technique, key in connection.execute(
+            select(Artifact.unit_id, Artifact.technique, Artifact.blob_key)))
+        referenced = referenced_keys(connection)
+        blobs = store.blobs.keys()
+    return {"units": sorted(names.values()), "edges": edges, "examples": examples, "images": images, "stats": stats,
+            "artifacts": artifacts, "referenced": sorted(referenced), "blobs": sorted(blobs)}
