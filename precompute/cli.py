@@ -272,6 +272,65 @@ def precompute_circuits(
                f"{result.pairs_reused} already stored")
 
 
+@precompute_cli.command("all")
+def precompute_all(
+    model: ModelOption = DEFAULT_MODEL,
+    images: ImagesOption = None,
+    vis_units: Annotated[str, typer.Option(help="Units of every main layer to render (channel technique).")] = "0:4",
+    vis_layer: Annotated[str, typer.Option(help="The layer whose units get every technique.")] = "mixed4c",
+    steps: Annotated[int, typer.Option(help="Optimization steps of the default renders.")] = 128,
+    size: Annotated[int, typer.Option(help="Image side of the default renders.")] = 128,
+    batch: Annotated[int, typer.Option(help="Images per batch (examples and renders).")] = 16,
+    device: DeviceOption = "auto",
+    weights: WeightsOption = None,
+    data: DataOption = None,
+    database_url: DatabaseOption = None,
+) -> None:
+    """The main job in one process: catalog, examples and circuits of every unit, a default set of renders.
+
+    Renders the channel technique for ``--vis-units`` of every main layer and
+    every technique for those units of ``--vis-layer``, with fewer steps and a
+    smaller image than Lucid's 512 steps so that the job fits a CPU in minutes
+    (each image's recipe is stored and shown on its page). Everything already
+    stored with the same recipe is skipped, so a rerun takes seconds.
+    """
+    from precompute.catalog import catalog
+    from precompute.circuits import run_circuits
+    from precompute.devices import pick_device
+    from precompute.examples import ExamplesConfig, run_examples
+    from precompute.images import locate_images
+    from precompute.selection import units_per_layer
+    from precompute.vis import TECHNIQUES, VisConfig, run_vis
+    from precompute.weight_files import locate
+    from precompute.weights import load_network
+
+    spec = get_model(model)
+    root = locate_images(images)
+    main = list(spec.main_layers)
+    renders = [
+        VisConfig(layers=tuple(main), units=units_per_layer(main, vis_units, explicit=False), techniques=("channel",),
+                  steps=steps, size=size, batch=batch),
+        VisConfig(layers=(spec.layer(vis_layer),), units=units_per_layer([spec.layer(vis_layer)], vis_units, explicit=True),
+                  techniques=TECHNIQUES, steps=steps, size=size, batch=batch),
+    ]
+    with Store.open(Settings.load(data, database_url), create=True) as store:
+        added = catalog(store, spec)
+        typer.echo(f"catalog: {added.layers_added} layers, {added.units_added} units added")
+        target = pick_device(device)
+        net, checksums = load_network(spec, locate(spec, weights))
+        net = net.to(target)
+        examples = run_examples(store, spec, net, checksums.digest, root,
+                                ExamplesConfig(layers=spec.layers, batch_size=batch * 2), target)
+        typer.echo("examples: " + ("already stored" if examples.reused else f"{examples.examples} stored"))
+        for failure in examples.skipped:
+            typer.echo(f"warning: skipped {failure}", err=True)
+        circuits = run_circuits(store, spec, net, checksums.digest, spec.layers)
+        typer.echo(f"circuits: {circuits.edges} edges written, {circuits.pairs_reused} layer pairs already stored")
+        for config in renders:
+            rendered = run_vis(store, spec, net, checksums.digest, config, target)
+            typer.echo(f"vis: {rendered.rendered} rendered, {rendered.skipped} already stored")
+
+
 @model_cli.command("eval")
 def model_eval(
     model: ModelOption = DEFAULT_MODEL,
