@@ -29,16 +29,15 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 from PIL import Image
-from sqlalchemy import delete, insert, select
+from sqlalchemy import delete, insert
 from torch import Tensor
 from tqdm import tqdm
 
-from app.errors import StoreError
-from app.store import Edge, Layer, Model, Run, Store, Unit
+from app.store import Edge, Store
 from app.zoo import LayerSpec, ModelSpec
 from precompute.kernels import Kernel
 from precompute.network import InceptionV1
-from precompute.runs import now, start_run
+from precompute.runs import catalogued_model, finished_recipes, now, start_run, unit_ids
 
 TOP = 16
 #: Colour of the strongest positive and negative weights (ColorBrewer RdBu ends).
@@ -167,19 +166,9 @@ def run_circuits(
     """Write every pair whose target is in ``layers``; shard i of n takes the pairs i, i+n, i+2n, ..."""
     result = CircuitsResult()
     with store.session() as session:
-        model = session.scalar(select(Model).where(Model.name == spec.name))
-        if model is None:
-            raise StoreError(f"the store has no catalog of {spec.name}: run `microscope precompute catalog` first")
-        done = {
-            run.params.get("recipe_sha256")
-            for run in session.scalars(select(Run).where(Run.stage == "circuits", Run.finished_at.is_not(None)))
-        }
-        unit_ids = {
-            (name, index): unit_id
-            for name, index, unit_id in session.execute(
-                select(Layer.name, Unit.index, Unit.id).join(Unit, Unit.layer_id == Layer.id).where(Layer.model_id == model.id)
-            )
-        }
+        model = catalogued_model(session, spec)
+        done = finished_recipes(session, "circuits")
+        ids = unit_ids(session, model.id)
     index, count = shard
     todo = [pair for number, pair in enumerate(pairs(net, spec, layers)) if number % count == index]
     for pair in tqdm(todo, desc="circuits", unit="pair", disable=not progress):
@@ -187,7 +176,7 @@ def run_circuits(
         if params["recipe_sha256"] in done:
             result.pairs_reused += 1
             continue
-        result.edges += _write_pair(store, model.id, pair, params, unit_ids)
+        result.edges += _write_pair(store, model.id, pair, params, ids)
         result.pairs_written += 1
     return result
 

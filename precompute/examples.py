@@ -33,13 +33,14 @@ from torch import Tensor
 from torchvision.transforms import v2
 from tqdm import tqdm
 
-from app.errors import MicroscopeError, StoreError
-from app.store import Dataset, DatasetExample, DatasetImage, Layer, Model, Run, Store, Unit, UnitStats
+from app.errors import MicroscopeError
+from app.store import Dataset, DatasetExample, DatasetImage, Store, UnitStats
 from app.zoo import LayerSpec, ModelSpec
 from precompute.images import ImageFile, batches, list_images
 from precompute.network import InceptionV1
 from precompute.ranking import HISTOGRAM_EDGES, RunningStatistics
-from precompute.runs import now, start_run
+from precompute.runs import catalogued_model, finished_recipes, now, start_run
+from precompute.runs import unit_ids as stored_unit_ids
 
 THUMBNAIL_SIZE = 320
 CROP_SIZE = 128
@@ -120,9 +121,7 @@ def run_examples(
     recipe = _recipe(spec, weights_sha256, fingerprint(files), config)
     result = ExamplesResult(images=len(files))
     with store.session() as session:
-        model = session.scalar(select(Model).where(Model.name == spec.name))
-        if model is None:
-            raise StoreError(f"the store has no catalog of {spec.name}: run `microscope precompute catalog` first")
+        model = catalogued_model(session, spec)
         dataset = session.scalar(select(Dataset).where(Dataset.name == root.name))
         if dataset is not None and dataset.root != str(root):
             if dataset.fingerprint == recipe["dataset_fingerprint"]:
@@ -132,8 +131,7 @@ def run_examples(
                     f"dataset {root.name!r} was read from {dataset.root}; {root} holds other files: "
                     "the old results are kept for the units not recomputed"
                 )
-        done = session.scalars(select(Run).where(Run.stage == "examples", Run.finished_at.is_not(None))).all()
-        if any(run.params.get("recipe_sha256") == recipe["recipe_sha256"] for run in done):
+        if recipe["recipe_sha256"] in finished_recipes(session, "examples"):
             result.reused = True
             return result
     index, count = shard
@@ -322,7 +320,7 @@ def _write(
         session.flush()
         image_ids = _image_rows(session, dataset.id, files, thumbnails)
         run = start_run(session, "examples", model_id, recipe, weights_sha256=str(recipe["weights_sha256"]))
-        unit_ids = _unit_ids(session, model_id, config.layers)
+        unit_ids = stored_unit_ids(session, model_id, [layer.name for layer in config.layers])
         selected = list(unit_ids.values())
         for chunk in range(0, len(selected), 500):
             part = selected[chunk:chunk + 500]
@@ -358,14 +356,6 @@ def _image_rows(session, dataset_id: int, files: Sequence[ImageFile], thumbnails
             session.flush()
         ids[image] = row.id
     return ids
-
-
-def _unit_ids(session, model_id: int, layers: Sequence[LayerSpec]) -> dict[tuple[str, int], int]:  # noqa: ANN001
-    names = [layer.name for layer in layers]
-    query = select(Layer.name, Unit.index, Unit.id).join(Unit, Unit.layer_id == Layer.id).where(
-        Layer.model_id == model_id, Layer.name.in_(names)
-    )
-    return {(name, index): unit_id for name, index, unit_id in session.execute(query)}
 
 
 def _stats_rows(statistics: RunningStatistics, unit_ids: dict, dataset_id: int, run_id: int) -> list[dict]:  # noqa: ANN001

@@ -23,8 +23,8 @@ from PIL import Image
 from sqlalchemy import delete, insert, select
 from tqdm import tqdm
 
-from app.errors import MicroscopeError, StoreError
-from app.store import Artifact, Layer, Model, Store, Unit
+from app.errors import MicroscopeError
+from app.store import Artifact, Store
 from app.zoo import LayerSpec, ModelSpec
 from precompute.network import InceptionV1
 from precompute.optvis import objectives
@@ -32,7 +32,7 @@ from precompute.optvis.objectives import Objective
 from precompute.optvis.param import PARAMETERIZATIONS
 from precompute.optvis.render import LEARNING_RATE, STEPS, Precision, render, resolve_precision
 from precompute.optvis.transform import STANDARD
-from precompute.runs import now, start_run
+from precompute.runs import catalogued_model, now, start_run, unit_ids
 
 TECHNIQUES = ("channel", "neuron", "negative", "diversity")
 #: Images per unit for the diversity technique, shown as a 2x2 grid.
@@ -142,15 +142,8 @@ def run_vis(
     """Render the chosen units; shard i of n takes chunks i, i+n, ... of the full list (stored or not)."""
     result = VisResult()
     with store.session() as session:
-        model = session.scalar(select(Model).where(Model.name == spec.name))
-        if model is None:
-            raise StoreError(f"the store has no catalog of {spec.name}: run `microscope precompute catalog` first")
-        ids = {
-            (name, index): unit_id
-            for name, index, unit_id in session.execute(
-                select(Layer.name, Unit.index, Unit.id).join(Unit, Unit.layer_id == Layer.id).where(Layer.model_id == model.id)
-            )
-        }
+        model = catalogued_model(session, spec)
+        ids = unit_ids(session, model.id, [layer.name for layer in config.layers])
         stored = {
             (unit_id, technique, digest)
             for unit_id, technique, digest in session.execute(
@@ -193,9 +186,9 @@ def run_vis(
         values = rendered.objective.reshape(len(units), copies).mean(dim=1).tolist()
         keys = [store.blobs.put(_encode(pixels[i * copies:(i + 1) * copies]), "webp") for i in range(len(units))]
         store.blobs.flush()
-        unit_ids = [ids[layer.name, unit] for unit in units]
+        chunk_ids = [ids[layer.name, unit] for unit in units]
         with store.transaction() as session:
-            session.execute(delete(Artifact).where(Artifact.unit_id.in_(unit_ids), Artifact.technique == technique))
+            session.execute(delete(Artifact).where(Artifact.unit_id.in_(chunk_ids), Artifact.technique == technique))
             session.execute(insert(Artifact), [
                 {
                     "unit_id": unit_id, "technique": technique, "blob_key": key,
@@ -203,7 +196,7 @@ def run_vis(
                     "recipe": {**params, "unit_seeds": seeds[i * copies:(i + 1) * copies], "batch_units": units},
                     "objective": round(value, 4), "run_id": run.id,
                 }
-                for i, (unit_id, key, value) in enumerate(zip(unit_ids, keys, values))
+                for i, (unit_id, key, value) in enumerate(zip(chunk_ids, keys, values))
             ])
         result.rendered += len(units)
         bar.update(len(units))

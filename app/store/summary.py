@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from app.store.schema import Artifact, Layer, Model, Run, Unit, UnitStats
+from app.store.schema import Artifact, Model, Run, Unit, UnitStats
 
 
 @dataclass(frozen=True)
