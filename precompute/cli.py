@@ -10,8 +10,11 @@ from __future__ import annotations
 
 import json
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated, Any, Optional
 
 import typer
 
@@ -59,6 +62,28 @@ ShardOption = Annotated[
     Optional[str],
     typer.Option("--shard", help="i/n: do the i-th of n deterministic parts (n processes fill one store together)."),
 ]
+
+
+@dataclass(frozen=True)
+class _Stage:
+    store: Store
+    net: Any
+    weights_sha256: str
+    device: Any
+
+
+@contextmanager
+def _stage(spec: Any, weights: Path | None, device: str, data: Path | None, database_url: str | None,
+           create: bool = False) -> Iterator[_Stage]:
+    """An open store and the checked network on its device: what every model-running stage starts from."""
+    from precompute.devices import pick_device
+    from precompute.weight_files import locate
+    from precompute.weights import load_network
+
+    with Store.open(Settings.load(data, database_url), create=create) as store:
+        target = pick_device(device)
+        net, checksums = load_network(spec, locate(spec, weights))
+        yield _Stage(store, net.to(target), checksums.digest, target)
 
 
 @cli.command()
@@ -175,23 +200,17 @@ def precompute_examples(
     database_url: DatabaseOption = None,
 ) -> None:
     """Top and bottom dataset examples of every unit, in one resumable streaming pass."""
-    from precompute.devices import pick_device
     from precompute.examples import ExamplesConfig, run_examples
     from precompute.images import locate_images
     from precompute.selection import parse_layers, parse_shard
-    from precompute.weight_files import locate
-    from precompute.weights import load_network
 
     spec = get_model(model)
-    parse_shard(shard)
+    part = parse_shard(shard)
     config = ExamplesConfig(layers=tuple(parse_layers(spec, layers)), k=k, batch_size=batch, workers=workers,
                             checkpoint_every=checkpoint_every)
     root = locate_images(images)
-    with Store.open(Settings.load(data, database_url)) as store:
-        target = pick_device(device)
-        net, checksums = load_network(spec, locate(spec, weights))
-        result = run_examples(store, spec, net.to(target), checksums.digest, root, config, target,
-                              shard=parse_shard(shard))
+    with _stage(spec, weights, device, data, database_url) as stage:
+        result = run_examples(stage.store, spec, stage.net, stage.weights_sha256, root, config, stage.device, shard=part)
     for message in result.messages:
         typer.echo(f"{'note' if result.waiting else 'warning'}: {message}", err=True)
     if result.waiting:
@@ -224,11 +243,8 @@ def precompute_vis(
     database_url: DatabaseOption = None,
 ) -> None:
     """Feature visualizations of the chosen units, batched; skips what is stored with the same recipe."""
-    from precompute.devices import pick_device
     from precompute.selection import parse_layers, parse_shard, units_per_layer
     from precompute.vis import VisConfig, run_vis
-    from precompute.weight_files import locate
-    from precompute.weights import load_network
 
     spec = get_model(model)
     if precision not in ("auto", "fp32", "bf16"):
@@ -240,10 +256,8 @@ def precompute_vis(
         techniques=tuple(t.strip() for t in techniques.split(",") if t.strip()), steps=steps, size=size,
         batch=batch, seed=seed, precision=precision,  # type: ignore[arg-type]
     )
-    with Store.open(Settings.load(data, database_url)) as store:
-        target = pick_device(device)
-        net, checksums = load_network(spec, locate(spec, weights))
-        result = run_vis(store, spec, net.to(target), checksums.digest, config, target, shard=part)
+    with _stage(spec, weights, device, data, database_url) as stage:
+        result = run_vis(stage.store, spec, stage.net, stage.weights_sha256, config, stage.device, shard=part)
     typer.echo(f"vis: {result.rendered} images rendered, {result.skipped} already stored with this recipe")
 
 
@@ -259,15 +273,12 @@ def precompute_circuits(
     """Strongest input and output weights of every unit (expanded across blocks); resumable by layer pair."""
     from precompute.circuits import run_circuits
     from precompute.selection import parse_layers, parse_shard
-    from precompute.weight_files import locate
-    from precompute.weights import load_network
 
     spec = get_model(model)
     chosen = parse_layers(spec, layers)
     part = parse_shard(shard)
-    with Store.open(Settings.load(data, database_url)) as store:
-        net, checksums = load_network(spec, locate(spec, weights))
-        result = run_circuits(store, spec, net, checksums.digest, chosen, shard=part)
+    with _stage(spec, weights, "cpu", data, database_url) as stage:
+        result = run_circuits(stage.store, spec, stage.net, stage.weights_sha256, chosen, shard=part)
     typer.echo(f"circuits: {result.edges} edges in {result.pairs_written} layer pairs written, "
                f"{result.pairs_reused} already stored")
 
@@ -296,13 +307,10 @@ def precompute_all(
     """
     from precompute.catalog import catalog
     from precompute.circuits import run_circuits
-    from precompute.devices import pick_device
     from precompute.examples import ExamplesConfig, run_examples
     from precompute.images import locate_images
     from precompute.selection import units_per_layer
     from precompute.vis import TECHNIQUES, VisConfig, run_vis
-    from precompute.weight_files import locate
-    from precompute.weights import load_network
 
     spec = get_model(model)
     root = locate_images(images)
@@ -313,21 +321,20 @@ def precompute_all(
         VisConfig(layers=(spec.layer(vis_layer),), units=units_per_layer([spec.layer(vis_layer)], vis_units, explicit=True),
                   techniques=TECHNIQUES, steps=steps, size=size, batch=batch),
     ]
-    with Store.open(Settings.load(data, database_url), create=True) as store:
+    with _stage(spec, weights, device, data, database_url, create=True) as stage:
+        store, net, digest, target = stage.store, stage.net, stage.weights_sha256, stage.device
         added = catalog(store, spec)
         typer.echo(f"catalog: {added.layers_added} layers, {added.units_added} units added")
-        target = pick_device(device)
-        net, checksums = load_network(spec, locate(spec, weights))
-        net = net.to(target)
-        examples = run_examples(store, spec, net, checksums.digest, root,
-                                ExamplesConfig(layers=spec.layers, batch_size=batch * 2), target)
+        examples = run_examples(store, spec, net, digest, root, ExamplesConfig(layers=spec.layers, batch_size=batch * 2),
+                                target)
         typer.echo("examples: " + ("already stored" if examples.reused else f"{examples.examples} stored"))
         for failure in examples.skipped:
             typer.echo(f"warning: skipped {failure}", err=True)
-        circuits = run_circuits(store, spec, net, checksums.digest, spec.layers)
+        circuits = run_circuits(store, spec, net.cpu(), digest, spec.layers)
+        net = net.to(target)
         typer.echo(f"circuits: {circuits.edges} edges written, {circuits.pairs_reused} layer pairs already stored")
         for config in renders:
-            rendered = run_vis(store, spec, net, checksums.digest, config, target)
+            rendered = run_vis(store, spec, net, digest, config, target)
             typer.echo(f"vis: {rendered.rendered} rendered, {rendered.skipped} already stored")
 
 
