@@ -69,3 +69,11 @@ def postgres_url(postgres_base: str) -> str:
     from tests.postgres import new_database
 
     return new_database(postgres_base)
+
+
+def link_sample(images: Path, folder: Path, step: int, count: int) -> Path:
+    """Every ``step``-th shared image, ``count`` of them, linked (never copied) into ``folder``."""
+    for source in sorted(images.glob("*/*.jpg"))[::step][:count]:
+        (folder / source.parent.name).mkdir(parents=True, exist_ok=True)
+        (folder / source.parent.name / source.name).symlink_to(source)
+    return folder

@@ -19,7 +19,7 @@ from app.zoo import ModelSpec
 from precompute.catalog import catalog
 from precompute.examples import ExamplesConfig, input_transform, run_examples
 from precompute.images import read_rgb
-from tests.conftest import ROOT
+from tests.conftest import ROOT, link_sample
 from tests.test_cli import microscope
 
 LAYERS = "conv2d1,mixed3a_3x3,mixed3a,mixed3b"
@@ -28,11 +28,7 @@ LAYERS = "conv2d1,mixed3a_3x3,mixed3a,mixed3b"
 @pytest.fixture
 def sample(images_dir: Path, tmp_path: Path) -> Path:
     """48 of the shared images, linked (not copied) into a folder of their own."""
-    folder = tmp_path / "sample"
-    for source in sorted(images_dir.glob("*/*.jpg"))[::20][:48]:
-        (folder / source.parent.name).mkdir(parents=True, exist_ok=True)
-        (folder / source.parent.name / source.name).symlink_to(source)
-    return folder
+    return link_sample(images_dir, tmp_path / "sample", step=20, count=48)
 
 
 def _examples(settings: Settings) -> list[tuple]:

@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from app.settings import Settings
-from tests.conftest import ROOT
+from tests.conftest import ROOT, link_sample
 from tests.contents import contents
 from tests.test_cli import microscope
 
@@ -40,11 +40,7 @@ def stages(sample: Path, weights: Path) -> list[list[str]]:
 
 @pytest.fixture
 def sample(images_dir: Path, tmp_path: Path) -> Path:
-    folder = tmp_path / "sample"
-    for source in sorted(images_dir.glob("*/*.jpg"))[::50][:20]:
-        (folder / source.parent.name).mkdir(parents=True, exist_ok=True)
-        (folder / source.parent.name / source.name).symlink_to(source)
-    return folder
+    return link_sample(images_dir, tmp_path / "sample", step=50, count=20)
 
 
 def test_killed_stages_rerun_to_a_clean_runs_store(sample: Path, weights_dir: Path, tmp_path: Path) -> None:

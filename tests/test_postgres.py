@@ -12,7 +12,7 @@ from fastapi.testclient import TestClient
 from app import urls
 from app.main import create_app
 from app.settings import Settings
-from tests.conftest import ROOT
+from tests.conftest import ROOT, link_sample
 from tests.contents import contents
 from tests.test_cli import microscope
 
@@ -27,11 +27,7 @@ STAGES = [
 
 @pytest.fixture
 def sample(images_dir: Path, tmp_path: Path) -> Path:
-    folder = tmp_path / "sample"
-    for source in sorted(images_dir.glob("*/*.jpg"))[::60][:16]:
-        (folder / source.parent.name).mkdir(parents=True, exist_ok=True)
-        (folder / source.parent.name / source.name).symlink_to(source)
-    return folder
+    return link_sample(images_dir, tmp_path / "sample", step=60, count=16)
 
 
 def test_two_shards_fill_one_postgres_store_like_one_process(

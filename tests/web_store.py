@@ -14,6 +14,7 @@ from precompute.circuits import run_circuits
 from precompute.examples import ExamplesConfig, run_examples
 from precompute.selection import parse_layers, units_per_layer
 from precompute.vis import VisConfig, run_vis
+from tests.conftest import link_sample
 
 EXAMPLE_LAYERS = "conv2d1,mixed3a,mixed3b,mixed3b_3x3,softmax2"
 CIRCUIT_LAYERS = "mixed3a,mixed3b,mixed3b_3x3_bottleneck,mixed3b_3x3,mixed4a,softmax2"
@@ -23,10 +24,7 @@ def build(root: Path, spec: ModelSpec, net: torch.nn.Module, images: Path, circu
     """Catalog, examples over 24 images, circuits of a few layers, tiny renders of a few units."""
     settings = Settings.load(root)
     cpu = torch.device("cpu")
-    sample = root / "images"
-    for source in sorted(images.glob("*/*.jpg"))[::40][:24]:
-        (sample / source.parent.name).mkdir(parents=True, exist_ok=True)
-        (sample / source.parent.name / source.name).symlink_to(source)
+    sample = link_sample(images, root / "images", step=40, count=24)
     with Store.open(settings, create=True) as store:
         catalog(store, spec)
         layers = tuple(parse_layers(spec, EXAMPLE_LAYERS))
