@@ -230,7 +230,7 @@ def precompute_vis(
     model: ModelOption = DEFAULT_MODEL,
     layers: LayersOption = "main",
     units: Annotated[str, typer.Option("--units", help="'all', N or START:STOP (per layer).")] = "0:8",
-    techniques: Annotated[str, typer.Option("--techniques", help="Comma-separated: channel, neuron, negative, diversity.")] = "channel",
+    techniques: Annotated[str, typer.Option("--techniques", help="Comma-separated: channel, neuron, negative, diversity, pixels (channel in the pixel basis).")] = "channel",
     steps: Annotated[int, typer.Option(help="Optimization steps (Lucid: 512).")] = 512,
     size: Annotated[int, typer.Option(help="Image side in pixels.")] = 224,
     batch: Annotated[int, typer.Option(help="Images optimized together.")] = 32,
@@ -289,6 +289,7 @@ def precompute_all(
     images: ImagesOption = None,
     vis_units: Annotated[str, typer.Option(help="Units of every main layer to render (channel technique).")] = "0:4",
     vis_layer: Annotated[str, typer.Option(help="The layer whose units get every technique.")] = "mixed4c",
+    vis_class: Annotated[int, typer.Option(help="The class logit rendered in the Fourier and the pixel basis.")] = 488,
     steps: Annotated[int, typer.Option(help="Optimization steps of the default renders.")] = 128,
     size: Annotated[int, typer.Option(help="Image side of the default renders.")] = 128,
     batch: Annotated[int, typer.Option(help="Images per batch (examples and renders).")] = 16,
@@ -299,27 +300,33 @@ def precompute_all(
 ) -> None:
     """The main job in one process: catalog, examples and circuits of every unit, a default set of renders.
 
-    Renders the channel technique for ``--vis-units`` of every main layer and
-    every technique for those units of ``--vis-layer``, with fewer steps and a
-    smaller image than Lucid's 512 steps so that the job fits a CPU in minutes
-    (each image's recipe is stored and shown on its page). Everything already
-    stored with the same recipe is skipped, so a rerun takes seconds.
+    Renders the channel technique for ``--vis-units`` of every main layer,
+    every technique for those units of ``--vis-layer``, and the class logit
+    ``--vis-class`` (488, "chain") in the Fourier and the pixel basis, with
+    fewer steps than Lucid's 512 so that the job fits a CPU in minutes (each
+    image's recipe is stored and shown on its page). Everything already
+    stored with the same recipe is skipped, so a rerun takes seconds; images
+    made by an older algorithm are rendered again with their own settings.
     """
     from precompute.catalog import catalog
     from precompute.circuits import run_circuits
     from precompute.examples import ExamplesConfig, run_examples
     from precompute.images import locate_images
     from precompute.selection import units_per_layer
-    from precompute.vis import TECHNIQUES, VisConfig, run_vis
+    from precompute.selection import parse_units
+    from precompute.vis import TECHNIQUES, VisConfig, run_vis, stale_configs
 
     spec = get_model(model)
     root = locate_images(images)
     main = list(spec.main_layers)
+    logits = next(layer for layer in spec.layers if layer.kind == "logits")
     renders = [
         VisConfig(layers=tuple(main), units=units_per_layer(main, vis_units, explicit=False), techniques=("channel",),
                   steps=steps, size=size, batch=batch),
         VisConfig(layers=(spec.layer(vis_layer),), units=units_per_layer([spec.layer(vis_layer)], vis_units, explicit=True),
-                  techniques=TECHNIQUES, steps=steps, size=size, batch=batch),
+                  techniques=tuple(t for t in TECHNIQUES if t != "pixels"), steps=steps, size=size, batch=batch),
+        VisConfig(layers=(logits,), units={logits.name: parse_units(str(vis_class), logits.channels)},
+                  techniques=("channel", "pixels"), steps=steps, size=size, batch=batch),
     ]
     with _stage(spec, weights, device, data, database_url, create=True) as stage:
         store, net, digest, target = stage.store, stage.net, stage.weights_sha256, stage.device
@@ -336,6 +343,11 @@ def precompute_all(
         for config in renders:
             rendered = run_vis(store, spec, net, digest, config, target)
             typer.echo(f"vis: {rendered.rendered} rendered, {rendered.skipped} already stored")
+        stale = stale_configs(store, spec)
+        for config in stale:
+            run_vis(store, spec, net, digest, config, target)
+        if stale:
+            typer.echo(f"vis: {sum(len(r) for c in stale for r in c.units.values())} images of an older algorithm rendered again")
 
 
 @model_cli.command("eval")

@@ -25,6 +25,7 @@ from tqdm import tqdm
 
 from app.errors import MicroscopeError
 from app.store import Artifact, Store
+from app.store.algorithms import ALGORITHMS
 from app.zoo import LayerSpec, ModelSpec
 from precompute.network import InceptionV1
 from precompute.optvis import objectives
@@ -34,14 +35,18 @@ from precompute.optvis.render import LEARNING_RATE, STEPS, Precision, render, re
 from precompute.optvis.transform import STANDARD
 from precompute.runs import catalogued_model, now, start_run, unit_ids
 
-TECHNIQUES = ("channel", "neuron", "negative", "diversity")
-#: Images per unit for the diversity technique, shown as a 2x2 grid.
+#: ``pixels`` is the channel objective in the pixel basis: the comparison that motivates the
+#: Fourier basis (Olah et al. 2017, "Feature Visualization", preconditioning); every other
+#: technique uses the Fourier basis.
+TECHNIQUES = ("channel", "neuron", "negative", "diversity", "pixels")
+#: Images per unit for the diversity technique, shown as a 2x2 grid with gutters.
 DIVERSITY_IMAGES = 4
 #: Weight of the diversity penalty, as in Lucid's example ``channel - 1e2 * diversity``.
 DIVERSITY_WEIGHT = 100.0
-#: Default image side. Lucid's tutorials optimize 128 px and upsample to the
-#: network's 224; we optimize at 224 so the unit page shows every detail the
-#: network saw, at the same cost per step (the network dominates it).
+#: White space between the images of a diversity grid, in pixels.
+GUTTER = 8
+#: Default image side; the network sees it at scale 1 on a canvas 12 px larger (Lucid's
+#: transforms), so a 224 px image fills the network's usual field of view.
 DEFAULT_SIZE = 224
 WEBP_QUALITY = 90
 
@@ -56,7 +61,6 @@ class VisConfig:
     batch: int = 32
     seed: int = 0
     learning_rate: float = LEARNING_RATE
-    parameterization: str = "fourier"
     precision: Precision = "auto"
 
     def __post_init__(self) -> None:
@@ -69,8 +73,6 @@ class VisConfig:
             raise MicroscopeError(f"--batch must be at least {DIVERSITY_IMAGES} for the diversity technique")
         if self.steps < 1 or self.size < 16:
             raise MicroscopeError("--steps must be at least 1 and --size at least 16")
-        if self.parameterization not in PARAMETERIZATIONS:
-            raise MicroscopeError(f"unknown parameterization {self.parameterization!r}")
 
 
 @dataclass
@@ -84,46 +86,67 @@ def unit_seed(seed: int, layer: str, unit: int, technique: str, copy: int = 0) -
     return zlib.crc32(f"{seed}:{layer}:{unit}:{technique}:{copy}".encode())
 
 
+def parameterization_of(technique: str) -> str:
+    return "pixels" if technique == "pixels" else "fourier"
+
+
 def objective_for(technique: str, layer: LayerSpec, units: Sequence[int], diversity_layer: str) -> Objective:
-    if technique == "channel":
+    if technique in ("channel", "pixels"):
         return objectives.channel(layer.name, list(units))
     if technique == "neuron":
         return objectives.neuron(layer.name, list(units))
-    if technique == "negative":
-        return -objectives.channel(layer.name, list(units))
+    if technique == "negative":  # the most negative pre-ReLU values (the article's negative images)
+        return -objectives.channel(layer.name, list(units), relu=False)
     repeated = [unit for unit in units for _ in range(DIVERSITY_IMAGES)]
     return objectives.channel(layer.name, repeated) - DIVERSITY_WEIGHT * objectives.diversity(
         diversity_layer, group=DIVERSITY_IMAGES
     )
 
 
+def _activation(technique: str, layer: LayerSpec) -> str:
+    if layer.kind == "logits":
+        return "logit"
+    return "pre-ReLU" if technique == "negative" else "ReLU (Lucid's redirected gradient)"
+
+
 def recipe(config: VisConfig, layer: LayerSpec, technique: str, weights_sha256: str, device: torch.device) -> dict:
     """Everything that determines a unit's image; its digest decides whether a stored image is reused."""
     params = {
+        "algorithm": ALGORITHMS["vis"],
         "technique": technique,
         "layer": layer.name,
-        "activation": "pre-ReLU" if layer.kind != "logits" else "logit",
-        "parameterization": config.parameterization,
+        "activation": _activation(technique, layer),
+        "parameterization": parameterization_of(technique),
         "decorrelated_color": True,
         "size": config.size,
+        # The side of the image the network sees: the parameterization at scale 1 plus the pad
+        # that the jitters leave (Lucid); no upsampling.
+        "canvas": STANDARD.canvas(config.size),
         "steps": config.steps,
         "optimizer": "adam",
         "learning_rate": config.learning_rate,
         "transforms": STANDARD.describe(),
+        "objective_reported": "under the transforms' centred view (pad, scale 1)",
         "seed": config.seed,
         "precision": resolve_precision(config.precision, device),
         "weights_sha256": weights_sha256,
     }
     if technique == "diversity":
-        params.update(diversity_images=DIVERSITY_IMAGES, diversity_weight=DIVERSITY_WEIGHT)
+        params.update(diversity_images=DIVERSITY_IMAGES, diversity_weight=DIVERSITY_WEIGHT,
+                      diversity="Lucid: L2-normalized Gram matrices after ReLU, sum over pairs / group size")
     params["recipe_sha256"] = hashlib.sha256(json.dumps(params, sort_keys=True).encode()).hexdigest()
     return params
 
 
 def _encode(images: np.ndarray) -> bytes:
-    """One image (1, H, W, 3), or a 2x2 grid of four, as WebP."""
+    """One image (1, H, W, 3), or four as a 2x2 grid with white gutters, as WebP."""
     if len(images) == DIVERSITY_IMAGES:
-        images = np.concatenate([np.concatenate(images[:2], axis=1), np.concatenate(images[2:], axis=1)], axis=0)[None]
+        side = images.shape[1]
+        grid = np.full((2 * side + GUTTER, 2 * side + GUTTER, 3), 255, dtype=np.uint8)
+        for number, image in enumerate(images):
+            top, left = (number // 2) * (side + GUTTER), (number % 2) * (side + GUTTER)
+            grid[top:top + side, left:left + side] = image
+        images = grid[None]
     out = io.BytesIO()
     Image.fromarray(images[0]).save(out, "WEBP", quality=WEBP_QUALITY, method=4)
     return out.getvalue()
@@ -173,8 +196,8 @@ def run_vis(
         run = start_run(session, "vis", model.id, {**_describe(config), "device": str(device)},
                         weights_sha256=weights_sha256, seed=config.seed)
     bar = tqdm(total=sum(len(chunk[3]) for chunk in todo), unit="unit", desc="vis", disable=not progress)
-    parameterize = PARAMETERIZATIONS[config.parameterization](config.size)
     for layer, technique, params, units in todo:
+        parameterize = PARAMETERIZATIONS[params["parameterization"]](config.size)
         copies = DIVERSITY_IMAGES if technique == "diversity" else 1
         seeds = [unit_seed(config.seed, layer.name, unit, technique, copy) for unit in units for copy in range(copies)]
         diversity_layer = layer.name if layer.kind != "logits" else layer.inputs[0]
@@ -204,6 +227,49 @@ def run_vis(
     with store.transaction() as session:
         session.get(type(run), run.id).finished_at = now()
     return result
+
+
+def stale_configs(store: Store, spec: ModelSpec) -> list[VisConfig]:
+    """Configs that re-render every stored image made by an older algorithm, with its own settings.
+
+    Images are grouped by what their recipes chose (layer, technique, size,
+    steps, seed, learning rate, precision), so each group renders exactly as
+    a user's ``precompute vis`` would with today's code.
+    """
+    from collections import defaultdict
+
+    from sqlalchemy import select as select_
+
+    from app.store import Layer, Model, Unit
+    from app.store.algorithms import is_stale
+
+    groups: dict[tuple, list[int]] = defaultdict(list)
+    with store.session() as session:
+        rows = session.execute(
+            select_(Layer.name, Unit.index, Artifact.technique, Artifact.recipe)
+            .join(Unit, Artifact.unit_id == Unit.id).join(Layer, Unit.layer_id == Layer.id)
+            .join(Model, Layer.model_id == Model.id).where(Model.name == spec.name)
+        ).all()
+    for layer, unit, technique, params in rows:
+        if not is_stale("vis", params) or technique not in TECHNIQUES:
+            continue
+        key = (layer, technique, params.get("size", DEFAULT_SIZE), params.get("steps", STEPS), params.get("seed", 0),
+               params.get("learning_rate", LEARNING_RATE), params.get("precision", "auto"))
+        groups[key].append(unit)
+    configs = []
+    for (layer, technique, size, steps, seed, learning_rate, precision), units in sorted(groups.items()):
+        # One config per run of consecutive units keeps each batch's units what a user would choose.
+        units = sorted(units)
+        start = 0
+        for end in range(1, len(units) + 1):
+            if end == len(units) or units[end] != units[end - 1] + 1:
+                configs.append(VisConfig(
+                    layers=(spec.layer(layer),), units={layer: range(units[start], units[end - 1] + 1)},
+                    techniques=(technique,), steps=steps, size=size, seed=seed, learning_rate=learning_rate,
+                    precision=precision, batch=max(DIVERSITY_IMAGES, 16),
+                ))
+                start = end
+    return configs
 
 
 def _describe(config: VisConfig) -> dict[str, object]:

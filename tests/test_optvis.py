@@ -4,19 +4,22 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
+from PIL import Image
 from sqlalchemy import func, select
 
 from app.errors import MicroscopeError
 from app.store import Artifact, Store
+from app.store.algorithms import ALGORITHMS
 from app.zoo import ModelSpec
 from precompute.catalog import catalog
 from precompute.optvis import objectives, param
 from precompute.optvis.render import render, resolve_precision
-from precompute.optvis.transform import NONE, STANDARD
+from precompute.optvis.transform import LUCENT, NONE, STANDARD, Transforms
 from precompute.selection import parse_layers, units_per_layer
-from precompute.vis import VisConfig, run_vis, unit_seed
+from precompute.vis import GUTTER, VisConfig, run_vis, stale_configs, unit_seed
 from tests.test_cli import microscope
 
 
@@ -42,14 +45,68 @@ def test_fourier_scales_low_frequencies_up() -> None:
 
 def test_transforms_are_random_differentiable_and_identity_when_off() -> None:
     images = torch.rand(2, 3, 32, 32, requires_grad=True)
-    same = NONE(images, 32, torch.Generator().manual_seed(0))
+    same = NONE(images, torch.Generator().manual_seed(0))
     assert torch.allclose(same, images, atol=1e-5)
-    moved = STANDARD(images, 64, torch.Generator().manual_seed(0))
-    assert moved.shape == (2, 3, 64, 64)
-    other = STANDARD(images, 64, torch.Generator().manual_seed(1))
+    moved = STANDARD(images, torch.Generator().manual_seed(0))
+    assert moved.shape == (2, 3, 44, 44)  # Lucid's canvas: 32 + 2 * 12 - 8 - 4
+    other = STANDARD(images, torch.Generator().manual_seed(1))
     assert not torch.allclose(moved, other)
     moved.sum().backward()
     assert float(images.grad.abs().sum()) > 0
+
+
+def test_the_network_sees_the_image_at_scale_one() -> None:
+    """The centred view is the padded image's central canvas, pixel for pixel (no resampling)."""
+    images = torch.rand(2, 3, 40, 40)
+    padded = torch.nn.functional.pad(images, [12] * 4, value=0.5)
+    assert torch.allclose(STANDARD.centered(images), padded[:, :, 6:-6, 6:-6], atol=1e-5)
+    # A pure 10% zoom maps a feature 10 px wide onto 11 px: the scale is the drawn scale, not size/canvas.
+    zoom = Transforms(pad=0, jitter=0, jitter_after=0, rotate_degrees=0.0, scale=(1.1, 1.1))
+    stripe = torch.zeros(1, 3, 64, 64)
+    stripe[..., 27:37] = 1.0
+    seen = zoom(stripe, torch.Generator().manual_seed(0))[0, 0, 32]
+    assert abs(float(seen.sum()) - 11.0) < 0.3
+    assert LUCENT.centered(images).shape[-1] == 224
+
+
+def test_no_black_frames_where_scale_or_rotation_reach_past_the_image() -> None:
+    """Lucid pads with grey 0.5: a white image never shows a dark border, whatever the draw."""
+    white = torch.ones(16, 3, 32, 32)
+    extreme = Transforms(scale=(0.8, 0.8), rotate_degrees=10.0)
+    for seed in range(3):
+        seen = extreme(white, torch.Generator().manual_seed(seed))
+        assert float(seen.min()) >= 0.5 - 1e-5
+        corners = seen[:, :, [0, 0, -1, -1], [0, -1, 0, -1]]
+        assert torch.allclose(corners, torch.full_like(corners, 0.5), atol=1e-5)
+
+
+def test_diversity_is_lucids_objective() -> None:
+    """Lucid: sum over ordered pairs i != j of <G_i, G_j> (normalized Gram matrices) / batch, per group."""
+    torch.manual_seed(0)
+    activation = torch.randn(8, 5, 3, 3)
+    diversity = objectives.diversity("a", group=4)
+    relu = activation.relu().reshape(8, 5, -1)
+    grams = [g / g.norm() for g in torch.bmm(relu, relu.transpose(1, 2))]
+    expected = sum(
+        sum(float((grams[g + i] * grams[g + j]).sum()) for i in range(4) for j in range(4) if i != j) / 4
+        for g in (0, 4)
+    )
+    assert abs(float(diversity.total({"a": activation})) - expected) < 1e-4
+    combined = objectives.channel("a", 0) - 100 * diversity
+    assert combined.group == 4
+    channel_mean = float(activation[:, 0].relu().mean(dim=(1, 2)).sum()) / 4
+    assert abs(float(combined.total({"a": activation})) - (channel_mean - 100 * expected)) < 1e-3
+
+
+def test_redirected_relu_lets_a_switched_off_unit_learn() -> None:
+    """Lucid's redirected ReLU: the plain gradient where any passes, else the one that raises the input."""
+    off = torch.full((2, 1, 3, 3), -1.0, requires_grad=True)
+    objectives.channel("a", 0)({"a": off}).sum().backward()
+    assert bool((off.grad > 0).all())
+    mixed = torch.tensor([[[[-1.0, 2.0]]]], requires_grad=True)
+    objectives.channel("a", 0)({"a": mixed}).sum().backward()
+    assert mixed.grad.flatten().tolist() == [0.0, 0.5]
+    assert float(objectives.channel("a", 0, relu=False)({"a": off.detach()})[0]) == -1.0
 
 
 def test_objectives_compose() -> None:
@@ -71,6 +128,10 @@ def test_render_improves_each_units_objective(net) -> None:  # noqa: ANN001
     after = render(net, objective, param.fourier(64), [1, 2], STANDARD, steps=12)
     assert after.images.shape == (2, 3, 64, 64)
     assert bool((after.objective > before.objective + 1).all()), (before.objective, after.objective)
+    # The reported objective is measured on the transforms' centred view, as optimized.
+    with torch.no_grad():
+        seen = net(STANDARD.centered(after.images), ("mixed3a",))
+    assert torch.allclose(objective(seen), after.objective, rtol=1e-3, atol=1e-3)
     again = render(net, objective, param.fourier(64), [1, 2], STANDARD, steps=12)
     assert torch.equal(after.images, again.images)
 
@@ -98,6 +159,12 @@ def test_vis_stage_stores_images_with_recipes_and_skips_them_after(store: Store,
     assert len(artifacts) == 8 and all(store.blobs.has(a.blob_key) for a in artifacts)
     recipe = artifacts[0].recipe
     assert recipe["steps"] == 2 and recipe["parameterization"] == "fourier" and recipe["weights_sha256"] == "w"
+    assert recipe["algorithm"] == ALGORITHMS["vis"] and recipe["canvas"] == 32 + 12
+    grid = next(a for a in artifacts if a.technique == "diversity")
+    with Image.open(store.blobs.path(grid.blob_key)) as opened:
+        pixels = np.asarray(opened.convert("RGB"))
+    assert pixels.shape == (2 * 32 + GUTTER, 2 * 32 + GUTTER, 3)  # four images with a white gutter between
+    assert pixels[:, 32 + 1:32 + GUTTER - 1].min() >= 245 and pixels[32 + 1:32 + GUTTER - 1].min() >= 245
     assert recipe["unit_seeds"][0] == unit_seed(0, recipe["layer"], recipe["batch_units"][0], recipe["technique"])
     again = run_vis(store, spec, net, "w", _config(spec), cpu, progress=False)
     assert (again.rendered, again.skipped) == (0, 8)
@@ -105,6 +172,24 @@ def test_vis_stage_stores_images_with_recipes_and_skips_them_after(store: Store,
     assert (changed.rendered, changed.skipped) == (4, 0)
     with store.session() as session:
         assert session.scalar(select(func.count()).select_from(Artifact)) == 8
+
+
+def test_images_of_an_older_algorithm_are_rendered_again_with_their_settings(store: Store, spec: ModelSpec, net) -> None:  # noqa: ANN001
+    catalog(store, spec)
+    cpu = torch.device("cpu")
+    run_vis(store, spec, net, "w", _config(spec, techniques=("channel",)), cpu, progress=False)
+    assert stale_configs(store, spec) == []
+    with store.transaction() as session:
+        old = session.scalars(select(Artifact)).all()[:3]
+        for artifact in old:  # as stored by the code before issue 9
+            artifact.recipe = {key: value for key, value in artifact.recipe.items() if key != "algorithm"}
+            artifact.recipe_sha256 = "0" * 64
+    stale = stale_configs(store, spec)
+    assert sum(len(units) for config in stale for units in config.units.values()) == 3
+    assert all(config.steps == 2 and config.size == 32 for config in stale)
+    for config in stale:
+        assert run_vis(store, spec, net, "w", config, cpu, progress=False).rendered >= 1
+    assert stale_configs(store, spec) == []
 
 
 def test_vis_config_rejects_bad_input(spec: ModelSpec) -> None:

@@ -1,7 +1,14 @@
 """Objectives: small composable objects scoring each image of a batch.
 
 An objective maps the activations of one forward pass (pre-ReLU, by layer
-name) to one value per batch element, to be maximized. They compose with
+name) to one value per batch element, to be maximized. ``channel`` and
+``neuron`` score a unit's output after its ReLU, as Lucid's layer names
+(``conv2d0``, ``mixed4a``) and OpenAI Microscope do: on the pre-ReLU value a
+unit of ``conv2d0`` is linear in the image, so its spatial mean is maximized
+by a flat colour, where the ReLU's output is maximized by the unit's pattern
+tiled (Gabor textures). Units that start switched off still get a gradient
+through Lucid's redirected ReLU. Logits have no ReLU and are scored as they
+are. They compose with
 ``+``, ``-`` and scalar ``*``::
 
     channel("mixed4a", 97) - 100 * diversity("mixed4a")
@@ -27,12 +34,20 @@ class Objective:
     score: Callable[[Activations], Tensor]
     layers: frozenset[str]
     name: str
+    #: Consecutive batch elements optimized together: Lucid's objective for a group is the
+    #: mean of its members' scores (its ``channel`` is a mean over the batch too).
+    group: int = 1
 
     def __call__(self, activations: Activations) -> Tensor:
         return self.score(activations)
 
+    def total(self, activations: Activations) -> Tensor:
+        """The quantity to maximize for the whole batch: the sum over groups of each group's mean score."""
+        return self(activations).float().sum() / self.group
+
     def __add__(self, other: Objective) -> Objective:
-        return Objective(lambda a: self(a) + other(a), self.layers | other.layers, f"{self.name} + {other.name}")
+        return Objective(lambda a: self(a) + other(a), self.layers | other.layers, f"{self.name} + {other.name}",
+                         max(self.group, other.group))
 
     def __sub__(self, other: Objective) -> Objective:
         return self + (-1.0) * other
@@ -41,9 +56,37 @@ class Objective:
         return (-1.0) * self
 
     def __mul__(self, factor: float) -> Objective:
-        return Objective(lambda a: factor * self(a), self.layers, f"{factor:g} * ({self.name})")
+        return Objective(lambda a: factor * self(a), self.layers, f"{factor:g} * ({self.name})", self.group)
 
     __rmul__ = __mul__
+
+
+class _RedirectedReLU(torch.autograd.Function):
+    """ReLU whose gradient, for an image where no position lets any through, passes where it would raise the input.
+
+    Lucid's ``redirected_relu_grad`` (lucid/misc/redirected_relu_grad.py),
+    per batch element: without it a unit that is off everywhere on the
+    initial image never receives a gradient.
+    """
+
+    @staticmethod
+    def forward(ctx, x: Tensor) -> Tensor:  # noqa: ANN001
+        ctx.save_for_backward(x)
+        return x.clamp(min=0)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> Tensor:  # noqa: ANN001
+        (x,) = ctx.saved_tensors
+        negative = x < 0
+        relu_grad = grad.masked_fill(negative, 0)
+        # Our grad is d(objective)/dy with the objective maximized: "raising" means grad > 0.
+        redirected = grad.masked_fill(negative & (grad < 0), 0)
+        blocked = relu_grad.flatten(1).abs().amax(dim=1) == 0
+        return torch.where(blocked.view(-1, *([1] * (x.dim() - 1))), redirected, relu_grad)
+
+
+def redirected_relu(x: Tensor) -> Tensor:
+    return _RedirectedReLU.apply(x)
 
 
 def _units(units: int | Sequence[int], activation: Tensor) -> Tensor:
@@ -57,25 +100,28 @@ def _per_image(activation: Tensor, units: int | Sequence[int]) -> Tensor:
     return activation[torch.arange(activation.shape[0], device=activation.device), index]
 
 
-def channel(layer: str, units: int | Sequence[int]) -> Objective:
-    """Mean activation of a channel over all positions (a class logit for ``softmax2``)."""
+def channel(layer: str, units: int | Sequence[int], relu: bool = True) -> Objective:
+    """Mean of a channel's output over all positions (after its ReLU unless ``relu`` is False; a logit as is)."""
 
     def score(activations: Activations) -> Tensor:
         selected = _per_image(activations[layer], units)
-        return selected.flatten(1).mean(dim=1) if selected.dim() > 1 else selected
+        if selected.dim() == 1:  # logits: one position, no ReLU
+            return selected
+        return (redirected_relu(selected) if relu else selected).flatten(1).mean(dim=1)
 
-    return Objective(score, frozenset({layer}), f"channel({layer}, {units})")
+    kind = "" if relu else "pre-ReLU "
+    return Objective(score, frozenset({layer}), f"{kind}channel({layer}, {units})")
 
 
 def neuron(layer: str, units: int | Sequence[int]) -> Objective:
-    """Activation of a channel at the centre position only."""
+    """A channel's output (after its ReLU) at the centre position only."""
 
     def score(activations: Activations) -> Tensor:
         selected = _per_image(activations[layer], units)
         if selected.dim() == 1:
             return selected
         height, width = selected.shape[-2:]
-        return selected[:, height // 2, width // 2]
+        return redirected_relu(selected[:, height // 2, width // 2])
 
     return Objective(score, frozenset({layer}), f"neuron({layer}, {units})")
 
@@ -85,24 +131,25 @@ def deepdream(layer: str) -> Objective:
     return Objective(lambda a: a[layer].pow(2).flatten(1).mean(dim=1), frozenset({layer}), f"deepdream({layer})")
 
 
-def diversity(layer: str, group: int | None = None) -> Objective:
-    """Penalty on the style similarity of images in a group (the article's diversity term).
+def diversity(layer: str, group: int) -> Objective:
+    """Penalty on the style similarity of the images of a group (the article's diversity term).
 
-    The mean cosine similarity of each image's Gram matrix (of the layer's
-    output after ReLU, as in Lucid) to the others' in its group of ``group``
-    consecutive batch elements (the whole batch if None); subtract it,
-    scaled, from the main objective.
+    Lucid's ``diversity``: the Gram matrix of each image's activations (after
+    ReLU), L2-normalized as a whole; the group's penalty is the sum over
+    ordered pairs i != j of their dot products, divided by the group's size.
+    Per image that is the sum of its similarities to the others, and the
+    group's value is their mean (`Objective.total`); subtract it, scaled by
+    100 as in Lucid's example, from the main objective.
     """
 
     def score(activations: Activations) -> Tensor:
-        activation = activations[layer].relu()
+        activation = activations[layer].float().relu()
         batch, channels = activation.shape[:2]
-        size = group or batch
         flat = activation.reshape(batch, channels, -1)
-        gram = torch.nn.functional.normalize(torch.bmm(flat, flat.transpose(1, 2)).reshape(batch, -1), dim=1)
-        gram = gram.reshape(batch // size, size, -1)
+        gram = torch.nn.functional.normalize(torch.bmm(flat, flat.transpose(1, 2)).reshape(batch, -1), dim=1, eps=1e-10)
+        gram = gram.reshape(batch // group, group, -1)
         similarity = torch.bmm(gram, gram.transpose(1, 2))
-        others = (similarity.sum(dim=2) - similarity.diagonal(dim1=1, dim2=2)) / max(size - 1, 1)
+        others = similarity.sum(dim=2) - similarity.diagonal(dim1=1, dim2=2)
         return others.reshape(batch)
 
-    return Objective(score, frozenset({layer}), f"diversity({layer})")
+    return Objective(score, frozenset({layer}), f"diversity({layer})", group)

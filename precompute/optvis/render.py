@@ -8,7 +8,6 @@ from dataclasses import dataclass
 from typing import Literal
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 from precompute.network import InceptionV1
@@ -25,7 +24,8 @@ STEPS = 512
 class Rendered:
     #: (B, 3, N, N) RGB in [0, 1], on the CPU.
     images: Tensor
-    #: (B,) the objective of each final image, untransformed, at the network's input size.
+    #: (B,) the objective of each final image under the preprocessing it was optimized for:
+    #: the transforms' centred view (padded, scale 1, no jitter or rotation).
     objective: Tensor
 
 
@@ -67,11 +67,11 @@ def render(
 
     The network runs only as far as the objective's layers; its weights stay
     frozen; no hook is registered. Each image's initial values come from its
-    own seed, the random transforms from the first seed.
+    own seed, the random transforms from the first seed. The loss is the
+    objective's `total` (a group's mean for grouped objectives, as in Lucid).
     """
     device = torch.device(device)
     precision = resolve_precision(precision, device)
-    input_size = net.spec.input_size
     generators = [torch.Generator().manual_seed(seed) for seed in seeds]
     params, image_fn = parameterization(len(seeds), generators, device)
     optimizer = torch.optim.Adam(params, lr=learning_rate)
@@ -79,13 +79,13 @@ def render(
     layers = tuple(objective.layers)
     for _ in range(steps):
         optimizer.zero_grad(set_to_none=True)
-        batch = transforms(image_fn(), input_size, draws).contiguous(memory_format=torch.channels_last)
+        batch = transforms(image_fn(), draws).contiguous(memory_format=torch.channels_last)
         with _autocast(device, precision):
-            loss = -objective(net(batch, layers)).float().sum()
+            loss = -objective.total(net(batch, layers))
         loss.backward()
         optimizer.step()
     with torch.no_grad():
         images = image_fn()
-        seen = F.interpolate(images, size=(input_size, input_size), mode="bilinear", align_corners=False)
-        values = objective(net(seen.contiguous(memory_format=torch.channels_last), layers))
+        seen = transforms.centered(images).contiguous(memory_format=torch.channels_last)
+        values = objective(net(seen, layers))
     return Rendered(images=images.detach().float().cpu(), objective=values.float().cpu())

@@ -1,11 +1,21 @@
 """Transformation robustness: random pad, jitter, scale and rotation, one resampling per step.
 
-Lucid's standard transforms (pad 12 with grey, jitter 8, scale 0.9-1.1,
-rotation -10..10 degrees, jitter 4), each image of the batch drawn on its
-own, composed into a single affine map and applied with one ``grid_sample``
-that also resizes to the network's input size. Sampling once instead of once
-per transform is faster and blurs less; everything stays differentiable and
-on the device.
+Lucid's standard transforms, in order::
+
+    pad(12, constant 0.5), jitter(8), random_scale(0.9..1.1), random_rotate(-10..10), jitter(4)
+
+Lucid's jitters are random crops, so the network sees a canvas of
+``size + 2 * pad - jitter - jitter_after`` pixels (140 for a 128 px image)
+with the image's content at scale 1 (times the random scale). Here each
+image of the batch draws its own offsets, scale and angle; the composition is
+one affine map applied with a single ``grid_sample`` (faster, and it blurs
+less than resampling once per transform). Where a small scale or a rotation
+reaches past the padded image, the sample reads the pad's grey, never black
+(issue 9: black frames around early-layer renders).
+
+``resize_to`` resamples the canvas to a fixed side afterwards: Lucent
+upsamples every canvas smaller than 224 px to 224 (so a 128 px image is seen
+at about x1.6); it is off by default, as in Lucid, and recorded in recipes.
 """
 
 from __future__ import annotations
@@ -21,36 +31,61 @@ from torch import Tensor
 @dataclass(frozen=True)
 class Transforms:
     pad: int = 12
+    #: Grey level of the padding (Lucid: constant 0.5).
+    pad_value: float = 0.5
     jitter: int = 8
     scale: tuple[float, float] = (0.9, 1.1)
     rotate_degrees: float = 10.0
     jitter_after: int = 4
+    #: Resample the canvas to this side (Lucent's upsampling to 224); None keeps scale 1.
+    resize_to: int | None = None
 
     def describe(self) -> dict[str, object]:
         return {"kind": "fused affine", **asdict(self)}
 
-    def __call__(self, images: Tensor, output_size: int, generator: torch.Generator) -> Tensor:
-        """Randomly transformed ``images`` (B, 3, N, N), resampled to ``output_size``."""
-        batch, _, size, _ = images.shape
-        padded = F.pad(images, [self.pad] * 4, value=0.5) if self.pad else images
-        full = size + 2 * self.pad
+    def canvas(self, size: int) -> int:
+        """Side of the image the network sees for a ``size`` px parameterization."""
+        if self.resize_to is not None:
+            return self.resize_to
+        return size + 2 * self.pad - self.jitter - self.jitter_after
+
+    def __call__(self, images: Tensor, generator: torch.Generator) -> Tensor:
+        """Randomly transformed ``images`` (B, 3, N, N), each with its own draw."""
+        batch = images.shape[0]
 
         def uniform(low: float, high: float) -> Tensor:
             return torch.rand(batch, generator=generator) * (high - low) + low
 
-        to_unit = 2.0 / full  # pixels to normalized coordinates
-        shift = torch.stack([uniform(-self.jitter / 2, self.jitter / 2) for _ in range(2)], dim=1) * to_unit
-        shift_after = torch.stack([uniform(-self.jitter_after / 2, self.jitter_after / 2) for _ in range(2)], dim=1) * to_unit
+        shift = torch.stack([uniform(-self.jitter / 2, self.jitter / 2) for _ in range(2)], dim=1)
+        shift_after = torch.stack([uniform(-self.jitter_after / 2, self.jitter_after / 2) for _ in range(2)], dim=1)
         scale = uniform(*self.scale)
         angle = uniform(-self.rotate_degrees, self.rotate_degrees) * (math.pi / 180)
+        return self._sample(images, shift, shift_after, scale, angle)
+
+    def centered(self, images: Tensor) -> Tensor:
+        """The transforms' expected view: padded, centred, scale 1, no rotation (what final objectives use)."""
+        zeros = torch.zeros(images.shape[0])
+        return self._sample(images, torch.zeros(images.shape[0], 2), torch.zeros(images.shape[0], 2), zeros + 1, zeros)
+
+    def _sample(self, images: Tensor, shift: Tensor, shift_after: Tensor, scale: Tensor, angle: Tensor) -> Tensor:
+        batch, _, size, _ = images.shape
+        padded = F.pad(images, [self.pad] * 4, value=self.pad_value) if self.pad else images
+        full = size + 2 * self.pad
+        canvas = size + 2 * self.pad - self.jitter - self.jitter_after
+        # In pixels from the centres: canvas point u reads padded point A (u - shift_after) - shift,
+        # A = rotation(-angle) / scale. Normalized coordinates divide by half of each side.
         cos, sin = torch.cos(angle) / scale, torch.sin(angle) / scale
-        # Output point u reads source point A (u - shift_after) - shift, A = rotation(-angle) / scale.
-        matrix = torch.stack([torch.stack([cos, sin], dim=1), torch.stack([-sin, cos], dim=1)], dim=1)
-        offset = -torch.einsum("bij,bj->bi", matrix, shift_after) - shift
+        rotation = torch.stack([torch.stack([cos, sin], dim=1), torch.stack([-sin, cos], dim=1)], dim=1)
+        matrix = rotation * (canvas / full)
+        offset = (-torch.einsum("bij,bj->bi", rotation, shift_after) - shift) * (2.0 / full)
         theta = torch.cat([matrix, offset[:, :, None]], dim=2).to(images.device, images.dtype)
-        grid = F.affine_grid(theta, [batch, 3, output_size, output_size], align_corners=False)
-        return F.grid_sample(padded, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+        side = self.resize_to or canvas
+        grid = F.affine_grid(theta, [batch, 3, side, side], align_corners=False)
+        # "border" repeats the outermost padded pixels: the pad's grey (or, unpadded, the image's edge).
+        return F.grid_sample(padded, grid, mode="bilinear", padding_mode="border", align_corners=False)
 
 
 STANDARD = Transforms()
+#: Lucent 0.1.8's defaults: Lucid's transforms, then the canvas upsampled to 224 px.
+LUCENT = Transforms(resize_to=224)
 NONE = Transforms(pad=0, jitter=0, scale=(1.0, 1.0), rotate_degrees=0.0, jitter_after=0)

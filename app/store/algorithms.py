@@ -1,0 +1,27 @@
+"""The version of the algorithm behind each stage's artifacts (torch-free: `microscope info` reads it).
+
+A stage's recipe records its version, so a fix that changes how an artifact
+is computed changes the recipe's digest: the stage recomputes what it had
+stored, and `stale` finds what still predates the fix.
+
+History:
+
+- vis 2: the network sees the image at Lucid's scale (canvas ``size + 12``),
+  grey beyond the padded image, Lucid's diversity objective exactly, the
+  final objective under the optimized preprocessing (issue 9).
+- examples 2: short side resized and centre-cropped (no squashing), each
+  branch's own receptive field, tiny and extreme images handled (issue 9).
+- circuits 2: edges ranked by the L2 norm of the expanded kernel, 50 per
+  unit and direction, indirect inputs from the main layer two back (issue 9).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+ALGORITHMS: dict[str, int] = {"vis": 2, "examples": 2, "circuits": 2}
+
+
+def is_stale(stage: str, recipe: dict[str, Any] | None) -> bool:
+    """Whether ``recipe`` was made by an older algorithm than this code's for ``stage``."""
+    return (recipe or {}).get("algorithm", 1) != ALGORITHMS[stage]
