@@ -16,6 +16,8 @@ from app import queries, urls
 from app.catalog import Catalog, LayerEntry, ModelEntry
 from app.errors import NotFound
 from app.store.summary import ModelCoverage
+from app.zoo import get_model
+from app.zoo.spec import Framing
 
 TECHNIQUES = ("channel", "neuron", "negative", "diversity")
 #: The technique whose image stands for a unit in grids and circuits.
@@ -323,9 +325,10 @@ def unit_page(catalog: Catalog, connection: Connection, model_name: str, layer_n
     stats_row = connection.execute(queries.stats, {"unit": unit_id}).first()
     stats = None
     if stats_row is not None:
-        edges = _histogram_edges(connection)
+        params = _examples_params(connection)
         stats = {"images": stats_row[0], "mean_max": stats_row[1], "active_fraction": stats_row[2],
-                 "histogram": stats_row[3], "histogram_edges": edges, "dataset": stats_row[4]}
+                 "histogram": stats_row[3], "histogram_edges": params.get("histogram_edges"),
+                 "dataset": stats_row[4], "preprocessing": params.get("input")}
     inputs, outputs = _connections(connection, catalog, unit_id)
     same = _same_unit(catalog, model, layer, index)
     same_ref = None
@@ -362,9 +365,9 @@ def unit_page(catalog: Catalog, connection: Connection, model_name: str, layer_n
     )
 
 
-def _histogram_edges(connection: Connection) -> list[float] | None:
-    params = connection.execute(queries.histogram_edges).scalar()
-    return params.get("histogram_edges") if params else None
+def _examples_params(connection: Connection) -> dict[str, Any]:
+    """The recipe of the latest finished examples run (histogram edges, preprocessing)."""
+    return connection.execute(queries.examples_params).scalar() or {}
 
 
 def example_page(catalog: Catalog, connection: Connection, model_name: str, layer_name: str, index: int,
@@ -375,10 +378,13 @@ def example_page(catalog: Catalog, connection: Connection, model_name: str, laye
     row = connection.execute(queries.example, {"unit": unit_id, "kind": kind, "rank": rank}).first()
     if row is None:
         raise NotFound(f"{model_name}/{layer_name}/{index} has no {kind} example of rank {rank}")
-    activation, crop, y, x, path, thumbnail, dataset = row
+    activation, crop, y, x, path, thumbnail, dataset, width, height = row
     size = model.input_size
-    left, top, right, bottom = layer.spec.position_box(y, x, size) if layer.spec else (0, 0, size, size)
-    box = tuple(round(100 * v / size, 2) for v in (left, top, right - left, bottom - top))
+    field_layer = get_model(model_name).field_layer(layer.spec, index) if layer.spec else None
+    in_input = field_layer.position_box(y, x, size) if field_layer else (0, 0, size, size)
+    left, top, right, bottom = Framing.of(width, height).to_original(in_input, size)
+    box = (round(100 * left / width, 2), round(100 * top / height, 2),
+           round(100 * (right - left) / width, 2), round(100 * (bottom - top) / height, 2))
     ref = UnitRef(model_name, layer_name, index, layer.labels[index], urls.unit(model_name, layer_name, index), None)
     example = Example(kind, rank, activation, path, urls.blob(crop),
                       urls.example(model_name, layer_name, index, kind, rank), y, x)

@@ -38,7 +38,7 @@ examples = (
 
 example = (
     select(DatasetExample.activation, DatasetExample.crop_key, DatasetExample.y, DatasetExample.x,
-           DatasetImage.path, DatasetImage.thumbnail_key, Dataset.name)
+           DatasetImage.path, DatasetImage.thumbnail_key, Dataset.name, DatasetImage.width, DatasetImage.height)
     .join(DatasetImage, DatasetExample.image_id == DatasetImage.id)
     .join(Dataset, DatasetImage.dataset_id == Dataset.id)
     .where(DatasetExample.unit_id == bindparam("unit"), DatasetExample.kind == bindparam("kind"),
@@ -55,6 +55,6 @@ edges = select(Edge.source_id, Edge.target_id, Edge.weight, Edge.norm, Edge.kind
     (Edge.target_id == bindparam("unit")) | (Edge.source_id == bindparam("unit"))
 )
 
-histogram_edges = (
+examples_params = (
     select(Run.params).where(Run.stage == "examples", Run.finished_at.is_not(None)).order_by(Run.id.desc()).limit(1)
 )

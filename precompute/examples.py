@@ -1,13 +1,15 @@
 """The examples stage: every unit's top and bottom dataset images, from one streaming pass.
 
-1. The pass: images are squashed to the model's input size (the network sees
-   the whole image) and run through the network once; `RunningStatistics`
+1. The pass: each image's centred square (its short side) is resized to the
+   model's input size, with no squashing (`Framing`), and run through the
+   network once; `RunningStatistics`
    keeps each unit's top-k and bottom-k on the device. The pass checkpoints
    its state atomically every few batches; killed and run again it resumes
    at the last checkpoint and ends with exactly an uninterrupted pass's
    result (same batches, same order, same arithmetic).
 2. The write: each example's receptive-field crop (cut from the original
-   image, mapped from the input grid) and a thumbnail of each image go to the
+   image, mapped back from the input grid through the framing; a block
+   output's unit has its own branch's field) and a thumbnail of each image go to the
    blob store first; then one transaction replaces the selected units'
    examples and statistics. An interruption before the commit leaves the
    store as it was (at worst a few unreferenced blobs).
@@ -35,8 +37,10 @@ from tqdm import tqdm
 
 from app.errors import MicroscopeError
 from app.store import Dataset, DatasetExample, DatasetImage, Store, UnitStats
+from app.store.algorithms import ALGORITHMS
 from app.zoo import LayerSpec, ModelSpec
-from precompute.images import ImageFile, batches, list_images
+from app.zoo.spec import Framing
+from precompute.images import ImageFile, batches, list_images, read_rgb
 from precompute.network import InceptionV1
 from precompute.ranking import HISTOGRAM_EDGES, RunningStatistics
 from precompute.runs import catalogued_model, finished_recipes, now, start_run
@@ -83,21 +87,32 @@ def fingerprint(files: Sequence[ImageFile]) -> str:
     return digest.hexdigest()
 
 
+#: What the pages say of the examples' preprocessing (stored in the recipe).
+PREPROCESSING = "centre square of the short side, resized to {size}x{size} (bilinear); no squashing"
+
+
 def input_transform(spec: ModelSpec) -> Callable[[Image.Image], Tensor]:
-    """The whole image squashed to the input size, so every example position maps back to it."""
-    return v2.Compose(
-        [v2.Resize((spec.input_size, spec.input_size)), v2.PILToTensor(), v2.ToDtype(torch.float32, scale=True)]
-    )
+    """The image's centred square resized to the input size; tiny images are scaled up, long ones cropped."""
+    size = spec.input_size
+
+    def transform(image: Image.Image) -> Tensor:
+        framing = Framing.of(image.width, image.height)
+        square = image.crop((framing.left, framing.top, framing.left + framing.side, framing.top + framing.side))
+        resized = square.resize((size, size), Image.Resampling.BILINEAR)
+        return v2.functional.to_dtype(v2.functional.pil_to_tensor(resized), torch.float32, scale=True)
+
+    return transform
 
 
 def _recipe(spec: ModelSpec, weights: str, dataset: str, config: ExamplesConfig) -> dict[str, object]:
     recipe = {
+        "algorithm": ALGORITHMS["examples"],
         "model": spec.name,
         "weights_sha256": weights,
         "dataset_fingerprint": dataset,
         "layers": [layer.name for layer in config.layers],
         "k": config.k,
-        "input": f"resize {spec.input_size}x{spec.input_size}, whole image",
+        "input": PREPROCESSING.format(size=spec.input_size),
         "batch_size": config.batch_size,
         "histogram_edges": list(HISTOGRAM_EDGES),
     }
@@ -155,7 +170,7 @@ def run_examples(
             return result
         statistics, skipped = _merge(spec, config, device, partials)
     result.skipped = skipped
-    result.examples = _write(store, spec, model.id, files, root, statistics, recipe, config, progress)
+    result.examples = _write(store, spec, model.id, files, root, statistics, recipe, config, progress, result.skipped)
     for path in partials:
         path.unlink(missing_ok=True)
     if count > 1:
@@ -261,17 +276,19 @@ def _encode(image: Image.Image, size: int) -> bytes:
     return out.getvalue()
 
 
-def _cut(job: tuple[Path, int, list[tuple[int, int, int, int]]]) -> _ImageBlobs:
-    """Thumbnail and crops of one original image; boxes are in the square input grid."""
+def _cut(job: tuple[Path, int, list[tuple[int, int, int, int]]]) -> _ImageBlobs | str:
+    """Thumbnail and crops of one original image (boxes in the square input grid), or why it failed.
+
+    An image that became unreadable since the pass loses its examples; it never stops the run.
+    """
     path, input_size, boxes = job
-    data = path.read_bytes()
-    with Image.open(io.BytesIO(data)) as opened:
-        image = opened.convert("RGB")
-    sx, sy = image.width / input_size, image.height / input_size
-    crops = {
-        box: _encode(image.crop((round(box[0] * sx), round(box[1] * sy), round(box[2] * sx), round(box[3] * sy))), CROP_SIZE)
-        for box in boxes
-    }
+    try:
+        data = path.read_bytes()
+        image = read_rgb(path)
+    except OSError as error:
+        return str(error)
+    framing = Framing.of(image.width, image.height)
+    crops = {box: _encode(image.crop(framing.to_original(box, input_size)), CROP_SIZE) for box in boxes}
     return _ImageBlobs(hashlib.sha256(data).hexdigest(), image.width, image.height, _encode(image, THUMBNAIL_SIZE), crops)
 
 
@@ -285,6 +302,7 @@ def _write(
     recipe: dict[str, object],
     config: ExamplesConfig,
     progress: bool,
+    failed: list[str],
 ) -> int:
     # Every example as (layer, unit, kind, rank, image, y, x, activation), on the host.
     examples: list[tuple[LayerSpec, int, str, int, int, int, int, float]] = []
@@ -299,13 +317,16 @@ def _write(
                         break
                     y, x = divmod(position, layer.size)
                     examples.append((layer, unit, kind, rank, image, y, x, sign * value))
-                    boxes[image].add(layer.position_box(y, x, spec.input_size))
+                    boxes[image].add(spec.field_layer(layer, unit).position_box(y, x, spec.input_size))
     jobs = [(files[image].full_path, spec.input_size, sorted(found)) for image, found in sorted(boxes.items())]
     thumbnails: dict[int, tuple[_ImageBlobs, str]] = {}
     crop_keys: dict[tuple[int, tuple[int, int, int, int]], str] = {}
     with ProcessPoolExecutor(max_workers=max(1, config.workers)) as pool:
         cut = pool.map(_cut, jobs, chunksize=4)
         for image, blobs in tqdm(zip(sorted(boxes), cut), total=len(jobs), desc="crops", unit="img", disable=not progress):
+            if isinstance(blobs, str):
+                failed.append(blobs)
+                continue
             thumbnails[image] = (blobs, store.blobs.put(blobs.thumbnail, "jpg"))
             for box, data in blobs.crops.items():
                 crop_keys[image, box] = store.blobs.put(data, "jpg")
@@ -330,9 +351,10 @@ def _write(
             {
                 "unit_id": unit_ids[layer.name, unit], "kind": kind, "rank": rank, "image_id": image_ids[image],
                 "activation": round(value, 5), "y": y, "x": x, "run_id": run.id,
-                "crop_key": crop_keys[image, layer.position_box(y, x, spec.input_size)],
+                "crop_key": crop_keys[image, spec.field_layer(layer, unit).position_box(y, x, spec.input_size)],
             }
             for layer, unit, kind, rank, image, y, x, value in examples
+            if image in thumbnails
         ]
         for chunk in range(0, len(rows), 20000):
             session.execute(insert(DatasetExample), rows[chunk:chunk + 20000])

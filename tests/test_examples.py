@@ -118,6 +118,61 @@ def test_unreadable_images_are_skipped_and_listed(store: Store, spec: ModelSpec,
     assert all(store.blobs.has(key) for key in [*keys, *thumbs])
 
 
+def test_tiny_and_extreme_images_get_examples_and_exact_crops(store: Store, spec: ModelSpec, net, tmp_path: Path) -> None:  # noqa: ANN001
+    """A 3x3 PNG, a 1x1 JPEG and an 80:1 strip: no crash, a non-empty crop for every example."""
+    from PIL import Image
+
+    from app.zoo.spec import Framing
+
+    folder = tmp_path / "odd"
+    folder.mkdir()
+    Image.new("RGB", (3, 3), (200, 30, 30)).save(folder / "tiny.png")
+    Image.new("RGB", (1, 1), (10, 200, 10)).save(folder / "dot.jpg")
+    strip = Image.linear_gradient("L").resize((1600, 20)).convert("RGB")
+    strip.save(folder / "strip.jpg")
+    catalog(store, spec)
+    config = ExamplesConfig(layers=(spec.layer("conv2d1"), spec.layer("mixed3a")), k=3, batch_size=2)
+    result = run_examples(store, spec, net, "w", folder, config, torch.device("cpu"), progress=False)
+    assert not result.skipped and result.examples == (64 + 256) * 3 * 2
+    with store.session() as session:
+        rows = session.execute(
+            select(DatasetImage.path, DatasetImage.width, DatasetImage.height, DatasetExample.y, DatasetExample.x,
+                   DatasetExample.crop_key, Layer.name, Unit.index)
+            .join(DatasetImage, DatasetExample.image_id == DatasetImage.id).join(Unit).join(Layer)
+        ).all()
+    for path, width, height, y, x, key, layer, unit in rows:
+        with Image.open(store.blobs.path(key)) as crop:
+            assert crop.width >= 1 and crop.height >= 1
+        if path == "strip.jpg":  # the centre square of a 1600x20 strip: columns 790..810
+            box = Framing.of(width, height).to_original(
+                spec.field_layer(spec.layer(layer), unit).position_box(y, x, 224), 224)
+            assert 790 <= box[0] < box[2] <= 810 and 0 <= box[1] < box[3] <= 20
+
+
+def test_a_block_units_field_is_its_branchs() -> None:
+    from app.zoo import get_model
+
+    spec = get_model("inceptionv1")
+    block = spec.layer("mixed4a")
+    assert spec.field_layer(block, 0).name == "mixed4a_1x1"
+    assert spec.field_layer(block, 192).name == "mixed4a_3x3"
+    assert spec.field_layer(block, 192 + 208).name == "mixed4a_5x5"
+    assert spec.field_layer(block, 511).name == "mixed4a_pool_reduce"
+    one, three, five, pool = (spec.field_layer(block, unit).receptive_field for unit in (0, 192, 400, 511))
+    assert one < three == pool < five == block.receptive_field
+
+
+def test_examples_are_framed_not_squashed(spec: ModelSpec) -> None:
+    """A wide image keeps its proportions: the network sees its centre square."""
+    from PIL import Image
+
+    wide = Image.new("RGB", (400, 200), (255, 0, 0))
+    wide.paste((0, 0, 255), (100, 0, 300, 200))  # blue centre square, red sides
+    seen = input_transform(spec)(wide)
+    assert seen.shape == (3, 224, 224)
+    assert float(seen[2].min()) > 0.95 and float(seen[0].max()) < 0.05
+
+
 def test_a_moved_dataset_is_reported_and_kept(store: Store, spec: ModelSpec, net, sample: Path, tmp_path: Path) -> None:  # noqa: ANN001
     catalog(store, spec)
     config = ExamplesConfig(layers=(spec.layer("conv2d1"),), k=2, batch_size=16)

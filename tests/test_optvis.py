@@ -101,11 +101,14 @@ def test_diversity_is_lucids_objective() -> None:
 def test_redirected_relu_lets_a_switched_off_unit_learn() -> None:
     """Lucid's redirected ReLU: the plain gradient where any passes, else the one that raises the input."""
     off = torch.full((2, 1, 3, 3), -1.0, requires_grad=True)
-    objectives.channel("a", 0)({"a": off}).sum().backward()
-    assert bool((off.grad > 0).all())
+    (-objectives.channel("a", 0)({"a": off})).sum().backward()  # the loss render minimizes
+    assert bool((off.grad < 0).all())  # a descent step raises the switched-off unit
     mixed = torch.tensor([[[[-1.0, 2.0]]]], requires_grad=True)
-    objectives.channel("a", 0)({"a": mixed}).sum().backward()
-    assert mixed.grad.flatten().tolist() == [0.0, 0.5]
+    (-objectives.channel("a", 0)({"a": mixed})).sum().backward()
+    assert mixed.grad.flatten().tolist() == [0.0, -0.5]
+    centre = torch.full((3, 1, 3, 3), -1.0, requires_grad=True)
+    (-objectives.neuron("a", 0)({"a": centre})).sum().backward()
+    assert bool((centre.grad[:, 0, 1, 1] < 0).all()) and float(centre.grad.abs().sum()) == 3.0
     assert float(objectives.channel("a", 0, relu=False)({"a": off.detach()})[0]) == -1.0
 
 

@@ -75,6 +75,32 @@ class LayerSpec:
 
 
 @dataclass(frozen=True)
+class Framing:
+    """How the examples stage frames an image: the centred square of its short side, resized to the input.
+
+    No squashing (issue 9): the square's pixels map back to the original file
+    exactly, and the same mapping serves the crops and the pages' boxes.
+    """
+
+    left: int
+    top: int
+    side: int
+
+    @classmethod
+    def of(cls, width: int, height: int) -> Framing:
+        side = min(width, height)
+        return cls((width - side) // 2, (height - side) // 2, side)
+
+    def to_original(self, box: tuple[int, int, int, int], input_size: int) -> tuple[int, int, int, int]:
+        """A box (left, top, right, bottom) of the input grid in the original image's pixels, never empty."""
+        scale = self.side / input_size
+        left, top = self.left + int(box[0] * scale), self.top + int(box[1] * scale)
+        right = max(left + 1, self.left + round(box[2] * scale))
+        bottom = max(top + 1, self.top + round(box[3] * scale))
+        return left, top, min(right, self.left + self.side), min(bottom, self.top + self.side)
+
+
+@dataclass(frozen=True)
 class ClassLabel:
     index: int
     synset: str
@@ -119,6 +145,18 @@ class ModelSpec:
                 return layer
         names = [layer.name for layer in self.layers]
         raise UnknownLayer(self.name, name, tuple(difflib.get_close_matches(name, names, n=3, cutoff=0.5)))
+
+    def field_layer(self, layer: LayerSpec, unit: int) -> LayerSpec:
+        """The layer whose receptive field a unit has: a block output's unit has its branch's."""
+        if layer.kind != "mixed":
+            return layer
+        offset = 0
+        for name in layer.inputs:
+            branch = self.layer(name)
+            if unit < offset + branch.channels:
+                return branch
+            offset += branch.channels
+        raise IndexError(f"{layer.name} has no unit {unit}")
 
     @property
     def layer_names(self) -> tuple[str, ...]:

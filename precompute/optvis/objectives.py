@@ -79,9 +79,10 @@ class _RedirectedReLU(torch.autograd.Function):
         (x,) = ctx.saved_tensors
         negative = x < 0
         relu_grad = grad.masked_fill(negative, 0)
-        # Our grad is d(objective)/dy with the objective maximized: "raising" means grad > 0.
-        redirected = grad.masked_fill(negative & (grad < 0), 0)
-        blocked = relu_grad.flatten(1).abs().amax(dim=1) == 0
+        # ``grad`` is that of the loss being minimized (render backpropagates -objective), as in
+        # Lucid: a descent step lowers y where grad > 0, which an input already below zero must not get.
+        redirected = grad.masked_fill(negative & (grad > 0), 0)
+        blocked = relu_grad.reshape(x.shape[0], -1).abs().amax(dim=1) == 0
         return torch.where(blocked.view(-1, *([1] * (x.dim() - 1))), redirected, relu_grad)
 
 
