@@ -19,11 +19,16 @@ from app.store.summary import ModelCoverage
 from app.zoo import get_model
 from app.zoo.spec import Framing
 
-TECHNIQUES = ("channel", "neuron", "negative", "diversity")
+#: Shown in this order; ``pixels`` (the channel in the pixel basis) stands beside ``channel`` for comparison.
+TECHNIQUES = ("channel", "pixels", "neuron", "negative", "diversity")
+#: The techniques every unit should have (a missing one is named with its command).
+CORE_TECHNIQUES = ("channel", "neuron", "negative", "diversity")
 #: The technique whose image stands for a unit in grids and circuits.
 THUMBNAIL_TECHNIQUE = queries.THUMBNAIL_TECHNIQUE
 UNITS_PER_PAGE = 96
 STRIP = 8
+#: Connections shown per group on a unit page; the rest come with the group's "more" (htmx).
+SHOWN = 8
 
 
 @dataclass(frozen=True)
@@ -132,13 +137,32 @@ class Connection_:
 
 @dataclass(frozen=True)
 class ConnectionGroup:
-    """A unit's connections to one other layer, strongest excitation first."""
+    """A unit's connections to one other layer, strongest (largest L2 norm) first, each with its sign."""
 
     layer: str
     layer_kind: str
+    #: "indirect" when expanded through the main layer between, else "direct" (kernels may be expanded).
+    kind: str
     edges: list[Connection_]
-    #: The largest absolute weight in the group (scales the weight bars).
+    #: How many connections the group has; ``edges`` may hold only the strongest few.
+    total: int
+    #: The group in full (an htmx fragment and its JSON twin), when ``edges`` is cut short.
+    more_url: str | None
+    #: The largest norm in the group (scales the strength bars).
     strongest: float
+    #: An approximation these weights carry (an LRN taken as the identity), from their recipe.
+    note: str | None = None
+
+
+@dataclass(frozen=True)
+class ConnectionsPage:
+    """One group of a unit's connections in full: what a unit page's "more" loads."""
+
+    title: str
+    unit: UnitRef
+    direction: str
+    group: ConnectionGroup
+    kind: str = "connections"
 
 
 @dataclass(frozen=True)
@@ -270,29 +294,64 @@ def _examples(connection: Connection, catalog: Catalog, unit_id: int) -> list[Ex
 
 
 def _connections(
-    connection: Connection, catalog: Catalog, unit_id: int
+    connection: Connection, catalog: Catalog, unit_id: int, shown: int | None = SHOWN
 ) -> tuple[list[ConnectionGroup], list[ConnectionGroup]]:
+    """A unit's inputs and outputs, grouped by the other layer; ``shown`` cuts each group to its strongest."""
     rows = connection.execute(queries.edges, {"unit": unit_id}).all()
     others = [source if target == unit_id else target for source, target, *_ in rows]
-    images = _thumbnails(connection, others)
-    inputs, outputs = [], []
-    for (source, target, weight, norm, kind, kernel, key), other in zip(rows, others):
+    notes = {run: params.get("approximation") for run, params in
+             connection.execute(queries.run_params, {"ids": sorted({row[-1] for row in rows})})} if rows else {}
+    ordered = sorted(zip(rows, others), key=lambda pair: -pair[0][3])
+    # Thumbnails only for the connections shown: a group's tail comes with its "more".
+    counts: dict[tuple[bool, str], int] = {}
+    visible = []
+    for row, other in ordered:
+        group = (row[1] == unit_id, catalog.units[other][1])
+        counts[group] = counts.get(group, 0) + 1
+        if shown is None or counts[group] <= shown:
+            visible.append((row, other))
+    images = _thumbnails(connection, [other for _, other in visible])
+    model, layer, index = catalog.units[unit_id]
+    inputs: dict[str, list[Connection_]] = {}
+    outputs: dict[str, list[Connection_]] = {}
+    group_notes: dict[tuple[bool, str], str | None] = {}
+    for (source, target, weight, norm, kind, kernel, key, run), other in visible:
         edge = Connection_(_ref(catalog, other, images), weight, norm, kind, kernel, urls.blob(key) if key else None)
-        (inputs if target == unit_id else outputs).append(edge)
-    return _grouped(catalog, inputs), _grouped(catalog, outputs)
+        (inputs if target == unit_id else outputs).setdefault(edge.unit.layer, []).append(edge)
+        group_notes[target == unit_id, edge.unit.layer] = notes.get(run)
+
+    def grouped(direction: str, members: dict[str, list[Connection_]]) -> list[ConnectionGroup]:
+        groups = []
+        for name, edges in members.items():
+            incoming = direction == "inputs"
+            total = counts[incoming, name]
+            more = urls.connections(model, layer, index, direction, name) if total > len(edges) else None
+            groups.append(ConnectionGroup(
+                name, catalog.models[model].layer(name).kind, "indirect" if edges[0].kind == "indirect" else "direct",
+                edges, total, more, max(edge.norm for edge in edges), group_notes.get((incoming, name)),
+            ))
+        return sorted(groups, key=lambda g: (g.layer_kind == "branch", g.kind == "indirect", g.layer))
+
+    return grouped("inputs", inputs), grouped("outputs", outputs)
 
 
-def _grouped(catalog: Catalog, edges: list[Connection_]) -> list[ConnectionGroup]:
-    """By layer, main layers before branches; within a layer strongest excitation first, inhibition last."""
-    layers: dict[str, list[Connection_]] = {}
-    for edge in edges:
-        layers.setdefault(edge.unit.layer, []).append(edge)
-    groups = []
-    for name, members in layers.items():
-        kind = catalog.models[members[0].unit.model].layer(name).kind
-        ordered = sorted(members, key=lambda edge: -edge.weight)
-        groups.append(ConnectionGroup(name, kind, ordered, max(abs(edge.weight) for edge in ordered)))
-    return sorted(groups, key=lambda group: (group.layer_kind == "branch", group.layer))
+def connections_page(catalog: Catalog, connection: Connection, model_name: str, layer_name: str, index: int,
+                     direction: str, other: str) -> ConnectionsPage:
+    """All of a unit's connections with ``other`` (its inputs from it, or its outputs to it)."""
+    model = catalog.model(model_name)
+    layer = model.layer(layer_name)
+    unit_id = layer.unit_id(index)
+    model.layer(other)  # an unknown layer is a typed 404 with suggestions
+    if direction not in ("inputs", "outputs"):
+        raise NotFound(f"connections are 'inputs' or 'outputs', not {direction!r}")
+    inputs, outputs = _connections(connection, catalog, unit_id, shown=None)
+    found = [group for group in (inputs if direction == "inputs" else outputs) if group.layer == other]
+    if not found:
+        raise NotFound(f"{model_name}/{layer_name}/{index} has no {direction} stored with {other}")
+    ref = UnitRef(model_name, layer_name, index, layer.labels[index], urls.unit(model_name, layer_name, index), None)
+    word = "from" if direction == "inputs" else "to"
+    return ConnectionsPage(title=f"{model_name} / {layer_name} / {index}: {direction} {word} {other}", unit=ref,
+                           direction=direction, group=found[0])
 
 
 def _same_unit(catalog: Catalog, model: ModelEntry, layer: LayerEntry, index: int) -> tuple[str, int] | None:
@@ -336,7 +395,7 @@ def unit_page(catalog: Catalog, connection: Connection, model_name: str, layer_n
         same_id = model.layer(same[0]).unit_ids[same[1]]
         same_ref = _ref(catalog, same_id, _thumbnails(connection, [same_id]))
     missing = []
-    absent = [t for t in TECHNIQUES if t not in by_technique]
+    absent = [t for t in CORE_TECHNIQUES if t not in by_technique]
     if absent:
         missing.append(Missing(
             f"feature visualization ({', '.join(absent)})",

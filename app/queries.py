@@ -51,9 +51,11 @@ stats = (
     .where(UnitStats.unit_id == bindparam("unit"))
 )
 
-edges = select(Edge.source_id, Edge.target_id, Edge.weight, Edge.norm, Edge.kind, Edge.kernel, Edge.kernel_key).where(
-    (Edge.target_id == bindparam("unit")) | (Edge.source_id == bindparam("unit"))
-)
+edges = select(
+    Edge.source_id, Edge.target_id, Edge.weight, Edge.norm, Edge.kind, Edge.kernel, Edge.kernel_key, Edge.run_id
+).where((Edge.target_id == bindparam("unit")) | (Edge.source_id == bindparam("unit")))
+
+run_params = select(Run.id, Run.params).where(Run.id.in_(bindparam("ids", expanding=True)))
 
 examples_params = (
     select(Run.params).where(Run.stage == "examples", Run.finished_at.is_not(None)).order_by(Run.id.desc()).limit(1)

@@ -34,6 +34,11 @@ def example(model_name: str, layer_name: str, index: int, kind: str, rank: int, 
     return f"/models/{quote(model_name)}/{quote(layer_name)}/{index}/examples/{kind}/{rank}{_suffix(json)}"
 
 
+def connections(model_name: str, layer_name: str, index: int, direction: str, other: str, json: bool = False) -> str:
+    """All of a unit's ``direction`` ("inputs" or "outputs") connections with layer ``other``."""
+    return f"/models/{quote(model_name)}/{quote(layer_name)}/{index}/{direction}/{quote(other)}{_suffix(json)}"
+
+
 def blob(key: str) -> str:
     return f"/blobs/{key}"
 

@@ -100,6 +100,14 @@ async def unit(request: Request, model: str, layer: str, unit: int, state: State
     return respond(request, page, "unit.html", json)
 
 
+@_twin("/models/{model}/{layer}/{unit:int}/{direction}/{other}", "connections")
+async def connections(request: Request, model: str, layer: str, unit: int, direction: str, other: str,
+                      state: StateDep, connection: ConnectionDep, json: bool) -> Response:
+    """One group of a unit's circuit in full: its inputs from (or outputs to) one layer, strongest first."""
+    page = pages.connections_page(state.catalog(connection, model), connection, model, layer, unit, direction, other)
+    return respond(request, page, "connections.html", json)
+
+
 @_twin("/models/{model}/{layer}/{unit:int}/examples/{kind}/{rank:int}", "example")
 async def example(request: Request, model: str, layer: str, unit: int, kind: str, rank: int, state: StateDep,
             connection: ConnectionDep, json: bool) -> Response:

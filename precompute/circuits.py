@@ -1,20 +1,26 @@
 """The circuits stage: the strongest weights into and out of every unit.
 
-Two kinds of layer pairs (Distill, "Visualizing Weights"):
+Three kinds of layer pairs (Distill, "Visualizing Weights"):
 
 - main pairs, ``previous -> layer`` for every main layer and ``softmax2``:
   expanded weights across each inception block (the bottleneck composed with
   its spatial convolution, the pool branch through the max pool's linear
   stand-in) and across the max pools between blocks;
+- indirect pairs, ``previous.previous -> layer`` for every main layer two
+  past the input: the main pair composed with the one before it, expanded
+  through the block between (the Circuits thread's "indirect" weights);
 - branch pairs, ``input -> branch`` for every branch layer: the direct
   convolution (through the pools in front of it).
 
-For each pair, every target unit keeps its 16 strongest positive and 16
-strongest negative inputs by summed kernel weight, and every source unit of
-a main pair (or a bottleneck) its 16 strongest positive and negative
-outputs. Each edge stores the summed weight, the kernel's L2 norm, the kernel
-as numbers and a tiny red (positive) / blue (negative) image of it. Each pair
-is written in its own transaction under its own run, so an interrupted stage
+Edges are ranked by strength, the L2 norm of the (expanded) kernel, as the
+Circuits thread's neuron pages do: a kernel with opposite-sign parts is
+strong even when its parts cancel in the sum. Every target unit keeps its 50
+strongest inputs, and every source unit of a main pair (or a bottleneck) its
+50 strongest outputs. Each edge stores the summed weight (its sign says
+excitatory or inhibitory), the norm, and for direct and expanded edges the
+kernel as numbers and a tiny red (positive) / blue (negative) image of it;
+indirect kernels (up to 19x19) keep only their sum and norm. Each pair is
+written in its own transaction under its own run, so an interrupted stage
 resumes at the first pair not written.
 """
 
@@ -34,12 +40,13 @@ from torch import Tensor
 from tqdm import tqdm
 
 from app.store import Edge, Store
+from app.store.algorithms import ALGORITHMS
 from app.zoo import LayerSpec, ModelSpec
 from precompute.kernels import Kernel
 from precompute.network import InceptionV1
 from precompute.runs import catalogued_model, finished_recipes, now, start_run, unit_ids
 
-TOP = 16
+TOP = 50
 #: Colour of the strongest positive and negative weights (ColorBrewer RdBu ends).
 POSITIVE = np.array([178, 24, 43], dtype=np.float32)
 NEGATIVE = np.array([33, 102, 172], dtype=np.float32)
@@ -63,6 +70,27 @@ class Pair:
     pieces: tuple[Piece, ...]
     #: Whether source units keep their strongest outputs into this pair's target layer.
     outputs: bool
+    #: Composed through the main layer between source and target.
+    indirect: bool = False
+
+
+#: Pairs whose map crosses a local response normalization, and what the identity stand-in hides
+#: (measured by bench/lrn_gain.py over 200 images of the shared ImageNet sample).
+LRN_NOTE = ("crosses a local response normalization, taken as the identity: its measured gain is "
+            "{gain}, so these weights are relative strengths")
+LRN_GAINS = {"conv2d1": "0.65 (median; per channel 0.22 to 0.94)", "mixed3a": "0.955 (median; per channel 0.69 to 0.99)"}
+
+
+def lrn_note(spec: ModelSpec, pair: Pair) -> str | None:
+    """The approximation a pair's weights carry, if its map crosses an LRN."""
+    crossed = [pair.target.name] if pair.target.name in LRN_GAINS else []
+    if pair.indirect and pair.target.previous in LRN_GAINS:
+        crossed.append(str(pair.target.previous))
+    if pair.target.kind == "branch" and pair.target.block == "mixed3a" and pair.source.name == "conv2d2":
+        crossed.append("mixed3a")
+    if not crossed:
+        return None
+    return LRN_NOTE.format(gain=" and ".join(LRN_GAINS[name] for name in crossed))
 
 
 def _through_pools(kernel: Kernel, layer: LayerSpec) -> Kernel:
@@ -96,35 +124,43 @@ def main_pieces(net: InceptionV1, spec: ModelSpec, layer: LayerSpec) -> tuple[Pi
     return tuple(pieces)
 
 
+def indirect_pieces(net: InceptionV1, spec: ModelSpec, layer: LayerSpec) -> tuple[Piece, ...]:
+    """The map from the main layer two before ``layer`` to it: its main pieces after the previous layer's."""
+    previous = spec.layer(str(layer.previous))
+    first = Kernel.stacked([piece.kernel for piece in main_pieces(net, spec, previous)])
+    return tuple(Piece(piece.offset, piece.kernel.after(first), True) for piece in main_pieces(net, spec, layer))
+
+
 def pairs(net: InceptionV1, spec: ModelSpec, layers: Sequence[LayerSpec]) -> Iterator[Pair]:
-    """Every pair whose target is one of ``layers``, in network order."""
+    """Every pair whose target is one of ``layers``, in network order (a layer's indirect pair after its main one)."""
     for layer in layers:
         if layer.kind == "branch":
             source = spec.layer(layer.inputs[0])
             piece = Piece(0, branch_kernel(net, layer), bool(layer.pools))
             yield Pair(source, layer, (piece,), outputs=source.kind == "branch")
         elif layer.previous is not None:
-            yield Pair(spec.layer(layer.previous), layer, main_pieces(net, spec, layer), outputs=True)
+            previous = spec.layer(layer.previous)
+            yield Pair(previous, layer, main_pieces(net, spec, layer), outputs=True)
+            if layer.kind != "logits" and previous.previous is not None:
+                yield Pair(spec.layer(previous.previous), layer, indirect_pieces(net, spec, layer), outputs=False,
+                           indirect=True)
 
 
-def _strongest(summed: Tensor, k: int) -> Tensor:
-    """(row, column) of each row's k largest positive and k most negative entries."""
-    k = min(k, summed.shape[1])
-    found = []
-    for sign in (1.0, -1.0):
-        values, columns = (sign * summed).topk(k, dim=1)
-        rows = torch.arange(summed.shape[0])[:, None].expand_as(columns)
-        keep = values > 0
-        found.append(torch.stack([rows[keep], columns[keep]], dim=1))
-    return torch.cat(found)
+def _strongest(norms: Tensor, k: int) -> Tensor:
+    """(row, column) of each row's k strongest entries (largest norm)."""
+    values, columns = norms.topk(min(k, norms.shape[1]), dim=1)
+    rows = torch.arange(norms.shape[0])[:, None].expand_as(columns)
+    keep = values > 0
+    return torch.stack([rows[keep], columns[keep]], dim=1)
 
 
 def select_edges(pair: Pair, k: int = TOP) -> list[tuple[int, int]]:
-    """(target, source) of every edge kept for ``pair``, sorted."""
-    summed = torch.cat([piece.kernel.summed() for piece in pair.pieces])
-    chosen = _strongest(summed, k)
+    """(target, source) of every edge kept for ``pair``, sorted: each target's k strongest inputs by L2 norm
+    (and, for pairs that keep outputs, each source's k strongest outputs)."""
+    norms = torch.cat([piece.kernel.norms() for piece in pair.pieces])
+    chosen = _strongest(norms, k)
     if pair.outputs:
-        chosen = torch.cat([chosen, _strongest(summed.T, k).flip(1)])
+        chosen = torch.cat([chosen, _strongest(norms.T, k).flip(1)])
     return sorted({(int(t), int(s)) for t, s in chosen.tolist()})
 
 
@@ -138,10 +174,14 @@ def kernel_image(kernel: np.ndarray, scale: float) -> bytes:
     return out.getvalue()
 
 
-def recipe(pair: Pair, weights_sha256: str) -> dict[str, object]:
+def recipe(spec: ModelSpec, pair: Pair, weights_sha256: str) -> dict[str, object]:
     params: dict[str, object] = {
+        "algorithm": ALGORITHMS["circuits"],
         "source": pair.source.name, "target": pair.target.name, "top": TOP, "levels": LEVELS,
+        "ranking": "L2 norm of the expanded kernel; the sign of its sum marks excitation or inhibition",
+        "indirect": pair.indirect,
         "stand_ins": "relu=identity, maxpool=avgpool, lrn=identity", "weights_sha256": weights_sha256,
+        "approximation": lrn_note(spec, pair),
     }
     params["recipe_sha256"] = hashlib.sha256(json.dumps(params, sort_keys=True).encode()).hexdigest()
     return params
@@ -172,7 +212,7 @@ def run_circuits(
     index, count = shard
     todo = [pair for number, pair in enumerate(pairs(net, spec, layers)) if number % count == index]
     for pair in tqdm(todo, desc="circuits", unit="pair", disable=not progress):
-        params = recipe(pair, weights_sha256)
+        params = recipe(spec, pair, weights_sha256)
         if params["recipe_sha256"] in done:
             result.pairs_reused += 1
             continue
@@ -192,14 +232,17 @@ def _write_pair(store: Store, model_id: int, pair: Pair, params: dict[str, objec
     images: dict[bytes, str] = {}
     rows = []
     for (target, source), (piece, kernel) in zip(edges, kernels):
-        png = kernel_image(kernel, scale)
-        if png not in images:
-            images[png] = store.blobs.put(png, "png")
+        key = None
+        if not pair.indirect:
+            png = kernel_image(kernel, scale)
+            if png not in images:
+                images[png] = store.blobs.put(png, "png")
+            key = images[png]
         rows.append({
             "source_id": unit_ids[pair.source.name, source], "target_id": unit_ids[pair.target.name, target],
-            "kind": "expanded" if piece.expanded else "direct", "weight": round(float(kernel.sum()), 6),
-            "norm": round(float(np.linalg.norm(kernel)), 6),
-            "kernel": np.round(kernel, 6).tolist(), "kernel_key": images[png],
+            "kind": "indirect" if pair.indirect else "expanded" if piece.expanded else "direct",
+            "weight": round(float(kernel.sum()), 6), "norm": round(float(np.linalg.norm(kernel)), 6),
+            "kernel": [] if pair.indirect else np.round(kernel, 6).tolist(), "kernel_key": key,
         })
     store.blobs.flush()
     target_ids = [unit_ids[pair.target.name, index] for index in range(pair.target.channels)]

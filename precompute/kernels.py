@@ -8,8 +8,12 @@ linear stand-ins:
 - ReLU -> identity (the "expanded weights" of the article);
 - max pool -> average pool over the same window (the linear map that treats
   every position of the window alike);
-- local response normalization -> identity (its gain is within 1% of one at
-  this network's activation scale: alpha 1e-4 over 5 channels);
+- local response normalization -> identity. This is an approximation, not
+  a near-identity: on the shared ImageNet sample its gain is well below one
+  (see `LRN_GAIN`), and it varies with the image. The pairs that cross an LRN
+  (conv2d0 -> conv2d1, conv2d2 -> mixed3a, and the indirect pairs over them)
+  say so in their recipes and on their pages, so their weights read as
+  relative strengths;
 - the global average pool before the classifier -> the mean over positions,
   so the summed kernel is the classifier weight itself.
 
@@ -62,6 +66,23 @@ class Kernel:
             for q in range(size):
                 out[:, :, p : p + stride * (self.size - 1) + 1 : stride, q : q + stride * (self.size - 1) + 1 : stride] += share
         return Kernel(out, self.stride * stride, padding + self.padding * stride)
+
+    @classmethod
+    def stacked(cls, kernels: list[Kernel]) -> Kernel:
+        """Kernels of one stride with the same input, as one kernel whose outputs follow each other.
+
+        Each is placed by its padding so every tap keeps the input position it reads.
+        """
+        stride = kernels[0].stride
+        assert all(kernel.stride == stride for kernel in kernels), "stacked kernels share a stride"
+        padding = max(kernel.padding for kernel in kernels)
+        size = max(padding - kernel.padding + kernel.size for kernel in kernels)
+        parts = []
+        for kernel in kernels:
+            start = padding - kernel.padding
+            end = size - start - kernel.size
+            parts.append(torch.nn.functional.pad(kernel.weights, (start, end, start, end)))
+        return cls(torch.cat(parts), stride, padding)
 
     def summed(self) -> Tensor:
         """(out, in): the total weight of each connection, its sign and strength."""

@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
 from sqlalchemy import func, select
 
-from app.store import Edge, Layer, Store, Unit
+from app.store import Edge, Layer, Run, Store, Unit
 from app.zoo import ModelSpec
 from precompute.catalog import catalog
-from precompute.circuits import main_pieces, run_circuits, select_edges, pairs
+from precompute.circuits import indirect_pieces, main_pieces, pairs, run_circuits, select_edges
 from precompute.network import InceptionV1
 
 
@@ -51,29 +54,98 @@ def test_expanded_weights_equal_the_jacobian_of_the_linear_block(net, spec: Mode
         assert float(outside) <= 1e-4 * float(window.abs().sum())
 
 
-def test_every_unit_keeps_its_strongest_inputs(net, spec: ModelSpec) -> None:  # noqa: ANN001
+def test_indirect_weights_equal_the_jacobian_of_two_linear_stages(net, spec: ModelSpec) -> None:  # noqa: ANN001
+    """conv2d1 -> mixed3a through conv2d2 (and the LRN and pool as their stand-ins), against autograd."""
+    convs = net.parameterized()
+    conv2d2 = convs["conv2d2"]
+
+    def stages(h: torch.Tensor) -> torch.Tensor:
+        h = F.conv2d(h, conv2d2.weight, None, padding=1)
+        return _linear_block(net, spec, "mixed3a", h)  # the block's entry pool is in the helper
+
+    inputs = torch.randn(1, 64, 56, 56)
+    y = x = 12
+    jacobian = torch.autograd.functional.jacobian(lambda h: stages(h)[0, :, y, x], inputs)[:, 0]
+    for piece in indirect_pieces(net, spec, spec.layer("mixed3a")):
+        kernel = piece.kernel
+        top, left = y * kernel.stride - kernel.padding, x * kernel.stride - kernel.padding
+        window = jacobian[piece.offset : piece.offset + kernel.weights.shape[0], :, top : top + kernel.size, left : left + kernel.size]
+        assert torch.allclose(kernel.weights, window, rtol=1e-4, atol=1e-4 * float(window.abs().max())), piece.offset
+        outside = jacobian[piece.offset : piece.offset + kernel.weights.shape[0]].abs().sum() - window.abs().sum()
+        assert float(outside) <= 1e-4 * float(window.abs().sum())
+
+
+def _raw(weights_dir: Path, name: str) -> np.ndarray:
+    """A Caffe filter straight from its file, as the weights README describes: (out, in, kh, kw)."""
+    sizes = {"inception_3b/1x1": (128, 1, 1, 256), "inception_3b/3x3_reduce": (128, 1, 1, 256),
+             "inception_3b/3x3": (192, 3, 3, 128)}
+    flat = np.fromfile(weights_dir / f"weights/{name}_filter.bin", "<f4")
+    assert flat.size == np.prod(sizes[name])
+    return flat.reshape(sizes[name]).transpose(0, 3, 1, 2).astype(np.float64)
+
+
+def test_stored_inputs_are_the_strongest_by_l2_from_the_raw_weight_files(store: Store, spec: ModelSpec, net, weights_dir: Path) -> None:  # noqa: ANN001
+    """Independently of the network and kernel code: numpy on the raw files, top 50 by L2 norm."""
+    catalog(store, spec)
+    run_circuits(store, spec, net, "w", [spec.layer("mixed3b"), spec.layer("mixed3b_3x3")], progress=False)
+    one_by_one = _raw(weights_dir, "inception_3b/1x1")[:, :, 0, 0]  # mixed3a -> mixed3b units 0..127
+    bottleneck = _raw(weights_dir, "inception_3b/3x3_reduce")[:, :, 0, 0]
+    spatial = _raw(weights_dir, "inception_3b/3x3")
+    composed = np.einsum("omyx,mi->oiyx", spatial, bottleneck)  # mixed3a -> mixed3b units 128..319
+    expected = {
+        ("mixed3b", 5): np.abs(one_by_one[5]),
+        ("mixed3b", 128 + 40): np.sqrt((composed[40] ** 2).sum(axis=(1, 2))),
+        ("mixed3b_3x3", 7): np.sqrt((spatial[7] ** 2).sum(axis=(1, 2))),
+    }
+    with store.session() as session:
+        for (layer, unit), norms in expected.items():
+            target = session.scalar(select(Unit.id).join(Layer).where(Layer.name == layer, Unit.index == unit))
+            stored = session.execute(
+                select(Unit.index, Edge.norm, Edge.weight, Edge.kind).join(Unit, Edge.source_id == Unit.id)
+                .where(Edge.target_id == target, Edge.kind != "indirect")
+            ).all()
+            # Stored: the target's 50 strongest inputs, plus edges kept as a source's strongest outputs.
+            strongest = set(np.argsort(-norms)[:50].tolist())
+            top = sorted(stored, key=lambda row: -row.norm)[:50]
+            assert {row.index for row in top} == strongest, (layer, unit)
+            for row in stored:
+                assert row.norm == pytest.approx(norms[row.index], rel=1e-4, abs=1e-6)
+    # the sign is the sum's: some of the strongest inputs inhibit
+    assert any(row.weight < 0 for row in stored) and any(row.weight > 0 for row in stored)
+
+
+def test_ranking_by_norm_keeps_kernels_whose_parts_cancel(net, spec: ModelSpec) -> None:  # noqa: ANN001
     pair = next(pairs(net, spec, [spec.layer("mixed4b")]))
+    norms = torch.cat([piece.kernel.norms() for piece in pair.pieces])
     summed = torch.cat([piece.kernel.summed() for piece in pair.pieces])
     edges = set(select_edges(pair))
     target = 447 % 512
-    strongest = summed[target].topk(16).indices.tolist()
-    weakest = (-summed[target]).topk(16).indices.tolist()
-    assert all((target, source) in edges for source in strongest + weakest)
+    assert all((target, source) in edges for source in norms[target].topk(50).indices.tolist())
     source = 97
-    assert all((t, source) in edges for t in summed[:, source].topk(16).indices.tolist())
+    assert all((t, source) in edges for t in norms[:, source].topk(50).indices.tolist())
+    # Strong kernels whose parts cancel in the sum: kept by norm, where ranking by the sum loses them.
+    by_norm, by_sum = norms.topk(50, dim=1).indices, summed.abs().topk(50, dim=1).indices
+    lost = [(row, int(s)) for row in range(norms.shape[0]) for s in set(by_norm[row].tolist()) - set(by_sum[row].tolist())]
+    assert len(lost) > 1000 and all(edge in edges for edge in lost)
 
 
 def test_circuits_stage_fills_and_resumes(store: Store, spec: ModelSpec, net) -> None:  # noqa: ANN001
     catalog(store, spec)
     chosen = [spec.layer(name) for name in ("conv2d1", "mixed3a_3x3", "mixed3a", "softmax2")]
     first = run_circuits(store, spec, net, "test-weights", chosen, progress=False)
-    assert (first.pairs_written, first.pairs_reused) == (4, 0) and first.edges > 0
+    # conv2d1, mixed3a_3x3, mixed3a and its indirect pair from conv2d1, softmax2
+    assert (first.pairs_written, first.pairs_reused) == (5, 0) and first.edges > 0
     again = run_circuits(store, spec, net, "test-weights", chosen, progress=False)
-    assert (again.pairs_written, again.pairs_reused) == (0, 4)
+    assert (again.pairs_written, again.pairs_reused) == (0, 5)
     with store.session() as session:
         assert session.scalar(select(func.count()).select_from(Edge)) == first.edges
         chain = session.scalar(select(Unit.id).join(Layer).where(Layer.name == "softmax2", Unit.index == 488))
-        inputs = session.scalars(select(Edge).where(Edge.target_id == chain).order_by(Edge.weight.desc())).all()
-    assert len(inputs) >= 32 and inputs[0].weight > 0 > inputs[-1].weight
+        inputs = session.scalars(select(Edge).where(Edge.target_id == chain).order_by(Edge.norm.desc())).all()
+        mixed = session.scalar(select(Unit.id).join(Layer).where(Layer.name == "mixed3a", Unit.index == 3))
+        indirect = session.scalars(select(Edge).where(Edge.target_id == mixed, Edge.kind == "indirect")).all()
+        notes = {run.params["target"]: run.params["approximation"] for run in session.scalars(select(Run).where(Run.stage == "circuits"))}
+    assert len(inputs) >= 50 and any(e.weight > 0 for e in inputs) and any(e.weight < 0 for e in inputs)
     assert all(store.blobs.has(edge.kernel_key) for edge in inputs)
     assert inputs[0].kernel == [[pytest.approx(inputs[0].weight, abs=1e-5)]]
+    assert len(indirect) == 50 and all(e.kernel_key is None and e.norm > 0 for e in indirect)
+    assert "local response normalization" in notes["conv2d1"] and notes["softmax2"] is None

@@ -79,19 +79,39 @@ def test_unit_page_shows_visualizations_examples_and_circuit(client: httpx.Clien
     assert data["top_examples"][0]["activation"] >= data["top_examples"][-1]["activation"]
     assert data["bottom_examples"][0]["activation"] <= data["bottom_examples"][-1]["activation"]
     assert data["stats"]["images"] == 24 and sum(data["stats"]["histogram"]) == 24
-    assert [group["layer"] for group in data["inputs"]] == ["mixed3a"]
+    assert [(group["layer"], group["kind"]) for group in data["inputs"]] == [("mixed3a", "direct"), ("conv2d2", "indirect")]
     assert [group["layer"] for group in data["outputs"]] == ["mixed4a"]
-    inputs = data["inputs"][0]["edges"]
-    assert len(inputs) >= 32 and {edge["kind"] for edge in inputs} == {"direct"}  # unit 0 is in the 1x1 branch
+    group = data["inputs"][0]
+    inputs = group["edges"]
+    assert group["total"] >= 50 and len(inputs) == 8 and group["more_url"] and group["note"] is None
+    assert {edge["kind"] for edge in inputs} == {"direct"}  # unit 0 is in the 1x1 branch
+    assert [edge["norm"] for edge in inputs] == sorted((edge["norm"] for edge in inputs), reverse=True)
     spatial = client.get(urls.unit("inceptionv1", "mixed3b", 200, json=True)).json()["inputs"][0]["edges"]
     assert {edge["kind"] for edge in spatial} == {"expanded"} and len(spatial[0]["kernel"]) == 3
-    assert inputs[0]["weight"] > 0 > inputs[-1]["weight"] and inputs[0]["kernel_url"].startswith("/blobs/")
+    assert inputs[0]["kernel_url"].startswith("/blobs/")
+    indirect = data["inputs"][1]
+    assert "local response normalization" in indirect["note"] and indirect["edges"][0]["kernel_url"] is None
     assert data["same_unit"]["layer"] == "mixed3b_1x1" and data["same_unit"]["index"] == 0
     assert data["previous_url"] is None and data["next_url"] == urls.unit("inceptionv1", "mixed3b", 1)
     assert data["missing"] == []
     for edge in inputs[:3]:
         assert f'href="{edge["unit"]["url"]}"' in page.text
     assert data["top_examples"][0]["crop_url"] in page.text
+
+
+def test_a_groups_more_loads_every_connection_strongest_first(client: httpx.Client) -> None:
+    unit = client.get(urls.unit("inceptionv1", "mixed3b", 0, json=True)).json()
+    group = unit["inputs"][0]
+    page, data = _both(client, group["more_url"], urls.connections("inceptionv1", "mixed3b", 0, "inputs", "mixed3a", json=True))
+    edges = data["group"]["edges"]
+    assert len(edges) == group["total"] and data["group"]["more_url"] is None
+    assert [edge["norm"] for edge in edges] == sorted((edge["norm"] for edge in edges), reverse=True)
+    assert any(edge["weight"] > 0 for edge in edges) and any(edge["weight"] < 0 for edge in edges)
+    fragment = client.get(group["more_url"], headers={"HX-Request": "true"})
+    assert fragment.status_code == 200 and "<html" not in fragment.text and fragment.text.count("<li") == len(edges)
+    assert f'hx-get="{group["more_url"]}"' in client.get(urls.unit("inceptionv1", "mixed3b", 0)).text
+    assert client.get(urls.connections("inceptionv1", "mixed3b", 0, "inputs", "mixed4e")).status_code == 404
+    assert client.get(urls.connections("inceptionv1", "mixed3b", 0, "sideways", "mixed3a", json=True)).status_code == 404
 
 
 def test_unit_page_names_what_is_missing_and_the_command(client: httpx.Client) -> None:
@@ -112,8 +132,9 @@ def test_class_units_carry_their_names(client: httpx.Client) -> None:
 
 def test_a_main_units_outputs_list_the_next_block_before_its_branches(client: httpx.Client) -> None:
     data = client.get(urls.unit("inceptionv1", "mixed3a", 5, json=True)).json()
-    layers = [group["layer"] for group in data["outputs"]]
-    assert layers[0] == "mixed3b" and set(layers) <= {"mixed3b", "mixed3b_3x3_bottleneck"}
+    layers = [(group["layer"], group["kind"]) for group in data["outputs"]]
+    assert layers[0] == ("mixed3b", "direct")
+    assert set(layers) <= {("mixed3b", "direct"), ("mixed4a", "indirect"), ("mixed3b_3x3_bottleneck", "direct")}
 
 
 def test_example_page_marks_the_receptive_field(client: httpx.Client) -> None:
