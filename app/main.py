@@ -13,7 +13,10 @@ from importlib import resources
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
+from fastapi.middleware.gzip import GZipMiddleware
+from fastapi.openapi.utils import get_openapi
 from fastapi.responses import Response
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from fastapi.staticfiles import StaticFiles
 from fastapi.templating import Jinja2Templates
 from starlette.exceptions import HTTPException
@@ -29,6 +32,57 @@ from app.views import router, suggestion_links
 
 def _wants_json(request: Request) -> bool:
     return request.url.path.endswith(".json")
+
+
+class HeadAsGet:
+    """HEAD on every GET route: the GET's status and headers without its body (RFC 9110, 9.3.2)."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["method"] != "HEAD":
+            await self.app(scope, receive, send)
+            return
+
+        async def headers_only(message: Message) -> None:
+            if message["type"] != "http.response.body":
+                await send(message)
+            elif not message.get("more_body", False):
+                await send({"type": "http.response.body", "body": b"", "more_body": False})
+
+        await self.app({**scope, "method": "GET"}, receive, headers_only)
+
+
+#: What every JSON error says (400 and 404 alike): the message and where to go instead.
+ERROR_SCHEMA = {
+    "type": "object",
+    "required": ["error", "suggestions"],
+    "properties": {
+        "error": {"type": "string"},
+        "suggestions": {"type": "array", "items": {"type": "object", "properties": {
+            "label": {"type": "string"}, "url": {"type": "string"}}}},
+    },
+}
+
+
+def _openapi(app: FastAPI) -> dict:
+    """FastAPI's schema with the errors these routes really return: 400 (not 422) and 404, typed."""
+    if app.openapi_schema:
+        return app.openapi_schema
+    schema = get_openapi(title=app.title, version=app.version, description=app.description, routes=app.routes)
+    schema.setdefault("components", {}).setdefault("schemas", {})["Error"] = ERROR_SCHEMA
+    for components in ("HTTPValidationError", "ValidationError"):
+        schema["components"]["schemas"].pop(components, None)
+    error = {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}
+    for operations in schema.get("paths", {}).values():
+        for operation in operations.values():
+            responses = operation["responses"]
+            responses.pop("422", None)
+            responses["400"] = {"description": "Malformed parameters", "content": error}
+            responses["404"] = {"description": "No such model, layer, unit or page", "content": error}
+    app.openapi_schema = schema
+    return schema
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -58,6 +112,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.templates = templates
     app.mount("/static", StaticFiles(directory=str(resources.files("static"))), name="static")
     app.include_router(router)
+    app.openapi = lambda: _openapi(app)  # type: ignore[method-assign]
+    # HTML and JSON compress several-fold; Starlette leaves already-compressed images (JPEG, PNG,
+    # WebP) as they are.
+    app.add_middleware(GZipMiddleware, minimum_size=1000, compresslevel=5)
+    app.add_middleware(HeadAsGet)
 
     @app.exception_handler(MicroscopeError)
     def microscope_error(request: Request, error: MicroscopeError) -> Response:
@@ -71,8 +130,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         message = "no such page" if error.status_code == 404 else str(error.detail)
         suggestions = [{"label": "all models", "url": urls.home()}, {"label": "search", "url": urls.search()}]
         if _wants_json(request):
-            return json_response({"error": message, "suggestions": suggestions}, error.status_code)
-        return html_error(request, message, suggestions, error.status_code)
+            return json_response({"error": message, "suggestions": suggestions}, error.status_code, error.headers)
+        # A 405 keeps its Allow header (RFC 9110, 15.5.6).
+        return html_error(request, message, suggestions, error.status_code, error.headers)
 
     @app.exception_handler(RequestValidationError)
     def invalid_request(request: Request, error: RequestValidationError) -> Response:

@@ -27,6 +27,8 @@ CORE_TECHNIQUES = ("channel", "neuron", "negative", "diversity")
 THUMBNAIL_TECHNIQUE = queries.THUMBNAIL_TECHNIQUE
 UNITS_PER_PAGE = 96
 STRIP = 8
+#: Example ranks a URL may name (stages keep far fewer).
+MAX_RANK = 1_000_000
 #: Connections shown per group on a unit page; the rest come with the group's "more" (htmx).
 SHOWN = 8
 
@@ -434,6 +436,8 @@ def example_page(catalog: Catalog, connection: Connection, model_name: str, laye
     model = catalog.model(model_name)
     layer = model.layer(layer_name)
     unit_id = layer.unit_id(index)
+    if not 0 <= rank < MAX_RANK:  # beyond any k, and beyond what the database's integers hold
+        raise NotFound(f"{model_name}/{layer_name}/{index} has no {kind} example of rank {rank}")
     row = connection.execute(queries.example, {"unit": unit_id, "kind": kind, "rank": rank}).first()
     if row is None:
         raise NotFound(f"{model_name}/{layer_name}/{index} has no {kind} example of rank {rank}")

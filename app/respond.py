@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 import orjson
@@ -10,9 +11,9 @@ from fastapi.responses import HTMLResponse, Response
 from fastapi.templating import Jinja2Templates
 
 
-def json_response(data: Any, status_code: int = 200) -> Response:
+def json_response(data: Any, status_code: int = 200, headers: Mapping[str, str] | None = None) -> Response:
     """orjson serializes the page dataclasses directly, several times faster than asdict + json."""
-    return Response(orjson.dumps(data), status_code=status_code, media_type="application/json")
+    return Response(orjson.dumps(data), status_code=status_code, media_type="application/json", headers=headers)
 
 
 def respond(request: Request, page: Any, template: str, json: bool, status_code: int = 200) -> Response:
@@ -28,11 +29,12 @@ def respond(request: Request, page: Any, template: str, json: bool, status_code:
     return response
 
 
-def html_error(request: Request, message: str, suggestions: list[dict[str, str]], status_code: int) -> HTMLResponse:
+def html_error(request: Request, message: str, suggestions: list[dict[str, str]], status_code: int,
+               headers: Mapping[str, str] | None = None) -> HTMLResponse:
     templates: Jinja2Templates = request.app.state.templates
+    title = {404: "Not found", 405: "Method not allowed"}.get(status_code, "Bad request")
     return templates.TemplateResponse(
         request, "error.html",
-        {"page": {"title": "Not found" if status_code == 404 else "Bad request", "message": message,
-                  "suggestions": suggestions, "kind": "error"}, "fragment": False},
-        status_code=status_code,
+        {"page": {"title": title, "message": message, "suggestions": suggestions, "kind": "error"}, "fragment": False},
+        status_code=status_code, headers=headers,
     )

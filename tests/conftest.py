@@ -45,6 +45,14 @@ def net(spec: ModelSpec, weights_dir: Path):  # noqa: ANN201 - torch type kept o
     return load_network(spec, weights_dir)[0]
 
 
+@pytest.fixture(scope="session")
+def web_settings(tmp_path_factory: pytest.TempPathFactory, spec: ModelSpec, net, images_dir: Path) -> Settings:  # noqa: ANN001
+    """One small real store for every web, HTTP and browser test; servers open it read-only."""
+    from tests.web_store import build
+
+    return build(tmp_path_factory.mktemp("web"), spec, net, images_dir)
+
+
 @pytest.fixture
 def settings(tmp_path: Path) -> Settings:
     return Settings.load(tmp_path / "store")

@@ -8,21 +8,15 @@ page's screenshot is kept as a test artifact (test-artifacts/).
 from __future__ import annotations
 
 import os
-import socket
-import subprocess
-import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
-import httpx
 import pytest
 from playwright.sync_api import Page, sync_playwright
 
 from app.settings import Settings
-from app.zoo import ModelSpec
 from tests.conftest import ROOT
-from tests.web_store import build
+from tests.serving import served
 
 CHROMIUM = os.environ.get("MICROSCOPE_CHROMIUM", "/usr/bin/chromium")
 ARTIFACTS = Path(os.environ.get("MICROSCOPE_TEST_ARTIFACTS") or ROOT / "test-artifacts")
@@ -31,34 +25,10 @@ CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-
                  "--disable-component-update", "--disable-sync"]
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory, spec: ModelSpec, net, images_dir: Path) -> Iterator[str]:  # noqa: ANN001
-    settings: Settings = build(tmp_path_factory.mktemp("browser"), spec, net, images_dir)
-    port = _free_port()
-    process = subprocess.Popen(
-        [sys.executable, "-m", "precompute.cli", "serve", "--data", str(settings.data_dir), "--port", str(port)],
-        env={**os.environ, "PYTHONPATH": str(ROOT)}, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-    )
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(url + "/index.json", timeout=1).status_code == 200:
-                break
-        except httpx.HTTPError:
-            time.sleep(0.2)
-    else:
-        process.kill()
-        pytest.fail(f"server did not start: {process.stderr.read().decode()[-2000:]}")
-    yield url
-    process.terminate()
-    process.wait(timeout=10)
+def server(web_settings: Settings) -> Iterator[str]:
+    with served(web_settings.data_dir) as url:
+        yield url
 
 
 def _images_loaded(page: Page) -> bool:
@@ -82,6 +52,11 @@ def test_walk_from_the_index_to_an_input_unit(server: str) -> None:
         page.wait_for_url("**/models/inceptionv1/mixed3b/0")
         page.wait_for_load_state("networkidle")
         assert page.locator("section.vis img").count() == 4 and _images_loaded(page)
+        first_list = page.locator("ol.circuit").first
+        shown = first_list.locator("li a").count()
+        page.locator("ol.circuit li.more button").first.click()  # htmx: the group's strongest 50 and more
+        page.wait_for_function(f"() => document.querySelector('ol.circuit').querySelectorAll('li a').length > {shown}")
+        assert page.locator("ol.circuit").first.locator("li a").count() >= 50
         first_input = page.locator("ol.circuit").first.locator("li a").first
         target = first_input.get_attribute("href")
         assert target and target.startswith("/models/inceptionv1/mixed3a/")

@@ -1,0 +1,49 @@
+"""``microscope serve`` as a real process on a free loopback port, for tests that need a live server."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.conftest import ROOT
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@contextmanager
+def served(data_dir: Path) -> Iterator[str]:
+    """The server's base URL while it runs; it is stopped afterwards."""
+    port = free_port()
+    process = subprocess.Popen(
+        [sys.executable, "-m", "precompute.cli", "serve", "--data", str(data_dir), "--port", str(port)],
+        env={**os.environ, "PYTHONPATH": str(ROOT)}, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+    )
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(url + "/index.json", timeout=1).status_code == 200:
+                break
+        except httpx.HTTPError:
+            time.sleep(0.2)
+    else:
+        process.kill()
+        pytest.fail(f"server did not start: {process.stderr.read().decode()[-2000:]}")
+    try:
+        yield url
+    finally:
+        process.terminate()
+        process.wait(timeout=10)
