@@ -106,6 +106,11 @@ def info(data: DataOption = None, database_url: DatabaseOption = None,
             rendered = ", ".join(f"{name} {count}" for name, count in layer.rendered.items()) or "-"
             typer.echo(f"  {layer.name:<24} {layer.kind:<7} {layer.channels:>5} "
                        f"{layer.with_examples:>8} {layer.with_circuits:>8}  {rendered}")
+        stale = [(layer.name, stage, count) for layer in model.layers for stage, count in layer.stale.items()]
+        if stale:
+            typer.echo(f"  stale (made by an older algorithm; `microscope precompute all` or the stage recomputes them):")
+            for name, stage, count in stale:
+                typer.echo(f"    {name:<24} {stage:<9} {count} units")
 
 
 @cli.command()

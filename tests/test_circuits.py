@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from sqlalchemy import func, select
 
 from app.store import Edge, Layer, Run, Store, Unit
+from app.store.summary import coverage
 from app.zoo import ModelSpec
 from precompute.catalog import catalog
 from precompute.circuits import indirect_pieces, main_pieces, pairs, run_circuits, select_edges
@@ -149,3 +150,9 @@ def test_circuits_stage_fills_and_resumes(store: Store, spec: ModelSpec, net) ->
     assert inputs[0].kernel == [[pytest.approx(inputs[0].weight, abs=1e-5)]]
     assert len(indirect) == 50 and all(e.kernel_key is None and e.norm > 0 for e in indirect)
     assert "local response normalization" in notes["conv2d1"] and notes["softmax2"] is None
+    with store.transaction() as session:  # as if conv2d1's pair had been written before issue 9
+        run = session.scalar(select(Run).where(Run.stage == "circuits", Run.params["target"].as_string() == "conv2d1"))
+        run.params = {**run.params, "algorithm": 1}
+    with store.session() as session:
+        stale = {layer.name: layer.stale for layer in coverage(session)[0].layers if layer.stale}
+    assert stale == {"conv2d1": {"circuits": 64}}

@@ -13,6 +13,7 @@ from sqlalchemy import func, select
 from app.errors import MicroscopeError
 from app.store import Artifact, Store
 from app.store.algorithms import ALGORITHMS
+from app.store.summary import coverage
 from app.zoo import ModelSpec
 from precompute.catalog import catalog
 from precompute.optvis import objectives, param
@@ -189,6 +190,9 @@ def test_images_of_an_older_algorithm_are_rendered_again_with_their_settings(sto
             artifact.recipe_sha256 = "0" * 64
     stale = stale_configs(store, spec)
     assert sum(len(units) for config in stale for units in config.units.values()) == 3
+    with store.session() as session:
+        listed = {layer.name: layer.stale for layer in coverage(session)[0].layers if layer.stale}
+    assert sum(counts["vis"] for counts in listed.values()) == 3  # what `microscope info` lists
     assert all(config.steps == 2 and config.size == 32 for config in stale)
     for config in stale:
         assert run_vis(store, spec, net, "w", config, cpu, progress=False).rendered >= 1

@@ -8,7 +8,8 @@ from dataclasses import dataclass, field
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from app.store.schema import Artifact, Model, Run, Unit, UnitStats
+from app.store.algorithms import is_stale
+from app.store.schema import Artifact, Edge, Model, Run, Unit, UnitStats
 
 
 @dataclass(frozen=True)
@@ -22,6 +23,9 @@ class LayerCoverage:
     with_examples: int = 0
     #: Units with their incoming circuit edges computed.
     with_circuits: int = 0
+    #: Units whose artifacts an older algorithm made, per stage ("vis", "examples", "circuits"):
+    #: what a rerun of that stage (or the main job) recomputes.
+    stale: dict[str, int] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -55,6 +59,7 @@ def coverage(session: Session) -> list[ModelCoverage]:
         (run.model_id, run.params.get("target"))
         for run in session.scalars(select(Run).where(Run.stage == "circuits", Run.finished_at.is_not(None)))
     }
+    stale = _stale(session)
     models = []
     for model in session.scalars(select(Model).order_by(Model.name)):
         layers = [
@@ -63,8 +68,31 @@ def coverage(session: Session) -> list[ModelCoverage]:
                 rendered=dict(sorted(rendered[layer.id].items())),
                 with_examples=examples.get(layer.id, 0),
                 with_circuits=layer.channels if (model.id, layer.name) in circuit_layers else 0,
+                stale={stage: counts[layer.id] for stage, counts in stale.items() if counts.get(layer.id)},
             )
             for layer in model.layers
         ]
         models.append(ModelCoverage(model.name, model.title, layers))
     return models
+
+
+def _stale(session: Session) -> dict[str, dict[int, int]]:
+    """Per stage, per layer id: units with an artifact made by an older algorithm than this code's."""
+    stale: dict[str, dict[int, int]] = {"vis": defaultdict(int), "examples": defaultdict(int), "circuits": defaultdict(int)}
+    for layer_id, recipe in session.execute(select(Unit.layer_id, Artifact.recipe).join(Artifact, Artifact.unit_id == Unit.id)):
+        if is_stale("vis", recipe):
+            stale["vis"][layer_id] += 1
+    old_runs = {run.id for run in session.scalars(select(Run).where(Run.stage.in_(["examples", "circuits"])))
+                if is_stale(run.stage, run.params)}
+    if old_runs:
+        for layer_id, count in session.execute(
+            select(Unit.layer_id, func.count()).join(UnitStats, UnitStats.unit_id == Unit.id)
+            .where(UnitStats.run_id.in_(old_runs)).group_by(Unit.layer_id)
+        ):
+            stale["examples"][layer_id] = count
+        for layer_id, count in session.execute(
+            select(Unit.layer_id, func.count(func.distinct(Edge.target_id))).join(Edge, Edge.target_id == Unit.id)
+            .where(Edge.run_id.in_(old_runs)).group_by(Unit.layer_id)
+        ):
+            stale["circuits"][layer_id] = count
+    return stale
