@@ -296,6 +296,8 @@ def precompute_all(
     vis_layer: Annotated[str, typer.Option(help="The layer whose units get every technique.")] = "mixed4c",
     vis_class: Annotated[int, typer.Option(help="The class logit rendered in the Fourier and the pixel basis.")] = 488,
     steps: Annotated[int, typer.Option(help="Optimization steps of the default renders.")] = 128,
+    early_steps: Annotated[int, typer.Option(
+        help="Steps for the conv layers before the first block: cheap to render, and slower to converge.")] = 256,
     size: Annotated[int, typer.Option(help="Image side of the default renders.")] = 128,
     batch: Annotated[int, typer.Option(help="Images per batch (examples and renders).")] = 16,
     device: DeviceOption = "auto",
@@ -308,7 +310,8 @@ def precompute_all(
     Renders the channel technique for ``--vis-units`` of every main layer,
     every technique for those units of ``--vis-layer``, and the class logit
     ``--vis-class`` (488, "chain") in the Fourier and the pixel basis, with
-    fewer steps than Lucid's 512 so that the job fits a CPU in minutes (each
+    fewer steps than Lucid's 512 so that the job fits a CPU in minutes (the
+    stem's conv layers, cheap to render, get ``--early-steps``; each
     image's recipe is stored and shown on its page). Everything already
     stored with the same recipe is skipped, so a rerun takes seconds; images
     made by an older algorithm are rendered again with their own settings.
@@ -325,8 +328,12 @@ def precompute_all(
     root = locate_images(images)
     main = list(spec.main_layers)
     logits = next(layer for layer in spec.layers if layer.kind == "logits")
+    early = [layer for layer in main if layer.kind == "conv"]
+    later = [layer for layer in main if layer.kind != "conv"]
     renders = [
-        VisConfig(layers=tuple(main), units=units_per_layer(main, vis_units, explicit=False), techniques=("channel",),
+        VisConfig(layers=tuple(early), units=units_per_layer(early, vis_units, explicit=False), techniques=("channel",),
+                  steps=early_steps, size=size, batch=batch),
+        VisConfig(layers=tuple(later), units=units_per_layer(later, vis_units, explicit=False), techniques=("channel",),
                   steps=steps, size=size, batch=batch),
         VisConfig(layers=(spec.layer(vis_layer),), units=units_per_layer([spec.layer(vis_layer)], vis_units, explicit=True),
                   techniques=tuple(t for t in TECHNIQUES if t != "pixels"), steps=steps, size=size, batch=batch),
