@@ -29,8 +29,10 @@ UNITS_PER_PAGE = 96
 STRIP = 8
 #: Example ranks a URL may name (stages keep far fewer).
 MAX_RANK = 1_000_000
-#: Connections shown per group on a unit page; the rest come with the group's "more" (htmx).
-SHOWN = 8
+#: Connections shown per group on a unit page (fewer for branch layers, which repeat the block's
+#: units); the rest come with the group's "more" (htmx), so a unit page fits a screen or two.
+SHOWN = 6
+SHOWN_BRANCH = 3
 
 
 @dataclass(frozen=True)
@@ -296,9 +298,9 @@ def _examples(connection: Connection, catalog: Catalog, unit_id: int) -> list[Ex
 
 
 def _connections(
-    connection: Connection, catalog: Catalog, unit_id: int, shown: int | None = SHOWN
+    connection: Connection, catalog: Catalog, unit_id: int, cut: bool = True
 ) -> tuple[list[ConnectionGroup], list[ConnectionGroup]]:
-    """A unit's inputs and outputs, grouped by the other layer; ``shown`` cuts each group to its strongest."""
+    """A unit's inputs and outputs, grouped by the other layer; ``cut`` keeps each group's strongest few."""
     rows = connection.execute(queries.edges, {"unit": unit_id}).all()
     others = [source if target == unit_id else target for source, target, *_ in rows]
     notes = {run: params.get("approximation") for run, params in
@@ -310,7 +312,9 @@ def _connections(
     for row, other in ordered:
         group = (row[1] == unit_id, catalog.units[other][1])
         counts[group] = counts.get(group, 0) + 1
-        if shown is None or counts[group] <= shown:
+        model_entry = catalog.models[catalog.units[other][0]]
+        shown = SHOWN_BRANCH if model_entry.layer(group[1]).kind == "branch" else SHOWN
+        if not cut or counts[group] <= shown:
             visible.append((row, other))
     images = _thumbnails(connection, [other for _, other in visible])
     model, layer, index = catalog.units[unit_id]
@@ -346,7 +350,7 @@ def connections_page(catalog: Catalog, connection: Connection, model_name: str, 
     model.layer(other)  # an unknown layer is a typed 404 with suggestions
     if direction not in ("inputs", "outputs"):
         raise NotFound(f"connections are 'inputs' or 'outputs', not {direction!r}")
-    inputs, outputs = _connections(connection, catalog, unit_id, shown=None)
+    inputs, outputs = _connections(connection, catalog, unit_id, cut=False)
     found = [group for group in (inputs if direction == "inputs" else outputs) if group.layer == other]
     if not found:
         raise NotFound(f"{model_name}/{layer_name}/{index} has no {direction} stored with {other}")

@@ -82,7 +82,7 @@ def test_unit_page_shows_visualizations_examples_and_circuit(client: httpx.Clien
     assert [group["layer"] for group in data["outputs"]] == ["mixed4a"]
     group = data["inputs"][0]
     inputs = group["edges"]
-    assert group["total"] >= 50 and len(inputs) == 8 and group["more_url"] and group["note"] is None
+    assert group["total"] >= 50 and len(inputs) == 6 and group["more_url"] and group["note"] is None
     assert {edge["kind"] for edge in inputs} == {"direct"}  # unit 0 is in the 1x1 branch
     assert [edge["norm"] for edge in inputs] == sorted((edge["norm"] for edge in inputs), reverse=True)
     spatial = client.get(urls.unit("inceptionv1", "mixed3b", 200, json=True)).json()["inputs"][0]["edges"]
