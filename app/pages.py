@@ -45,6 +45,8 @@ class UnitRef:
     label: str | None
     url: str
     image_url: str | None
+    #: Until the unit is rendered: the crop of its top dataset example, shown marked as such.
+    placeholder_url: str | None = None
 
 
 @dataclass(frozen=True)
@@ -217,16 +219,30 @@ class SearchPage:
     kind: str = "search"
 
 
-def _thumbnails(connection: Connection, unit_ids: list[int]) -> dict[int, str]:
+@dataclass(frozen=True)
+class _Pictures:
+    """What stands for each unit in grids and circuits: its render, else its top example's crop."""
+
+    images: dict[int, str]
+    placeholders: dict[int, str]
+
+
+def _thumbnails(connection: Connection, unit_ids: list[int]) -> _Pictures:
     if not unit_ids:
-        return {}
-    return {unit_id: urls.blob(key) for unit_id, key in connection.execute(queries.thumbnails, {"ids": unit_ids})}
+        return _Pictures({}, {})
+    images = {unit_id: urls.blob(key) for unit_id, key in connection.execute(queries.thumbnails, {"ids": unit_ids})}
+    missing = [unit_id for unit_id in unit_ids if unit_id not in images]
+    placeholders = {
+        unit_id: urls.blob(key) for unit_id, key in connection.execute(queries.top_crops, {"ids": missing})
+    } if missing else {}
+    return _Pictures(images, placeholders)
 
 
-def _ref(catalog: Catalog, unit_id: int, images: dict[int, str]) -> UnitRef:
+def _ref(catalog: Catalog, unit_id: int, pictures: _Pictures) -> UnitRef:
     model, layer, index = catalog.units[unit_id]
     label = catalog.models[model].layer(layer).labels[index]
-    return UnitRef(model, layer, index, label, urls.unit(model, layer, index), images.get(unit_id))
+    return UnitRef(model, layer, index, label, urls.unit(model, layer, index), pictures.images.get(unit_id),
+                   pictures.placeholders.get(unit_id))
 
 
 def index_page(catalog: Catalog, counts: list[ModelCoverage]) -> IndexPage:
@@ -248,7 +264,7 @@ def model_page(catalog: Catalog, connection: Connection, name: str, counts: list
         if unit_id in catalog.units and catalog.units[unit_id][0] == name:
             layer = catalog.units[unit_id][1]
             if len(strips.setdefault(layer, [])) < STRIP:
-                strips[layer].append(_ref(catalog, unit_id, {unit_id: urls.blob(key)}))
+                strips[layer].append(_ref(catalog, unit_id, _Pictures({unit_id: urls.blob(key)}, {})))
     layers = [
         LayerSummary(
             name=layer.name, kind=layer.kind, channels=layer.channels, url=urls.layer(name, layer.name),

@@ -16,6 +16,11 @@ thumbnails = select(Artifact.unit_id, Artifact.blob_key).where(
     Artifact.unit_id.in_(bindparam("ids", expanding=True)), Artifact.technique == THUMBNAIL_TECHNIQUE
 )
 
+#: The crop of each unit's strongest dataset example: the placeholder of a unit not yet rendered.
+top_crops = select(DatasetExample.unit_id, DatasetExample.crop_key).where(
+    DatasetExample.unit_id.in_(bindparam("ids", expanding=True)), DatasetExample.kind == "top", DatasetExample.rank == 0
+)
+
 rendered_in = select(func.count()).select_from(Artifact).where(
     Artifact.unit_id.in_(bindparam("ids", expanding=True)), Artifact.technique == THUMBNAIL_TECHNIQUE
 )

@@ -98,6 +98,25 @@ def test_unit_page_shows_visualizations_examples_and_circuit(client: httpx.Clien
     assert data["top_examples"][0]["crop_url"] in page.text
 
 
+def test_units_not_rendered_stand_as_their_top_example_marked(client: httpx.Client) -> None:
+    """Circuits and grids are readable before renders exist: the top example's crop, marked as such."""
+    group = client.get(urls.unit("inceptionv1", "mixed3b", 0, json=True)).json()["inputs"][0]
+    full = client.get(urls.connections("inceptionv1", "mixed3b", 0, "inputs", "mixed3a", json=True)).json()["group"]
+    rendered = [edge["unit"] for edge in full["edges"] if edge["unit"]["index"] < 4]
+    waiting = [edge["unit"] for edge in full["edges"] if edge["unit"]["index"] >= 4]
+    assert waiting and all(unit["image_url"] is None and unit["placeholder_url"].startswith("/blobs/") for unit in waiting)
+    assert all(unit["image_url"] and unit["placeholder_url"] is None for unit in rendered)
+    top = client.get(urls.unit("inceptionv1", "mixed3a", waiting[0]["index"], json=True)).json()["top_examples"][0]
+    assert waiting[0]["placeholder_url"] == top["crop_url"]
+    page = client.get(group["more_url"]).text
+    assert 'class="thumb placeholder"' in page and waiting[0]["placeholder_url"] in page
+    grid = client.get(urls.layer("inceptionv1", "mixed3b_3x3", json=True)).json()["units"]
+    assert all(unit["image_url"] is None and unit["placeholder_url"] for unit in grid)
+    assert '<span class="mark">example</span>' in client.get(urls.layer("inceptionv1", "mixed3b_3x3")).text
+    bare = client.get(urls.layer("inceptionv1", "conv2d0", json=True)).json()["units"]  # no examples there
+    assert all(unit["image_url"] is None and unit["placeholder_url"] is None for unit in bare)
+
+
 def test_a_groups_more_loads_every_connection_strongest_first(client: httpx.Client) -> None:
     unit = client.get(urls.unit("inceptionv1", "mixed3b", 0, json=True)).json()
     group = unit["inputs"][0]
