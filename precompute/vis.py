@@ -14,6 +14,7 @@ import hashlib
 import io
 import json
 import zlib
+from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 
@@ -24,8 +25,8 @@ from sqlalchemy import delete, insert, select
 from tqdm import tqdm
 
 from app.errors import MicroscopeError
-from app.store import Artifact, Store
-from app.store.algorithms import ALGORITHMS
+from app.store import Artifact, Layer, Model, Store, Unit
+from app.store.algorithms import ALGORITHMS, is_stale
 from app.zoo import LayerSpec, ModelSpec
 from precompute.network import InceptionV1
 from precompute.optvis import objectives
@@ -240,17 +241,10 @@ def stale_configs(store: Store, spec: ModelSpec) -> list[VisConfig]:
     steps, seed, learning rate, precision), so each group renders exactly as
     a user's ``precompute vis`` would with today's code.
     """
-    from collections import defaultdict
-
-    from sqlalchemy import select as select_
-
-    from app.store import Layer, Model, Unit
-    from app.store.algorithms import is_stale
-
     groups: dict[tuple, list[int]] = defaultdict(list)
     with store.session() as session:
         rows = session.execute(
-            select_(Layer.name, Unit.index, Artifact.technique, Artifact.recipe)
+            select(Layer.name, Unit.index, Artifact.technique, Artifact.recipe)
             .join(Unit, Artifact.unit_id == Unit.id).join(Layer, Unit.layer_id == Layer.id)
             .join(Model, Layer.model_id == Model.id).where(Model.name == spec.name)
         ).all()
