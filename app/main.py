@@ -1,7 +1,8 @@
 """The web server: ``create_app(settings)`` builds it (run it with ``uvicorn --factory app.main:create_app``).
 
 It opens the store read-only, never imports torch and never runs a model:
-every page is built from what precompute stored.
+every page is built from what precompute stored. The live features (renders
+on demand, probes) only write jobs to the queue that ``microscope worker`` takes.
 """
 
 from __future__ import annotations
@@ -27,11 +28,13 @@ from app.respond import html_error, json_response
 from app.settings import Settings
 from app.state import ServerState
 from app.store import Store
+from app.live import router as live_router
 from app.views import router, suggestion_links
 
 
 def _wants_json(request: Request) -> bool:
-    return request.url.path.endswith(".json")
+    """JSON twins and the probe API answer errors in JSON; pages, in HTML."""
+    return request.url.path.endswith((".json", "/probes"))
 
 
 class HeadAsGet:
@@ -66,6 +69,14 @@ ERROR_SCHEMA = {
 }
 
 
+LIVE_ERRORS = {
+    "411": "The upload has no Content-Length",
+    "413": "The upload is over the byte or pixel limit",
+    "415": "The upload is not a JPEG, PNG or WebP image",
+    "503": "The job queue is full, or the server has none",
+}
+
+
 def _openapi(app: FastAPI) -> dict:
     """FastAPI's schema with the errors these routes really return: 400 (not 422) and 404, typed."""
     if app.openapi_schema:
@@ -76,11 +87,16 @@ def _openapi(app: FastAPI) -> dict:
         schema["components"]["schemas"].pop(components, None)
     error = {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}
     for operations in schema.get("paths", {}).values():
-        for operation in operations.values():
+        for method, operation in operations.items():
             responses = operation["responses"]
             responses.pop("422", None)
             responses["400"] = {"description": "Malformed parameters", "content": error}
             responses["404"] = {"description": "No such model, layer, unit or page", "content": error}
+            if method == "post":  # the live features: the queue may be full or absent; uploads have limits
+                upload = "probes" in operation.get("operationId", "")
+                for code, description in LIVE_ERRORS.items():
+                    if upload or code == "503":
+                        responses[code] = {"description": description, "content": error}
     app.openapi_schema = schema
     return schema
 
@@ -111,6 +127,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     templates.env.globals["urls"] = urls
     app.state.templates = templates
     app.mount("/static", StaticFiles(directory=str(resources.files("static"))), name="static")
+    app.include_router(live_router)  # first: /models/m/probe is not a layer called "probe"
     app.include_router(router)
     app.openapi = lambda: _openapi(app)  # type: ignore[method-assign]
     # HTML and JSON compress several-fold; Starlette leaves already-compressed images (JPEG, PNG,

@@ -88,6 +88,9 @@ class ModelPage:
     json_url: str
     layers: list[LayerSummary]
     commands: list[str]
+    probe_url: str
+    #: A worker is running: the coverage table refreshes itself as it fills the model in.
+    filling: bool = False
     kind: str = "model"
 
 
@@ -106,6 +109,8 @@ class LayerPage:
     pages: int
     next_url: str | None
     missing_command: str | None
+    #: POST here to queue every unit of the layer without a picture (None when all have one).
+    render_url: str | None = None
     kind_of_page: str = "layer"
 
 
@@ -196,6 +201,9 @@ class UnitPage:
     #: The same unit seen in its block output or branch layer.
     same_unit: UnitRef | None
     missing: list[Missing] = field(default_factory=list)
+    #: Until the unit's channel visualization exists: where the page asks a worker for it (POST) and
+    #: polls its status (GET).
+    render_url: str | None = None
     kind: str = "unit"
 
 
@@ -255,7 +263,8 @@ def index_page(catalog: Catalog, counts: list[ModelCoverage]) -> IndexPage:
     return IndexPage(title="Microscope", models=models)
 
 
-def model_page(catalog: Catalog, connection: Connection, name: str, counts: list[ModelCoverage]) -> ModelPage:
+def model_page(catalog: Catalog, connection: Connection, name: str, counts: list[ModelCoverage],
+               filling: bool = False) -> ModelPage:
     """``counts`` is the store's coverage (cached by the caller: it scans every table)."""
     entry = catalog.model(name)
     counts_by_layer = {layer.name: layer for model in counts if model.name == name for layer in model.layers}
@@ -283,7 +292,8 @@ def model_page(catalog: Catalog, connection: Connection, name: str, counts: list
     if not any(layer.rendered for layer in layers):
         commands.append(f"microscope precompute vis --model {name} --layers main --units 0:8")
     return ModelPage(title=entry.title, name=name, description=entry.description, url=urls.model(name),
-                     json_url=urls.model(name, json=True), layers=layers, commands=commands)
+                     json_url=urls.model(name, json=True), layers=layers, commands=commands,
+                     probe_url=urls.probe_form(name), filling=filling)
 
 
 def layer_page(catalog: Catalog, connection: Connection, model: str, name: str, page: int) -> LayerPage:
@@ -296,11 +306,13 @@ def layer_page(catalog: Catalog, connection: Connection, model: str, name: str, 
     images = _thumbnails(connection, ids)
     rendered = connection.execute(queries.rendered_in, {"ids": list(layer.unit_ids)}).scalar_one()
     missing = None if rendered else f"microscope precompute vis --model {model} --layers {name} --units all"
+    render_url = urls.render_layer(model, name) if rendered < layer.channels else None
     return LayerPage(
         title=f"{model} / {name}", model=model, model_url=urls.model(model), name=name, kind=layer.kind,
         channels=layer.channels, url=urls.layer(model, name, page), json_url=urls.layer(model, name, page, json=True),
         units=[_ref(catalog, unit_id, images) for unit_id in ids], page=page, pages=pages,
         next_url=urls.layer(model, name, page + 1) if page < pages else None, missing_command=missing,
+        render_url=render_url,
     )
 
 
@@ -430,10 +442,13 @@ def unit_page(catalog: Catalog, connection: Connection, model_name: str, layer_n
         missing.append(Missing("circuit weights", f"microscope precompute circuits --model {model_name}"))
     label = layer.labels[index]
     title = f"{model_name} / {layer_name} / {index}" + (f" ({label})" if label else "")
+    placeholder = None
+    if THUMBNAIL_TECHNIQUE not in by_technique:
+        placeholder = next((e.crop_url for e in examples if e.kind == "top" and e.rank == 0), None)
     return UnitPage(
         title=title,
         unit=UnitRef(model_name, layer_name, index, label, urls.unit(model_name, layer_name, index),
-                     visualizations[0].image_url if visualizations else None),
+                     visualizations[0].image_url if visualizations else None, placeholder),
         json_url=urls.unit(model_name, layer_name, index, json=True),
         model_url=urls.model(model_name), layer_url=urls.layer(model_name, layer_name, index // UNITS_PER_PAGE + 1),
         layer_kind=layer.kind,
@@ -443,6 +458,7 @@ def unit_page(catalog: Catalog, connection: Connection, model_name: str, layer_n
         top_examples=[e for e in examples if e.kind == "top"],
         bottom_examples=[e for e in examples if e.kind == "bottom"],
         stats=stats, inputs=inputs, outputs=outputs, same_unit=same_ref, missing=missing,
+        render_url=urls.render(model_name, layer_name, index) if THUMBNAIL_TECHNIQUE not in by_technique else None,
     )
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import threading
 from dataclasses import dataclass, field
 
@@ -9,9 +10,12 @@ from sqlalchemy import Connection, func, select
 from sqlalchemy.orm import Session
 
 from app.catalog import Catalog
-from app.store import Run, Store
+from app.jobs import JobQueue
+from app.store import Artifact, Run, Store
 from app.store.blobs import is_valid_key, media_type
 from app.store.summary import ModelCoverage, coverage
+
+log = logging.getLogger("microscope.server")
 
 
 @dataclass
@@ -33,6 +37,18 @@ class ServerState:
     _catalog: Catalog | None = None
     _coverage: tuple[tuple[int | None, int], list[ModelCoverage]] | None = None
     _lock: threading.Lock = field(default_factory=threading.Lock)
+    _queue: JobQueue | None | bool = False
+
+    def queue(self) -> JobQueue | None:
+        """The job queue the live features write to; None where it cannot be opened (a read-only directory)."""
+        with self._lock:
+            if self._queue is False:
+                try:
+                    self._queue = JobQueue.for_store(self.store.settings)
+                except Exception as error:  # noqa: BLE001 - sqlite3 or redis errors alike: the live side is off
+                    log.warning("no job queue (%s): rendering on demand and probes are off", error)
+                    self._queue = None
+            return self._queue  # type: ignore[return-value]
 
     @property
     def engine(self):  # noqa: ANN201 - an Engine
@@ -55,7 +71,9 @@ class ServerState:
 
     def coverage(self, connection: Connection) -> list[ModelCoverage]:
         """Coverage counts scan whole tables: recomputed only when a precompute run has finished since."""
-        version = tuple(connection.execute(select(func.max(Run.id), func.count(Run.finished_at))).one())
+        version = tuple(connection.execute(
+            select(func.max(Run.id), func.count(Run.finished_at), select(func.max(Artifact.id)).scalar_subquery())
+        ).one())
         with self._lock:
             if self._coverage is None or self._coverage[0] != version:
                 with Session(bind=connection) as session:

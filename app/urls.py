@@ -50,3 +50,30 @@ def search(query: str = "", json: bool = False) -> str:
 
 def static(path: str) -> str:
     return f"/static/{path}"
+
+
+def render(model_name: str, layer_name: str, index: int, json: bool = False) -> str:
+    """A unit's render on demand: GET its status, POST to queue it."""
+    return f"/models/{quote(model_name)}/{quote(layer_name)}/{index}/render{_suffix(json)}"
+
+
+def render_layer(model_name: str, layer_name: str, json: bool = False) -> str:
+    """POST: queue every unit of a layer that has no picture."""
+    return f"/models/{quote(model_name)}/{quote(layer_name)}/render{_suffix(json)}"
+
+
+def probe_form(model_name: str) -> str:
+    return f"/models/{quote(model_name)}/probe"
+
+
+def probes(model_name: str) -> str:
+    """POST an image's bytes here (the JSON API) to probe it."""
+    return f"/models/{quote(model_name)}/probes"
+
+
+def probe(model_name: str, sha256: str, json: bool = False) -> str:
+    return f"/models/{quote(model_name)}/probes/{sha256}{_suffix(json)}"
+
+
+def probe_status(model_name: str, sha256: str) -> str:
+    return f"/models/{quote(model_name)}/probes/{sha256}/status"

@@ -78,7 +78,9 @@ async def index(request: Request, state: StateDep, connection: ConnectionDep, js
 @_twin("/models/{model}", "model")
 async def model(request: Request, model: str, state: StateDep, connection: ConnectionDep, json: bool) -> Response:
     """A model's layers in network order, with coverage per technique and a strip of visualizations."""
-    page = pages.model_page(state.catalog(connection, model), connection, model, state.coverage(connection))
+    queue = state.queue()
+    filling = bool(queue is not None and queue.live_workers())
+    page = pages.model_page(state.catalog(connection, model), connection, model, state.coverage(connection), filling)
     return respond(request, page, "model.html", json)
 
 

@@ -22,6 +22,7 @@ from app.errors import MicroscopeError
 from app.settings import Settings
 from app.store import Store
 from app.zoo import DEFAULT_MODEL, get_model
+from precompute.recipes import ON_DEMAND
 
 cli = typer.Typer(
     help="Microscope: a self-hostable neuron microscope for vision networks.",
@@ -163,11 +164,22 @@ def import_(
 
 
 @cli.command()
-def gc(data: DataOption = None, database_url: DatabaseOption = None) -> None:
+def gc(
+    data: DataOption = None,
+    database_url: DatabaseOption = None,
+    probes_older_than: Annotated[Optional[float], typer.Option(
+        "--probes-older-than", min=0, help="Also remove users' probes made more than DAYS days ago.",
+        metavar="DAYS")] = None,
+) -> None:
     """Remove blobs no row points at and files half-written by interrupted stages (run when no stage is)."""
-    from app.store.maintenance import collect_garbage
+    from datetime import UTC, datetime
+
+    from app.store.maintenance import collect_garbage, remove_probes
 
     with Store.open(Settings.load(data, database_url)) as store:
+        if probes_older_than is not None:
+            removed = remove_probes(store, probes_older_than, datetime.now(UTC).replace(tzinfo=None))
+            typer.echo(f"gc: removed {removed} probes made more than {probes_older_than:g} days ago")
         collected = collect_garbage(store)
     typer.echo(f"gc: removed {collected.blobs_removed} unreferenced blobs and {collected.partial_files_removed} "
                f"partial files; {collected.missing} referenced blobs missing")
@@ -295,10 +307,11 @@ def precompute_all(
     vis_units: Annotated[str, typer.Option(help="Units of every main layer to render (channel technique).")] = "0:4",
     vis_layer: Annotated[str, typer.Option(help="The layer whose units get every technique.")] = "mixed4c",
     vis_class: Annotated[int, typer.Option(help="The class logit rendered in the Fourier and the pixel basis.")] = 488,
-    steps: Annotated[int, typer.Option(help="Optimization steps of the default renders.")] = 128,
+    steps: Annotated[int, typer.Option(help="Optimization steps of the default renders.")] = ON_DEMAND.steps,
     early_steps: Annotated[int, typer.Option(
-        help="Steps for the conv layers before the first block: cheap to render, and slower to converge.")] = 256,
-    size: Annotated[int, typer.Option(help="Image side of the default renders.")] = 128,
+        help="Steps for the conv layers before the first block: cheap to render, and slower to converge.")
+    ] = ON_DEMAND.early_steps,
+    size: Annotated[int, typer.Option(help="Image side of the default renders.")] = ON_DEMAND.size,
     batch: Annotated[int, typer.Option(help="Images per batch (examples and renders).")] = 16,
     device: DeviceOption = "auto",
     weights: WeightsOption = None,
@@ -360,6 +373,46 @@ def precompute_all(
             run_vis(store, spec, net, digest, config, target)
         if stale:
             typer.echo(f"vis: {sum(len(r) for c in stale for r in c.units.values())} images of an older algorithm rendered again")
+
+
+@cli.command()
+def worker(
+    model: ModelOption = DEFAULT_MODEL,
+    fill: Annotated[bool, typer.Option("--fill", help="When no request waits, render every unit still missing.")] = False,
+    fill_batch: Annotated[int, typer.Option(min=1, help="Units rendered together by the fill.")] = 4,
+    steps: Annotated[int, typer.Option(help="Steps of on-demand renders (the main job's recipe).")] = ON_DEMAND.steps,
+    early_steps: Annotated[int, typer.Option(help="Steps for the stem's conv layers.")] = ON_DEMAND.early_steps,
+    size: Annotated[int, typer.Option(help="Image side of on-demand renders.")] = ON_DEMAND.size,
+    until_idle: Annotated[bool, typer.Option("--until-idle", help="Exit when the queue (and, with --fill, the model) is done.")] = False,
+    device: DeviceOption = "auto",
+    weights: WeightsOption = None,
+    data: DataOption = None,
+    database_url: DatabaseOption = None,
+) -> None:
+    """Render units and probe images that people ask for in the browser; with --fill, fill in the rest."""
+    import logging
+    import signal
+
+    from app.jobs import JobQueue
+    from precompute.recipes import Defaults
+    from precompute.worker import Worker
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    logging.getLogger("huey").setLevel(logging.WARNING)
+    spec = get_model(model)
+    settings = Settings.load(data, database_url)
+    with _stage(spec, weights, device, data, database_url) as stage:
+        queue = JobQueue.for_store(settings)
+        running = Worker(stage.store, queue, spec, stage.net, stage.weights_sha256, stage.device, fill=fill,
+                         fill_batch=fill_batch, defaults=Defaults(steps, early_steps, size))
+        signal.signal(signal.SIGTERM, lambda *_: running.stop())
+        typer.echo(f"worker {running.name}: {spec.name} on {stage.device}, queue {queue.location}"
+                   f"{', filling' if fill else ''}")
+        try:
+            stats = running.run(until_idle=until_idle)
+        except KeyboardInterrupt:
+            stats = running.stats
+    typer.echo(f"worker: {stats.jobs} jobs, {stats.filled} units filled")
 
 
 @model_cli.command("eval")

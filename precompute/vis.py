@@ -15,7 +15,7 @@ import io
 import json
 import zlib
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -34,6 +34,7 @@ from precompute.optvis.objectives import Objective
 from precompute.optvis.param import PARAMETERIZATIONS
 from precompute.optvis.render import LEARNING_RATE, STEPS, Precision, render, resolve_precision
 from precompute.optvis.transform import STANDARD
+from precompute.recipes import ON_DEMAND, Defaults
 from precompute.runs import catalogued_model, now, start_run, unit_ids
 
 #: ``pixels`` is the channel objective in the pixel basis: the comparison that motivates the
@@ -55,10 +56,12 @@ DEFAULT_SIZE = 224
 ENCODING = "WebP lossless"
 
 
+
+
 @dataclass(frozen=True)
 class VisConfig:
     layers: tuple[LayerSpec, ...]
-    units: dict[str, range]
+    units: dict[str, Sequence[int]]
     techniques: tuple[str, ...]
     steps: int = STEPS
     size: int = DEFAULT_SIZE
@@ -166,8 +169,12 @@ def run_vis(
     device: torch.device,
     progress: bool = True,
     shard: tuple[int, int] = (0, 1),
+    poll: Callable[[], None] | None = None,
 ) -> VisResult:
-    """Render the chosen units; shard i of n takes chunks i, i+n, ... of the full list (stored or not)."""
+    """Render the chosen units; shard i of n takes chunks i, i+n, ... of the full list (stored or not).
+
+    ``poll`` goes to `render` (a worker serves waiting requests there).
+    """
     result = VisResult()
     with store.session() as session:
         model = catalogued_model(session, spec)
@@ -209,6 +216,7 @@ def run_vis(
         rendered = render(
             net, objective_for(technique, layer, units, diversity_layer), parameterize, seeds, STANDARD,
             steps=config.steps, device=device, learning_rate=config.learning_rate, precision=config.precision,
+            poll=poll,
         )
         pixels = (rendered.images.clamp(0, 1).permute(0, 2, 3, 1).numpy() * 255).round().astype(np.uint8)
         values = rendered.objective.reshape(len(units), copies).mean(dim=1).tolist()
@@ -273,5 +281,28 @@ def stale_configs(store: Store, spec: ModelSpec) -> list[VisConfig]:
 def _describe(config: VisConfig) -> dict[str, object]:
     described = asdict(config)
     described["layers"] = [layer.name for layer in config.layers]
-    described["units"] = {name: [units.start, units.stop] for name, units in config.units.items()}
+    described["units"] = {
+        name: [units.start, units.stop] if isinstance(units, range) else list(units)
+        for name, units in config.units.items()
+    }
     return described
+
+
+def on_demand_config(layer: LayerSpec, units: Sequence[int], technique: str = "channel",
+                     defaults: Defaults = ON_DEMAND, batch: int = 16) -> VisConfig:
+    """The config a worker renders ``units`` of ``layer`` with (the main job's recipe)."""
+    return VisConfig(layers=(layer,), units={layer.name: list(units)}, techniques=(technique,),
+                     steps=defaults.steps_for(layer), size=defaults.size, batch=max(batch, DIVERSITY_IMAGES))
+
+
+def missing_units(store: Store, spec: ModelSpec, layer: LayerSpec, technique: str, recipe_sha256: str) -> list[int]:
+    """Units of ``layer`` without an image of ``technique`` made with this recipe, in order."""
+    with store.session() as session:
+        layer_id = session.scalar(
+            select(Layer.id).join(Model, Layer.model_id == Model.id)
+            .where(Model.name == spec.name, Layer.name == layer.name)
+        )
+        done = select(Artifact.unit_id).where(Artifact.technique == technique, Artifact.recipe_sha256 == recipe_sha256)
+        return list(session.scalars(
+            select(Unit.index).where(Unit.layer_id == layer_id, Unit.id.not_in(done)).order_by(Unit.index)
+        ))

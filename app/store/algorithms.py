@@ -9,6 +9,9 @@ History:
 - vis 2: the network sees the image at Lucid's scale (canvas ``size + 12``),
   grey beyond the padded image, Lucid's diversity objective exactly, the
   final objective under the optimized preprocessing (issue 9).
+- vis 3: each image draws its random transforms from its own seed (they came from the
+  batch's first seed), so a unit's image no longer depends on the batch it was rendered in
+  and a unit rendered on demand equals the one `precompute vis` renders (issue 10).
 - examples 2: short side resized and centre-cropped (no squashing), each
   branch's own receptive field, tiny and extreme images handled (issue 9).
 - circuits 2: edges ranked by the L2 norm of the expanded kernel, 50 per
@@ -19,7 +22,7 @@ from __future__ import annotations
 
 from typing import Any
 
-ALGORITHMS: dict[str, int] = {"vis": 2, "examples": 2, "circuits": 2}
+ALGORITHMS: dict[str, int] = {"vis": 3, "examples": 2, "circuits": 2}
 
 
 def is_stale(stage: str, recipe: dict[str, Any] | None) -> bool:

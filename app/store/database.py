@@ -15,7 +15,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from app.errors import StoreError, StoreMissing
 from app.settings import Settings
 from app.store.blobs import BlobStore
-from app.store.schema import SCHEMA_VERSION, Base, Meta
+from app.store.schema import ADDITIVE_SINCE, SCHEMA_VERSION, Base, Meta
 
 
 def _sqlite_pragmas(dbapi_connection, _record) -> None:  # noqa: ANN001 - DB-API objects
@@ -76,10 +76,14 @@ class Store:
                     f"the store at {settings.database_url} has schema version {version}, newer than this "
                     f"microscope's {SCHEMA_VERSION}: upgrade neuron-microscope to read it"
                 )
+            if ADDITIVE_SINCE <= version < SCHEMA_VERSION and not readonly:
+                version = _upgrade(engine)
             if version < SCHEMA_VERSION:
+                remedy = ("run `microscope precompute catalog` once to upgrade it in place" if version >= ADDITIVE_SINCE
+                          else "export it with the older version or recompute it")
                 raise StoreError(
                     f"the store at {settings.database_url} has schema version {version}, older than this "
-                    f"microscope's {SCHEMA_VERSION}: export it with the older version or recompute it"
+                    f"microscope's {SCHEMA_VERSION}: {remedy}"
                 )
         except Exception:
             engine.dispose()
@@ -121,6 +125,14 @@ def _create(engine: Engine) -> int:
             if version is not None:
                 return version
     raise StoreError(f"could not create a store at {engine.url}")
+
+
+def _upgrade(engine: Engine) -> int:
+    """Bring a store of an additive older version up to date: create the tables added since."""
+    with Session(engine) as session, session.begin():
+        Base.metadata.create_all(session.connection())
+        session.get(Meta, "schema_version").value = str(SCHEMA_VERSION)
+    return SCHEMA_VERSION
 
 
 def _schema_version(engine: Engine) -> int | None:

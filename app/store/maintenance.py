@@ -4,13 +4,18 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from sqlalchemy import Connection, select
+from datetime import datetime, timedelta
+
+from sqlalchemy import Connection, delete, select
 
 from app.store.database import Store
-from app.store.schema import Artifact, DatasetExample, DatasetImage, Edge
+from app.store.schema import Artifact, DatasetExample, DatasetImage, Edge, Probe, ProbeUnit
 
 #: Every column that holds a blob key.
-BLOB_COLUMNS = (Artifact.blob_key, DatasetExample.crop_key, DatasetImage.thumbnail_key, Edge.kernel_key)
+BLOB_COLUMNS = (
+    Artifact.blob_key, DatasetExample.crop_key, DatasetImage.thumbnail_key, Edge.kernel_key,
+    Probe.image_key, ProbeUnit.heatmap_key,
+)
 
 
 def referenced_keys(connection: Connection) -> set[str]:
@@ -47,3 +52,12 @@ def collect_garbage(store: Store) -> Collected:
                 removed += 1
     missing = sum(1 for key in referenced if not store.blobs.has(key))
     return Collected(removed, partial, missing)
+
+
+def remove_probes(store: Store, older_than_days: float, now: datetime) -> int:
+    """Delete the probes made more than ``older_than_days`` ago (their blobs go with the next gc)."""
+    cutoff = now - timedelta(days=older_than_days)
+    with store.transaction() as session:
+        old = select(Probe.id).where(Probe.created_at < cutoff)
+        session.execute(delete(ProbeUnit).where(ProbeUnit.probe_id.in_(old)))
+        return session.execute(delete(Probe).where(Probe.created_at < cutoff)).rowcount

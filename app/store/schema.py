@@ -14,8 +14,11 @@ from typing import Any
 from sqlalchemy import JSON, ForeignKey, Index, String, UniqueConstraint
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
-#: Bumped whenever a table changes; a store written by a newer version is refused.
-SCHEMA_VERSION = 1
+#: Bumped whenever a table changes; a store written by a newer version is refused. Version 2
+#: added the probe tables (a store of version 1 is upgraded in place when opened for writing).
+SCHEMA_VERSION = 2
+#: Versions a writable open upgrades by creating the tables added since (nothing else changed).
+ADDITIVE_SINCE = 1
 
 
 class Base(DeclarativeBase):
@@ -194,3 +197,45 @@ class Edge(Base):
     kernel: Mapped[list[Any]]
     kernel_key: Mapped[str | None] = mapped_column(String(80))
     run_id: Mapped[int] = mapped_column(ForeignKey("runs.id"))
+
+
+class Probe(Base):
+    """A user's image run through a model once: its top classes (its units are `ProbeUnit` rows).
+
+    Probes are the users' data, not the model's: ``microscope gc
+    --probes-older-than DAYS`` removes them with their images.
+    """
+
+    __tablename__ = "probes"
+    __table_args__ = (UniqueConstraint("model_id", "sha256"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    model_id: Mapped[int] = mapped_column(ForeignKey("models.id"))
+    #: SHA256 of the uploaded bytes: the probe's id in URLs.
+    sha256: Mapped[str] = mapped_column(String(64))
+    #: What the network saw: the centred square of the upload, resized to the input size.
+    image_key: Mapped[str] = mapped_column(String(80))
+    width: Mapped[int]
+    height: Mapped[int]
+    #: Top classes, best first: ``[{"index", "label", "probability", "logit"}]``.
+    classes: Mapped[list[Any]]
+    recipe: Mapped[dict[str, Any]]
+    created_at: Mapped[datetime] = mapped_column(index=True)
+
+
+class ProbeUnit(Base):
+    """One of a probe's top units in a layer: its maximum activation over the image and a heatmap."""
+
+    __tablename__ = "probe_units"
+    __table_args__ = (Index("ix_probe_units_probe", "probe_id"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    probe_id: Mapped[int] = mapped_column(ForeignKey("probes.id", ondelete="CASCADE"))
+    unit_id: Mapped[int] = mapped_column(ForeignKey("units.id"))
+    rank: Mapped[int]
+    activation: Mapped[float]
+    #: Position of the maximum on the layer's grid.
+    y: Mapped[int]
+    x: Mapped[int]
+    #: The unit's activation over the image (transparent where it is at or below zero), a PNG.
+    heatmap_key: Mapped[str] = mapped_column(String(80))

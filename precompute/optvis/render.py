@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
@@ -18,6 +18,8 @@ from precompute.optvis.transform import Transforms
 #: Lucid's defaults: Adam at 0.05 for 512 steps.
 LEARNING_RATE = 0.05
 STEPS = 512
+#: Steps between calls of a render's ``poll``.
+POLL_EVERY = 8
 
 
 @dataclass(frozen=True)
@@ -62,22 +64,28 @@ def render(
     device: torch.device | str = "cpu",
     learning_rate: float = LEARNING_RATE,
     precision: Precision = "fp32",
+    poll: Callable[[], None] | None = None,
 ) -> Rendered:
     """Optimize one image per seed for ``objective`` (which scores each batch element).
 
     The network runs only as far as the objective's layers; its weights stay
     frozen; no hook is registered. Each image's initial values come from its
-    own seed, the random transforms from the first seed. The loss is the
+    own seed, and so do its random transforms: an image does not depend on the batch it is in. The loss is the
     objective's `total` (a group's mean for grouped objectives, as in Lucid).
+    ``poll`` is called every `POLL_EVERY` steps (a worker serves waiting
+    requests there, in the middle of a long batch); it must not touch this
+    render's state.
     """
     device = torch.device(device)
     precision = resolve_precision(precision, device)
     generators = [torch.Generator().manual_seed(seed) for seed in seeds]
     params, image_fn = parameterization(len(seeds), generators, device)
     optimizer = torch.optim.Adam(params, lr=learning_rate)
-    draws = torch.Generator().manual_seed(seeds[0] ^ 0x5EED)
+    draws = [torch.Generator().manual_seed(seed ^ 0x5EED) for seed in seeds]
     layers = tuple(objective.layers)
-    for _ in range(steps):
+    for step in range(steps):
+        if poll is not None and step % POLL_EVERY == POLL_EVERY - 1:
+            poll()
         optimizer.zero_grad(set_to_none=True)
         batch = transforms(image_fn(), draws).contiguous(memory_format=torch.channels_last)
         with _autocast(device, precision):

@@ -21,6 +21,7 @@ at about x1.6); it is off by default, as in Lucid, and recorded in recipes.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 
 import torch
@@ -49,17 +50,28 @@ class Transforms:
             return self.resize_to
         return size + 2 * self.pad - self.jitter - self.jitter_after
 
-    def __call__(self, images: Tensor, generator: torch.Generator) -> Tensor:
-        """Randomly transformed ``images`` (B, 3, N, N), each with its own draw."""
+    def __call__(self, images: Tensor, generators: torch.Generator | Sequence[torch.Generator]) -> Tensor:
+        """Randomly transformed ``images`` (B, 3, N, N), each with its own draw.
+
+        With one generator per image, each image's draws depend on its own
+        generator only, so an image comes out the same whatever batch it is in
+        (a unit rendered on demand equals the one rendered in a batch).
+        """
         batch = images.shape[0]
+        if isinstance(generators, torch.Generator):
+            draws = torch.rand(6, batch, generator=generators)
+        else:
+            if len(generators) != batch:
+                raise ValueError(f"{len(generators)} generators for {batch} images")
+            draws = torch.stack([torch.rand(6, generator=generator) for generator in generators], dim=1)
 
-        def uniform(low: float, high: float) -> Tensor:
-            return torch.rand(batch, generator=generator) * (high - low) + low
+        def uniform(row: int, low: float, high: float) -> Tensor:
+            return draws[row] * (high - low) + low
 
-        shift = torch.stack([uniform(-self.jitter / 2, self.jitter / 2) for _ in range(2)], dim=1)
-        shift_after = torch.stack([uniform(-self.jitter_after / 2, self.jitter_after / 2) for _ in range(2)], dim=1)
-        scale = uniform(*self.scale)
-        angle = uniform(-self.rotate_degrees, self.rotate_degrees) * (math.pi / 180)
+        shift = torch.stack([uniform(row, -self.jitter / 2, self.jitter / 2) for row in (0, 1)], dim=1)
+        shift_after = torch.stack([uniform(row, -self.jitter_after / 2, self.jitter_after / 2) for row in (2, 3)], dim=1)
+        scale = uniform(4, *self.scale)
+        angle = uniform(5, -self.rotate_degrees, self.rotate_degrees) * (math.pi / 180)
         return self._sample(images, shift, shift_after, scale, angle)
 
     def centered(self, images: Tensor) -> Tensor:

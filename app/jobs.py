@@ -1,0 +1,255 @@
+"""The live side's job queue: what the server asks for, what workers take (torch-free).
+
+The queue is Huey's: a SQLite file beside the store by default
+(``<data>/queue.sqlite3``), Redis when ``MICROSCOPE_QUEUE=redis://...`` (several
+hosts). The server only writes jobs; workers (``microscope worker``) take them
+and write the results into the store with the precompute stages' code.
+
+Around Huey's queue, three things it does not do by itself:
+
+- **One job per request.** Each job has a key (``render:model:layer:units:technique``,
+  ``probe:model:sha256``); a second request for a key that is queued or running
+  joins it instead of adding a job.
+- **Bounded.** Past ``capacity`` pending jobs a request is refused (`QueueFull`, a 503).
+- **Jobs outlive their worker.** Huey's dequeue removes a job before it runs,
+  so a worker killed mid-job would lose it. A worker records each job it takes
+  in an in-flight journal and clears it when the job is done; jobs in flight
+  on a dead worker (no heartbeat, or its process gone) go back to the queue.
+  Jobs are idempotent (a result already stored is not computed again), so a
+  job that was done but not yet cleared when its worker died runs to a no-op.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+from huey import PriorityRedisHuey, SqliteHuey
+from huey.api import Huey, Task
+from huey.constants import EmptyData
+
+from app.errors import MicroscopeError
+from app.settings import Settings
+
+QUEUE_FILE = "queue.sqlite3"
+#: Pending jobs past which requests are refused (``MICROSCOPE_QUEUE_LIMIT``).
+DEFAULT_CAPACITY = 5000
+#: A worker writes its heartbeat this often, and counts as gone after ``ALIVE_SECONDS`` without one.
+HEARTBEAT_SECONDS = 2.0
+ALIVE_SECONDS = 15.0
+#: Priorities: a person waiting on a page first, a whole layer asked for next (the fill runs when none waits).
+PAGE = 100
+LAYER = 10
+
+#: What a worker does with each kind of job (`precompute.worker` registers them; the server never runs a job).
+HANDLERS: dict[str, Callable[..., None]] = {}
+
+
+class QueueFull(MicroscopeError):
+    status_code = 503
+
+
+def _render(key: str, model: str, layer: str, units: list[int], technique: str) -> None:
+    HANDLERS["render"](model, layer, units, technique)
+
+
+def _probe(key: str, model: str, sha256: str) -> None:
+    HANDLERS["probe"](model, sha256)
+
+
+def queue_location(settings: Settings) -> str:
+    """``MICROSCOPE_QUEUE`` (a Redis URL or a SQLite file), else ``queue.sqlite3`` in the store directory."""
+    return os.environ.get("MICROSCOPE_QUEUE") or str(settings.data_dir / QUEUE_FILE)
+
+
+def _huey(location: str, name: str) -> Huey:
+    if location.startswith(("redis://", "rediss://", "unix://")):
+        return PriorityRedisHuey(name, url=location, results=False)
+    Path(location).parent.mkdir(parents=True, exist_ok=True)
+    # fsync: a job the server accepted survives a crash of the machine, not only of the process.
+    return SqliteHuey(name, filename=location, results=False, fsync=True, timeout=30)
+
+
+@dataclass(frozen=True)
+class JobState:
+    """Where a job stands: ``queued`` (``position`` of ``pending``), ``running`` or ``none``."""
+
+    state: Literal["queued", "running", "none"]
+    position: int | None = None
+    pending: int = 0
+
+
+@dataclass(frozen=True)
+class WorkerBeat:
+    worker: str
+    host: str
+    pid: int
+    time: float
+    doing: str
+
+    @property
+    def alive(self) -> bool:
+        if time.time() - self.time > ALIVE_SECONDS:
+            return False
+        if self.host == socket.gethostname():
+            try:
+                os.kill(self.pid, 0)
+            except ProcessLookupError:
+                return False
+            except PermissionError:
+                return True
+        return True
+
+
+class JobQueue:
+    def __init__(self, location: str, capacity: int | None = None) -> None:
+        self.location = location
+        self.capacity = capacity or int(os.environ.get("MICROSCOPE_QUEUE_LIMIT") or DEFAULT_CAPACITY)
+        self.huey = _huey(location, "microscope")
+        self._inflight = _huey(location, "microscope-inflight").storage
+        self._workers = _huey(location, "microscope-workers").storage
+        self.render_task = self.huey.task(name="render")(_render)
+        self.probe_task = self.huey.task(name="probe")(_probe)
+
+    @classmethod
+    def for_store(cls, settings: Settings) -> JobQueue:
+        return cls(queue_location(settings))
+
+    # Keys ---------------------------------------------------------------------------------
+
+    @staticmethod
+    def render_key(model: str, layer: str, units: list[int], technique: str = "channel") -> str:
+        span = f"{units[0]}" if len(units) == 1 else f"{units[0]}-{units[-1]}"
+        return f"render:{model}:{layer}:{span}:{technique}"
+
+    @staticmethod
+    def probe_key(model: str, sha256: str) -> str:
+        return f"probe:{model}:{sha256}"
+
+    # The server's side ---------------------------------------------------------------------
+
+    def request_render(self, model: str, layer: str, units: list[int], technique: str = "channel",
+                       priority: int = PAGE) -> JobState:
+        key = self.render_key(model, layer, units, technique)
+        return self._submit(key, lambda: self.render_task.s(key, model, layer, units, technique, priority=priority))
+
+    def request_probe(self, model: str, sha256: str, image: bytes) -> JobState:
+        """Queue a probe; the image bytes wait in the queue's key-value store until the worker takes them."""
+        key = self.probe_key(model, sha256)
+        state = self.state(key)
+        if state.state != "none":
+            return state
+        self.huey.storage.put_data(f"upload:{sha256}", image)
+        return self._submit(key, lambda: self.probe_task.s(key, model, sha256, priority=PAGE))
+
+    def upload(self, sha256: str) -> bytes | None:
+        data = self.huey.storage.peek_data(f"upload:{sha256}")
+        return None if data is EmptyData else bytes(data)
+
+    def drop_upload(self, sha256: str) -> None:
+        self.huey.storage.delete_data(f"upload:{sha256}")
+
+    def _submit(self, key: str, make: Callable[[], Task]) -> JobState:
+        storage = self.huey.storage
+        if not storage.put_if_empty(f"queued:{key}", b"?"):
+            state = self.state(key)
+            if state.state != "none":
+                return state  # the same request is queued or running: join it
+        pending = self.huey.pending_count()
+        if pending >= self.capacity:
+            storage.delete_data(f"queued:{key}")
+            raise QueueFull(f"the job queue is full ({pending} jobs waiting, limit {self.capacity}): try again later")
+        task = make()
+        storage.put_data(f"queued:{key}", task.id.encode())
+        self.huey.enqueue(task)
+        return self.state(key)
+
+    def state(self, key: str) -> JobState:
+        marker = self.huey.storage.peek_data(f"queued:{key}")
+        if marker is EmptyData:
+            return JobState("none")
+        if self._inflight.peek_data(key) is not EmptyData:
+            return JobState("running")
+        task_id = bytes(marker).decode()
+        ids = [task.id for task in self.huey.pending()]
+        if task_id in ids:
+            return JobState("queued", ids.index(task_id) + 1, len(ids))
+        # Marked but neither waiting nor running: its job was lost (a worker killed between taking it
+        # and recording it), or it is just being enqueued; a new request queues it again.
+        return JobState("none")
+
+    def pending_count(self) -> int:
+        return self.huey.pending_count()
+
+    def workers(self) -> list[WorkerBeat]:
+        beats = []
+        for worker, value in self._workers.result_items().items():
+            try:
+                beats.append(WorkerBeat(**json.loads(value)))
+            except (TypeError, ValueError):
+                continue
+        return sorted(beats, key=lambda beat: beat.worker)
+
+    def live_workers(self) -> list[WorkerBeat]:
+        return [beat for beat in self.workers() if beat.alive]
+
+    # The worker's side ---------------------------------------------------------------------
+
+    def beat(self, worker: str, doing: str) -> None:
+        beat = WorkerBeat(worker, socket.gethostname(), os.getpid(), time.time(), doing)
+        self._workers.put_data(worker, json.dumps(beat.__dict__).encode())
+
+    def leave(self, worker: str) -> None:
+        self._workers.delete_data(worker)
+
+    def take(self, worker: str) -> tuple[str, Task] | None:
+        """The next job, recorded as in flight on ``worker`` (with what it takes to queue it again)."""
+        task = self.huey.dequeue()
+        if task is None:
+            return None
+        key = task.args[0]
+        record = {"worker": worker, "task": self.huey.serialize_task(task).hex(), "priority": task.priority}
+        self._inflight.put_data(key, json.dumps(record).encode())
+        return key, task
+
+    def run(self, task: Task) -> None:
+        self.huey.execute(task)
+
+    def claim(self, worker: str, key: str) -> bool:
+        """Claim work that is not a queued job (a fill batch), so that other workers skip it."""
+        return bool(self._inflight.put_if_empty(key, json.dumps({"worker": worker, "task": None}).encode()))
+
+    def done(self, key: str) -> None:
+        self._inflight.delete_data(key)
+        self.huey.storage.delete_data(f"queued:{key}")
+
+    def claimed(self) -> set[str]:
+        return set(self._inflight.result_items())
+
+    def recover(self) -> int:
+        """Put back the jobs in flight on workers that are gone; drop their claims. Returns jobs requeued."""
+        beats = {beat.worker: beat for beat in self.workers()}
+        requeued = 0
+        for key, value in self._inflight.result_items().items():
+            try:
+                record: dict[str, Any] = json.loads(value)
+            except ValueError:
+                record = {"worker": None, "task": None}
+            beat = beats.get(record.get("worker"))
+            if beat is not None and beat.alive:
+                continue
+            if self._inflight.pop_data(key) is EmptyData:
+                continue  # another worker recovered it first
+            if record.get("task"):
+                self.huey.storage.enqueue(bytes.fromhex(record["task"]), record.get("priority"))
+                requeued += 1
+        for worker, beat in beats.items():
+            if not beat.alive:
+                self._workers.delete_data(worker)
+        return requeued

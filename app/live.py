@@ -1,0 +1,387 @@
+"""The live side of the server: renders on demand and probes, through the job queue.
+
+The server still never runs a model and never writes the store: it reads the
+store, and writes jobs (and a probe's uploaded bytes) to the queue, where
+``microscope worker`` takes them. Pages poll small status fragments (htmx)
+until the worker's result is in the store.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, Request
+from fastapi.responses import RedirectResponse, Response
+from sqlalchemy import Connection, select
+from starlette.datastructures import UploadFile
+from starlette.formparsers import MultiPartException
+
+from app import pages, queries, urls
+from app.catalog import Catalog
+from app.errors import MicroscopeError, NotFound
+from app.jobs import LAYER, JobQueue, JobState, QueueFull
+from app.respond import json_response, respond
+from app.state import ServerState
+from app.store import Model, Probe, ProbeUnit
+from app.uploads import BadUpload, TooLarge, UploadLimits, check_image
+
+router = APIRouter()
+
+#: Units per job when a whole layer is queued.
+LAYER_BATCH = 8
+#: Seconds between status polls while a worker is on it, and while none is running.
+POLL_SECONDS = 1
+POLL_IDLE_SECONDS = 5
+#: Room for the multipart envelope around a form's image.
+FORM_OVERHEAD = 64 * 1024
+
+
+class LiveOff(MicroscopeError):
+    status_code = 503
+
+
+class LengthRequired(BadUpload):
+    status_code = 411
+
+
+async def get_state(request: Request) -> ServerState:
+    return request.app.state.microscope
+
+
+def get_connection(request: Request) -> Any:
+    with request.app.state.microscope.engine.connect() as connection:
+        yield connection
+
+
+StateDep = Annotated[ServerState, Depends(get_state)]
+ConnectionDep = Annotated[Connection, Depends(get_connection)]
+
+
+# Renders on demand ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class RenderStatus:
+    """Where a unit's picture stands: ``rendered``, ``queued``, ``running``, ``none`` or ``off``."""
+
+    unit: pages.UnitRef
+    state: str
+    #: The job's place in the queue (1 is next) and how many wait.
+    position: int | None
+    pending: int
+    #: Workers with a recent heartbeat; with none, ``message`` gives the command that starts one.
+    workers: int
+    message: str
+    status_url: str
+    #: Seconds until the page asks again (none once the picture is in, or with no queue).
+    poll: int | None
+    kind: str = "render-status"
+
+
+def worker_command(state: ServerState) -> str:
+    return f"microscope worker --data {state.store.settings.data_dir} --fill"
+
+
+def _render_status(state: ServerState, connection: Connection, catalog: Catalog, model: str, layer: str, index: int,
+                   job: JobState | None = None) -> RenderStatus:
+    unit_id = catalog.model(model).layer(layer).unit_id(index)
+    pictures = pages._thumbnails(connection, [unit_id])
+    ref = pages._ref(catalog, unit_id, pictures)
+    status_url = urls.render(model, layer, index)
+    queue = state.queue()
+    if ref.image_url is not None:
+        return RenderStatus(ref, "rendered", None, 0, 0, "rendered", status_url, None)
+    if queue is None:
+        return RenderStatus(ref, "off", None, 0, 0, "Rendering on demand is off: the server has no job queue "
+                            "(its store directory is read-only; set MICROSCOPE_QUEUE).", status_url, None)
+    job = job or queue.state(JobQueue.render_key(model, layer, [index]))
+    workers = len(queue.live_workers())
+    if job.state == "none":
+        message = "Not queued."
+    elif job.state == "running":
+        message = "Rendering now; the picture appears here when it is done."
+    else:
+        message = f"Queued for rendering: {job.position} of {job.pending} waiting."
+    if not workers:
+        message += f" No worker is running, so nothing will render until one starts: {worker_command(state)}"
+    poll = (POLL_SECONDS if workers else POLL_IDLE_SECONDS) if job.state != "none" else None
+    return RenderStatus(ref, job.state, job.position, job.pending, workers, message, status_url, poll)
+
+
+def _require_queue(state: ServerState) -> JobQueue:
+    queue = state.queue()
+    if queue is None:
+        raise LiveOff("the server has no job queue (its store directory is read-only): set MICROSCOPE_QUEUE")
+    return queue
+
+
+def _status_view(json: bool):  # noqa: ANN202 - a route function
+    def view(request: Request, model: str, layer: str, unit: int, state: StateDep,
+             connection: ConnectionDep) -> Response:
+        """Whether a unit's picture is rendered, queued (and where) or waiting for a worker."""
+        catalog = state.catalog(connection, model)
+        return respond(request, _render_status(state, connection, catalog, model, layer, unit), "_render_status.html",
+                       json)
+
+    return view
+
+
+def _request_view(json: bool):  # noqa: ANN202 - a route function
+    def view(request: Request, model: str, layer: str, unit: int, state: StateDep,
+             connection: ConnectionDep) -> Response:
+        """Queue a unit's render (joining the same request if it waits already); answers its status."""
+        catalog = state.catalog(connection, model)
+        status = _render_status(state, connection, catalog, model, layer, unit)
+        if status.state == "none":
+            job = _require_queue(state).request_render(model, layer, [unit])
+            status = _render_status(state, connection, catalog, model, layer, unit, job)
+        return respond(request, status, "_render_status.html", json, 200 if status.state == "rendered" else 202)
+
+    return view
+
+
+for _json in (True, False):
+    _suffix = ".json" if _json else ""
+    router.add_api_route(f"/models/{{model}}/{{layer}}/{{unit:int}}/render{_suffix}", _status_view(_json),
+                         methods=["GET"], name=f"render_status{_suffix}", include_in_schema=_json)
+    router.add_api_route(f"/models/{{model}}/{{layer}}/{{unit:int}}/render{_suffix}", _request_view(_json),
+                         methods=["POST"], name=f"render_request{_suffix}", include_in_schema=_json,
+                         status_code=202)
+
+
+@dataclass(frozen=True)
+class LayerRequest:
+    model: str
+    layer: str
+    #: Units without a picture that are now queued (or were already), in jobs of `LAYER_BATCH`.
+    queued: int
+    missing: int
+    message: str
+    kind: str = "layer-request"
+
+
+@router.post("/models/{model}/{layer}/render", name="render_layer", include_in_schema=False, status_code=202)
+@router.post("/models/{model}/{layer}/render.json", name="render_layer_json", status_code=202)
+def render_layer(request: Request, model: str, layer: str, state: StateDep, connection: ConnectionDep) -> Response:
+    """Queue every unit of a layer that has no picture, behind the pages people are waiting on."""
+    catalog = state.catalog(connection, model)
+    entry = catalog.model(model).layer(layer)
+    queue = _require_queue(state)
+    rendered = {unit_id for unit_id, _ in connection.execute(queries.thumbnails, {"ids": list(entry.unit_ids)})}
+    missing = [index for index, unit_id in enumerate(entry.unit_ids) if unit_id not in rendered]
+    queued = 0
+    message = ""
+    try:
+        for start in range(0, len(missing), LAYER_BATCH):
+            chunk = missing[start:start + LAYER_BATCH]
+            queue.request_render(model, layer, chunk, priority=LAYER)
+            queued += len(chunk)
+    except QueueFull as full:
+        message = f" {full}."
+    workers = len(queue.live_workers())
+    message = (f"{queued} of {len(missing)} units without a picture queued." + message
+               + ("" if workers else f" No worker is running: {worker_command(state)}"))
+    page = LayerRequest(model, layer, queued, len(missing), message)
+    json = request.url.path.endswith(".json")
+    return respond(request, page, "_layer_request.html", json, 202)
+
+
+# Probes --------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ProbeForm:
+    title: str
+    model: str
+    action: str
+    api: str
+    max_bytes: int
+    max_pixels: int
+    kind: str = "probe-form"
+
+
+@dataclass(frozen=True)
+class ProbedUnit:
+    unit: pages.UnitRef
+    rank: int
+    activation: float
+    y: int
+    x: int
+    heatmap_url: str
+
+
+@dataclass(frozen=True)
+class ProbedLayer:
+    name: str
+    url: str
+    units: list[ProbedUnit]
+
+
+@dataclass(frozen=True)
+class ProbePage:
+    title: str
+    model: str
+    sha256: str
+    url: str
+    json_url: str
+    #: ``done``, or the job's state (``queued``, ``running``) while the worker has not finished.
+    state: str
+    message: str
+    status_url: str
+    poll: int | None
+    image_url: str | None = None
+    width: int | None = None
+    height: int | None = None
+    created_at: datetime | None = None
+    classes: list[dict[str, Any]] = field(default_factory=list)
+    layers: list[ProbedLayer] = field(default_factory=list)
+    recipe: dict[str, Any] = field(default_factory=dict)
+    kind: str = "probe"
+
+
+def _probe_page(state: ServerState, connection: Connection, catalog: Catalog, model: str, sha256: str) -> ProbePage:
+    entry = catalog.model(model)
+    base = {"model": model, "sha256": sha256, "url": urls.probe(model, sha256), "json_url": urls.probe(model, sha256, True),
+            "status_url": urls.probe_status(model, sha256), "title": f"{model}: probe {sha256[:12]}"}
+    row = connection.execute(
+        select(Probe.id, Probe.image_key, Probe.width, Probe.height, Probe.created_at, Probe.classes, Probe.recipe)
+        .join(Model, Probe.model_id == Model.id).where(Model.name == model, Probe.sha256 == sha256)
+    ).first()
+    if row is None:
+        queue = state.queue()
+        job = queue.state(JobQueue.probe_key(model, sha256)) if queue is not None else JobState("none")
+        if job.state == "none":
+            raise NotFound(f"no probe {sha256!r} of {model}: upload the image at {urls.probe_form(model)}")
+        workers = len(queue.live_workers()) if queue is not None else 0
+        message = ("The network is looking at your image." if job.state == "running"
+                   else f"Queued: {job.position} of {job.pending} waiting.")
+        if not workers:
+            message += f" No worker is running, so nothing will happen until one starts: {worker_command(state)}"
+        return ProbePage(**base, state=job.state, message=message, poll=POLL_SECONDS if workers else POLL_IDLE_SECONDS)
+    probe = row
+    logits = next((layer.name for layer in entry.layers if layer.kind == "logits"), None)
+    classes = [{**c, "url": urls.unit(model, logits, c["index"]) if logits else None} for c in probe.classes]
+    rows = connection.execute(
+        select(ProbeUnit.unit_id, ProbeUnit.rank, ProbeUnit.activation, ProbeUnit.y, ProbeUnit.x, ProbeUnit.heatmap_key)
+        .where(ProbeUnit.probe_id == probe.id).order_by(ProbeUnit.id)
+    ).all()
+    pictures = pages._thumbnails(connection, [row[0] for row in rows])
+    by_layer: dict[str, list[ProbedUnit]] = {}
+    for unit_id, rank, activation, y, x, key in rows:
+        ref = pages._ref(catalog, unit_id, pictures)
+        by_layer.setdefault(ref.layer, []).append(ProbedUnit(ref, rank, activation, y, x, urls.blob(key)))
+    layers = [ProbedLayer(layer.name, urls.layer(model, layer.name), sorted(by_layer[layer.name], key=lambda u: u.rank))
+              for layer in entry.layers if layer.name in by_layer]
+    return ProbePage(**base, state="done", message="done", poll=None, image_url=urls.blob(probe.image_key),
+                     width=probe.width, height=probe.height, created_at=probe.created_at, classes=classes,
+                     layers=layers, recipe=probe.recipe)
+
+
+def _stored(connection: Connection, model: str, sha256: str) -> bool:
+    return connection.execute(
+        select(Probe.id).join(Model, Probe.model_id == Model.id).where(Model.name == model, Probe.sha256 == sha256)
+    ).first() is not None
+
+
+@router.get("/models/{model}/probe", name="probe_form", include_in_schema=False)
+def probe_form(request: Request, model: str, state: StateDep, connection: ConnectionDep) -> Response:
+    """Upload an image to see which units of every layer it excites most."""
+    state.catalog(connection, model).model(model)
+    limits = UploadLimits.load()
+    page = ProbeForm(f"{model}: probe an image", model, urls.probe_form(model), urls.probes(model),
+                     limits.max_bytes, limits.max_pixels)
+    return respond(request, page, "probe_form.html", json=False)
+
+
+def _check_length(request: Request, limit: int) -> None:
+    """Refuse a body over ``limit`` bytes before reading it (the HTTP server holds a body to its Content-Length)."""
+    length = request.headers.get("content-length")
+    if length is None:
+        raise LengthRequired("send the upload with a Content-Length")
+    if not length.isdigit():
+        raise BadUpload("Content-Length is not a number")
+    if int(length) > limit:
+        raise TooLarge(f"the upload is {int(length):,} bytes; the limit is {limit:,}")
+
+
+async def _body(request: Request, limit: int) -> bytes:
+    """The request's body, refused (before it is read) past ``limit`` bytes."""
+    _check_length(request, limit)
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > limit:
+            raise TooLarge(f"the upload is over the limit of {limit:,} bytes")
+    return bytes(body)
+
+
+def _submit(state: ServerState, connection: Connection, model: str, data: bytes) -> tuple[str, JobState | None]:
+    """Check an upload and queue its probe unless it is stored: its digest, and its job (None when stored)."""
+    checked = check_image(data, UploadLimits.load())
+    if _stored(connection, model, checked.sha256):
+        return checked.sha256, None
+    return checked.sha256, _require_queue(state).request_probe(model, checked.sha256, data)
+
+
+@router.post("/models/{model}/probe", name="probe_upload", include_in_schema=False)
+async def probe_upload(request: Request, model: str, state: StateDep) -> Response:
+    """The form's upload (multipart, one file field ``image``): on to the probe's page."""
+    limits = UploadLimits.load()
+    _check_length(request, limits.max_bytes + FORM_OVERHEAD)  # bounds what the form parser may read
+    try:
+        form = await request.form(max_files=1, max_fields=4)
+    except MultiPartException as error:
+        raise BadUpload(f"not a form upload: {error.message}") from None
+    upload = form.get("image")
+    if not isinstance(upload, UploadFile):
+        raise BadUpload("the form has no image file (field 'image')")
+    data = await upload.read()
+    with state.engine.connect() as connection:
+        state.catalog(connection, model).model(model)
+        sha256, _ = _submit(state, connection, model, data)
+    return RedirectResponse(urls.probe(model, sha256), status_code=303)
+
+
+@router.post("/models/{model}/probes", name="probe_api", status_code=202, responses={
+    200: {"description": "Probed already: the stored result's id and URLs"},
+    411: {"description": "No Content-Length"}, 413: {"description": "Over the byte or pixel limit"},
+    415: {"description": "Not a JPEG, PNG or WebP image"}, 503: {"description": "Queue full, or no queue"},
+}, openapi_extra={"requestBody": {"required": True, "content": {
+    media: {"schema": {"type": "string", "format": "binary"}} for media in ("image/jpeg", "image/png", "image/webp")
+}}})
+async def probe_api(request: Request, model: str, state: StateDep) -> Response:
+    """Probe an image: POST its bytes (JPEG, PNG or WebP); the answer names the probe and where its result is."""
+    limits = UploadLimits.load()
+    data = await _body(request, limits.max_bytes)
+    with state.engine.connect() as connection:
+        state.catalog(connection, model).model(model)
+        sha256, job = _submit(state, connection, model, data)
+    answer = {"id": sha256, "url": urls.probe(model, sha256), "json_url": urls.probe(model, sha256, True),
+              "state": "done" if job is None else job.state, "position": job.position if job else None}
+    return json_response(answer, 200 if job is None else 202)
+
+
+def _probe_view(json: bool):  # noqa: ANN202 - a route function
+    def view(request: Request, model: str, sha256: str, state: StateDep, connection: ConnectionDep) -> Response:
+        """A probe's result: the image, its top classes, each main layer's top units with heatmaps."""
+        catalog = state.catalog(connection, model)
+        return respond(request, _probe_page(state, connection, catalog, model, sha256), "probe.html", json)
+
+    return view
+
+
+router.add_api_route("/models/{model}/probes/{sha256}.json", _probe_view(True), methods=["GET"], name="probe_json")
+router.add_api_route("/models/{model}/probes/{sha256}", _probe_view(False), methods=["GET"], name="probe",
+                     include_in_schema=False)
+
+
+@router.get("/models/{model}/probes/{sha256}/status", name="probe_status", include_in_schema=False)
+def probe_status(request: Request, model: str, sha256: str, state: StateDep, connection: ConnectionDep) -> Response:
+    """Polled by a waiting probe page: the page reloads itself (htmx) once the result is stored."""
+    page = _probe_page(state, connection, state.catalog(connection, model), model, sha256)
+    if page.state == "done":
+        return Response(status_code=200, headers={"HX-Refresh": "true"})
+    return respond(request, page, "_probe_status.html", json=False)
+

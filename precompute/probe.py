@@ -1,0 +1,129 @@
+"""Probes: a user's image through the network once, its top classes and each main layer's top units.
+
+The image is framed as the examples stage frames dataset images (the centred
+square of its short side, resized to the input), so a probe's activations
+compare with the unit's dataset examples. For each main layer the units with
+the largest maximum (pre-ReLU) activation over the image are kept, each with
+a heatmap: its activation map laid over the framed image at the positions'
+true centres (offset and stride), transparent at zero and below.
+"""
+
+from __future__ import annotations
+
+import io
+from datetime import UTC, datetime
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
+
+from app.store import Probe, ProbeUnit, Store
+from app.uploads import UploadLimits, check_image
+from app.zoo import LayerSpec, ModelSpec
+from precompute.examples import PREPROCESSING, input_transform
+from precompute.runs import catalogued_model, unit_ids
+
+TOP_CLASSES = 5
+TOP_UNITS = 8
+#: Heatmaps are this colour, opaque in proportion to the activation (up to ``HEATMAP_ALPHA``).
+HEATMAP_COLOUR = (255, 96, 0)
+HEATMAP_ALPHA = 0.85
+#: Bumped when a probe's numbers would change.
+PROBE_ALGORITHM = 1
+
+
+def stored(store: Store, spec: ModelSpec, sha256: str) -> bool:
+    with store.session() as session:
+        model = catalogued_model(session, spec)
+        return session.scalar(select(Probe.id).where(Probe.model_id == model.id, Probe.sha256 == sha256)) is not None
+
+
+def heatmap(values: torch.Tensor, layer: LayerSpec, side: int) -> bytes:
+    """A layer's (H, W) map over the ``side`` px input as an RGBA PNG, each position at its centre."""
+    height, width = values.shape
+    # Input pixel p lies at grid coordinate (p - offset) / stride; past the outer centres, the edge value.
+    grid_y = (torch.arange(side, dtype=torch.float32) - layer.offset) / layer.stride
+    grid_x = grid_y.clone()
+
+    def normalized(coordinates: torch.Tensor, count: int) -> torch.Tensor:
+        return coordinates * 2 / (count - 1) - 1 if count > 1 else torch.zeros_like(coordinates)
+
+    ys, xs = torch.meshgrid(normalized(grid_y, height), normalized(grid_x, width), indexing="ij")
+    grid = torch.stack([xs, ys], dim=-1)[None]
+    sampled = F.grid_sample(values[None, None].float(), grid, mode="bilinear", padding_mode="border",
+                            align_corners=True)[0, 0]
+    peak = float(values.max())
+    alpha = (sampled.clamp(min=0) / peak).clamp(max=1) if peak > 0 else torch.zeros_like(sampled)
+    rgba = np.zeros((side, side, 4), dtype=np.uint8)
+    rgba[..., :3] = HEATMAP_COLOUR
+    rgba[..., 3] = (alpha.numpy() * HEATMAP_ALPHA * 255).round().astype(np.uint8)
+    out = io.BytesIO()
+    Image.fromarray(rgba, "RGBA").save(out, "PNG", optimize=True)
+    return out.getvalue()
+
+
+def run_probe(store: Store, spec: ModelSpec, net: torch.nn.Module, weights_sha256: str, sha256: str, data: bytes,
+              device: torch.device, limits: UploadLimits | None = None) -> bool:
+    """Compute and store the probe of ``data``; False when it was stored already (or by another worker)."""
+    if stored(store, spec, sha256):
+        return False
+    check_image(data, limits or UploadLimits.load())  # the server checked it; a worker trusts no queue
+    with Image.open(io.BytesIO(data)) as opened:
+        opened.load()
+        image = opened.convert("RGB")
+    tensor = input_transform(spec)(image)[None]
+    side = spec.input_size
+    main = [layer for layer in spec.main_layers]
+    logits_layer = next(layer for layer in spec.layers if layer.kind == "logits")
+    with torch.no_grad():
+        activations = net(tensor.to(device), [layer.name for layer in main] + [logits_layer.name])
+    logits = activations[logits_layer.name][0].float().cpu()
+    probabilities = logits.softmax(dim=0)
+    top = probabilities.topk(TOP_CLASSES)
+    classes = [
+        {"index": int(i), "label": spec.unit_label(logits_layer, int(i)), "probability": round(float(p), 5),
+         "logit": round(float(logits[i]), 4)}
+        for p, i in zip(top.values, top.indices)
+    ]
+    framed = Image.fromarray((tensor[0].permute(1, 2, 0).numpy() * 255).round().astype(np.uint8))
+    buffer = io.BytesIO()
+    framed.save(buffer, "WEBP", quality=90)
+    image_key = store.blobs.put(buffer.getvalue(), "webp")
+    units = []
+    for layer in main:
+        values = activations[layer.name][0].float().cpu()
+        maxima = values.flatten(1).amax(dim=1)
+        best = maxima.topk(min(TOP_UNITS, layer.channels))
+        for rank, (value, unit) in enumerate(zip(best.values.tolist(), best.indices.tolist())):
+            position = int(values[unit].argmax())
+            units.append({
+                "layer": layer.name, "unit": unit, "rank": rank, "activation": round(value, 4),
+                "y": position // values.shape[2], "x": position % values.shape[2],
+                "heatmap_key": store.blobs.put(heatmap(values[unit], layer, side), "png"),
+            })
+    store.blobs.flush()
+    recipe = {
+        "algorithm": PROBE_ALGORITHM, "weights_sha256": weights_sha256, "input": PREPROCESSING.format(size=side),
+        "activation": "maximum of the pre-ReLU activation over positions", "top_units": TOP_UNITS,
+        "top_classes": TOP_CLASSES, "heatmap": "activation / the unit's maximum on this image, at position centres",
+    }
+    try:
+        with store.transaction() as session:
+            model = catalogued_model(session, spec)
+            ids = unit_ids(session, model.id, [layer.name for layer in main])
+            probe = Probe(model_id=model.id, sha256=sha256, image_key=image_key, width=image.width,
+                          height=image.height, classes=classes, recipe=recipe,
+                          created_at=datetime.now(UTC).replace(tzinfo=None))
+            session.add(probe)
+            session.flush()
+            session.add_all([
+                ProbeUnit(probe_id=probe.id, unit_id=ids[row["layer"], row["unit"]], rank=row["rank"],
+                          activation=row["activation"], y=row["y"], x=row["x"], heatmap_key=row["heatmap_key"])
+                for row in units
+            ])
+    except IntegrityError:
+        return False  # another worker stored the same image first
+    return True

@@ -1,0 +1,192 @@
+"""``microscope worker``: takes the server's jobs and, with ``--fill``, renders what is still missing.
+
+The worker holds the network in memory and writes into the store with the
+precompute stages' own code and recipes: a unit rendered here is the unit
+``precompute vis`` would render with the same settings (same recipe digest,
+so the stage skips it). Jobs come from `app.jobs.JobQueue`, most urgent
+first; a person's request waits at most a few optimization steps of a fill
+batch, because the fill's renders serve waiting requests between steps.
+
+Killed at any moment, the worker loses at most what it had in flight: rows
+are written in one transaction after their blobs (``microscope gc`` removes
+blobs that no row got), and its jobs go back to the queue when the next
+worker sees it gone.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import threading
+import time
+import uuid
+from dataclasses import dataclass, field
+
+import torch
+
+from app.errors import MicroscopeError
+from app.jobs import HANDLERS, HEARTBEAT_SECONDS, JobQueue
+from app.store import Store
+from app.zoo import LayerSpec, ModelSpec
+from precompute.probe import run_probe
+from precompute.recipes import ON_DEMAND, Defaults
+from precompute.vis import missing_units, on_demand_config, recipe, run_vis
+
+log = logging.getLogger("microscope.worker")
+
+#: Seconds between looks at an empty queue (and between recoveries of dead workers' jobs).
+IDLE_SECONDS = 0.5
+RECOVER_SECONDS = 10.0
+
+
+@dataclass
+class WorkerStats:
+    jobs: int = 0
+    filled: int = 0
+    failed: int = 0
+
+
+@dataclass
+class Worker:
+    store: Store
+    queue: JobQueue
+    spec: ModelSpec
+    net: torch.nn.Module
+    weights_sha256: str
+    device: torch.device
+    fill: bool = False
+    fill_batch: int = 4
+    defaults: Defaults = ON_DEMAND
+    name: str = field(default_factory=lambda: f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}")
+    stats: WorkerStats = field(default_factory=WorkerStats)
+    doing: str = "idle"
+    _serving: bool = False
+    _complete: set[str] = field(default_factory=set)
+    _stop: threading.Event = field(default_factory=threading.Event)
+
+    def run(self, max_jobs: int | None = None, until_idle: bool = False) -> WorkerStats:
+        """Serve jobs (and fill) until stopped, ``max_jobs`` are done, or, with ``until_idle``, nothing is left."""
+        HANDLERS.update(render=self.render, probe=self.probe)
+        beat = threading.Thread(target=self._heartbeat, daemon=True)
+        self.queue.beat(self.name, "starting")
+        beat.start()
+        recovered = self.queue.recover()
+        if recovered:
+            log.warning("requeued %d jobs left in flight by workers that are gone", recovered)
+        last_recovery = time.monotonic()
+        try:
+            while not self._stop.is_set():
+                if max_jobs is not None and self.stats.jobs >= max_jobs:
+                    break
+                if self.serve_one():
+                    continue
+                if self.fill and self.fill_one():
+                    continue
+                if until_idle:
+                    break
+                if time.monotonic() - last_recovery > RECOVER_SECONDS:
+                    self.queue.recover()
+                    last_recovery = time.monotonic()
+                self._stop.wait(IDLE_SECONDS)
+        finally:
+            self._stop.set()
+            beat.join(timeout=5)
+            self.queue.leave(self.name)
+        return self.stats
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def _heartbeat(self) -> None:
+        while not self._stop.wait(HEARTBEAT_SECONDS):
+            try:
+                self.queue.beat(self.name, self.doing)
+            except Exception:  # noqa: BLE001 - a busy queue file must not kill the heartbeat
+                log.exception("heartbeat failed")
+        # The final beat is `leave`, in the main thread.
+
+    # Jobs ---------------------------------------------------------------------------------
+
+    def serve_one(self) -> bool:
+        """Run the most urgent waiting job, if any."""
+        taken = self.queue.take(self.name)
+        if taken is None:
+            return False
+        key, task = taken
+        previous, self.doing = self.doing, key
+        self._serving = True
+        try:
+            self.queue.run(task)  # Huey logs a job's exception; the worker goes on
+        finally:
+            self._serving = False
+            self.doing = previous
+        self.queue.done(key)
+        self.stats.jobs += 1
+        return True
+
+    def between_steps(self) -> None:
+        """Called inside a fill batch's render: people waiting on a page go first."""
+        if not self._serving:
+            while not self._stop.is_set() and self.serve_one():
+                pass
+
+    def render(self, model: str, layer: str, units: list[int], technique: str) -> None:
+        spec = self._spec(model)
+        config = on_demand_config(spec.layer(layer), units, technique, self.defaults, batch=len(units))
+        run_vis(self.store, spec, self.net, self.weights_sha256, config, self.device, progress=False)
+
+    def probe(self, model: str, sha256: str) -> None:
+        spec = self._spec(model)
+        data = self.queue.upload(sha256)
+        if data is None:
+            log.warning("probe %s: its image is no longer in the queue", sha256)
+            return
+        try:
+            run_probe(self.store, spec, self.net, self.weights_sha256, sha256, data, self.device)
+        except MicroscopeError as error:
+            log.warning("probe %s refused: %s", sha256, error)
+            self.stats.failed += 1
+        self.queue.drop_upload(sha256)
+
+    def _spec(self, model: str) -> ModelSpec:
+        if model != self.spec.name:
+            raise MicroscopeError(f"this worker runs {self.spec.name}, not {model}")
+        return self.spec
+
+    # Fill ---------------------------------------------------------------------------------
+
+    def fill_order(self) -> list[LayerSpec]:
+        """Every main layer in network order (the Circuits thread's early vision first), then the branches."""
+        main = list(self.spec.main_layers)
+        rest = [layer for layer in self.spec.layers if not layer.is_main and layer.kind != "logits"]
+        return main + rest
+
+    def fill_one(self) -> bool:
+        """Render the next batch of missing units; False when the whole model is rendered."""
+        claimed = self.queue.claimed()
+        for layer in self.fill_order():
+            if layer.name in self._complete:
+                continue
+            config = on_demand_config(layer, [0], "channel", self.defaults)
+            digest = recipe(config, layer, "channel", self.weights_sha256, self.device)["recipe_sha256"]
+            missing = missing_units(self.store, self.spec, layer, "channel", digest)
+            if not missing:
+                self._complete.add(layer.name)
+                continue
+            for start in range(0, len(missing), self.fill_batch):
+                units = missing[start:start + self.fill_batch]
+                key = f"fill:{self.spec.name}:{layer.name}:{units[0]}-{units[-1]}"
+                if key in claimed or not self.queue.claim(self.name, key):
+                    continue  # another worker renders it
+                self.doing = key
+                try:
+                    config = on_demand_config(layer, units, "channel", self.defaults, batch=len(units))
+                    result = run_vis(self.store, self.spec, self.net, self.weights_sha256, config, self.device,
+                                     progress=False, poll=self.between_steps)
+                finally:
+                    self.doing = "idle"
+                self.queue.done(key)
+                self.stats.filled += result.rendered
+                return True
+        return False
