@@ -67,7 +67,6 @@ class Worker:
 
     def run(self, max_jobs: int | None = None, until_idle: bool = False) -> WorkerStats:
         """Serve jobs (and fill) until stopped, ``max_jobs`` are done, or, with ``until_idle``, nothing is left."""
-        HANDLERS.update(render=self.render, probe=self.probe)
         beat = threading.Thread(target=self._heartbeat, daemon=True)
         self.queue.beat(self.name, "starting")
         beat.start()
@@ -114,6 +113,7 @@ class Worker:
         if taken is None:
             return False
         key, task = taken
+        HANDLERS.update(render=self.render, probe=self.probe)  # this worker's (a process may hold several)
         previous, self.doing = self.doing, key
         self._serving = True
         try:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from sqlalchemy import select
 
 from app.settings import Settings
-from app.store import Artifact, DatasetExample, DatasetImage, Edge, Layer, Store, Unit, UnitStats
+from app.store import Artifact, DatasetExample, DatasetImage, Edge, Layer, Probe, ProbeUnit, Store, Unit, UnitStats
 from app.store.maintenance import referenced_keys
 
 
@@ -24,7 +24,12 @@ def contents(settings: Settings) -> dict[str, list[tuple]]:
             select(UnitStats.unit_id, UnitStats.images, UnitStats.mean_max, UnitStats.active_fraction, UnitStats.histogram)))
         artifacts = sorted((names[u], technique, key) for u, technique, key in connection.execute(
             select(Artifact.unit_id, Artifact.technique, Artifact.blob_key)))
+        probes = sorted((sha, key, width, height, str(classes)) for sha, key, width, height, classes in connection.execute(
+            select(Probe.sha256, Probe.image_key, Probe.width, Probe.height, Probe.classes)))
+        probe_units = sorted((sha, names[u], rank, round(a, 3), y, x, key) for sha, u, rank, a, y, x, key in connection.execute(
+            select(Probe.sha256, ProbeUnit.unit_id, ProbeUnit.rank, ProbeUnit.activation, ProbeUnit.y, ProbeUnit.x,
+                   ProbeUnit.heatmap_key).join(Probe, ProbeUnit.probe_id == Probe.id)))
         referenced = referenced_keys(connection)
         blobs = store.blobs.keys()
     return {"units": sorted(names.values()), "edges": edges, "examples": examples, "images": images, "stats": stats,
-            "artifacts": artifacts, "referenced": sorted(referenced), "blobs": sorted(blobs)}
+            "artifacts": artifacts, "probes": probes, "probe_units": probe_units, "referenced": sorted(referenced), "blobs": sorted(blobs)}

@@ -1,0 +1,295 @@
+"""The live side: the job queue, upload checks, the worker's renders and probes, and the pages around them."""
+
+from __future__ import annotations
+
+import io
+import os
+import shutil
+from pathlib import Path
+
+import httpx
+import pytest
+import torch
+from fastapi.testclient import TestClient
+from PIL import Image
+from sqlalchemy import select
+
+from app import urls
+from app.jobs import JobQueue, QueueFull
+from app.main import create_app
+from app.settings import Settings
+from app.store import Artifact, Layer, Probe, ProbeUnit, Store, Unit
+from app.uploads import BadUpload, TooLarge, UploadLimits, Unsupported, check_image
+from app.zoo import ModelSpec
+from precompute.optvis.render import resolve_precision
+from precompute.recipes import Defaults
+from precompute.vis import on_demand_config, run_vis
+from precompute.worker import Worker
+from tests.test_cli import microscope
+
+#: Tiny renders: the recipe machinery is the same at any size.
+TINY = Defaults(steps=4, early_steps=16, size=32)
+MODEL = "inceptionv1"
+
+
+def copy_store(source: Settings, target: Path) -> Settings:
+    """A private copy of the shared web store (the live tests write to theirs)."""
+    shutil.copytree(source.data_dir, target, symlinks=True, ignore=shutil.ignore_patterns("queue.sqlite3*"))
+    return Settings.load(target)
+
+
+@pytest.fixture
+def live(web_settings: Settings, tmp_path: Path) -> Settings:
+    return copy_store(web_settings, tmp_path / "live")
+
+
+def worker(store: Store, settings: Settings, spec: ModelSpec, net, **options) -> Worker:  # noqa: ANN001
+    return Worker(store, JobQueue.for_store(settings), spec, net, "w", torch.device("cpu"), defaults=TINY, **options)
+
+
+def artifact_keys(settings: Settings, layer: str) -> dict[int, tuple[str, str]]:
+    with Store.open(settings, readonly=True) as store, store.session() as session:
+        rows = session.execute(
+            select(Unit.index, Artifact.blob_key, Artifact.recipe_sha256).join(Unit, Artifact.unit_id == Unit.id)
+            .join(Layer, Unit.layer_id == Layer.id).where(Layer.name == layer, Artifact.technique == "channel")
+        )
+        return {index: (key, digest) for index, key, digest in rows}
+
+
+def jpeg(images_dir: Path, number: int = 0) -> bytes:
+    return sorted(images_dir.glob("*/*.jpg"))[number * 97].read_bytes()
+
+
+# The queue ---------------------------------------------------------------------------------
+
+
+def test_identical_requests_are_one_job_and_the_queue_is_bounded(tmp_path: Path) -> None:
+    queue = JobQueue(str(tmp_path / "queue.sqlite3"), capacity=2)
+    first = queue.request_render(MODEL, "mixed3a", [1])
+    assert (first.state, first.position, first.pending) == ("queued", 1, 1)
+    assert queue.request_render(MODEL, "mixed3a", [1]) == first and queue.pending_count() == 1
+    assert queue.request_render(MODEL, "mixed3a", [2]).position == 2
+    with pytest.raises(QueueFull, match="full"):
+        queue.request_render(MODEL, "mixed3a", [3])
+    assert queue.pending_count() == 2
+    # The queue is a file: a restarted server (a new JobQueue) sees the same jobs.
+    again = JobQueue(str(tmp_path / "queue.sqlite3"), capacity=2)
+    assert again.state(JobQueue.render_key(MODEL, "mixed3a", [2])).position == 2
+
+
+def test_a_dead_workers_job_goes_back_to_the_queue(tmp_path: Path) -> None:
+    queue = JobQueue(str(tmp_path / "queue.sqlite3"))
+    queue.request_render(MODEL, "mixed3a", [1])
+    key, _ = queue.take("gone")
+    assert queue.state(key).state == "running" and queue.pending_count() == 0
+    queue.beat("alive", "working")  # this process, beating now: its jobs stay where they are
+    queue.request_render(MODEL, "mixed3a", [2])
+    kept, _ = queue.take("alive")
+    assert queue.recover() == 1
+    assert queue.state(key).state == "queued" and queue.state(kept).state == "running"
+    assert queue.take("next")[0] == key
+    queue.done(key)
+    assert queue.state(key).state == "none"
+
+
+# Uploads -----------------------------------------------------------------------------------
+
+
+def _encoded(image: Image.Image, kind: str) -> bytes:
+    out = io.BytesIO()
+    image.save(out, kind)
+    return out.getvalue()
+
+
+@pytest.mark.parametrize(("data", "error", "message"), [
+    (b"", BadUpload, "empty"),
+    (b"<html>not an image</html>", Unsupported, "not an image"),
+    (_encoded(Image.new("RGB", (30, 30)), "GIF"), Unsupported, "GIF"),
+    (_encoded(Image.new("RGB", (300, 200), "red"), "JPEG")[:400], BadUpload, "truncated"),
+    (_encoded(Image.new("1", (9000, 9000)), "PNG"), TooLarge, "pixels"),
+    (b"\xff" * 2_000_001, TooLarge, "bytes"),
+])
+def test_bad_uploads_are_refused_with_a_reason(data: bytes, error: type, message: str) -> None:
+    with pytest.raises(error, match=message) as raised:
+        check_image(data, UploadLimits(max_bytes=2_000_000, max_pixels=50_000_000))
+    assert 400 <= raised.value.status_code < 500
+
+
+def test_a_photo_passes_the_upload_checks(images_dir: Path) -> None:
+    checked = check_image(jpeg(images_dir), UploadLimits())
+    assert checked.format == "JPEG" and checked.width > 100 and len(checked.sha256) == 64
+
+
+# The worker --------------------------------------------------------------------------------
+
+
+def test_a_unit_rendered_on_demand_is_the_unit_precompute_renders(live: Settings, tmp_path: Path, web_settings: Settings,
+                                                                  spec: ModelSpec, net) -> None:  # noqa: ANN001
+    queue = JobQueue.for_store(live)
+    queue.request_render(MODEL, "conv2d1", [5])
+    with Store.open(live) as store:
+        stats = worker(store, live, spec, net).run(until_idle=True)
+        assert stats.jobs == 1
+        # precompute vis with the same recipe, over a batch that includes unit 5: it skips it.
+        config = on_demand_config(spec.layer("conv2d1"), range(4, 8), defaults=TINY, batch=4)
+        result = run_vis(store, spec, net, "w", config, torch.device("cpu"), progress=False)
+        assert (result.rendered, result.skipped) == (3, 1)
+    alone = artifact_keys(live, "conv2d1")[5]
+    other = copy_store(web_settings, tmp_path / "batched")
+    with Store.open(other) as store:
+        run_vis(store, spec, net, "w", on_demand_config(spec.layer("conv2d1"), range(4, 8), defaults=TINY, batch=4),
+                torch.device("cpu"), progress=False)
+    batched = artifact_keys(other, "conv2d1")[5]
+    assert alone[1] == batched[1]  # the same recipe digest
+    if resolve_precision("auto", torch.device("cpu")) == "bf16":
+        # Each image's own seed and transform draws: the same pixels alone or in a batch of four
+        # (bf16 here; in fp32, oneDNN's batched convolutions round differently and Adam amplifies it).
+        assert alone[0] == batched[0]
+
+
+def test_fill_renders_main_layers_first_and_serves_requests_between_steps(live: Settings, spec: ModelSpec,
+                                                                           net) -> None:  # noqa: ANN001
+    queue = JobQueue.for_store(live)
+    with Store.open(live) as store:
+        running = worker(store, live, spec, net, fill=True, fill_batch=4)
+        assert [layer.name for layer in running.fill_order()[:3]] == ["conv2d0", "conv2d1", "conv2d2"]
+        served = []
+        original = running.serve_one
+
+        def serve_and_record() -> bool:
+            took = original()
+            if took and running.doing.startswith("fill:"):
+                served.append(running.doing)
+            return took
+
+        running.serve_one = serve_and_record  # type: ignore[method-assign]
+        queue.request_render(MODEL, "mixed3b", [7])
+        assert running.serve_one()  # the request first
+        queue.request_render(MODEL, "mixed3b", [8])
+        assert running.fill_one()  # a fill batch, during which the waiting request is served
+        assert served and served[0].startswith("fill:inceptionv1:conv2d0:0-3")
+    rendered = artifact_keys(live, "conv2d0")
+    assert sorted(rendered) == [0, 1, 2, 3]
+    assert {7, 8} <= set(artifact_keys(live, "mixed3b"))
+    assert queue.pending_count() == 0 and not queue.claimed()
+
+
+# The pages ---------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def client(live: Settings) -> TestClient:
+    return TestClient(create_app(live), follow_redirects=False)
+
+
+def test_an_unrendered_unit_page_queues_its_render_and_says_when_no_worker_runs(
+        client: TestClient, live: Settings, spec: ModelSpec, net) -> None:  # noqa: ANN001
+    page = client.get(urls.unit(MODEL, "mixed3b", 20))
+    assert f'hx-post="{urls.render(MODEL, "mixed3b", 20)}"' in page.text and "top dataset example" in page.text
+    assert client.get(urls.unit(MODEL, "mixed3b", 20, json=True)).json()["render_url"] == urls.render(MODEL, "mixed3b", 20)
+    queued = client.post(urls.render(MODEL, "mixed3b", 20))
+    assert queued.status_code == 202 and 'hx-trigger="every 5s"' in queued.text
+    assert "No worker is running" in queued.text and "microscope worker --data" in queued.text
+    status = client.get(urls.render(MODEL, "mixed3b", 20, json=True)).json()
+    assert (status["state"], status["position"], status["workers"]) == ("queued", 1, 0)
+    assert client.post(urls.render(MODEL, "mixed3b", 20, json=True)).json()["position"] == 1  # joined, not added
+    with Store.open(live) as store:
+        worker(store, live, spec, net).run(until_idle=True)
+    done = client.get(urls.render(MODEL, "mixed3b", 20))
+    assert 'data-state="rendered"' in done.text and "hx-trigger" not in done.text
+    image = client.get(client.get(urls.render(MODEL, "mixed3b", 20, json=True)).json()["unit"]["image_url"])
+    assert image.status_code == 200 and image.headers["content-type"] == "image/webp"
+    assert client.get(urls.unit(MODEL, "mixed3b", 20, json=True)).json()["render_url"] is None
+
+
+def test_a_layer_can_be_queued_whole_and_the_queue_refuses_a_flood(client: TestClient, live: Settings) -> None:
+    answer = client.post(urls.render_layer(MODEL, "mixed3a", json=True))
+    assert answer.status_code == 202 and answer.json()["missing"] == 252 and answer.json()["queued"] == 252
+    assert JobQueue.for_store(live).pending_count() == 32  # 8 units a job
+    os.environ["MICROSCOPE_QUEUE_LIMIT"] = "32"
+    try:
+        full = TestClient(create_app(live)).post(urls.render(MODEL, "mixed3b", 30, json=True))
+    finally:
+        del os.environ["MICROSCOPE_QUEUE_LIMIT"]
+    assert full.status_code == 503 and "queue is full" in full.json()["error"]
+    assert client.post(urls.render(MODEL, "nolayer", 1)).status_code == 404
+
+
+def test_a_probe_from_upload_to_result_and_gc(client: TestClient, live: Settings, spec: ModelSpec, net,  # noqa: ANN001
+                                              images_dir: Path) -> None:
+    photo = jpeg(images_dir, 3)
+    answer = client.post(urls.probes(MODEL), content=photo, headers={"content-type": "image/jpeg"})
+    assert answer.status_code == 202 and answer.json()["state"] == "queued"
+    sha = answer.json()["id"]
+    waiting = client.get(urls.probe(MODEL, sha))
+    assert waiting.status_code == 200 and "No worker is running" in waiting.text and "hx-trigger" in waiting.text
+    refused = client.post(urls.probes(MODEL), content=b"GIF89a", headers={"content-type": "image/gif"})
+    assert refused.status_code == 415 and "error" in refused.json()
+    with Store.open(live) as store:
+        worker(store, live, spec, net).run(until_idle=True)
+    assert client.get(urls.probe_status(MODEL, sha)).headers.get("HX-Refresh") == "true"
+    result = client.get(urls.probe(MODEL, sha, json=True)).json()
+    assert result["state"] == "done" and len(result["classes"]) == 5
+    assert [layer["name"] for layer in result["layers"]] == [layer.name for layer in spec.main_layers]
+    assert all(len(layer["units"]) == 8 for layer in result["layers"])
+    top = result["layers"][-1]["units"]
+    assert [unit["activation"] for unit in top] == sorted((unit["activation"] for unit in top), reverse=True)
+    heat = client.get(top[0]["heatmap_url"])
+    assert heat.status_code == 200 and Image.open(io.BytesIO(heat.content)).mode == "RGBA"
+    page = client.get(urls.probe(MODEL, sha))
+    assert page.text.count('class="heat-toggle"') == 96 and result["classes"][0]["label"] in page.text
+    # The same image again: the stored result at once, from the API and from the form.
+    again = client.post(urls.probes(MODEL), content=photo, headers={"content-type": "image/jpeg"})
+    assert again.status_code == 200 and again.json()["state"] == "done"
+    form = client.post(urls.probe_form(MODEL), files={"image": ("photo.jpg", photo, "image/jpeg")})
+    assert form.status_code == 303 and form.headers["location"] == urls.probe(MODEL, sha)
+    # Probes are the users' data: gc removes them, and their images with them.
+    assert microscope("gc", "--data", str(live.data_dir), "--probes-older-than", "1").stdout.startswith("gc: removed 0 probes")
+    assert microscope("gc", "--data", str(live.data_dir), "--probes-older-than", "0").returncode == 0
+    assert client.get(urls.probe(MODEL, sha)).status_code == 404
+    with Store.open(live, readonly=True) as store, store.session() as session:
+        assert session.scalar(select(Probe.id)) is None and session.scalar(select(ProbeUnit.id)) is None
+        assert not store.blobs.has(top[0]["heatmap_url"].split("/")[-1])
+
+
+def test_bad_uploads_through_http_store_nothing(client: TestClient, live: Settings) -> None:
+    before = JobQueue.for_store(live).pending_count()
+    truncated = _encoded(Image.new("RGB", (300, 200), "red"), "JPEG")[:300]
+    assert client.post(urls.probes(MODEL), content=truncated).status_code == 400
+    assert client.post(urls.probes(MODEL), content=b"").status_code == 400
+    assert client.post(urls.probes("nomodel"), content=truncated).status_code == 404
+    os.environ["MICROSCOPE_PROBE_MAX_BYTES"] = "1000"
+    try:
+        assert client.post(urls.probes(MODEL), content=b"x" * 5000).status_code == 413
+    finally:
+        del os.environ["MICROSCOPE_PROBE_MAX_BYTES"]
+    photo = _encoded(Image.new("RGB", (64, 64), "blue"), "PNG")
+    flood = [("image", (f"{i}.png", photo, "image/png")) for i in range(5)]
+    assert client.post(urls.probe_form(MODEL), files=flood).status_code == 400
+    assert client.post(urls.probe_form(MODEL), data={"note": "no file"}).status_code == 400
+    assert JobQueue.for_store(live).pending_count() == before
+
+
+def test_the_live_server_imports_no_torch_and_keeps_the_store_read_only(live: Settings) -> None:
+    import subprocess
+    import sys
+
+    code = (
+        "import sys; from pathlib import Path; from fastapi.testclient import TestClient;"
+        "from app.main import create_app; from app.settings import Settings;"
+        f"app = create_app(Settings.load(Path({str(live.data_dir)!r}))); client = TestClient(app);"
+        "assert client.post('/models/inceptionv1/mixed3b/40/render').status_code == 202;"
+        "assert client.get('/models/inceptionv1/probe').status_code == 200;"
+        "print('torch' in sys.modules, app.state.microscope.store.readonly)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "False True"
+
+
+def test_model_page_links_the_probe_and_follows_the_fill(client: TestClient, live: Settings) -> None:
+    page = client.get(urls.model(MODEL))
+    assert urls.probe_form(MODEL) in page.text and 'id="coverage"' in page.text and "every 10s" not in page.text
+    JobQueue.for_store(live).beat("someone", "filling")
+    following = TestClient(create_app(live)).get(urls.model(MODEL))
+    assert "every 10s" in following.text and following.status_code == 200
+    assert httpx.codes.is_success(client.get(urls.probe_form(MODEL)).status_code)
