@@ -148,7 +148,7 @@ for _json in (True, False):
                          methods=["GET"], name=f"render_status{_suffix}", include_in_schema=_json)
     router.add_api_route(f"/models/{{model}}/{{layer}}/{{unit:int}}/render{_suffix}", _request_view(_json),
                          methods=["POST"], name=f"render_request{_suffix}", include_in_schema=_json,
-                         status_code=202)
+                         status_code=202, responses={200: {"description": "Rendered already: its status"}})
 
 
 @dataclass(frozen=True)
