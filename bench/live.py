@@ -1,0 +1,178 @@
+"""Benchmark: the live side (renders on demand, probes, the fill) beside ``microscope serve``.
+
+(a) Render on demand: for a not-yet-rendered unit of each of conv2d2, mixed3b,
+    mixed4c and mixed5b (``--repeats`` units each), the time from the
+    request (the POST a unit page sends when it loads) to its image being
+    served, with a warm idle worker; p50 per layer.
+(b) Probe: an ordinary photo from the image folder, not probed before, from
+    upload to the result page complete (its HTML and every image it shows).
+(c) Fill throughput at the on-demand recipe: one fill batch per main layer,
+    timed in this process on a catalog-only scratch store; units per hour per
+    layer, and the implied time for every main-layer unit.
+(d) bench/serve.py against the store while a worker runs ``--fill`` beside it.
+
+Prints one JSON line per part. Writes the renders and probes of (a), (b) and
+(d) into STORE: they are what the worker would have made anyway.
+
+    python bench/live.py --data STORE [--images DIR] [--weights DIR] [--repeats 3] [--skip-serve]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from app import urls  # noqa: E402
+from app.jobs import JobQueue  # noqa: E402
+from app.settings import Settings  # noqa: E402
+from tests.live_processes import wait_for_heartbeat  # noqa: E402
+from tests.serving import served  # noqa: E402
+
+MODEL = "inceptionv1"
+LAYERS = ("conv2d2", "mixed3b", "mixed4c", "mixed5b")
+
+
+def unrendered(client: httpx.Client, layer: str, count: int) -> list[int]:
+    found = []
+    page = 1
+    while len(found) < count:
+        listing = client.get(urls.layer(MODEL, layer, page, json=True)).json()
+        found += [unit["index"] for unit in listing["units"] if unit["image_url"] is None]
+        if listing["next_url"] is None:
+            break
+        page += 1
+    return found[-count:]  # from the end of the layer: far from what the main job renders
+
+
+def time_render(client: httpx.Client, layer: str, unit: int) -> float:
+    started = time.perf_counter()
+    client.post(urls.render(MODEL, layer, unit, json=True)).raise_for_status()
+    while True:
+        status = client.get(urls.render(MODEL, layer, unit, json=True)).json()
+        if status["state"] == "rendered":
+            client.get(status["unit"]["image_url"]).raise_for_status()
+            return time.perf_counter() - started
+        time.sleep(0.05)
+
+
+def time_probe(client: httpx.Client, photo: Path) -> float:
+    started = time.perf_counter()
+    answer = client.post(urls.probes(MODEL), content=photo.read_bytes(), headers={"content-type": "image/jpeg"})
+    answer.raise_for_status()
+    while client.get(answer.json()["json_url"]).json()["state"] != "done":
+        time.sleep(0.05)
+    page = client.get(answer.json()["url"]).text
+    for source in set(re.findall(r'src="(/blobs/[^"]+)"', page)):
+        client.get(source).raise_for_status()
+    return time.perf_counter() - started
+
+
+def fill_throughput(weights: Path | None, batch: int) -> dict[str, object]:
+    import torch
+
+    from app.store import Store
+    from app.zoo import get_model
+    from precompute.catalog import catalog
+    from precompute.devices import pick_device
+    from precompute.vis import on_demand_config, run_vis
+    from precompute.weight_files import locate
+    from precompute.weights import load_network
+
+    spec = get_model(MODEL)
+    net, checksums = load_network(spec, locate(spec, weights))
+    device = pick_device("auto")
+    per_layer = {}
+    with tempfile.TemporaryDirectory() as scratch, Store.open(Settings.load(Path(scratch)), create=True) as store:
+        catalog(store, spec)
+        for layer in spec.main_layers:
+            config = on_demand_config(layer, range(batch), batch=batch)
+            started = time.perf_counter()
+            run_vis(store, spec, net.to(device), checksums.digest, config, device, progress=False)
+            per_layer[layer.name] = (time.perf_counter() - started) / batch
+    hours = sum(per_layer[layer.name] * layer.channels for layer in spec.main_layers) / 3600
+    units = sum(layer.channels for layer in spec.main_layers)
+    return {"part": "fill", "batch": batch, "threads": torch.get_num_threads(),
+            "seconds_per_unit": {name: round(value, 2) for name, value in per_layer.items()},
+            "units_per_hour": round(units / hours), "main_layer_units": units, "hours_for_all": round(hours, 1)}
+
+
+def start_worker(settings: Settings, weights: Path | None, *extra: str) -> subprocess.Popen:
+    command = [sys.executable, "-m", "precompute.cli", "worker", "--data", str(settings.data_dir), *extra]
+    if weights:
+        command += ["--weights", str(weights)]
+    process = subprocess.Popen(command, env={**os.environ, "PYTHONPATH": str(ROOT)},
+                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    wait_for_heartbeat(JobQueue.for_store(settings), process, timeout=300)
+    return process
+
+
+def stop(process: subprocess.Popen) -> None:
+    process.terminate()
+    try:
+        process.wait(timeout=120)
+    except subprocess.TimeoutExpired:
+        process.kill()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--data", type=Path, required=True)
+    parser.add_argument("--images", type=Path, default=ROOT.parent / "shared/data/imagenet-sample")
+    parser.add_argument("--weights", type=Path, default=None)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--probes", type=int, default=3)
+    parser.add_argument("--fill-batch", type=int, default=4)
+    parser.add_argument("--skip-serve", action="store_true")
+    args = parser.parse_args()
+    settings = Settings.load(args.data)
+
+    with served(settings.data_dir) as base, httpx.Client(base_url=base, timeout=60) as client:
+        worker = start_worker(settings, args.weights)
+        try:
+            renders = {}
+            for layer in LAYERS:
+                times = [time_render(client, layer, unit) for unit in unrendered(client, layer, args.repeats)]
+                renders[layer] = {"p50_s": round(statistics.median(times), 2), "all_s": [round(t, 2) for t in times]}
+            print(json.dumps({"part": "render on demand", "layers": renders}), flush=True)
+            photos = sorted(args.images.glob("*/*.jpg"))[500:]
+            probed = []
+            for photo in photos:
+                if len(probed) == args.probes:
+                    break
+                import hashlib
+
+                sha = hashlib.sha256(photo.read_bytes()).hexdigest()
+                if client.get(urls.probe(MODEL, sha, json=True)).status_code == 404:
+                    probed.append(time_probe(client, photo))
+            print(json.dumps({"part": "probe", "p50_s": round(statistics.median(probed), 2),
+                              "all_s": [round(t, 2) for t in probed]}), flush=True)
+        finally:
+            stop(worker)
+
+    print(json.dumps(fill_throughput(args.weights, args.fill_batch)), flush=True)
+
+    if not args.skip_serve:
+        worker = start_worker(settings, args.weights, "--fill")
+        try:
+            out = subprocess.run([sys.executable, str(ROOT / "bench/serve.py"), "--data", str(settings.data_dir)],
+                                 capture_output=True, text=True, check=True).stdout.strip().splitlines()[-1]
+        finally:
+            stop(worker)
+        print(json.dumps({"part": "serve while filling", **json.loads(out)}), flush=True)
+
+
+if __name__ == "__main__":
+    main()
