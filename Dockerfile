@@ -1,4 +1,5 @@
-# Two images from one file: `web` serves a store (no torch), `precompute` fills one (torch, GPU when present).
+# Two images from one file: `web` serves a store (no torch), `precompute` fills one and runs the
+# live worker (torch, GPU when present).
 FROM python:3.11-slim AS web
 WORKDIR /srv/microscope
 COPY pyproject.toml README.md ./
@@ -6,13 +7,13 @@ COPY app app
 COPY precompute precompute
 COPY templates templates
 COPY static static
-RUN pip install --no-cache-dir ".[postgres]"
+RUN pip install --no-cache-dir ".[postgres,redis]"
 ENV MICROSCOPE_DATA=/data
 EXPOSE 8000
 CMD ["microscope", "serve", "--host", "0.0.0.0", "--port", "8000", "--workers", "2"]
 
 FROM web AS precompute
 # The CUDA build of torch; it runs on the CPU too where no GPU is given to the container.
-RUN pip install --no-cache-dir ".[precompute,postgres]"
+RUN pip install --no-cache-dir ".[precompute,postgres,redis]"
 ENV MICROSCOPE_WEIGHTS=/weights MICROSCOPE_IMAGES=/images
 CMD ["microscope", "precompute", "all"]

@@ -11,8 +11,9 @@
     layer, and the implied time for every main-layer unit.
 (d) bench/serve.py against the store while a worker runs ``--fill`` beside it.
 
-Prints one JSON line per part. Writes the renders and probes of (a), (b) and
-(d) into STORE: they are what the worker would have made anyway.
+Prints one JSON line per part. Runs on a scratch copy of STORE (blobs hard-linked,
+the database copied) in which the last units of each layer of (a) have no render, so
+STORE itself is never written.
 
     python bench/live.py --data STORE [--images DIR] [--weights DIR] [--repeats 3] [--skip-serve]
 """
@@ -23,6 +24,7 @@ import argparse
 import json
 import os
 import re
+import shutil
 import statistics
 import subprocess
 import sys
@@ -45,16 +47,26 @@ MODEL = "inceptionv1"
 LAYERS = ("conv2d2", "mixed3b", "mixed4c", "mixed5b")
 
 
-def unrendered(client: httpx.Client, layer: str, count: int) -> list[int]:
-    found = []
-    page = 1
-    while len(found) < count:
-        listing = client.get(urls.layer(MODEL, layer, page, json=True)).json()
-        found += [unit["index"] for unit in listing["units"] if unit["image_url"] is None]
-        if listing["next_url"] is None:
-            break
-        page += 1
-    return found[-count:]  # from the end of the layer: far from what the main job renders
+def scratch_copy(source: Settings, target: Path, repeats: int) -> tuple[Settings, dict[str, list[int]]]:
+    """STORE's copy, without the renders of the last ``repeats`` units of each benchmarked layer."""
+    from sqlalchemy import delete, select
+
+    from app.store import Artifact, Layer, Store, Unit
+
+    with Store.open(source) as store, store.engine.connect() as connection:
+        connection.exec_driver_sql("PRAGMA wal_checkpoint(TRUNCATE)")
+    shutil.copytree(source.blob_dir, target / "blobs", copy_function=os.link)
+    shutil.copy2(source.data_dir / "microscope.sqlite", target / "microscope.sqlite")
+    settings = Settings.load(target)
+    chosen = {}
+    with Store.open(settings) as store, store.transaction() as session:
+        for layer in LAYERS:
+            rows = session.execute(select(Unit.index, Unit.id).join(Layer, Unit.layer_id == Layer.id)
+                                   .where(Layer.name == layer).order_by(Unit.index.desc()).limit(repeats)).all()
+            chosen[layer] = sorted(index for index, _ in rows)
+            session.execute(delete(Artifact).where(Artifact.unit_id.in_([unit_id for _, unit_id in rows]),
+                                                   Artifact.technique == "channel"))
+    return settings, chosen
 
 
 def time_render(client: httpx.Client, layer: str, unit: int) -> float:
@@ -137,14 +149,18 @@ def main() -> None:
     parser.add_argument("--fill-batch", type=int, default=4)
     parser.add_argument("--skip-serve", action="store_true")
     args = parser.parse_args()
-    settings = Settings.load(args.data)
+    with tempfile.TemporaryDirectory(dir=args.data.resolve().parent) as scratch:
+        settings, chosen = scratch_copy(Settings.load(args.data), Path(scratch), args.repeats)
+        run(settings, chosen, args)
 
+
+def run(settings: Settings, chosen: dict[str, list[int]], args: argparse.Namespace) -> None:
     with served(settings.data_dir) as base, httpx.Client(base_url=base, timeout=60) as client:
         worker = start_worker(settings, args.weights)
         try:
             renders = {}
             for layer in LAYERS:
-                times = [time_render(client, layer, unit) for unit in unrendered(client, layer, args.repeats)]
+                times = [time_render(client, layer, unit) for unit in chosen[layer]]
                 renders[layer] = {"p50_s": round(statistics.median(times), 2), "all_s": [round(t, 2) for t in times]}
             print(json.dumps({"part": "render on demand", "layers": renders}), flush=True)
             photos = sorted(args.images.glob("*/*.jpg"))[500:]

@@ -31,6 +31,8 @@ TOP_UNITS = 8
 #: Heatmaps are this colour, opaque in proportion to the activation (up to ``HEATMAP_ALPHA``).
 HEATMAP_COLOUR = (255, 96, 0)
 HEATMAP_ALPHA = 0.85
+#: Heatmaps are stored at half the input's side (the browser scales them smoothly over the image).
+HEATMAP_SIDE = 112
 #: Bumped when a probe's numbers would change.
 PROBE_ALGORITHM = 1
 
@@ -41,28 +43,35 @@ def stored(store: Store, spec: ModelSpec, sha256: str) -> bool:
         return session.scalar(select(Probe.id).where(Probe.model_id == model.id, Probe.sha256 == sha256)) is not None
 
 
-def heatmap(values: torch.Tensor, layer: LayerSpec, side: int) -> bytes:
-    """A layer's (H, W) map over the ``side`` px input as an RGBA PNG, each position at its centre."""
-    height, width = values.shape
-    # Input pixel p lies at grid coordinate (p - offset) / stride; past the outer centres, the edge value.
-    grid_y = (torch.arange(side, dtype=torch.float32) - layer.offset) / layer.stride
-    grid_x = grid_y.clone()
+def heatmaps(maps: torch.Tensor, layer: LayerSpec, input_size: int, side: int = HEATMAP_SIDE) -> list[bytes]:
+    """Each of a layer's (K, H, W) maps over the input as a ``side`` px RGBA PNG, positions at their centres.
 
-    def normalized(coordinates: torch.Tensor, count: int) -> torch.Tensor:
-        return coordinates * 2 / (count - 1) - 1 if count > 1 else torch.zeros_like(coordinates)
+    Opacity is the activation over the map's own maximum on this image (none at zero or below).
+    """
+    count, height, width = maps.shape
+    # Heatmap pixel p covers input pixel (p + 0.5) * input / side - 0.5, at grid coordinate (that - offset) / stride;
+    # past the outer centres the edge value holds.
+    inputs = (torch.arange(side, dtype=torch.float32) + 0.5) * (input_size / side) - 0.5
+    grid = (inputs - layer.offset) / layer.stride
 
-    ys, xs = torch.meshgrid(normalized(grid_y, height), normalized(grid_x, width), indexing="ij")
-    grid = torch.stack([xs, ys], dim=-1)[None]
-    sampled = F.grid_sample(values[None, None].float(), grid, mode="bilinear", padding_mode="border",
-                            align_corners=True)[0, 0]
-    peak = float(values.max())
-    alpha = (sampled.clamp(min=0) / peak).clamp(max=1) if peak > 0 else torch.zeros_like(sampled)
-    rgba = np.zeros((side, side, 4), dtype=np.uint8)
-    rgba[..., :3] = HEATMAP_COLOUR
-    rgba[..., 3] = (alpha.numpy() * HEATMAP_ALPHA * 255).round().astype(np.uint8)
-    out = io.BytesIO()
-    Image.fromarray(rgba, "RGBA").save(out, "PNG", optimize=True)
-    return out.getvalue()
+    def normalized(coordinates: torch.Tensor, size: int) -> torch.Tensor:
+        return coordinates * 2 / (size - 1) - 1 if size > 1 else torch.zeros_like(coordinates)
+
+    ys, xs = torch.meshgrid(normalized(grid, height), normalized(grid, width), indexing="ij")
+    points = torch.stack([xs, ys], dim=-1)[None].expand(count, -1, -1, -1)
+    sampled = F.grid_sample(maps[:, None].float(), points, mode="bilinear", padding_mode="border",
+                            align_corners=True)[:, 0]
+    peaks = maps.flatten(1).amax(dim=1).clamp(min=1e-12)[:, None, None]
+    alpha = (sampled.clamp(min=0) / peaks).clamp(max=1) * (HEATMAP_ALPHA * 255)
+    encoded = []
+    for plane in alpha.round().to(torch.uint8).numpy():
+        rgba = np.empty((side, side, 4), dtype=np.uint8)
+        rgba[..., :3] = HEATMAP_COLOUR
+        rgba[..., 3] = plane
+        out = io.BytesIO()
+        Image.fromarray(rgba, "RGBA").save(out, "PNG", compress_level=1)
+        encoded.append(out.getvalue())
+    return encoded
 
 
 def run_probe(store: Store, spec: ModelSpec, net: torch.nn.Module, weights_sha256: str, sha256: str, data: bytes,
@@ -97,18 +106,20 @@ def run_probe(store: Store, spec: ModelSpec, net: torch.nn.Module, weights_sha25
         values = activations[layer.name][0].float().cpu()
         maxima = values.flatten(1).amax(dim=1)
         best = maxima.topk(min(TOP_UNITS, layer.channels))
+        pictures = heatmaps(values[best.indices], layer, side)
         for rank, (value, unit) in enumerate(zip(best.values.tolist(), best.indices.tolist())):
             position = int(values[unit].argmax())
             units.append({
                 "layer": layer.name, "unit": unit, "rank": rank, "activation": round(value, 4),
                 "y": position // values.shape[2], "x": position % values.shape[2],
-                "heatmap_key": store.blobs.put(heatmap(values[unit], layer, side), "png"),
+                "heatmap_key": store.blobs.put(pictures[rank], "png"),
             })
     store.blobs.flush()
     recipe = {
         "algorithm": PROBE_ALGORITHM, "weights_sha256": weights_sha256, "input": PREPROCESSING.format(size=side),
         "activation": "maximum of the pre-ReLU activation over positions", "top_units": TOP_UNITS,
         "top_classes": TOP_CLASSES, "heatmap": "activation / the unit's maximum on this image, at position centres",
+        "heatmap_side": HEATMAP_SIDE,
     }
     try:
         with store.transaction() as session:

@@ -36,7 +36,7 @@ from precompute.vis import missing_units, on_demand_config, recipe, run_vis
 log = logging.getLogger("microscope.worker")
 
 #: Seconds between looks at an empty queue (and between recoveries of dead workers' jobs).
-IDLE_SECONDS = 0.5
+IDLE_SECONDS = 0.1
 RECOVER_SECONDS = 10.0
 
 

@@ -15,7 +15,9 @@ from tests.conftest import ROOT
 def test_compose_file_names_the_services_and_build_targets() -> None:
     compose = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
     services = compose["services"]
-    assert {"web", "precompute", "precompute-gpu", "postgres"} <= set(services)
+    assert {"web", "worker", "redis", "precompute", "precompute-gpu", "postgres"} <= set(services)
+    assert services["web"]["environment"]["MICROSCOPE_QUEUE"].startswith("redis://redis:")
+    assert services["worker"]["command"][:3] == ["microscope", "worker", "--fill"]
     targets = set(re.findall(r"^FROM \S+ AS (\S+)$", (ROOT / "Dockerfile").read_text(), re.MULTILINE))
     assert services["web"]["build"]["target"] in targets and services["precompute"]["build"]["target"] in targets
     assert services["web"]["volumes"][0].startswith("microscope-data:") and "microscope-data" in compose["volumes"]

@@ -5,9 +5,13 @@ from __future__ import annotations
 import io
 import os
 import shutil
+import subprocess
+import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
+import numpy as np
 import pytest
 import torch
 from fastapi.testclient import TestClient
@@ -63,8 +67,48 @@ def jpeg(images_dir: Path, number: int = 0) -> bytes:
 # The queue ---------------------------------------------------------------------------------
 
 
-def test_identical_requests_are_one_job_and_the_queue_is_bounded(tmp_path: Path) -> None:
-    queue = JobQueue(str(tmp_path / "queue.sqlite3"), capacity=2)
+@pytest.fixture(scope="module")
+def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A Redis server of its own on a free loopback port (Debian's redis-server)."""
+    from tests.serving import free_port
+
+    assert shutil.which("redis-server"), "redis-server not found: scripts/system-deps installs it"
+    port = free_port()
+    folder = tmp_path_factory.mktemp("redis")
+    process = subprocess.Popen(["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--dir", str(folder),
+                                "--save", "", "--appendonly", "yes"], stdout=subprocess.DEVNULL)
+    import redis
+
+    client = redis.Redis(port=port)
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            client.ping()
+            break
+        except redis.ConnectionError:
+            if time.monotonic() > deadline:
+                process.kill()
+                pytest.fail("redis-server did not start")
+            time.sleep(0.1)
+    yield f"redis://127.0.0.1:{port}"
+    process.terminate()
+    process.wait(timeout=10)
+
+
+@pytest.fixture(params=["sqlite", "redis"])
+def location(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """Where a queue lives: a SQLite file (the default) or a Redis database (several hosts)."""
+    if request.param == "sqlite":
+        return str(tmp_path / "queue.sqlite3")
+    url = request.getfixturevalue("redis_url")
+    import redis
+
+    redis.Redis.from_url(url).flushall()
+    return url
+
+
+def test_identical_requests_are_one_job_and_the_queue_is_bounded(location: str) -> None:
+    queue = JobQueue(location, capacity=2)
     first = queue.request_render(MODEL, "mixed3a", [1])
     assert (first.state, first.position, first.pending) == ("queued", 1, 1)
     assert queue.request_render(MODEL, "mixed3a", [1]) == first and queue.pending_count() == 1
@@ -72,13 +116,13 @@ def test_identical_requests_are_one_job_and_the_queue_is_bounded(tmp_path: Path)
     with pytest.raises(QueueFull, match="full"):
         queue.request_render(MODEL, "mixed3a", [3])
     assert queue.pending_count() == 2
-    # The queue is a file: a restarted server (a new JobQueue) sees the same jobs.
-    again = JobQueue(str(tmp_path / "queue.sqlite3"), capacity=2)
+    # The queue is durable: a restarted server (a new JobQueue) sees the same jobs.
+    again = JobQueue(location, capacity=2)
     assert again.state(JobQueue.render_key(MODEL, "mixed3a", [2])).position == 2
 
 
-def test_a_dead_workers_job_goes_back_to_the_queue(tmp_path: Path) -> None:
-    queue = JobQueue(str(tmp_path / "queue.sqlite3"))
+def test_a_dead_workers_job_goes_back_to_the_queue(location: str) -> None:
+    queue = JobQueue(location)
     queue.request_render(MODEL, "mixed3a", [1])
     key, _ = queue.take("gone")
     assert queue.state(key).state == "running" and queue.pending_count() == 0
@@ -293,3 +337,19 @@ def test_model_page_links_the_probe_and_follows_the_fill(client: TestClient, liv
     following = TestClient(create_app(live)).get(urls.model(MODEL))
     assert "every 10s" in following.text and following.status_code == 200
     assert httpx.codes.is_success(client.get(urls.probe_form(MODEL)).status_code)
+
+
+def test_a_heatmap_puts_each_position_at_its_receptive_fields_centre(spec: ModelSpec) -> None:
+    from precompute.probe import heatmaps
+
+    layer = spec.layer("mixed4c")
+    maps = torch.zeros(2, layer.size, layer.size)
+    maps[0, 3, 9] = 5.0
+    maps[1] = -1.0  # never above zero: transparent everywhere
+    for side in (spec.input_size, spec.input_size // 2):
+        hot, cold = (np.asarray(Image.open(io.BytesIO(data))) for data in heatmaps(maps, layer, spec.input_size, side))
+        y, x = np.unravel_index(hot[..., 3].argmax(), hot.shape[:2])
+        scale = side / spec.input_size
+        centre = ((layer.offset + 3 * layer.stride) * scale, (layer.offset + 9 * layer.stride) * scale)
+        assert abs(y - centre[0]) <= 1 and abs(x - centre[1]) <= 1, (side, y, x, centre)
+        assert round(0.7 * 255) < hot[..., 3].max() <= round(0.85 * 255) and cold[..., 3].max() == 0
