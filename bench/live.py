@@ -15,7 +15,7 @@ Prints one JSON line per part. Runs on a scratch copy of STORE (blobs hard-linke
 the database copied) in which the last units of each layer of (a) have no render, so
 STORE itself is never written.
 
-    python bench/live.py --data STORE [--images DIR] [--weights DIR] [--repeats 3] [--skip-serve]
+    python bench/live.py --data STORE [--images DIR] [--weights DIR] [--repeats 3] [--parts render,probe,fill,serve]
 """
 
 from __future__ import annotations
@@ -147,7 +147,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--probes", type=int, default=3)
     parser.add_argument("--fill-batch", type=int, default=4)
-    parser.add_argument("--skip-serve", action="store_true")
+    parser.add_argument("--parts", default="render,probe,fill,serve", help="Which parts to run, comma-separated.")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(dir=args.data.resolve().parent) as scratch:
         settings, chosen = scratch_copy(Settings.load(args.data), Path(scratch), args.repeats)
@@ -155,39 +155,50 @@ def main() -> None:
 
 
 def run(settings: Settings, chosen: dict[str, list[int]], args: argparse.Namespace) -> None:
-    with served(settings.data_dir) as base, httpx.Client(base_url=base, timeout=60) as client:
-        worker = start_worker(settings, args.weights)
-        try:
-            renders = {}
-            for layer in LAYERS:
-                times = [time_render(client, layer, unit) for unit in chosen[layer]]
-                renders[layer] = {"p50_s": round(statistics.median(times), 2), "all_s": [round(t, 2) for t in times]}
-            print(json.dumps({"part": "render on demand", "layers": renders}), flush=True)
-            photos = sorted(args.images.glob("*/*.jpg"))[500:]
-            probed = []
-            for photo in photos:
-                if len(probed) == args.probes:
-                    break
-                import hashlib
-
-                sha = hashlib.sha256(photo.read_bytes()).hexdigest()
-                if client.get(urls.probe(MODEL, sha, json=True)).status_code == 404:
-                    probed.append(time_probe(client, photo))
-            print(json.dumps({"part": "probe", "p50_s": round(statistics.median(probed), 2),
-                              "all_s": [round(t, 2) for t in probed]}), flush=True)
-        finally:
-            stop(worker)
-
-    print(json.dumps(fill_throughput(args.weights, args.fill_batch)), flush=True)
-
-    if not args.skip_serve:
+    parts = set(args.parts.split(","))
+    if parts & {"render", "probe"}:
+        with served(settings.data_dir) as base, httpx.Client(base_url=base, timeout=60) as client:
+            worker = start_worker(settings, args.weights)
+            try:
+                if "render" in parts:
+                    print(json.dumps({"part": "render on demand", "layers": renders(client, chosen)}), flush=True)
+                if "probe" in parts:
+                    probed = probes(client, args.images, args.probes)
+                    print(json.dumps({"part": "probe", "p50_s": round(statistics.median(probed), 2),
+                                      "all_s": [round(t, 2) for t in probed]}), flush=True)
+            finally:
+                stop(worker)
+    if "fill" in parts:
+        print(json.dumps(fill_throughput(args.weights, args.fill_batch)), flush=True)
+    if "serve" in parts:
         worker = start_worker(settings, args.weights, "--fill")
         try:
             out = subprocess.run([sys.executable, str(ROOT / "bench/serve.py"), "--data", str(settings.data_dir)],
                                  capture_output=True, text=True, check=True).stdout.strip().splitlines()[-1]
         finally:
             stop(worker)
-        print(json.dumps({"part": "serve while filling", **json.loads(out)}), flush=True)
+        print(json.dumps({"part": "serve while a worker fills (niced)", **json.loads(out)}), flush=True)
+
+
+def renders(client: httpx.Client, chosen: dict[str, list[int]]) -> dict[str, dict[str, object]]:
+    measured = {}
+    for layer in LAYERS:
+        times = [time_render(client, layer, unit) for unit in chosen[layer]]
+        measured[layer] = {"p50_s": round(statistics.median(times), 2), "all_s": [round(t, 2) for t in times]}
+    return measured
+
+
+def probes(client: httpx.Client, images: Path, count: int) -> list[float]:
+    """Photos not probed before, from upload to the result page complete."""
+    import hashlib
+
+    probed = []
+    for photo in sorted(images.glob("*/*.jpg"))[500:]:
+        if len(probed) == count:
+            break
+        if client.get(urls.probe(MODEL, hashlib.sha256(photo.read_bytes()).hexdigest(), json=True)).status_code == 404:
+            probed.append(time_probe(client, photo))
+    return probed
 
 
 if __name__ == "__main__":

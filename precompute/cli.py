@@ -375,6 +375,20 @@ def precompute_all(
             typer.echo(f"vis: {sum(len(r) for c in stale for r in c.units.values())} images of an older algorithm rendered again")
 
 
+def _yield_cpu() -> str:
+    """Run this process (and the threads it starts later) only when the CPU is otherwise idle."""
+    import os
+
+    if hasattr(os, "sched_setscheduler"):
+        try:
+            os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
+            return "SCHED_IDLE"
+        except OSError:
+            pass
+    os.nice(19)
+    return "nice 19"
+
+
 @cli.command()
 def worker(
     model: ModelOption = DEFAULT_MODEL,
@@ -384,6 +398,10 @@ def worker(
     early_steps: Annotated[int, typer.Option(help="Steps for the stem's conv layers.")] = ON_DEMAND.early_steps,
     size: Annotated[int, typer.Option(help="Image side of on-demand renders.")] = ON_DEMAND.size,
     until_idle: Annotated[bool, typer.Option("--until-idle", help="Exit when the queue (and, with --fill, the model) is done.")] = False,
+    background: Annotated[bool, typer.Option(
+        "--background/--foreground",
+        help="Run at idle CPU priority (Linux SCHED_IDLE, else nice 19): the worker yields the CPU to the web "
+             "server beside it.")] = True,
     device: DeviceOption = "auto",
     weights: WeightsOption = None,
     data: DataOption = None,
@@ -397,6 +415,8 @@ def worker(
     from precompute.recipes import Defaults
     from precompute.worker import Worker
 
+    if background:
+        _yield_cpu()  # before torch is imported and starts its threads: they inherit it
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     logging.getLogger("huey").setLevel(logging.WARNING)
     spec = get_model(model)
