@@ -363,6 +363,15 @@ async def probe_api(request: Request, model: str, state: StateDep) -> Response:
     return json_response(answer, 200 if job is None else 202)
 
 
+@router.api_route("/models/{model}/probes", methods=["GET", "PUT", "PATCH", "DELETE", "OPTIONS"],
+                  include_in_schema=False)
+def probes_other_methods(request: Request, model: str) -> Response:
+    """Only POST: there is no list of probes (they are users' images), and this is not a layer called "probes"."""
+    return json_response({"error": f"{request.method} is not allowed here: POST an image to probe it",
+                          "suggestions": [{"label": "probe an image", "url": urls.probe_form(model)}]}, 405,
+                         {"Allow": "POST"})
+
+
 def _probe_view(json: bool):  # noqa: ANN202 - a route function
     def view(request: Request, model: str, sha256: str, state: StateDep, connection: ConnectionDep) -> Response:
         """A probe's result: the image, its top classes, each main layer's top units with heatmaps."""

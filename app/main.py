@@ -16,6 +16,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.middleware.gzip import GZipMiddleware
 from fastapi.openapi.utils import get_openapi
+from fastapi.routing import APIRoute
 from fastapi.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from fastapi.staticfiles import StaticFiles
@@ -101,6 +102,15 @@ def _openapi(app: FastAPI) -> dict:
     return schema
 
 
+def _allowed(path: str) -> str:
+    """The methods of every route whose path matches ``path`` (a GET and a POST of one URL are two routes)."""
+    methods: set[str] = set()
+    for route in [*live_router.routes, *router.routes]:
+        if isinstance(route, APIRoute) and route.path_regex.match(path):
+            methods |= route.methods
+    return ", ".join(sorted(methods))
+
+
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or Settings.load()
     store = Store.open(settings, readonly=True)
@@ -146,10 +156,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     def http_error(request: Request, error: HTTPException) -> Response:
         message = "no such page" if error.status_code == 404 else str(error.detail)
         suggestions = [{"label": "all models", "url": urls.home()}, {"label": "search", "url": urls.search()}]
+        headers = error.headers
+        if error.status_code == 405:
+            # Allow names every method of the path (RFC 9110, 15.5.6), not only the first route's.
+            headers = {**(headers or {}), "Allow": _allowed(request.url.path)}
         if _wants_json(request):
-            return json_response({"error": message, "suggestions": suggestions}, error.status_code, error.headers)
-        # A 405 keeps its Allow header (RFC 9110, 15.5.6).
-        return html_error(request, message, suggestions, error.status_code, error.headers)
+            return json_response({"error": message, "suggestions": suggestions}, error.status_code, headers)
+        return html_error(request, message, suggestions, error.status_code, headers)
 
     @app.exception_handler(RequestValidationError)
     def invalid_request(request: Request, error: RequestValidationError) -> Response:

@@ -88,3 +88,11 @@ def test_schemathesis_with_every_check_passes(web_settings: Settings, tmp_path: 
         )
     assert result.returncode == 0, result.stdout[-4000:]
     assert "passed" in result.stdout
+
+
+def test_allow_names_every_method_of_a_url(client: httpx.Client) -> None:
+    """A GET and a POST of one URL are two routes; a 405 names both (found by schemathesis)."""
+    render = urls.render("inceptionv1", "mixed3b", 0, json=True)
+    assert client.request("OPTIONS", render).headers["allow"] == "GET, POST"
+    probes = client.get(urls.probes("inceptionv1"))  # not a layer called "probes"
+    assert probes.status_code == 405 and probes.headers["allow"] == "POST"

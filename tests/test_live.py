@@ -353,3 +353,15 @@ def test_a_heatmap_puts_each_position_at_its_receptive_fields_centre(spec: Model
         centre = ((layer.offset + 3 * layer.stride) * scale, (layer.offset + 9 * layer.stride) * scale)
         assert abs(y - centre[0]) <= 1 and abs(x - centre[1]) <= 1, (side, y, x, centre)
         assert round(0.7 * 255) < hot[..., 3].max() <= round(0.85 * 255) and cold[..., 3].max() == 0
+
+
+def test_two_workers_fill_different_batches(live: Settings, spec: ModelSpec, net) -> None:  # noqa: ANN001
+    queue = JobQueue.for_store(live)
+    with Store.open(live) as store:
+        first = worker(store, live, spec, net, fill=True, fill_batch=4)
+        second = worker(store, live, spec, net, fill=True, fill_batch=4)
+        first.queue.beat(first.name, "filling")
+        assert queue.claim(first.name, "fill:inceptionv1:conv2d0:0-3")  # the first is busy with units 0-3
+        assert second.fill_one()
+    assert sorted(artifact_keys(live, "conv2d0")) == [4, 5, 6, 7]
+    assert queue.claimed() == {"fill:inceptionv1:conv2d0:0-3"}
