@@ -10,9 +10,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Annotated, Any
+from typing import Any
 
-from fastapi import APIRouter, Depends, Request
+from fastapi import APIRouter, Request
 from fastapi.responses import RedirectResponse, Response
 from sqlalchemy import Connection, select
 from starlette.datastructures import UploadFile
@@ -24,6 +24,7 @@ from app.errors import MicroscopeError, NotFound
 from app.jobs import LAYER, JobQueue, JobState, QueueFull
 from app.respond import json_response, respond
 from app.state import ServerState
+from app.views import ConnectionDep, StateDep, twin
 from app.store import Model, Probe, ProbeUnit
 from app.uploads import BadUpload, TooLarge, UploadLimits, check_image
 
@@ -44,19 +45,6 @@ class LiveOff(MicroscopeError):
 
 class LengthRequired(BadUpload):
     status_code = 411
-
-
-async def get_state(request: Request) -> ServerState:
-    return request.app.state.microscope
-
-
-def get_connection(request: Request) -> Any:
-    with request.app.state.microscope.engine.connect() as connection:
-        yield connection
-
-
-StateDep = Annotated[ServerState, Depends(get_state)]
-ConnectionDep = Annotated[Connection, Depends(get_connection)]
 
 
 # Renders on demand ---------------------------------------------------------------------------
@@ -117,38 +105,25 @@ def _require_queue(state: ServerState) -> JobQueue:
     return queue
 
 
-def _status_view(json: bool):  # noqa: ANN202 - a route function
-    def view(request: Request, model: str, layer: str, unit: int, state: StateDep,
-             connection: ConnectionDep) -> Response:
-        """Whether a unit's picture is rendered, queued (and where) or waiting for a worker."""
-        catalog = state.catalog(connection, model)
-        return respond(request, _render_status(state, connection, catalog, model, layer, unit), "_render_status.html",
-                       json)
-
-    return view
+@twin("/models/{model}/{layer}/{unit:int}/render", "render_status", on=router)
+def render_status(request: Request, model: str, layer: str, unit: int, state: StateDep, connection: ConnectionDep,
+                  json: bool) -> Response:
+    """Whether a unit's picture is rendered, queued (and where) or waiting for a worker."""
+    catalog = state.catalog(connection, model)
+    return respond(request, _render_status(state, connection, catalog, model, layer, unit), "_render_status.html", json)
 
 
-def _request_view(json: bool):  # noqa: ANN202 - a route function
-    def view(request: Request, model: str, layer: str, unit: int, state: StateDep,
-             connection: ConnectionDep) -> Response:
-        """Queue a unit's render (joining the same request if it waits already); answers its status."""
-        catalog = state.catalog(connection, model)
-        status = _render_status(state, connection, catalog, model, layer, unit)
-        if status.state == "none":
-            job = _require_queue(state).request_render(model, layer, [unit])
-            status = _render_status(state, connection, catalog, model, layer, unit, job)
-        return respond(request, status, "_render_status.html", json, 200 if status.state == "rendered" else 202)
-
-    return view
-
-
-for _json in (True, False):
-    _suffix = ".json" if _json else ""
-    router.add_api_route(f"/models/{{model}}/{{layer}}/{{unit:int}}/render{_suffix}", _status_view(_json),
-                         methods=["GET"], name=f"render_status{_suffix}", include_in_schema=_json)
-    router.add_api_route(f"/models/{{model}}/{{layer}}/{{unit:int}}/render{_suffix}", _request_view(_json),
-                         methods=["POST"], name=f"render_request{_suffix}", include_in_schema=_json,
-                         status_code=202, responses={200: {"description": "Rendered already: its status"}})
+@twin("/models/{model}/{layer}/{unit:int}/render", "render_request", methods=("POST",), on=router, status_code=202,
+      responses={200: {"description": "Rendered already: its status"}})
+def render_request(request: Request, model: str, layer: str, unit: int, state: StateDep, connection: ConnectionDep,
+                   json: bool) -> Response:
+    """Queue a unit's render (joining the same request if it waits already); answers its status."""
+    catalog = state.catalog(connection, model)
+    status = _render_status(state, connection, catalog, model, layer, unit)
+    if status.state == "none":
+        job = _require_queue(state).request_render(model, layer, [unit])
+        status = _render_status(state, connection, catalog, model, layer, unit, job)
+    return respond(request, status, "_render_status.html", json, 200 if status.state == "rendered" else 202)
 
 
 @dataclass(frozen=True)
@@ -162,9 +137,9 @@ class LayerRequest:
     kind: str = "layer-request"
 
 
-@router.post("/models/{model}/{layer}/render", name="render_layer", include_in_schema=False, status_code=202)
-@router.post("/models/{model}/{layer}/render.json", name="render_layer_json", status_code=202)
-def render_layer(request: Request, model: str, layer: str, state: StateDep, connection: ConnectionDep) -> Response:
+@twin("/models/{model}/{layer}/render", "render_layer", methods=("POST",), on=router, status_code=202)
+def render_layer(request: Request, model: str, layer: str, state: StateDep, connection: ConnectionDep,
+                 json: bool) -> Response:
     """Queue every unit of a layer that has no picture, behind the pages people are waiting on."""
     catalog = state.catalog(connection, model)
     entry = catalog.model(model).layer(layer)
@@ -184,7 +159,6 @@ def render_layer(request: Request, model: str, layer: str, state: StateDep, conn
     message = (f"{queued} of {len(missing)} units without a picture queued." + message
                + ("" if workers else f" No worker is running: {worker_command(state)}"))
     page = LayerRequest(model, layer, queued, len(missing), message)
-    json = request.url.path.endswith(".json")
     return respond(request, page, "_layer_request.html", json, 202)
 
 
@@ -245,10 +219,7 @@ def _probe_page(state: ServerState, connection: Connection, catalog: Catalog, mo
     entry = catalog.model(model)
     base = {"model": model, "sha256": sha256, "url": urls.probe(model, sha256), "json_url": urls.probe(model, sha256, True),
             "status_url": urls.probe_status(model, sha256), "title": f"{model}: probe {sha256[:12]}"}
-    row = connection.execute(
-        select(Probe.id, Probe.image_key, Probe.width, Probe.height, Probe.created_at, Probe.classes, Probe.recipe)
-        .join(Model, Probe.model_id == Model.id).where(Model.name == model, Probe.sha256 == sha256)
-    ).first()
+    row = _stored(connection, model, sha256)
     if row is None:
         queue = state.queue()
         job = queue.state(JobQueue.probe_key(model, sha256)) if queue is not None else JobState("none")
@@ -279,10 +250,12 @@ def _probe_page(state: ServerState, connection: Connection, catalog: Catalog, mo
                      layers=layers, recipe=probe.recipe)
 
 
-def _stored(connection: Connection, model: str, sha256: str) -> bool:
+def _stored(connection: Connection, model: str, sha256: str) -> Any:
+    """The stored probe's row, or None."""
     return connection.execute(
-        select(Probe.id).join(Model, Probe.model_id == Model.id).where(Model.name == model, Probe.sha256 == sha256)
-    ).first() is not None
+        select(Probe.id, Probe.image_key, Probe.width, Probe.height, Probe.created_at, Probe.classes, Probe.recipe)
+        .join(Model, Probe.model_id == Model.id).where(Model.name == model, Probe.sha256 == sha256)
+    ).first()
 
 
 @router.get("/models/{model}/probe", name="probe_form", include_in_schema=False)
@@ -320,7 +293,7 @@ async def _body(request: Request, limit: int) -> bytes:
 def _submit(state: ServerState, connection: Connection, model: str, data: bytes) -> tuple[str, JobState | None]:
     """Check an upload and queue its probe unless it is stored: its digest, and its job (None when stored)."""
     checked = check_image(data, UploadLimits.load())
-    if _stored(connection, model, checked.sha256):
+    if _stored(connection, model, checked.sha256) is not None:
         return checked.sha256, None
     return checked.sha256, _require_queue(state).request_probe(model, checked.sha256, data)
 
@@ -372,18 +345,12 @@ def probes_other_methods(request: Request, model: str) -> Response:
                          {"Allow": "POST"})
 
 
-def _probe_view(json: bool):  # noqa: ANN202 - a route function
-    def view(request: Request, model: str, sha256: str, state: StateDep, connection: ConnectionDep) -> Response:
-        """A probe's result: the image, its top classes, each main layer's top units with heatmaps."""
-        catalog = state.catalog(connection, model)
-        return respond(request, _probe_page(state, connection, catalog, model, sha256), "probe.html", json)
-
-    return view
-
-
-router.add_api_route("/models/{model}/probes/{sha256}.json", _probe_view(True), methods=["GET"], name="probe_json")
-router.add_api_route("/models/{model}/probes/{sha256}", _probe_view(False), methods=["GET"], name="probe",
-                     include_in_schema=False)
+@twin("/models/{model}/probes/{sha256}", "probe", on=router)
+def probe(request: Request, model: str, sha256: str, state: StateDep, connection: ConnectionDep,
+          json: bool) -> Response:
+    """A probe's result: the image, its top classes, each main layer's top units with heatmaps."""
+    catalog = state.catalog(connection, model)
+    return respond(request, _probe_page(state, connection, catalog, model, sha256), "probe.html", json)
 
 
 @router.get("/models/{model}/probes/{sha256}/status", name="probe_status", include_in_schema=False)

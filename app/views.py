@@ -1,12 +1,14 @@
 """The routes, one per URL level; each resolves its path, builds its page, and responds.
 
-Routes with a ``.json`` twin are declared twice through `_twin`, the
+Routes with a ``.json`` twin are declared twice through `twin`, the
 ``.json`` path first, with path converters (``{unit:int}``) so that
 ``447.json`` is never taken for a unit called "447.json".
 """
 
 from __future__ import annotations
 
+import functools
+import inspect
 from collections.abc import AsyncIterator, Callable
 from typing import Annotated, Any
 
@@ -40,27 +42,34 @@ StateDep = Annotated[ServerState, Depends(get_state)]
 ConnectionDep = Annotated[Connection, Depends(get_connection)]
 
 
-def _twin(path: str, name: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
-    """Register ``view(..., json: bool)`` at ``path.json`` (JSON) and ``path`` (HTML)."""
+def twin(path: str, name: str, methods: tuple[str, ...] = ("GET",), on: APIRouter = router,
+         **options: Any) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """Register ``view(..., json: bool)`` at ``path.json`` (JSON, in the API schema) and ``path`` (HTML).
+
+    ``on`` is the router (the live routes have their own), ``options`` go to both routes
+    (status codes, declared responses).
+    """
 
     def register(view: Callable[..., Any]) -> Callable[..., Any]:
         json_path = "/index.json" if path == "/" else f"{path}.json"
-        router.add_api_route(json_path, _bind(view, True), methods=["GET"], name=f"{name}_json")
-        router.add_api_route(path, _bind(view, False), methods=["GET"], name=name, include_in_schema=False,
-                             response_class=Response)
+        on.add_api_route(json_path, _bind(view, True), methods=list(methods), name=f"{name}_json", **options)
+        on.add_api_route(path, _bind(view, False), methods=list(methods), name=name, include_in_schema=False,
+                         response_class=Response, **options)
         return view
 
     return register
 
 
 def _bind(view: Callable[..., Any], json: bool) -> Callable[..., Any]:
-    import functools
-    import inspect
+    """``view`` with its ``json`` argument fixed; a plain function stays one (FastAPI runs it in its thread pool)."""
+    if inspect.iscoroutinefunction(view):
+        async def bound(*args: Any, **kwargs: Any) -> Any:
+            return await view(*args, json=json, **kwargs)
+    else:
+        def bound(*args: Any, **kwargs: Any) -> Any:
+            return view(*args, json=json, **kwargs)
 
-    @functools.wraps(view)
-    async def bound(*args: Any, **kwargs: Any) -> Any:
-        return await view(*args, json=json, **kwargs)
-
+    functools.update_wrapper(bound, view)
     signature = inspect.signature(view)
     bound.__signature__ = signature.replace(  # type: ignore[attr-defined]
         parameters=[p for p in signature.parameters.values() if p.name != "json"]
@@ -68,14 +77,14 @@ def _bind(view: Callable[..., Any], json: bool) -> Callable[..., Any]:
     return bound
 
 
-@_twin("/", "index")
+@twin("/", "index")
 async def index(request: Request, state: StateDep, connection: ConnectionDep, json: bool) -> Response:
     """The models in the store, with coverage."""
     page = pages.index_page(state.catalog(connection), state.coverage(connection))
     return respond(request, page, "index.html", json)
 
 
-@_twin("/models/{model}", "model")
+@twin("/models/{model}", "model")
 async def model(request: Request, model: str, state: StateDep, connection: ConnectionDep, json: bool) -> Response:
     """A model's layers in network order, with coverage per technique and a strip of visualizations."""
     queue = state.queue()
@@ -84,7 +93,7 @@ async def model(request: Request, model: str, state: StateDep, connection: Conne
     return respond(request, page, "model.html", json)
 
 
-@_twin("/models/{model}/{layer}", "layer")
+@twin("/models/{model}/{layer}", "layer")
 async def layer(
     request: Request, model: str, layer: str, state: StateDep, connection: ConnectionDep, json: bool,
     page: Annotated[int, Query(ge=1, le=100_000)] = 1,
@@ -94,7 +103,7 @@ async def layer(
     return respond(request, built, "layer.html", json)
 
 
-@_twin("/models/{model}/{layer}/{unit:int}", "unit")
+@twin("/models/{model}/{layer}/{unit:int}", "unit")
 async def unit(request: Request, model: str, layer: str, unit: int, state: StateDep, connection: ConnectionDep,
          json: bool) -> Response:
     """A unit: its visualizations, dataset examples and circuit."""
@@ -102,7 +111,7 @@ async def unit(request: Request, model: str, layer: str, unit: int, state: State
     return respond(request, page, "unit.html", json)
 
 
-@_twin("/models/{model}/{layer}/{unit:int}/{direction}/{other}", "connections")
+@twin("/models/{model}/{layer}/{unit:int}/{direction}/{other}", "connections")
 async def connections(request: Request, model: str, layer: str, unit: int, direction: str, other: str,
                       state: StateDep, connection: ConnectionDep, json: bool) -> Response:
     """One group of a unit's circuit in full: its inputs from (or outputs to) one layer, strongest first."""
@@ -110,7 +119,7 @@ async def connections(request: Request, model: str, layer: str, unit: int, direc
     return respond(request, page, "connections.html", json)
 
 
-@_twin("/models/{model}/{layer}/{unit:int}/examples/{kind}/{rank:int}", "example")
+@twin("/models/{model}/{layer}/{unit:int}/examples/{kind}/{rank:int}", "example")
 async def example(request: Request, model: str, layer: str, unit: int, kind: str, rank: int, state: StateDep,
             connection: ConnectionDep, json: bool) -> Response:
     """One dataset example: the whole image with the unit's receptive field marked."""

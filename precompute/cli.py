@@ -420,9 +420,8 @@ def worker(
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     logging.getLogger("huey").setLevel(logging.WARNING)
     spec = get_model(model)
-    settings = Settings.load(data, database_url)
     with _stage(spec, weights, device, data, database_url) as stage:
-        queue = JobQueue.for_store(settings)
+        queue = JobQueue.for_store(stage.store.settings)
         running = Worker(stage.store, queue, spec, stage.net, stage.weights_sha256, stage.device, fill=fill,
                          fill_batch=fill_batch, defaults=Defaults(steps, early_steps, size))
         signal.signal(signal.SIGTERM, lambda *_: running.stop())
