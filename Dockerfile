@@ -4,7 +4,6 @@ FROM python:3.11-slim AS web
 WORKDIR /srv/microscope
 COPY pyproject.toml README.md ./
 COPY app app
-COPY precompute precompute
 COPY templates templates
 COPY static static
 RUN pip install --no-cache-dir ".[postgres,redis]"
@@ -13,6 +12,7 @@ EXPOSE 8000
 CMD ["microscope", "serve", "--host", "0.0.0.0", "--port", "8000", "--workers", "2"]
 
 FROM web AS precompute
+COPY precompute precompute
 # The CUDA build of torch; it runs on the CPU too where no GPU is given to the container.
 RUN pip install --no-cache-dir ".[precompute,postgres,redis]"
 ENV MICROSCOPE_WEIGHTS=/weights MICROSCOPE_IMAGES=/images

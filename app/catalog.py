@@ -16,7 +16,7 @@ from sqlalchemy import Connection, select
 
 from app.errors import UnitNotFound, UnknownLayer, UnknownModel
 from app.store import Layer, Model, Unit
-from app.zoo import LayerSpec, get_model, model_names
+from app.zoo.spec import position_box
 
 
 @dataclass(frozen=True)
@@ -30,12 +30,25 @@ class LayerEntry:
     #: Store ids of the layer's units, by unit index.
     unit_ids: tuple[int, ...]
     labels: tuple[str | None, ...]
-    spec: LayerSpec | None
+    #: Geometry as the catalog stage stored it (the store is the server's one source of it).
+    stride: int
+    receptive_field: int
+    #: None in a store upgraded from schema 2 until `microscope precompute catalog` runs again.
+    offset: int | None
+    #: Layers this one reads; a mixed layer's are its branches, concatenated in order.
+    inputs: tuple[str, ...]
+    block: str | None
 
     def unit_id(self, index: int) -> int:
         if not 0 <= index < self.channels:
             raise UnitNotFound(self.model, self.name, index, self.channels)
         return self.unit_ids[index]
+
+    def position_box(self, y: int, x: int, image_size: int) -> tuple[int, int, int, int]:
+        """The input pixels position (y, x) sees; the whole image where the store lacks the offset."""
+        if self.offset is None:
+            return 0, 0, image_size, image_size
+        return position_box(self.offset, self.stride, self.receptive_field, y, x, image_size)
 
 
 @dataclass(frozen=True)
@@ -56,6 +69,24 @@ class ModelEntry:
             return self.by_name[name]
         names = [entry.name for entry in self.layers]
         raise UnknownLayer(self.name, name, tuple(difflib.get_close_matches(name, names, n=3, cutoff=0.5)))
+
+    def field_layer(self, layer: LayerEntry, unit: int) -> LayerEntry:
+        """The layer whose receptive field a unit has: a mixed layer's unit has its branch's."""
+        if layer.kind != "mixed":
+            return layer
+        for name, start in self.concatenated(layer):
+            branch = self.layer(name)
+            if start <= unit < start + branch.channels:
+                return branch
+        raise UnitNotFound(self.name, layer.name, unit, layer.channels)
+
+    def concatenated(self, layer: LayerEntry) -> list[tuple[str, int]]:
+        """(branch, first unit) of each part of a mixed layer."""
+        parts, start = [], 0
+        for name in layer.inputs:
+            parts.append((name, start))
+            start += self.layer(name).channels
+        return parts
 
     @property
     def units(self) -> int:
@@ -84,11 +115,11 @@ class Catalog:
         for row in connection.execute(select(Layer).order_by(Layer.model_id, Layer.position)).mappings():
             units = unit_rows[row["id"]]
             model_name = model_by_id[row["model_id"]]
-            spec = get_model(model_name).layer(row["name"]) if model_name in model_names() else None
             entry = LayerEntry(
                 id=row["id"], model=model_name, name=row["name"], kind=row["kind"], channels=row["channels"],
                 position=row["position"], unit_ids=tuple(u for _, u, _ in units), labels=tuple(lb for _, _, lb in units),
-                spec=spec,
+                stride=row["stride"], receptive_field=row["receptive_field"], offset=row["field_offset"],
+                inputs=tuple(row["inputs"]), block=row["block"],
             )
             layers_by_model[row["model_id"]].append(entry)
             for index, unit_id, label in units:

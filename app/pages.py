@@ -16,7 +16,6 @@ from app import queries, urls
 from app.catalog import Catalog, LayerEntry, ModelEntry
 from app.errors import NotFound
 from app.store.summary import ModelCoverage
-from app.zoo import get_model
 from app.zoo.spec import Framing
 
 #: Shown in this order; ``pixels`` (the channel in the pixel basis) stands beside ``channel`` for comparison.
@@ -390,17 +389,14 @@ def connections_page(catalog: Catalog, connection: Connection, model_name: str, 
 
 def _same_unit(catalog: Catalog, model: ModelEntry, layer: LayerEntry, index: int) -> tuple[str, int] | None:
     """A branch unit is also a unit of its block's output, and the other way round."""
-    if layer.spec is None or layer.spec.block is None:
-        return None
-    block = model.layer(layer.spec.block)
-    offset = 0
-    for name in block.spec.inputs if block.spec else ():
-        branch = model.layer(name)
+    if layer.block is None or model.layer(layer.block).kind != "mixed":
+        return None  # a residual block's output is a sum, not its branches side by side
+    block = model.layer(layer.block)
+    for name, start in model.concatenated(block):
         if layer.kind == "branch" and name == layer.name:
-            return block.name, offset + index
-        if layer.kind == "mixed" and offset <= index < offset + branch.channels:
-            return branch.name, index - offset
-        offset += branch.channels
+            return block.name, start + index
+        if layer.kind == "mixed" and start <= index < start + model.layer(name).channels:
+            return name, index - start
     return None
 
 
@@ -479,8 +475,7 @@ def example_page(catalog: Catalog, connection: Connection, model_name: str, laye
         raise NotFound(f"{model_name}/{layer_name}/{index} has no {kind} example of rank {rank}")
     activation, crop, y, x, path, thumbnail, dataset, width, height = row
     size = model.input_size
-    field_layer = get_model(model_name).field_layer(layer.spec, index) if layer.spec else None
-    in_input = field_layer.position_box(y, x, size) if field_layer else (0, 0, size, size)
+    in_input = model.field_layer(layer, index).position_box(y, x, size)
     left, top, right, bottom = Framing.of(width, height).to_original(in_input, size)
     box = (round(100 * left / width, 2), round(100 * top / height, 2),
            round(100 * (right - left) / width, 2), round(100 * (bottom - top) / height, 2))

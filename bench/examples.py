@@ -26,7 +26,7 @@ from precompute.examples import input_transform  # noqa: E402
 from precompute.images import batches, list_images, locate_images  # noqa: E402
 from precompute.ranking import RunningStatistics  # noqa: E402
 from precompute.weight_files import locate  # noqa: E402
-from precompute.weights import load_network  # noqa: E402
+from precompute.models.bvlc import load_network  # noqa: E402
 
 
 def main() -> None:

@@ -31,7 +31,7 @@ from app.store import Artifact, DatasetExample, Layer, Model, Store, Unit  # noq
 from app.zoo import get_model  # noqa: E402
 from precompute.devices import pick_device  # noqa: E402
 from precompute.weight_files import locate  # noqa: E402
-from precompute.weights import load_network  # noqa: E402
+from precompute.models.bvlc import load_network  # noqa: E402
 
 
 def _rendered(store: Store, model: str) -> dict[str, list[tuple[int, str, float]]]:

@@ -101,7 +101,7 @@ def fill_throughput(weights: Path | None, batch: int) -> dict[str, object]:
     from precompute.devices import pick_device
     from precompute.vis import on_demand_config, run_vis
     from precompute.weight_files import locate
-    from precompute.weights import load_network
+    from precompute.models.bvlc import load_network
 
     spec = get_model(MODEL)
     net, checksums = load_network(spec, locate(spec, weights))

@@ -42,7 +42,7 @@ from precompute.optvis import objectives, param  # noqa: E402
 from precompute.optvis.render import render, resolve_precision  # noqa: E402
 from precompute.optvis.transform import LUCENT, STANDARD  # noqa: E402
 from precompute.weight_files import locate  # noqa: E402
-from precompute.weights import load_network  # noqa: E402
+from precompute.models.bvlc import load_network  # noqa: E402
 
 LAYER = "mixed4a"
 

@@ -23,7 +23,7 @@ class CatalogResult:
     units_added: int
 
 
-def catalog(store: Store, spec: ModelSpec, shard: tuple[int, int] = (0, 1)) -> CatalogResult:
+def catalog(store: Store, spec: ModelSpec, shard: tuple[int, int] = (0, 1), weights_sha256: str | None = None) -> CatalogResult:
     """Write ``spec``'s rows in one transaction; running it again adds nothing.
 
     Shard i of n writes the layers i, i+n, ... (and the model row, whichever
@@ -31,9 +31,11 @@ def catalog(store: Store, spec: ModelSpec, shard: tuple[int, int] = (0, 1)) -> C
     rows disagree with the spec (another version's layers) is refused, and
     left as it was.
     """
+    if weights_sha256 is None:  # the BVLC model's pinned checksum list names its weights
+        weights_sha256 = Checksums.of(spec).digest
     for attempt in range(5):
         try:
-            return _catalog(store, spec, shard)
+            return _catalog(store, spec, weights_sha256, shard)
         except IntegrityError:
             if attempt == 4:
                 raise
@@ -41,9 +43,8 @@ def catalog(store: Store, spec: ModelSpec, shard: tuple[int, int] = (0, 1)) -> C
     raise AssertionError("unreachable")
 
 
-def _catalog(store: Store, spec: ModelSpec, shard: tuple[int, int]) -> CatalogResult:
+def _catalog(store: Store, spec: ModelSpec, weights: str, shard: tuple[int, int]) -> CatalogResult:
     index, count = shard
-    weights = Checksums.of(spec).digest
     with store.transaction() as session:
         model = session.scalar(select(Model).where(Model.name == spec.name))
         if model is None:
@@ -76,7 +77,8 @@ def _catalog(store: Store, spec: ModelSpec, shard: tuple[int, int]) -> CatalogRe
 def _layer_row(model_id: int, position: int, spec: LayerSpec) -> Layer:
     return Layer(
         model_id=model_id, name=spec.name, position=position, kind=spec.kind, channels=spec.channels,
-        size=spec.size, stride=spec.stride, receptive_field=spec.receptive_field, inputs=list(spec.inputs),
+        size=spec.size, stride=spec.stride, receptive_field=spec.receptive_field, offset=spec.offset,
+        inputs=list(spec.inputs),
         previous=spec.previous, block=spec.block,
     )
 
@@ -87,6 +89,8 @@ def _check_layer(layer: Layer, spec: LayerSpec) -> None:
             f"the store's layer {layer.name} ({layer.kind}, {layer.channels} channels, {layer.size}px) "
             f"disagrees with the spec ({spec.kind}, {spec.channels} channels, {spec.size}px)"
         )
+    if layer.offset is None:  # a store upgraded from schema 2
+        layer.offset = spec.offset
 
 
 def _add_units(session: Session, layer: Layer, model: ModelSpec, spec: LayerSpec) -> int:

@@ -1,13 +1,15 @@
 """The circuits stage: the strongest weights into and out of every unit.
 
-Three kinds of layer pairs (Distill, "Visualizing Weights"):
+Three kinds of layer pairs (Distill, "Visualizing Weights"), whatever the
+network; the network's `linear_map` gives each pair's kernels
+(`precompute.models`):
 
-- main pairs, ``previous -> layer`` for every main layer and ``softmax2``:
-  expanded weights across each inception block (the bottleneck composed with
-  its spatial convolution, the pool branch through the max pool's linear
-  stand-in) and across the max pools between blocks;
-- indirect pairs, ``previous.previous -> layer`` for every main layer two
-  past the input: the main pair composed with the one before it, expanded
+- main pairs, ``previous -> layer`` for every main layer and the logits:
+  expanded weights across each block (an inception block's bottleneck
+  composed with its spatial convolution, a residual block's path plus its
+  identity) and across the pools between blocks;
+- indirect pairs, ``previous.previous -> layer`` for every spatial main layer
+  two past the input: the main pair composed with the one before it, expanded
   through the block between (the Circuits thread's "indirect" weights);
 - branch pairs, ``input -> branch`` for every branch layer: the direct
   convolution (through the pools in front of it).
@@ -19,7 +21,8 @@ strongest inputs, and every source unit of a main pair (or a bottleneck) its
 50 strongest outputs. Each edge stores the summed weight (its sign says
 excitatory or inhibitory), the norm, and for direct and expanded edges the
 kernel as numbers and a tiny red (positive) / blue (negative) image of it;
-indirect kernels (up to 19x19) keep only their sum and norm. Each pair is
+indirect kernels (up to 19x19) and kernels wider than 11x11 keep only their
+sum and norm. Each pair is
 written in its own transaction under its own run, so an interrupted stage
 resumes at the first pair not written.
 """
@@ -42,8 +45,7 @@ from tqdm import tqdm
 from app.store import Edge, Store
 from app.store.algorithms import ALGORITHMS
 from app.zoo import LayerSpec, ModelSpec
-from precompute.kernels import Kernel
-from precompute.network import InceptionV1
+from precompute.models.base import Network, Piece
 from precompute.runs import catalogued_model, finished_recipes, now, start_run, unit_ids
 
 TOP = 50
@@ -52,15 +54,8 @@ POSITIVE = np.array([178, 24, 43], dtype=np.float32)
 NEGATIVE = np.array([33, 102, 172], dtype=np.float32)
 #: Shades per sign in kernel images: identical shaded kernels share one blob.
 LEVELS = 8
-
-
-@dataclass(frozen=True)
-class Piece:
-    """The kernel from a source layer to a run of consecutive target units starting at ``offset``."""
-
-    offset: int
-    kernel: Kernel
-    expanded: bool
+#: Widest kernel whose numbers and picture an edge keeps (InceptionV1 needs 11; VGG's fc6 reads 14x14 of conv5_4).
+MAX_STORED_KERNEL = 11
 
 
 @dataclass(frozen=True)
@@ -73,77 +68,33 @@ class Pair:
     #: Composed through the main layer between source and target.
     indirect: bool = False
 
-
-#: Pairs whose map crosses a local response normalization, and what the identity stand-in hides
-#: (measured by bench/lrn_gain.py over 200 images of the shared ImageNet sample).
-LRN_NOTE = ("crosses a local response normalization, taken as the identity: its measured gain is "
-            "{gain}, so these weights are relative strengths")
-LRN_GAINS = {"conv2d1": "0.65 (median; per channel 0.22 to 0.94)", "mixed3a": "0.955 (median; per channel 0.69 to 0.99)"}
+    @property
+    def keeps_kernels(self) -> bool:
+        """Whether edges store their kernel's numbers and picture (indirect and very wide ones keep sum and norm)."""
+        return not self.indirect and max(piece.kernel.size for piece in self.pieces) <= MAX_STORED_KERNEL
 
 
-def lrn_note(spec: ModelSpec, pair: Pair) -> str | None:
-    """The approximation a pair's weights carry, if its map crosses an LRN."""
-    crossed = [pair.target.name] if pair.target.name in LRN_GAINS else []
-    if pair.indirect and pair.target.previous in LRN_GAINS:
-        crossed.append(str(pair.target.previous))
-    if pair.target.kind == "branch" and pair.target.block == "mixed3a" and pair.source.name == "conv2d2":
-        crossed.append("mixed3a")
-    if not crossed:
-        return None
-    return LRN_NOTE.format(gain=" and ".join(LRN_GAINS[name] for name in crossed))
+def _spatial(layer: LayerSpec) -> bool:
+    return layer.kind not in ("linear", "logits")
 
 
-def _through_pools(kernel: Kernel, layer: LayerSpec) -> Kernel:
-    for pool in reversed(layer.pools):
-        kernel = kernel.after_pool(pool.size, pool.stride, pool.padding)
-    return kernel
+def pairs(net: Network, spec: ModelSpec, layers: Sequence[LayerSpec]) -> Iterator[Pair]:
+    """Every pair whose target is one of ``layers``, in network order (a layer's indirect pair after its main one).
 
-
-def branch_kernel(net: InceptionV1, layer: LayerSpec) -> Kernel:
-    """The map from ``layer.inputs[0]`` to ``layer``: its convolution, after the pools in front of it."""
-    conv = net.parameterized()[layer.name]
-    return _through_pools(Kernel.of_conv(conv.weight, stride=conv.stride[0]), layer)
-
-
-def main_pieces(net: InceptionV1, spec: ModelSpec, layer: LayerSpec) -> tuple[Piece, ...]:
-    """The map from ``layer.previous`` to ``layer``, one piece per branch of a block."""
-    if layer.kind == "logits":
-        weights = net.parameterized()[layer.name].weight
-        return (Piece(0, Kernel(weights.detach().float()[:, :, None, None]), False),)
-    if layer.kind == "conv":
-        return (Piece(0, branch_kernel(net, layer), bool(layer.pools)),)
-    pieces, offset = [], 0
-    for name in layer.inputs:
-        branch = spec.layer(name)
-        kernel, expanded = branch_kernel(net, branch), bool(branch.pools)
-        if branch.inputs[0] != layer.previous:  # a spatial conv after its bottleneck
-            bottleneck = spec.layer(branch.inputs[0])
-            kernel, expanded = kernel.after(branch_kernel(net, bottleneck)), True
-        pieces.append(Piece(offset, kernel, expanded))
-        offset += branch.channels
-    return tuple(pieces)
-
-
-def indirect_pieces(net: InceptionV1, spec: ModelSpec, layer: LayerSpec) -> tuple[Piece, ...]:
-    """The map from the main layer two before ``layer`` to it: its main pieces after the previous layer's."""
-    previous = spec.layer(str(layer.previous))
-    first = Kernel.stacked([piece.kernel for piece in main_pieces(net, spec, previous)])
-    return tuple(Piece(piece.offset, piece.kernel.after(first), True) for piece in main_pieces(net, spec, layer))
-
-
-def pairs(net: InceptionV1, spec: ModelSpec, layers: Sequence[LayerSpec]) -> Iterator[Pair]:
-    """Every pair whose target is one of ``layers``, in network order (a layer's indirect pair after its main one)."""
+    Indirect pairs are made between spatial layers only: into a fully connected layer the composed
+    kernel would span the whole map for every pair of units.
+    """
     for layer in layers:
         if layer.kind == "branch":
-            source = spec.layer(layer.inputs[0])
-            piece = Piece(0, branch_kernel(net, layer), bool(layer.pools))
-            yield Pair(source, layer, (piece,), outputs=source.kind == "branch")
+            for name in layer.inputs:
+                source = spec.layer(name)
+                yield Pair(source, layer, net.linear_map(source, layer), outputs=source.kind == "branch")
         elif layer.previous is not None:
             previous = spec.layer(layer.previous)
-            yield Pair(previous, layer, main_pieces(net, spec, layer), outputs=True)
-            if layer.kind != "logits" and previous.previous is not None:
-                yield Pair(spec.layer(previous.previous), layer, indirect_pieces(net, spec, layer), outputs=False,
-                           indirect=True)
+            yield Pair(previous, layer, net.linear_map(previous, layer), outputs=True)
+            if _spatial(layer) and _spatial(previous) and previous.previous is not None:
+                source = spec.layer(previous.previous)
+                yield Pair(source, layer, net.linear_map(source, layer), outputs=False, indirect=True)
 
 
 def _strongest(norms: Tensor, k: int) -> Tensor:
@@ -174,15 +125,17 @@ def kernel_image(kernel: np.ndarray, scale: float) -> bytes:
     return out.getvalue()
 
 
-def recipe(spec: ModelSpec, pair: Pair, weights_sha256: str) -> dict[str, object]:
+def recipe(net: Network, pair: Pair, weights_sha256: str) -> dict[str, object]:
     params: dict[str, object] = {
         "algorithm": ALGORITHMS["circuits"],
         "source": pair.source.name, "target": pair.target.name, "top": TOP, "levels": LEVELS,
         "ranking": "L2 norm of the expanded kernel; the sign of its sum marks excitation or inhibition",
         "indirect": pair.indirect,
-        "stand_ins": "relu=identity, maxpool=avgpool, lrn=identity", "weights_sha256": weights_sha256,
-        "approximation": lrn_note(spec, pair),
+        "stand_ins": net.stand_ins, "weights_sha256": weights_sha256,
+        "approximation": net.approximation(pair.source, pair.target, pair.indirect),
     }
+    if not pair.keeps_kernels and not pair.indirect:
+        params["kernels"] = f"sum and norm only (wider than {MAX_STORED_KERNEL})"
     params["recipe_sha256"] = hashlib.sha256(json.dumps(params, sort_keys=True).encode()).hexdigest()
     return params
 
@@ -197,7 +150,7 @@ class CircuitsResult:
 def run_circuits(
     store: Store,
     spec: ModelSpec,
-    net: InceptionV1,
+    net: Network,
     weights_sha256: str,
     layers: Sequence[LayerSpec],
     progress: bool = True,
@@ -212,7 +165,7 @@ def run_circuits(
     index, count = shard
     todo = [pair for number, pair in enumerate(pairs(net, spec, layers)) if number % count == index]
     for pair in tqdm(todo, desc="circuits", unit="pair", disable=not progress):
-        params = recipe(spec, pair, weights_sha256)
+        params = recipe(net, pair, weights_sha256)
         if params["recipe_sha256"] in done:
             result.pairs_reused += 1
             continue
@@ -233,7 +186,7 @@ def _write_pair(store: Store, model_id: int, pair: Pair, params: dict[str, objec
     rows = []
     for (target, source), (piece, kernel) in zip(edges, kernels):
         key = None
-        if not pair.indirect:
+        if pair.keeps_kernels:
             png = kernel_image(kernel, scale)
             if png not in images:
                 images[png] = store.blobs.put(png, "png")
@@ -242,7 +195,7 @@ def _write_pair(store: Store, model_id: int, pair: Pair, params: dict[str, objec
             "source_id": unit_ids[pair.source.name, source], "target_id": unit_ids[pair.target.name, target],
             "kind": "indirect" if pair.indirect else "expanded" if piece.expanded else "direct",
             "weight": round(float(kernel.sum()), 6), "norm": round(float(np.linalg.norm(kernel)), 6),
-            "kernel": [] if pair.indirect else np.round(kernel, 6).tolist(), "kernel_key": key,
+            "kernel": np.round(kernel, 6).tolist() if pair.keeps_kernels else [], "kernel_key": key,
         })
     store.blobs.flush()
     target_ids = [unit_ids[pair.target.name, index] for index in range(pair.target.channels)]

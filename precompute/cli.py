@@ -1,15 +1,13 @@
-"""The ``microscope`` command: precompute stages, model checks, store info and the server.
+"""The ``microscope`` commands that run a model: the precompute stages, the worker and model checks.
 
-Torch is imported only inside the commands that run a model, so ``microscope
-serve`` and ``microscope info`` work where only the server's dependencies are
-installed. Every user error (`MicroscopeError`) ends in one line on stderr
-and exit status 2; the store is left as it was.
+They register onto the torch-free command in `app.cli` (entry point group
+``microscope.commands``); torch is imported only inside each command, so
+``microscope --help`` stays fast.
 """
 
 from __future__ import annotations
 
 import json
-import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -18,38 +16,39 @@ from typing import Annotated, Any, Optional
 
 import typer
 
+from app.cli import DatabaseOption, DataOption
+from app.cli import main as run_command
 from app.errors import MicroscopeError
 from app.settings import Settings
 from app.store import Store
-from app.zoo import DEFAULT_MODEL, get_model
+from app.zoo import DEFAULT_MODEL
 from precompute.recipes import ON_DEMAND
 
-cli = typer.Typer(
-    help="Microscope: a self-hostable neuron microscope for vision networks.",
-    no_args_is_help=True,
-    pretty_exceptions_enable=False,
-    add_completion=False,
-)
+commands = typer.Typer()
 precompute_cli = typer.Typer(help="Offline stages that fill the store (need torch).", no_args_is_help=True)
-model_cli = typer.Typer(help="Check a model and its weights.", no_args_is_help=True)
-cli.add_typer(precompute_cli, name="precompute")
-cli.add_typer(model_cli, name="model")
+model_cli = typer.Typer(help="Check a model and its weights; seed weights to try one.", no_args_is_help=True)
 
-DataOption = Annotated[
-    Optional[Path],
-    typer.Option("--data", envvar="MICROSCOPE_DATA", help="Store directory (database file and blobs).",
-                 show_default="./microscope-data"),
-]
-DatabaseOption = Annotated[
-    Optional[str],
-    typer.Option("--database-url", envvar="MICROSCOPE_DATABASE_URL",
-                 help="SQLAlchemy URL of the database (default: SQLite inside --data)."),
-]
-ModelOption = Annotated[str, typer.Option("--model", help="Model name from the zoo.")]
+
+def register(cli: typer.Typer) -> None:
+    """Add these commands to the ``microscope`` command (the entry point's hook)."""
+    cli.add_typer(precompute_cli, name="precompute")
+    cli.add_typer(model_cli, name="model")
+    cli.registered_commands.extend(commands.registered_commands)
+
+
+ModelOption = Annotated[str, typer.Option(
+    "--model", envvar="MICROSCOPE_MODEL",
+    help="inceptionv1 (BVLC), googlenet, resnet50, vgg19, alexnet (torchvision), or package.module:factory.")]
 WeightsOption = Annotated[
     Optional[Path],
     typer.Option("--weights", envvar="MICROSCOPE_WEIGHTS",
-                 help="Folder of the model's weight files (default: ../shared/models/<name>, else download)."),
+                 help="inceptionv1: folder of its weight files (default ../shared/models/bvlc_googlenet, else "
+                      "download); other models: a state dict file (default: torchvision's download)."),
+]
+NamesOption = Annotated[
+    Optional[Path],
+    typer.Option("--names", envvar="MICROSCOPE_NAMES",
+                 help="JSON file naming a traced model and its layers, and its input convention (see README)."),
 ]
 ImagesOption = Annotated[
     Optional[Path],
@@ -72,132 +71,45 @@ class _Stage:
     weights_sha256: str
     device: Any
 
+    @property
+    def spec(self) -> Any:
+        return self.net.spec
+
+
+def _load(model: str, weights: Path | None, names: Path | None) -> Any:
+    """The checked network of ``model``; a note on weights that are not the published ones goes to stderr."""
+    from precompute.models import load
+
+    loaded = load(model, weights, names)
+    if loaded.note:
+        typer.echo(f"note: {loaded.note}", err=True)
+    return loaded
+
 
 @contextmanager
-def _stage(spec: Any, weights: Path | None, device: str, data: Path | None, database_url: str | None,
-           create: bool = False) -> Iterator[_Stage]:
+def _stage(model: str, weights: Path | None, names: Path | None, device: str, data: Path | None,
+           database_url: str | None, create: bool = False) -> Iterator[_Stage]:
     """An open store and the checked network on its device: what every model-running stage starts from."""
     from precompute.devices import pick_device
-    from precompute.weight_files import locate
-    from precompute.weights import load_network
 
+    loaded = _load(model, weights, names)
     with Store.open(Settings.load(data, database_url), create=create) as store:
         target = pick_device(device)
-        net, checksums = load_network(spec, locate(spec, weights))
-        yield _Stage(store, net.to(target), checksums.digest, target)
-
-
-@cli.command()
-def info(data: DataOption = None, database_url: DatabaseOption = None,
-         as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False) -> None:
-    """Print what a store holds, per model, layer and technique."""
-    from dataclasses import asdict
-
-    from app.store.summary import coverage
-
-    with Store.open(Settings.load(data, database_url), readonly=True) as store, store.session() as session:
-        models = coverage(session)
-    if as_json:
-        typer.echo(json.dumps([asdict(model) for model in models]))
-        return
-    for model in models:
-        typer.echo(f"{model.name}: {model.title} ({len(model.layers)} layers, {model.units} units)")
-        typer.echo(f"  {'layer':<24} {'kind':<7} {'units':>5} {'examples':>8} {'circuits':>8}  rendered")
-        for layer in model.layers:
-            rendered = ", ".join(f"{name} {count}" for name, count in layer.rendered.items()) or "-"
-            typer.echo(f"  {layer.name:<24} {layer.kind:<7} {layer.channels:>5} "
-                       f"{layer.with_examples:>8} {layer.with_circuits:>8}  {rendered}")
-        stale = [(layer.name, stage, count) for layer in model.layers for stage, count in layer.stale.items()]
-        if stale:
-            typer.echo(f"  stale (made by an older algorithm; `microscope precompute all` or the stage recomputes them):")
-            for name, stage, count in stale:
-                typer.echo(f"    {name:<24} {stage:<9} {count} units")
-
-
-@cli.command()
-def serve(
-    data: DataOption = None,
-    database_url: DatabaseOption = None,
-    host: Annotated[str, typer.Option(help="Interface to listen on.")] = "127.0.0.1",
-    port: Annotated[int, typer.Option(help="Port to listen on.")] = 8000,
-    workers: Annotated[int, typer.Option(min=1, help="Server processes (one per core serves most).")] = 1,
-) -> None:
-    """Serve a store read-only in the browser and as JSON (never runs a model)."""
-    import os
-
-    import uvicorn
-
-    settings = Settings.load(data, database_url)
-    Store.open(settings, readonly=True).close()  # fail now, in one line, on a missing or newer store
-    os.environ["MICROSCOPE_DATA"] = str(settings.data_dir)
-    os.environ["MICROSCOPE_DATABASE_URL"] = settings.database_url
-    typer.echo(f"serving {settings.data_dir} at http://{host}:{port}/")
-    uvicorn.run("app.main:create_app", factory=True, host=host, port=port, workers=workers,
-                log_level="warning", access_log=False)
-
-
-@cli.command("export")
-def export(
-    bundle: Annotated[Path, typer.Argument(help="The archive to write (a .tar).")],
-    data: DataOption = None,
-    database_url: DatabaseOption = None,
-) -> None:
-    """Write the whole store (rows and every blob they point at) as one archive."""
-    from app.store.bundle import export_bundle
-
-    with Store.open(Settings.load(data, database_url), readonly=True) as store:
-        summary = export_bundle(store, bundle)
-    typer.echo(f"exported {sum(summary.rows.values())} rows and {summary.blobs} blobs to {summary.path}")
-
-
-@cli.command("import")
-def import_(
-    bundle: Annotated[Path, typer.Argument(help="An archive written by `microscope export`.")],
-    data: DataOption = None,
-    database_url: DatabaseOption = None,
-) -> None:
-    """Read an archive into an empty (or new) store, checking every blob against its key."""
-    from app.store.bundle import import_bundle
-
-    summary = import_bundle(bundle, Settings.load(data, database_url))
-    typer.echo(f"imported {sum(summary.rows.values())} rows and {summary.blobs} blobs from {summary.path}")
-
-
-@cli.command()
-def gc(
-    data: DataOption = None,
-    database_url: DatabaseOption = None,
-    probes_older_than: Annotated[Optional[float], typer.Option(
-        "--probes-older-than", min=0, help="Also remove users' probes made more than DAYS days ago.",
-        metavar="DAYS")] = None,
-) -> None:
-    """Remove blobs no row points at and files half-written by interrupted stages (run when no stage is)."""
-    from datetime import UTC, datetime
-
-    from app.store.maintenance import collect_garbage, remove_probes
-
-    with Store.open(Settings.load(data, database_url)) as store:
-        if probes_older_than is not None:
-            removed = remove_probes(store, probes_older_than, datetime.now(UTC).replace(tzinfo=None))
-            typer.echo(f"gc: removed {removed} probes made more than {probes_older_than:g} days ago")
-        collected = collect_garbage(store)
-    typer.echo(f"gc: removed {collected.blobs_removed} unreferenced blobs and {collected.partial_files_removed} "
-               f"partial files; {collected.missing} referenced blobs missing")
-    if collected.missing:
-        raise typer.Exit(1)
+        yield _Stage(store, loaded.net.to(target), loaded.weights_sha256, target)
 
 
 @precompute_cli.command("catalog")
-def precompute_catalog(model: ModelOption = DEFAULT_MODEL, shard: ShardOption = None, data: DataOption = None,
-                       database_url: DatabaseOption = None) -> None:
-    """Write the model, layer and unit rows (with class names); idempotent."""
+def precompute_catalog(model: ModelOption = DEFAULT_MODEL, shard: ShardOption = None, weights: WeightsOption = None,
+                       names: NamesOption = None, data: DataOption = None, database_url: DatabaseOption = None) -> None:
+    """Write the model, layer and unit rows (with class names and geometry); idempotent."""
     from precompute.catalog import catalog
+    from precompute.models import catalogued
     from precompute.selection import parse_shard
 
-    spec = get_model(model)
     part = parse_shard(shard)
+    spec, digest = catalogued(model, weights, names)
     with Store.open(Settings.load(data, database_url), create=True) as store:
-        result = catalog(store, spec, shard=part)
+        result = catalog(store, spec, shard=part, weights_sha256=digest)
     typer.echo(f"{result.model}: {result.layers_added} layers and {result.units_added} units added")
 
 
@@ -213,6 +125,7 @@ def precompute_examples(
     checkpoint_every: Annotated[int, typer.Option(min=1, help="Batches between checkpoints.")] = 8,
     shard: ShardOption = None,
     weights: WeightsOption = None,
+    names: NamesOption = None,
     data: DataOption = None,
     database_url: DatabaseOption = None,
 ) -> None:
@@ -221,13 +134,13 @@ def precompute_examples(
     from precompute.images import locate_images
     from precompute.selection import parse_layers, parse_shard
 
-    spec = get_model(model)
     part = parse_shard(shard)
-    config = ExamplesConfig(layers=tuple(parse_layers(spec, layers)), k=k, batch_size=batch, workers=workers,
-                            checkpoint_every=checkpoint_every)
     root = locate_images(images)
-    with _stage(spec, weights, device, data, database_url) as stage:
-        result = run_examples(stage.store, spec, stage.net, stage.weights_sha256, root, config, stage.device, shard=part)
+    with _stage(model, weights, names, device, data, database_url) as stage:
+        config = ExamplesConfig(layers=tuple(parse_layers(stage.spec, layers)), k=k, batch_size=batch,
+                                workers=workers, checkpoint_every=checkpoint_every)
+        result = run_examples(stage.store, stage.spec, stage.net, stage.weights_sha256, root, config, stage.device,
+                              shard=part)
     for message in result.messages:
         typer.echo(f"{'note' if result.waiting else 'warning'}: {message}", err=True)
     if result.waiting:
@@ -256,6 +169,7 @@ def precompute_vis(
     device: DeviceOption = "auto",
     shard: ShardOption = None,
     weights: WeightsOption = None,
+    names: NamesOption = None,
     data: DataOption = None,
     database_url: DatabaseOption = None,
 ) -> None:
@@ -263,18 +177,17 @@ def precompute_vis(
     from precompute.selection import parse_layers, parse_shard, units_per_layer
     from precompute.vis import VisConfig, run_vis
 
-    spec = get_model(model)
     if precision not in ("auto", "fp32", "bf16"):
         raise MicroscopeError(f"--precision {precision!r}: choose auto, fp32 or bf16")
-    chosen = parse_layers(spec, layers)
     part = parse_shard(shard)
-    config = VisConfig(
-        layers=tuple(chosen), units=units_per_layer(chosen, units, explicit=layers not in ("all", "main")),
-        techniques=tuple(t.strip() for t in techniques.split(",") if t.strip()), steps=steps, size=size,
-        batch=batch, seed=seed, precision=precision,  # type: ignore[arg-type]
-    )
-    with _stage(spec, weights, device, data, database_url) as stage:
-        result = run_vis(stage.store, spec, stage.net, stage.weights_sha256, config, stage.device, shard=part)
+    with _stage(model, weights, names, device, data, database_url) as stage:
+        chosen = parse_layers(stage.spec, layers)
+        config = VisConfig(
+            layers=tuple(chosen), units=units_per_layer(chosen, units, explicit=layers not in ("all", "main")),
+            techniques=tuple(t.strip() for t in techniques.split(",") if t.strip()), steps=steps, size=size,
+            batch=batch, seed=seed, precision=precision,  # type: ignore[arg-type]
+        )
+        result = run_vis(stage.store, stage.spec, stage.net, stage.weights_sha256, config, stage.device, shard=part)
     typer.echo(f"vis: {result.rendered} images rendered, {result.skipped} already stored with this recipe")
 
 
@@ -284,6 +197,7 @@ def precompute_circuits(
     layers: LayersOption = "all",
     shard: ShardOption = None,
     weights: WeightsOption = None,
+    names: NamesOption = None,
     data: DataOption = None,
     database_url: DatabaseOption = None,
 ) -> None:
@@ -291,11 +205,10 @@ def precompute_circuits(
     from precompute.circuits import run_circuits
     from precompute.selection import parse_layers, parse_shard
 
-    spec = get_model(model)
-    chosen = parse_layers(spec, layers)
     part = parse_shard(shard)
-    with _stage(spec, weights, "cpu", data, database_url) as stage:
-        result = run_circuits(stage.store, spec, stage.net, stage.weights_sha256, chosen, shard=part)
+    with _stage(model, weights, names, "cpu", data, database_url) as stage:
+        chosen = parse_layers(stage.spec, layers)
+        result = run_circuits(stage.store, stage.spec, stage.net, stage.weights_sha256, chosen, shard=part)
     typer.echo(f"circuits: {result.edges} edges in {result.pairs_written} layer pairs written, "
                f"{result.pairs_reused} already stored")
 
@@ -305,7 +218,9 @@ def precompute_all(
     model: ModelOption = DEFAULT_MODEL,
     images: ImagesOption = None,
     vis_units: Annotated[str, typer.Option(help="Units of every main layer to render (channel technique).")] = "0:4",
-    vis_layer: Annotated[str, typer.Option(help="The layer whose units get every technique.")] = "mixed4c",
+    vis_layer: Annotated[str, typer.Option(
+        help="The layer whose units get every technique (default: mixed4c where there is one, else the middle "
+             "main layer).")] = "",
     vis_class: Annotated[int, typer.Option(help="The class logit rendered in the Fourier and the pixel basis.")] = 488,
     steps: Annotated[int, typer.Option(help="Optimization steps of the default renders.")] = ON_DEMAND.steps,
     early_steps: Annotated[int, typer.Option(
@@ -315,6 +230,7 @@ def precompute_all(
     batch: Annotated[int, typer.Option(help="Images per batch (examples and renders).")] = 16,
     device: DeviceOption = "auto",
     weights: WeightsOption = None,
+    names: NamesOption = None,
     data: DataOption = None,
     database_url: DatabaseOption = None,
 ) -> None:
@@ -337,25 +253,26 @@ def precompute_all(
     from precompute.selection import parse_units
     from precompute.vis import TECHNIQUES, VisConfig, run_vis, stale_configs
 
-    spec = get_model(model)
     root = locate_images(images)
-    main = list(spec.main_layers)
-    logits = next(layer for layer in spec.layers if layer.kind == "logits")
-    early = [layer for layer in main if layer.kind == "conv"]
-    later = [layer for layer in main if layer.kind != "conv"]
-    renders = [
-        VisConfig(layers=tuple(early), units=units_per_layer(early, vis_units, explicit=False), techniques=("channel",),
-                  steps=early_steps, size=size, batch=batch),
-        VisConfig(layers=tuple(later), units=units_per_layer(later, vis_units, explicit=False), techniques=("channel",),
-                  steps=steps, size=size, batch=batch),
-        VisConfig(layers=(spec.layer(vis_layer),), units=units_per_layer([spec.layer(vis_layer)], vis_units, explicit=True),
-                  techniques=tuple(t for t in TECHNIQUES if t != "pixels"), steps=steps, size=size, batch=batch),
-        VisConfig(layers=(logits,), units={logits.name: parse_units(str(vis_class), logits.channels)},
-                  techniques=("channel", "pixels"), steps=steps, size=size, batch=batch),
-    ]
-    with _stage(spec, weights, device, data, database_url, create=True) as stage:
-        store, net, digest, target = stage.store, stage.net, stage.weights_sha256, stage.device
-        added = catalog(store, spec)
+    with _stage(model, weights, names, device, data, database_url, create=True) as stage:
+        store, net, digest, target, spec = stage.store, stage.net, stage.weights_sha256, stage.device, stage.spec
+        main = list(spec.main_layers)
+        logits = net.logits_layer
+        early = [layer for layer in main if ON_DEMAND.is_early(layer)]
+        later = [layer for layer in main if not ON_DEMAND.is_early(layer)]
+        showcase = spec.layer(vis_layer or _showcase_layer(spec))
+        renders = [
+            VisConfig(layers=tuple(early), units=units_per_layer(early, vis_units, explicit=False),
+                      techniques=("channel",), steps=early_steps, size=size, batch=batch),
+            VisConfig(layers=tuple(later), units=units_per_layer(later, vis_units, explicit=False),
+                      techniques=("channel",), steps=steps, size=size, batch=batch),
+            VisConfig(layers=(showcase,), units=units_per_layer([showcase], vis_units, explicit=True),
+                      techniques=tuple(t for t in TECHNIQUES if t != "pixels"), steps=steps, size=size, batch=batch),
+            VisConfig(layers=(logits,), units={logits.name: parse_units(str(min(vis_class, logits.channels - 1)),
+                                                                        logits.channels)},
+                      techniques=("channel", "pixels"), steps=steps, size=size, batch=batch),
+        ]
+        added = catalog(store, spec, weights_sha256=digest)
         typer.echo(f"catalog: {added.layers_added} layers, {added.units_added} units added")
         examples = run_examples(store, spec, net, digest, root, ExamplesConfig(layers=spec.layers, batch_size=batch * 2),
                                 target)
@@ -375,6 +292,11 @@ def precompute_all(
             typer.echo(f"vis: {sum(len(r) for c in stale for r in c.units.values())} images of an older algorithm rendered again")
 
 
+def _showcase_layer(spec: Any) -> str:
+    names = [layer.name for layer in spec.main_layers if layer.kind not in ("linear",)]
+    return "mixed4c" if "mixed4c" in names else names[len(names) // 2]
+
+
 def _yield_cpu() -> str:
     """Run this process (and the threads it starts later) only when the CPU is otherwise idle."""
     import os
@@ -389,7 +311,7 @@ def _yield_cpu() -> str:
     return "nice 19"
 
 
-@cli.command()
+@commands.command()
 def worker(
     model: ModelOption = DEFAULT_MODEL,
     fill: Annotated[bool, typer.Option("--fill", help="When no request waits, render every unit still missing.")] = False,
@@ -404,6 +326,7 @@ def worker(
              "server beside it.")] = True,
     device: DeviceOption = "auto",
     weights: WeightsOption = None,
+    names: NamesOption = None,
     data: DataOption = None,
     database_url: DatabaseOption = None,
 ) -> None:
@@ -419,8 +342,8 @@ def worker(
         _yield_cpu()  # before torch is imported and starts its threads: they inherit it
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     logging.getLogger("huey").setLevel(logging.WARNING)
-    spec = get_model(model)
-    with _stage(spec, weights, device, data, database_url) as stage:
+    with _stage(model, weights, names, device, data, database_url) as stage:
+        spec = stage.spec
         queue = JobQueue.for_store(stage.store.settings)
         running = Worker(stage.store, queue, spec, stage.net, stage.weights_sha256, stage.device, fill=fill,
                          fill_batch=fill_batch, defaults=Defaults(steps, early_steps, size))
@@ -438,6 +361,7 @@ def worker(
 def model_eval(
     model: ModelOption = DEFAULT_MODEL,
     weights: WeightsOption = None,
+    names: NamesOption = None,
     images: ImagesOption = None,
     batch: Annotated[int, typer.Option(min=1, help="Images per forward pass.")] = 50,
     workers: Annotated[int, typer.Option(min=0, help="Image-decoding processes.")] = 1,
@@ -445,22 +369,32 @@ def model_eval(
     """Classify a class-per-folder image set and print top-1/top-5 accuracy as one JSON line."""
     from precompute.evaluate import evaluate
     from precompute.images import locate_images
-    from precompute.weight_files import locate
-    from precompute.weights import load_network
-
-    spec = get_model(model)
-    net, _ = load_network(spec, locate(spec, weights))
-    accuracy = evaluate(net, spec, locate_images(images), batch_size=batch, workers=workers)
+    net = _load(model, weights, names).net
+    accuracy = evaluate(net, net.spec, locate_images(images), batch_size=batch, workers=workers)
     typer.echo(json.dumps(accuracy.as_dict()))
 
 
-def main() -> None:
-    try:
-        cli()
-    except MicroscopeError as error:
-        typer.echo(f"error: {error}", err=True)
-        sys.exit(2)
+@model_cli.command("random-weights")
+def model_random_weights(
+    target: Annotated[Path, typer.Argument(help="State dict file to write (torch.save).")],
+    model: ModelOption = "resnet50",
+    seed: Annotated[int, typer.Option(help="Seed: the same file on every machine.")] = 0,
+    names: NamesOption = None,
+) -> None:
+    """Write seeded random weights for a traced model: to try the pipeline where its real weights are out of reach."""
+    import torch
+
+    from precompute.models import seeded_state_dict
+    from precompute.weight_files import file_sha256
+
+    if model == DEFAULT_MODEL:
+        raise MicroscopeError("inceptionv1 loads Caffe files, not a state dict; its real weights are in ../shared")
+    torch.save(seeded_state_dict(model, seed, names), target)
+    typer.echo(f"{target}: seeded ({seed}) random weights for {model}, sha256 {file_sha256(target)}")
 
 
 if __name__ == "__main__":
-    main()
+    from app.cli import cli
+
+    register(cli)
+    run_command(cli)

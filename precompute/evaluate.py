@@ -11,7 +11,7 @@ import torch
 from app.errors import DatasetError
 from app.zoo import ModelSpec
 from precompute.images import batches, eval_transform, list_images
-from precompute.network import InceptionV1
+from precompute.models.base import Network
 
 
 @dataclass(frozen=True)
@@ -26,7 +26,7 @@ class Accuracy:
         return asdict(self)
 
 
-def evaluate(net: InceptionV1, spec: ModelSpec, folder: Path, batch_size: int = 50, workers: int = 1) -> Accuracy:
+def evaluate(net: Network, spec: ModelSpec, folder: Path, batch_size: int = 50, workers: int = 1) -> Accuracy:
     """Top-1/top-5 accuracy of ``net`` on a class-per-folder image set (folder names are synsets)."""
     files = [image for image in list_images(folder, spec) if image.label is not None]
     if not files:

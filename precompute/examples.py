@@ -41,7 +41,7 @@ from app.store.algorithms import ALGORITHMS
 from app.zoo import LayerSpec, ModelSpec
 from app.zoo.spec import Framing
 from precompute.images import ImageFile, batches, list_images, read_rgb
-from precompute.network import InceptionV1
+from precompute.models.base import Network
 from precompute.ranking import HISTOGRAM_EDGES, RunningStatistics
 from precompute.runs import catalogued_model, finished_recipes, now, start_run
 from precompute.runs import unit_ids as stored_unit_ids
@@ -123,7 +123,7 @@ def _recipe(spec: ModelSpec, weights: str, dataset: str, config: ExamplesConfig)
 def run_examples(
     store: Store,
     spec: ModelSpec,
-    net: InceptionV1,
+    net: Network,
     weights_sha256: str,
     root: Path,
     config: ExamplesConfig,
@@ -216,7 +216,7 @@ def _merge(spec: ModelSpec, config: ExamplesConfig, device: torch.device, partia
 
 
 def _stream(
-    net: InceptionV1,
+    net: Network,
     spec: ModelSpec,
     files: Sequence[ImageFile],
     mine: list[int],

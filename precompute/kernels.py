@@ -44,8 +44,22 @@ class Kernel:
         return int(self.weights.shape[-1])
 
     @classmethod
-    def of_conv(cls, weights: Tensor, stride: int = 1) -> Kernel:
-        return cls(weights.detach().float(), stride, weights.shape[-1] // 2)
+    def of_conv(cls, weights: Tensor, stride: int = 1, padding: int | None = None, groups: int = 1) -> Kernel:
+        """A convolution's kernel (``padding`` defaults to half the kernel); grouped weights made dense."""
+        weights = weights.detach().float().cpu()
+        if groups > 1:
+            out, part = weights.shape[0], weights.shape[1]
+            dense = weights.new_zeros(out, part * groups, *weights.shape[2:])
+            per_group = out // groups
+            for group in range(groups):
+                rows = slice(group * per_group, (group + 1) * per_group)
+                dense[rows, group * part : (group + 1) * part] = weights[rows]
+            weights = dense
+        return cls(weights, stride, weights.shape[-1] // 2 if padding is None else padding)
+
+    @classmethod
+    def identity(cls, channels: int) -> Kernel:
+        return cls(torch.eye(channels)[:, :, None, None])
 
     def after(self, first: Kernel) -> Kernel:
         """This kernel applied to the output of ``first``: (out, first.in, k', k')."""
@@ -67,6 +81,16 @@ class Kernel:
                 out[:, :, p : p + stride * (self.size - 1) + 1 : stride, q : q + stride * (self.size - 1) + 1 : stride] += share
         return Kernel(out, self.stride * stride, padding + self.padding * stride)
 
+    def then_pool(self, size: int, stride: int, padding: int) -> Kernel:
+        """An average pool of every channel applied to this kernel's output (the max pool's stand-in after it)."""
+        full = (size - 1) * self.stride + self.size
+        out = self.weights.new_zeros(*self.weights.shape[:2], full, full)
+        share = self.weights / (size * size)
+        for a in range(size):
+            for b in range(size):
+                out[:, :, self.stride * a : self.stride * a + self.size, self.stride * b : self.stride * b + self.size] += share
+        return Kernel(out, self.stride * stride, self.padding + padding * self.stride)
+
     @classmethod
     def stacked(cls, kernels: list[Kernel]) -> Kernel:
         """Kernels of one stride with the same input, as one kernel whose outputs follow each other.
@@ -83,6 +107,21 @@ class Kernel:
             end = size - start - kernel.size
             parts.append(torch.nn.functional.pad(kernel.weights, (start, end, start, end)))
         return cls(torch.cat(parts), stride, padding)
+
+    def plus(self, other: Kernel) -> Kernel:
+        """The sum of two maps of one input (a residual block's paths), each tap kept at its input position."""
+        assert self.stride == other.stride, "summed kernels share a stride"
+        padding = max(self.padding, other.padding)
+        size = max(padding - kernel.padding + kernel.size for kernel in (self, other))
+        total = self.weights.new_zeros(*self.weights.shape[:2], size, size)
+        for kernel in (self, other):
+            start = padding - kernel.padding
+            total[:, :, start : start + kernel.size, start : start + kernel.size] += kernel.weights
+        return Kernel(total, self.stride, padding)
+
+    def scaled(self, factors: Tensor) -> Kernel:
+        """Each output channel times its factor (a BatchNorm folded into the map before it)."""
+        return Kernel(self.weights * factors.detach().float().cpu()[:, None, None, None], self.stride, self.padding)
 
     def summed(self) -> Tensor:
         """(out, in): the total weight of each connection, its sign and strength."""

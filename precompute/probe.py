@@ -85,7 +85,7 @@ def run_probe(store: Store, spec: ModelSpec, net: torch.nn.Module, weights_sha25
         image = opened.convert("RGB")
     tensor = input_transform(spec)(image)[None]
     side = spec.input_size
-    main = [layer for layer in spec.main_layers]
+    main = [layer for layer in spec.main_layers if layer.kind != "linear"]  # layers with a map to show
     logits_layer = next(layer for layer in spec.layers if layer.kind == "logits")
     with torch.no_grad():
         activations = net(tensor.to(device), [layer.name for layer in main] + [logits_layer.name])

@@ -22,7 +22,12 @@ class Defaults:
     size: int = 128
 
     def steps_for(self, layer: LayerSpec) -> int:
-        return self.early_steps if layer.kind == "conv" else self.steps
+        return self.early_steps if self.is_early(layer) else self.steps
+
+    @staticmethod
+    def is_early(layer: LayerSpec) -> bool:
+        """A stem convolution (a trunk conv at most 4 pixels apart): InceptionV1's conv2d0-2, VGG's first stages."""
+        return layer.kind == "conv" and layer.stride <= 4
 
 
 ON_DEMAND = Defaults()

@@ -28,7 +28,7 @@ from app.errors import MicroscopeError
 from app.store import Artifact, Layer, Model, Store, Unit
 from app.store.algorithms import ALGORITHMS, is_stale
 from app.zoo import LayerSpec, ModelSpec
-from precompute.network import InceptionV1
+from precompute.models.base import Network
 from precompute.optvis import objectives
 from precompute.optvis.objectives import Objective
 from precompute.optvis.param import PARAMETERIZATIONS
@@ -163,7 +163,7 @@ def _encode(images: np.ndarray) -> bytes:
 def run_vis(
     store: Store,
     spec: ModelSpec,
-    net: InceptionV1,
+    net: Network,
     weights_sha256: str,
     config: VisConfig,
     device: torch.device,
@@ -212,7 +212,7 @@ def run_vis(
         parameterize = PARAMETERIZATIONS[params["parameterization"]](config.size)
         copies = DIVERSITY_IMAGES if technique == "diversity" else 1
         seeds = [unit_seed(config.seed, layer.name, unit, technique, copy) for unit in units for copy in range(copies)]
-        diversity_layer = layer.name if layer.kind != "logits" else layer.inputs[0]
+        diversity_layer = spec.spatial_source(layer).name
         rendered = render(
             net, objective_for(technique, layer, units, diversity_layer), parameterize, seeds, STANDARD,
             steps=config.steps, device=device, learning_rate=config.learning_rate, precision=config.precision,

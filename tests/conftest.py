@@ -40,7 +40,7 @@ def spec() -> ModelSpec:
 
 @pytest.fixture(scope="session")
 def net(spec: ModelSpec, weights_dir: Path):  # noqa: ANN201 - torch type kept out of annotations
-    from precompute.weights import load_network
+    from precompute.models.bvlc import load_network
 
     return load_network(spec, weights_dir)[0]
 

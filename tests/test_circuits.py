@@ -14,8 +14,8 @@ from app.store import Edge, Layer, Run, Store, Unit
 from app.store.summary import coverage
 from app.zoo import ModelSpec
 from precompute.catalog import catalog
-from precompute.circuits import indirect_pieces, main_pieces, pairs, run_circuits, select_edges
-from precompute.network import InceptionV1
+from precompute.circuits import pairs, run_circuits, select_edges
+from precompute.models.inceptionv1 import InceptionV1
 
 
 def _linear_block(net: InceptionV1, spec: ModelSpec, block: str, x: torch.Tensor) -> torch.Tensor:
@@ -44,7 +44,7 @@ def test_expanded_weights_equal_the_jacobian_of_the_linear_block(net, spec: Mode
     jacobian = torch.autograd.functional.jacobian(
         lambda h: _linear_block(net, spec, block, h)[0, :, y, x], inputs
     )[:, 0]  # (out, in, H, W)
-    for piece in main_pieces(net, spec, layer):
+    for piece in net.linear_map(previous, layer):
         kernel = piece.kernel
         top, left = y * kernel.stride - kernel.padding, x * kernel.stride - kernel.padding
         assert top >= 0 and left >= 0 and top + kernel.size <= previous.size
@@ -67,7 +67,7 @@ def test_indirect_weights_equal_the_jacobian_of_two_linear_stages(net, spec: Mod
     inputs = torch.randn(1, 64, 56, 56)
     y = x = 12
     jacobian = torch.autograd.functional.jacobian(lambda h: stages(h)[0, :, y, x], inputs)[:, 0]
-    for piece in indirect_pieces(net, spec, spec.layer("mixed3a")):
+    for piece in net.linear_map(spec.layer("conv2d1"), spec.layer("mixed3a")):
         kernel = piece.kernel
         top, left = y * kernel.stride - kernel.padding, x * kernel.stride - kernel.padding
         window = jacobian[piece.offset : piece.offset + kernel.weights.shape[0], :, top : top + kernel.size, left : left + kernel.size]

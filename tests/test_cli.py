@@ -75,3 +75,16 @@ def test_catalog_then_info(tmp_path: Path) -> None:
     assert model["name"] == "inceptionv1" and len(model["layers"]) == 67
     text = microscope("info", cwd=tmp_path).stdout
     assert "mixed4c_5x5_bottleneck" in text and "13768 units" in text
+
+
+def test_the_server_side_commands_need_neither_torch_nor_the_precompute_package(tmp_path: Path) -> None:
+    """As in the web image: `precompute` cannot be imported, the server's commands still work."""
+    code = (
+        "import sys; sys.modules['precompute'] = None; sys.modules['torch'] = None;"
+        "from app.cli import main, with_plugins; cli = with_plugins();"
+        "names = {c.name or c.callback.__name__ for c in cli.registered_commands};"
+        "assert {'serve', 'info', 'gc', 'export'} <= names and 'worker' not in names, names;"
+        f"sys.argv = ['microscope', 'info', '--data', {str(tmp_path / 'none')!r}]; main(cli)"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
+    assert result.returncode == 2 and "error:" in result.stderr and "Traceback" not in result.stderr, result.stderr

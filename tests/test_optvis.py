@@ -44,6 +44,21 @@ def test_fourier_scales_low_frequencies_up() -> None:
     assert freqs[0, 0] == 0 and freqs[0, 1] < freqs[0, 4] and freqs.shape == (8, 5)
 
 
+@pytest.mark.parametrize("decay", [1.0, 2.0])
+def test_a_fourier_coefficients_amplitude_in_the_image_is_one_over_its_frequency(decay: float) -> None:
+    """One coefficient at frequency 2/64, then at 8/64: the image's sinusoid is 4x (16x) weaker at the higher."""
+    amplitudes = []
+    for fx in (2, 8):
+        params, image = param.fourier(64, decay_power=decay)(1, _generators(1), torch.device("cpu"))
+        with torch.no_grad():
+            params[0].zero_()
+            params[0][0, 0, 0, fx, 0] = 0.05  # channel 0, a horizontal frequency, real part
+            out = image()
+        pre_sigmoid = torch.logit(out.double())[0, 0]  # linear in the coefficient (colour mix aside)
+        amplitudes.append(float(pre_sigmoid.std()))
+    assert amplitudes[0] / amplitudes[1] == pytest.approx(4.0**decay, rel=1e-3)
+
+
 def test_transforms_are_random_differentiable_and_identity_when_off() -> None:
     images = torch.rand(2, 3, 32, 32, requires_grad=True)
     same = NONE(images, torch.Generator().manual_seed(0))
@@ -140,10 +155,13 @@ def test_render_improves_each_units_objective(net) -> None:  # noqa: ANN001
     assert torch.equal(after.images, again.images)
 
 
-def test_precision_resolution() -> None:
+def test_precision_resolution(monkeypatch: pytest.MonkeyPatch) -> None:
     assert resolve_precision("fp32", torch.device("cpu")) == "fp32"
+    assert resolve_precision("bf16", torch.device("cpu")) == "bf16"
     assert resolve_precision("auto", torch.device("cuda")) == "bf16"
-    assert resolve_precision("auto", torch.device("cpu")) in ("fp32", "bf16")
+    for native, expected in ((True, "bf16"), (False, "fp32")):  # what the CPU reports, both ways
+        monkeypatch.setattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda native=native: native)
+        assert resolve_precision("auto", torch.device("cpu")) == expected
 
 
 def _config(spec: ModelSpec, **overrides: object) -> VisConfig:

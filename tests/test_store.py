@@ -92,3 +92,23 @@ def test_blobs_are_content_addressed_and_keys_are_checked(tmp_path: Path) -> Non
 def test_settings_refuse_a_malformed_database_url(tmp_path: Path) -> None:
     with pytest.raises(StoreError, match="not a database URL"):
         Settings.load(tmp_path, "not a url")
+
+
+def test_a_schema_2_store_is_upgraded_in_place_and_the_catalog_fills_the_offsets(settings: Settings,
+                                                                                  spec: ModelSpec) -> None:
+    from sqlalchemy import text
+
+    with Store.open(settings, create=True) as store:
+        catalog(store, spec)
+        with store.transaction() as session:  # as a store written before layers kept their offsets
+            session.execute(text("ALTER TABLE layers DROP COLUMN field_offset"))
+            session.execute(update(Meta).where(Meta.key == "schema_version").values(value="2"))
+    with pytest.raises(StoreError, match="older than this microscope's"):
+        Store.open(settings, readonly=True)
+    with Store.open(settings) as store:  # writable: the column is added, empty
+        with store.session() as session:
+            assert session.scalar(select(Layer.offset).where(Layer.name == "mixed3a")) is None
+            assert session.get(Meta, "schema_version").value == str(SCHEMA_VERSION)
+        catalog(store, spec)
+        with store.session() as session:
+            assert session.scalar(select(Layer.offset).where(Layer.name == "mixed3a")) == spec.layer("mixed3a").offset

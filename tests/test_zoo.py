@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
 
 from app.errors import UnknownLayer, UnknownModel
 from app.zoo import ModelSpec, get_model
-from precompute.network import InceptionV1
+from precompute.models.inceptionv1 import InceptionV1
 
 
 def test_declared_channels_and_sizes_match_the_built_network(spec: ModelSpec) -> None:
@@ -22,6 +23,13 @@ def test_declared_channels_and_sizes_match_the_built_network(spec: ModelSpec) ->
         shape = tuple(activations[layer.name].shape)
         expected = (1, layer.channels) if layer.kind == "logits" else (1, layer.channels, layer.size, layer.size)
         assert shape == expected, layer.name
+
+
+def test_declared_channels_are_the_weight_files_own(spec: ModelSpec, weights_dir: Path) -> None:
+    """Independent of the spec: each layer's bias file holds one float32 per unit."""
+    for layer in spec.layers:
+        if layer.weights is not None:
+            assert (weights_dir / f"weights/{layer.weights}_bias.bin").stat().st_size == 4 * layer.channels, layer.name
 
 
 def test_forward_stops_at_the_requested_layer(spec: ModelSpec) -> None:

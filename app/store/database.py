@@ -7,7 +7,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from sqlalchemy import Engine, create_engine, event, inspect, select
+from sqlalchemy import Engine, create_engine, event, inspect, select, text
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session, sessionmaker
@@ -128,9 +128,17 @@ def _create(engine: Engine) -> int:
 
 
 def _upgrade(engine: Engine) -> int:
-    """Bring a store of an additive older version up to date: create the tables added since."""
+    """Bring a store of an additive older version up to date: the tables and nullable columns added since."""
     with Session(engine) as session, session.begin():
-        Base.metadata.create_all(session.connection())
+        connection = session.connection()
+        Base.metadata.create_all(connection)
+        inspector = inspect(connection)
+        for table in Base.metadata.sorted_tables:
+            present = {column["name"] for column in inspector.get_columns(table.name)}
+            for column in table.columns:
+                if column.name not in present:
+                    kind = column.type.compile(dialect=engine.dialect)
+                    connection.execute(text(f'ALTER TABLE {table.name} ADD COLUMN "{column.name}" {kind}'))
         session.get(Meta, "schema_version").value = str(SCHEMA_VERSION)
     return SCHEMA_VERSION
 

@@ -15,9 +15,10 @@ from sqlalchemy import JSON, ForeignKey, Index, String, UniqueConstraint
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
 #: Bumped whenever a table changes; a store written by a newer version is refused. Version 2
-#: added the probe tables (a store of version 1 is upgraded in place when opened for writing).
-SCHEMA_VERSION = 2
-#: Versions a writable open upgrades by creating the tables added since (nothing else changed).
+#: added the probe tables, version 3 the layers' ``field_offset`` (a store of version 1 or 2 is
+#: upgraded in place when opened for writing; the catalog stage fills the new column).
+SCHEMA_VERSION = 3
+#: Versions a writable open upgrades by creating the tables and nullable columns added since.
 ADDITIVE_SINCE = 1
 
 
@@ -60,6 +61,9 @@ class Layer(Base):
     size: Mapped[int]
     stride: Mapped[int]
     receptive_field: Mapped[int]
+    #: Input pixel at the centre of position (0, 0): with stride and receptive field, what pages
+    #: need to box a position (None in a store upgraded from version 2 until the catalog reruns).
+    offset: Mapped[int | None] = mapped_column("field_offset")
     inputs: Mapped[list[Any]]
     previous: Mapped[str | None] = mapped_column(String(64))
     block: Mapped[str | None] = mapped_column(String(64))

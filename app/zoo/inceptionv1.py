@@ -135,7 +135,7 @@ def _layers(input_size: int) -> tuple[LayerSpec, ...]:
     return tuple(layers)
 
 
-def _classes() -> tuple[ClassLabel, ...]:
+def imagenet_classes() -> tuple[ClassLabel, ...]:
     text = resources.files("app.zoo").joinpath("imagenet_classes.tsv").read_text(encoding="utf-8")
     rows = (line.split("\t") for line in text.splitlines() if line)
     return tuple(ClassLabel(index, synset, name) for index, (synset, name) in enumerate(rows))
@@ -154,6 +154,6 @@ def inceptionv1() -> ModelSpec:
         value_range=(0.0, 255.0),
         mean=(104.0, 117.0, 123.0),
         layers=_layers(224),
-        classes=_classes(),
+        classes=imagenet_classes(),
         weights=WeightsSource(base_url=WEIGHTS_URL, folder="bvlc_googlenet", checksums="bvlc_googlenet.sha256"),
     )

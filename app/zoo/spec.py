@@ -13,10 +13,14 @@ from typing import Literal
 
 from app.errors import UnknownLayer
 
-LayerKind = Literal["conv", "mixed", "branch", "logits"]
+#: conv: a convolution on the network's trunk; mixed: a block's concatenated branches; residual: a
+#: block's sum of its paths (identity and convolutions); branch: a convolution inside a block;
+#: linear: a fully connected layer; logits: the classifier's output.
+LayerKind = Literal["conv", "mixed", "residual", "branch", "linear", "logits"]
 
-#: Kinds whose units are counted as "main" units (the 5,808 of InceptionV1).
-MAIN_KINDS: frozenset[str] = frozenset({"conv", "mixed"})
+#: Kinds whose units are counted as "main" units (the 5,808 of InceptionV1): the trunk, which
+#: every path from the input to the output crosses.
+MAIN_KINDS: frozenset[str] = frozenset({"conv", "mixed", "residual", "linear"})
 
 
 @dataclass(frozen=True)
@@ -65,13 +69,22 @@ class LayerSpec:
 
     def position_box(self, y: int, x: int, image_size: int) -> tuple[int, int, int, int]:
         """The receptive field of position (y, x) as (left, top, right, bottom), clipped to the image."""
-        half = self.receptive_field // 2
-        centre_y = self.offset + y * self.stride
-        centre_x = self.offset + x * self.stride
-        left, top = max(0, centre_x - half), max(0, centre_y - half)
-        right = min(image_size, centre_x - half + self.receptive_field)
-        bottom = min(image_size, centre_y - half + self.receptive_field)
-        return left, top, right, bottom
+        return position_box(self.offset, self.stride, self.receptive_field, y, x, image_size)
+
+
+def position_box(offset: int, stride: int, receptive_field: int, y: int, x: int,
+                 image_size: int) -> tuple[int, int, int, int]:
+    """The input pixels position (y, x) of a grid sees, as (left, top, right, bottom), clipped to the image.
+
+    ``offset`` is the input pixel at the centre of position (0, 0) (the store keeps it per layer,
+    so the server needs no spec).
+    """
+    half = receptive_field // 2
+    centre_y, centre_x = offset + y * stride, offset + x * stride
+    left, top = max(0, centre_x - half), max(0, centre_y - half)
+    right = min(image_size, centre_x - half + receptive_field)
+    bottom = min(image_size, centre_y - half + receptive_field)
+    return left, top, right, bottom
 
 
 @dataclass(frozen=True)
@@ -134,9 +147,12 @@ class ModelSpec:
     mean: tuple[float, float, float]
     layers: tuple[LayerSpec, ...]
     classes: tuple[ClassLabel, ...]
-    weights: WeightsSource
+    #: The BVLC-style folder of raw files; None where the network loads a state dict.
+    weights: WeightsSource | None
     #: Resize used by the accuracy check of the weights (the README's figures).
     eval_resize: int = 256
+    #: Per-channel divisor applied after the mean, in ``channel_order`` (torchvision's normalization).
+    std: tuple[float, float, float] = (1.0, 1.0, 1.0)
 
     def layer(self, name: str) -> LayerSpec:
         """The layer called ``name``; `UnknownLayer` names the nearest valid ones."""
@@ -168,4 +184,10 @@ class ModelSpec:
 
     def unit_label(self, layer: LayerSpec, unit: int) -> str | None:
         """A unit's human label: the class name for logits, none otherwise."""
-        return self.classes[unit].name if layer.kind == "logits" else None
+        return self.classes[unit].name if layer.kind == "logits" and unit < len(self.classes) else None
+
+    def spatial_source(self, layer: LayerSpec) -> LayerSpec:
+        """The nearest layer at or before ``layer`` with a spatial map (fully connected layers have none)."""
+        while layer.kind in ("linear", "logits") and layer.inputs:
+            layer = self.layer(layer.inputs[0])
+        return layer

@@ -10,7 +10,7 @@ from typing import Literal
 import torch
 from torch import Tensor
 
-from precompute.network import InceptionV1
+from precompute.models.base import Network
 from precompute.optvis.objectives import Objective
 from precompute.optvis.param import Parameterization
 from precompute.optvis.transform import Transforms
@@ -55,7 +55,7 @@ def _autocast(device: torch.device, precision: str) -> contextlib.AbstractContex
 
 
 def render(
-    net: InceptionV1,
+    net: Network,
     objective: Objective,
     parameterization: Parameterization,
     seeds: Sequence[int],

@@ -1,4 +1,4 @@
-"""Loading checked pretrained parameters into a network built from its spec."""
+"""Loading BVLC GoogLeNet's checked Caffe parameters into InceptionV1 built from its spec."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import numpy as np
 import torch
 
 from app.zoo import ModelSpec
-from precompute.network import InceptionV1
+from precompute.models.inceptionv1 import InceptionV1
 from precompute.weight_files import Checksums, expected_shapes, verify
 
 

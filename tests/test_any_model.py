@@ -1,0 +1,101 @@
+"""Your own model end to end: `precompute all --model package.module:factory`, then every page for it.
+
+The tiny model (tests/tiny_model.py) has a stem, an inception-style block and residual blocks with
+BatchNorm, and seeded random weights, so this runs in seconds without any real weights.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from fastapi.testclient import TestClient
+from sqlalchemy import func, select
+
+from app import urls
+from app.main import create_app
+from app.settings import Settings
+from app.store import Edge, Layer, Store, Unit
+from tests.conftest import ROOT, link_sample
+from tests.tiny_model import FACTORY, write_weights
+
+
+@pytest.fixture(scope="module")
+def tiny_store(tmp_path_factory: pytest.TempPathFactory, images_dir: Path) -> Settings:
+    root = tmp_path_factory.mktemp("any-model")
+    weights = root / "tiny.pt"
+    write_weights(weights)
+    images = link_sample(images_dir, root / "images", step=50, count=20)
+    result = subprocess.run(
+        [sys.executable, "-m", "precompute.cli", "precompute", "all", "--model", FACTORY, "--weights", str(weights),
+         "--images", str(images), "--data", str(root / "store"), "--steps", "4", "--early-steps", "4", "--size", "48",
+         "--batch", "8", "--device", "cpu"],
+        cwd=ROOT, capture_output=True, text=True, timeout=600,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "catalog: 16 layers, 1152 units added" in result.stdout
+    return Settings.load(root / "store")
+
+
+@pytest.fixture(scope="module")
+def client(tiny_store: Settings) -> TestClient:
+    return TestClient(create_app(tiny_store))
+
+
+def test_every_kind_of_layer_has_pages_and_json(client: TestClient) -> None:
+    assert "tiny" in [model["name"] for model in client.get(urls.home(json=True)).json()["models"]]
+    for layer, unit in (("stem_0", 0), ("mixed", 5), ("mixed_branch2_2_0", 1), ("res1", 3), ("res2_conv2_0", 1),
+                        ("fc", 488)):
+        page, twin = client.get(urls.unit("tiny", layer, unit)), client.get(urls.unit("tiny", layer, unit, json=True))
+        assert page.status_code == twin.status_code == 200, layer
+        data = twin.json()
+        assert data["top_examples"], layer
+        assert data["inputs"] or layer == "stem_0", layer
+    assert client.get(urls.unit("tiny", "fc", 488, json=True)).json()["unit"]["label"] == "chain"
+    assert client.get(urls.unit("tiny", "res1", 99)).status_code == 404
+
+
+def test_residual_and_mixed_units_are_what_they_are(client: TestClient) -> None:
+    mixed = client.get(urls.unit("tiny", "mixed", 5, json=True)).json()
+    assert mixed["same_unit"]["layer"] == "mixed_branch2_2_0" and mixed["same_unit"]["index"] == 1
+    residual = client.get(urls.unit("tiny", "res1", 3, json=True)).json()
+    assert residual["same_unit"] is None  # a sum of paths, not its branches side by side
+    sources = {group["layer"] for group in residual["inputs"]}
+    assert "mixed" in sources  # expanded weights through the block, identity path included
+    example = residual["top_examples"][0]
+    box = client.get(example["url"] + ".json").json()["box"]
+    assert 0 < box[2] < 100  # a residual unit's receptive field (25 px of 224) is a part of the image
+
+
+def test_circuits_cover_every_pair_and_search_finds_the_class(client: TestClient, tiny_store: Settings) -> None:
+    with Store.open(tiny_store, readonly=True) as store, store.session() as session:
+        targets = set(session.scalars(
+            select(Layer.name).join(Unit, Unit.layer_id == Layer.id).join(Edge, Edge.target_id == Unit.id)
+        ))
+        count = session.scalar(select(func.count()).select_from(Edge))
+    assert targets == {"mixed", "mixed_branch1_0", "mixed_branch2_0_0", "mixed_branch2_2_0", "mixed_branch3_1_0",
+                       "res1", "res1_conv1_0", "res1_conv2_0", "res1_conv3_0", "res1_downsample_0", "res2",
+                       "res2_conv1_0", "res2_conv2_0", "res2_conv3_0", "fc"} and count > 1000
+    assert "/models/tiny/fc/488" in client.get(urls.search("chain")).text
+
+
+def test_a_probe_of_the_tiny_model(tiny_store: Settings, images_dir: Path, client: TestClient) -> None:
+    import hashlib
+
+    import torch
+
+    from precompute.models import load
+    from precompute.probe import run_probe
+
+    photo = sorted(images_dir.glob("*/*.jpg"))[7].read_bytes()
+    sha = hashlib.sha256(photo).hexdigest()
+    net = load(FACTORY, tiny_store.data_dir.parent / "tiny.pt").net
+    with Store.open(tiny_store) as store:
+        assert run_probe(store, net.spec, net, "w", sha, photo, torch.device("cpu"))
+    page = TestClient(create_app(tiny_store)).get(urls.probe("tiny", sha, json=True))
+    assert page.status_code == 200
+    probed = page.json()
+    assert [layer["name"] for layer in probed["layers"]] == ["stem_0", "mixed", "res1", "res2"]
+    assert all(layer["units"] for layer in probed["layers"]) and len(probed["classes"]) == 5

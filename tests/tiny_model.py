@@ -1,0 +1,86 @@
+"""A tiny CNN with every structure the stages meet, for tests that must run in seconds.
+
+A stem (convolution, BatchNorm, ReLU, max pool), one inception-style block
+(branches concatenated, one behind a bottleneck, one behind a pool), two
+residual blocks (one with a strided projection, one with the identity) and a
+1,000-way classifier. It is also the README's worked example of bringing
+your own model: ``microscope precompute all --model tests.tiny_model:tiny
+--weights tiny.pt`` after ``python -m tests.tiny_model tiny.pt`` wrote seeded
+weights.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import torch
+from torch import Tensor, nn
+
+#: The module path ``--model`` takes.
+FACTORY = "tests.tiny_model:tiny"
+
+
+def _conv(inputs: int, outputs: int, kernel: int, stride: int = 1) -> nn.Sequential:
+    return nn.Sequential(nn.Conv2d(inputs, outputs, kernel, stride, kernel // 2, bias=False), nn.BatchNorm2d(outputs))
+
+
+class Mixed(nn.Module):
+    def __init__(self, inputs: int) -> None:
+        super().__init__()
+        self.branch1 = _conv(inputs, 4, 1)
+        self.branch2 = nn.Sequential(_conv(inputs, 4, 1), nn.ReLU(), _conv(4, 6, 3))
+        self.branch3 = nn.Sequential(nn.MaxPool2d(3, 1, 1), _conv(inputs, 4, 1))
+        self.relu = nn.ReLU()
+
+    def forward(self, x: Tensor) -> Tensor:
+        return torch.cat([self.relu(self.branch1(x)), self.relu(self.branch2(x)), self.relu(self.branch3(x))], 1)
+
+
+class Residual(nn.Module):
+    def __init__(self, inputs: int, outputs: int, stride: int) -> None:
+        super().__init__()
+        self.conv1 = _conv(inputs, 8, 1)
+        self.conv2 = _conv(8, 8, 3, stride)
+        self.conv3 = _conv(8, outputs, 1)
+        self.downsample = _conv(inputs, outputs, 1, stride) if stride > 1 or inputs != outputs else None
+        self.relu = nn.ReLU()
+
+    def forward(self, x: Tensor) -> Tensor:
+        path = self.conv3(self.relu(self.conv2(self.relu(self.conv1(x)))))
+        identity = self.downsample(x) if self.downsample is not None else x
+        return self.relu(path + identity)
+
+
+class Tiny(nn.Module):
+    def __init__(self, classes: int = 1000) -> None:
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(3, 8, 5, 2, 2, bias=False), nn.BatchNorm2d(8), nn.ReLU(),
+                                  nn.MaxPool2d(3, 2, 1))
+        self.mixed = Mixed(8)
+        self.res1 = Residual(14, 16, 2)
+        self.res2 = Residual(16, 16, 1)
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Linear(16, classes)
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = self.res2(self.res1(self.mixed(self.stem(x))))
+        return self.fc(torch.flatten(self.pool(x), 1))
+
+
+def tiny() -> Tiny:
+    return Tiny()
+
+
+def write_weights(path: Path, seed: int = 0) -> str:
+    """Seeded random weights as a state dict (torch.save) at ``path``; their sha256."""
+    from precompute.models import seeded_state_dict
+    from precompute.weight_files import file_sha256
+
+    torch.save(seeded_state_dict(FACTORY, seed), path)
+    return file_sha256(path)
+
+
+if __name__ == "__main__":
+    target = Path(sys.argv[1] if len(sys.argv) > 1 else "tiny.pt")
+    print(f"{target}: seeded tiny weights, sha256 {write_weights(target)}")
