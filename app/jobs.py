@@ -10,7 +10,10 @@ Around Huey's queue, three things it does not do by itself:
 - **One job per request.** Each job has a key (``render:model:layer:units:technique``,
   ``probe:model:sha256``); a second request for a key that is queued or running
   joins it instead of adding a job.
-- **Bounded.** Past ``capacity`` pending jobs a request is refused (`QueueFull`, a 503).
+- **One list per model.** A worker holds one network, so each model's jobs wait in
+  their own Huey queue (``microscope-jobs-<model>``) and a worker takes only its
+  model's; keys, uploads and the journal are shared.
+- **Bounded.** Past ``capacity`` pending jobs of a model a request is refused (`QueueFull`, a 503).
 - **Jobs outlive their worker.** Huey's dequeue removes a job before it runs,
   so a worker killed mid-job would lose it. A worker records each job it takes
   in an in-flight journal and clears it when the job is done; jobs in flight
@@ -49,6 +52,11 @@ LAYER = 10
 
 #: What a worker does with each kind of job (`precompute.worker` registers them; the server never runs a job).
 HANDLERS: dict[str, Callable[..., None]] = {}
+
+
+def _model_of(key: str) -> str:
+    """The model a job key names (``render:model:...``, ``probe:model:sha256``)."""
+    return key.split(":")[1]
 
 
 class QueueFull(MicroscopeError):
@@ -111,11 +119,21 @@ class JobQueue:
     def __init__(self, location: str, capacity: int | None = None) -> None:
         self.location = location
         self.capacity = capacity or int(os.environ.get("MICROSCOPE_QUEUE_LIMIT") or DEFAULT_CAPACITY)
+        #: Shared key-value storage: request markers and uploads.
         self.huey = _huey(location, "microscope")
         self._inflight = _huey(location, "microscope-inflight").storage
         self._workers = _huey(location, "microscope-workers").storage
-        self.render_task = self.huey.task(name="render")(_render)
-        self.probe_task = self.huey.task(name="probe")(_probe)
+        self._lists: dict[str, tuple[Huey, Any, Any]] = {}
+
+    def jobs(self, model: str) -> Huey:
+        """``model``'s own job list (a worker takes only the jobs of the model it runs)."""
+        return self._list(model)[0]
+
+    def _list(self, model: str) -> tuple[Huey, Any, Any]:
+        if model not in self._lists:
+            huey = _huey(self.location, f"microscope-jobs-{model}")
+            self._lists[model] = (huey, huey.task(name="render")(_render), huey.task(name="probe")(_probe))
+        return self._lists[model]
 
     @classmethod
     def for_store(cls, settings: Settings) -> JobQueue:
@@ -137,7 +155,8 @@ class JobQueue:
     def request_render(self, model: str, layer: str, units: list[int], technique: str = "channel",
                        priority: int = PAGE) -> JobState:
         key = self.render_key(model, layer, units, technique)
-        return self._submit(key, lambda: self.render_task.s(key, model, layer, units, technique, priority=priority))
+        render = self._list(model)[1]
+        return self._submit(key, lambda: render.s(key, model, layer, units, technique, priority=priority))
 
     def request_probe(self, model: str, sha256: str, image: bytes) -> JobState:
         """Queue a probe; the image bytes wait in the queue's key-value store until the worker takes them."""
@@ -146,7 +165,8 @@ class JobQueue:
         if state.state != "none":
             return state
         self.huey.storage.put_data(f"upload:{sha256}", image)
-        return self._submit(key, lambda: self.probe_task.s(key, model, sha256, priority=PAGE))
+        probe = self._list(model)[2]
+        return self._submit(key, lambda: probe.s(key, model, sha256, priority=PAGE))
 
     def upload(self, sha256: str) -> bytes | None:
         data = self.huey.storage.peek_data(f"upload:{sha256}")
@@ -161,13 +181,14 @@ class JobQueue:
             state = self.state(key)
             if state.state != "none":
                 return state  # the same request is queued or running: join it
-        pending = self.huey.pending_count()
+        jobs = self.jobs(_model_of(key))
+        pending = jobs.pending_count()
         if pending >= self.capacity:
             storage.delete_data(f"queued:{key}")
             raise QueueFull(f"the job queue is full ({pending} jobs waiting, limit {self.capacity}): try again later")
         task = make()
         storage.put_data(f"queued:{key}", task.id.encode())
-        self.huey.enqueue(task)
+        jobs.enqueue(task)
         return self.state(key)
 
     def state(self, key: str) -> JobState:
@@ -177,15 +198,15 @@ class JobQueue:
         if self._inflight.peek_data(key) is not EmptyData:
             return JobState("running")
         task_id = bytes(marker).decode()
-        ids = [task.id for task in self.huey.pending()]
+        ids = [task.id for task in self.jobs(_model_of(key)).pending()]
         if task_id in ids:
             return JobState("queued", ids.index(task_id) + 1, len(ids))
         # Marked but neither waiting nor running: its job was lost (a worker killed between taking it
         # and recording it), or it is just being enqueued; a new request queues it again.
         return JobState("none")
 
-    def pending_count(self) -> int:
-        return self.huey.pending_count()
+    def pending_count(self, model: str) -> int:
+        return self.jobs(model).pending_count()
 
     def workers(self) -> list[WorkerBeat]:
         beats = []
@@ -208,18 +229,19 @@ class JobQueue:
     def leave(self, worker: str) -> None:
         self._workers.delete_data(worker)
 
-    def take(self, worker: str) -> tuple[str, Task] | None:
-        """The next job, recorded as in flight on ``worker`` (with what it takes to queue it again)."""
-        task = self.huey.dequeue()
+    def take(self, worker: str, model: str) -> tuple[str, Task] | None:
+        """The next job of ``model``, recorded as in flight on ``worker`` (with what it takes to queue it again)."""
+        jobs = self.jobs(model)
+        task = jobs.dequeue()
         if task is None:
             return None
         key = task.args[0]
-        record = {"worker": worker, "task": self.huey.serialize_task(task).hex(), "priority": task.priority}
+        record = {"worker": worker, "task": jobs.serialize_task(task).hex(), "priority": task.priority}
         self._inflight.put_data(key, json.dumps(record).encode())
         return key, task
 
     def run(self, task: Task) -> None:
-        self.huey.execute(task)
+        self.jobs(task.args[1]).execute(task)  # every job's arguments are (key, model, ...)
 
     def claim(self, worker: str, key: str) -> bool:
         """Claim work that is not a queued job (a fill batch), so that other workers skip it."""
@@ -247,7 +269,7 @@ class JobQueue:
             if self._inflight.pop_data(key) is EmptyData:
                 continue  # another worker recovered it first
             if record.get("task"):
-                self.huey.storage.enqueue(bytes.fromhex(record["task"]), record.get("priority"))
+                self.jobs(_model_of(key)).storage.enqueue(bytes.fromhex(record["task"]), record.get("priority"))
                 requeued += 1
         for worker, beat in beats.items():
             if not beat.alive:

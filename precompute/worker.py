@@ -109,7 +109,7 @@ class Worker:
 
     def serve_one(self) -> bool:
         """Run the most urgent waiting job, if any."""
-        taken = self.queue.take(self.name)
+        taken = self.queue.take(self.name, self.spec.name)
         if taken is None:
             return False
         key, task = taken

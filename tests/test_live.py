@@ -19,7 +19,7 @@ from PIL import Image
 from sqlalchemy import select
 
 from app import urls
-from app.jobs import JobQueue, QueueFull
+from app.jobs import JobState, JobQueue, QueueFull
 from app.main import create_app
 from app.settings import Settings
 from app.store import Artifact, Layer, Probe, ProbeUnit, Store, Unit
@@ -111,11 +111,11 @@ def test_identical_requests_are_one_job_and_the_queue_is_bounded(location: str) 
     queue = JobQueue(location, capacity=2)
     first = queue.request_render(MODEL, "mixed3a", [1])
     assert (first.state, first.position, first.pending) == ("queued", 1, 1)
-    assert queue.request_render(MODEL, "mixed3a", [1]) == first and queue.pending_count() == 1
+    assert queue.request_render(MODEL, "mixed3a", [1]) == first and queue.pending_count(MODEL) == 1
     assert queue.request_render(MODEL, "mixed3a", [2]).position == 2
     with pytest.raises(QueueFull, match="full"):
         queue.request_render(MODEL, "mixed3a", [3])
-    assert queue.pending_count() == 2
+    assert queue.pending_count(MODEL) == 2
     # The queue is durable: a restarted server (a new JobQueue) sees the same jobs.
     again = JobQueue(location, capacity=2)
     assert again.state(JobQueue.render_key(MODEL, "mixed3a", [2])).position == 2
@@ -124,16 +124,27 @@ def test_identical_requests_are_one_job_and_the_queue_is_bounded(location: str) 
 def test_a_dead_workers_job_goes_back_to_the_queue(location: str) -> None:
     queue = JobQueue(location)
     queue.request_render(MODEL, "mixed3a", [1])
-    key, _ = queue.take("gone")
-    assert queue.state(key).state == "running" and queue.pending_count() == 0
+    key, _ = queue.take("gone", MODEL)
+    assert queue.state(key).state == "running" and queue.pending_count(MODEL) == 0
     queue.beat("alive", "working")  # this process, beating now: its jobs stay where they are
     queue.request_render(MODEL, "mixed3a", [2])
-    kept, _ = queue.take("alive")
+    kept, _ = queue.take("alive", MODEL)
     assert queue.recover() == 1
     assert queue.state(key).state == "queued" and queue.state(kept).state == "running"
-    assert queue.take("next")[0] == key
+    assert queue.take("next", MODEL)[0] == key
     queue.done(key)
     assert queue.state(key).state == "none"
+
+
+def test_each_model_has_its_own_job_list(location: str) -> None:
+    """A worker holds one network: it takes only its model's jobs, the other model's wait for theirs."""
+    queue = JobQueue(location)
+    queue.request_render("resnet50", "layer1_0", [1])
+    queue.request_render(MODEL, "mixed3a", [1])
+    assert queue.take("inception-worker", MODEL)[0] == JobQueue.render_key(MODEL, "mixed3a", [1])
+    assert queue.take("inception-worker", MODEL) is None
+    other = JobQueue.render_key("resnet50", "layer1_0", [1])
+    assert queue.state(other) == JobState("queued", 1, 1) and queue.take("resnet-worker", "resnet50")[0] == other
 
 
 # Uploads -----------------------------------------------------------------------------------
@@ -215,7 +226,7 @@ def test_fill_renders_main_layers_first_and_serves_requests_between_steps(live: 
     rendered = artifact_keys(live, "conv2d0")
     assert sorted(rendered) == [0, 1, 2, 3]
     assert {7, 8} <= set(artifact_keys(live, "mixed3b"))
-    assert queue.pending_count() == 0 and not queue.claimed()
+    assert queue.pending_count(MODEL) == 0 and not queue.claimed()
 
 
 # The pages ---------------------------------------------------------------------------------
@@ -249,7 +260,7 @@ def test_an_unrendered_unit_page_queues_its_render_and_says_when_no_worker_runs(
 def test_a_layer_can_be_queued_whole_and_the_queue_refuses_a_flood(client: TestClient, live: Settings) -> None:
     answer = client.post(urls.render_layer(MODEL, "mixed3a", json=True))
     assert answer.status_code == 202 and answer.json()["missing"] == 252 and answer.json()["queued"] == 252
-    assert JobQueue.for_store(live).pending_count() == 32  # 8 units a job
+    assert JobQueue.for_store(live).pending_count(MODEL) == 32  # 8 units a job
     os.environ["MICROSCOPE_QUEUE_LIMIT"] = "32"
     try:
         full = TestClient(create_app(live)).post(urls.render(MODEL, "mixed3b", 30, json=True))
@@ -297,7 +308,7 @@ def test_a_probe_from_upload_to_result_and_gc(client: TestClient, live: Settings
 
 
 def test_bad_uploads_through_http_store_nothing(client: TestClient, live: Settings) -> None:
-    before = JobQueue.for_store(live).pending_count()
+    before = JobQueue.for_store(live).pending_count(MODEL)
     truncated = _encoded(Image.new("RGB", (300, 200), "red"), "JPEG")[:300]
     assert client.post(urls.probes(MODEL), content=truncated).status_code == 400
     assert client.post(urls.probes(MODEL), content=b"").status_code == 400
@@ -311,7 +322,7 @@ def test_bad_uploads_through_http_store_nothing(client: TestClient, live: Settin
     flood = [("image", (f"{i}.png", photo, "image/png")) for i in range(5)]
     assert client.post(urls.probe_form(MODEL), files=flood).status_code == 400
     assert client.post(urls.probe_form(MODEL), data={"note": "no file"}).status_code == 400
-    assert JobQueue.for_store(live).pending_count() == before
+    assert JobQueue.for_store(live).pending_count(MODEL) == before
 
 
 def test_the_live_server_imports_no_torch_and_keeps_the_store_read_only(live: Settings) -> None:

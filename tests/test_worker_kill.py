@@ -82,7 +82,7 @@ def test_a_killed_worker_restarted_completes_every_job_once(web_settings: Settin
     assert microscope("gc", "--data", str(killed.data_dir)).returncode == 0
     assert microscope("gc", "--data", str(clean.data_dir)).returncode == 0
 
-    assert queue.pending_count() == 0 and not queue.claimed()
+    assert queue.pending_count("inceptionv1") == 0 and not queue.claimed()
     for layer, units in RENDERS:
         assert queue.state(JobQueue.render_key(MODEL, layer, units)).state == "none"
     expected, actual = contents(clean), contents(killed)
