@@ -78,13 +78,12 @@ def catalogued(model: str, weights: Path | None, names: Path | None = None) -> t
         from precompute.weight_files import Checksums
 
         return get_model(model), Checksums.of(get_model(model)).digest
-    if model not in ZOO and ":" not in model:
-        raise UnknownModel(model, tuple(difflib.get_close_matches(model, model_names(), n=3)))
+    spec = build(model, names).spec  # an unknown name fails here, before any download
     if weights is None and model in ZOO:
         weights = fetch(mirrored(ZOO[model].url))
     if weights is None or not weights.is_file():
         raise MicroscopeError(f"{model}: give its weights with --weights FILE (a state dict saved by torch.save)")
-    return build(model, names).spec, file_sha256(weights)
+    return spec, file_sha256(weights)
 
 
 def _module(model: str, names: Path | None) -> tuple[nn.Module, Description]:

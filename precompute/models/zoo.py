@@ -10,7 +10,6 @@ download.pytorch.org can stand in (``MICROSCOPE_WEIGHTS_MIRROR``).
 from __future__ import annotations
 
 import os
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -122,5 +121,6 @@ def fetch(url: str, cache: Path | None = None) -> Path:
 
 
 def official_prefix(entry: ZooModel) -> str:
-    match = re.search(r"-([a-f0-9]+)\.", entry.url.rsplit("/", 1)[-1])
+    """The sha256 prefix torchvision's file name carries (what `fetch` checks a download against)."""
+    match = torch.hub.HASH_REGEX.search(entry.url.rsplit("/", 1)[-1])
     return match.group(1) if match else ""
