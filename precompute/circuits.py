@@ -29,16 +29,13 @@ resumes at the first pair not written.
 
 from __future__ import annotations
 
-import hashlib
 import io
-import json
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 from PIL import Image
-from sqlalchemy import delete, insert
 from torch import Tensor
 from tqdm import tqdm
 
@@ -46,7 +43,7 @@ from app.store import Edge, Store
 from app.store.algorithms import ALGORITHMS
 from app.zoo import LayerSpec, ModelSpec
 from precompute.models.base import Network, Piece
-from precompute.runs import catalogued_model, finished_recipes, now, start_run, unit_ids
+from precompute.runs import catalogued_model, digested, finished_recipes, finish_run, replace_rows, share, start_run, unit_ids
 
 TOP = 50
 #: Colour of the strongest positive and negative weights (ColorBrewer RdBu ends).
@@ -62,39 +59,49 @@ MAX_STORED_KERNEL = 11
 class Pair:
     source: LayerSpec
     target: LayerSpec
-    pieces: tuple[Piece, ...]
     #: Whether source units keep their strongest outputs into this pair's target layer.
     outputs: bool
     #: Composed through the main layer between source and target.
     indirect: bool = False
 
+
+@dataclass(frozen=True)
+class Expanded:
+    """A pair's linear map: its kernels, piece by piece (`Network.linear_map`)."""
+
+    pair: Pair
+    pieces: tuple[Piece, ...]
+
     @property
     def keeps_kernels(self) -> bool:
         """Whether edges store their kernel's numbers and picture (indirect and very wide ones keep sum and norm)."""
-        return not self.indirect and max(piece.kernel.size for piece in self.pieces) <= MAX_STORED_KERNEL
+        return not self.pair.indirect and max(piece.kernel.size for piece in self.pieces) <= MAX_STORED_KERNEL
+
+
+def expand(net: Network, pair: Pair) -> Expanded:
+    return Expanded(pair, tuple(net.linear_map(pair.source, pair.target)))
 
 
 def _spatial(layer: LayerSpec) -> bool:
     return layer.kind not in ("linear", "logits")
 
 
-def pairs(net: Network, spec: ModelSpec, layers: Sequence[LayerSpec]) -> Iterator[Pair]:
+def pairs(spec: ModelSpec, layers: Sequence[LayerSpec]) -> list[Pair]:
     """Every pair whose target is one of ``layers``, in network order (a layer's indirect pair after its main one).
 
     Indirect pairs are made between spatial layers only: into a fully connected layer the composed
     kernel would span the whole map for every pair of units.
     """
+    found = []
     for layer in layers:
         if layer.kind == "branch":
-            for name in layer.inputs:
-                source = spec.layer(name)
-                yield Pair(source, layer, net.linear_map(source, layer), outputs=source.kind == "branch")
+            found += [Pair(spec.layer(name), layer, outputs=spec.layer(name).kind == "branch") for name in layer.inputs]
         elif layer.previous is not None:
             previous = spec.layer(layer.previous)
-            yield Pair(previous, layer, net.linear_map(previous, layer), outputs=True)
+            found.append(Pair(previous, layer, outputs=True))
             if _spatial(layer) and _spatial(previous) and previous.previous is not None:
-                source = spec.layer(previous.previous)
-                yield Pair(source, layer, net.linear_map(source, layer), outputs=False, indirect=True)
+                found.append(Pair(spec.layer(previous.previous), layer, outputs=False, indirect=True))
+    return found
 
 
 def _strongest(norms: Tensor, k: int) -> Tensor:
@@ -105,12 +112,12 @@ def _strongest(norms: Tensor, k: int) -> Tensor:
     return torch.stack([rows[keep], columns[keep]], dim=1)
 
 
-def select_edges(pair: Pair, k: int = TOP) -> list[tuple[int, int]]:
-    """(target, source) of every edge kept for ``pair``, sorted: each target's k strongest inputs by L2 norm
+def select_edges(expanded: Expanded, k: int = TOP) -> list[tuple[int, int]]:
+    """(target, source) of every edge kept for a pair, sorted: each target's k strongest inputs by L2 norm
     (and, for pairs that keep outputs, each source's k strongest outputs)."""
-    norms = torch.cat([piece.kernel.norms() for piece in pair.pieces])
+    norms = torch.cat([piece.kernel.norms() for piece in expanded.pieces])
     chosen = _strongest(norms, k)
-    if pair.outputs:
+    if expanded.pair.outputs:
         chosen = torch.cat([chosen, _strongest(norms.T, k).flip(1)])
     return sorted({(int(t), int(s)) for t, s in chosen.tolist()})
 
@@ -125,7 +132,8 @@ def kernel_image(kernel: np.ndarray, scale: float) -> bytes:
     return out.getvalue()
 
 
-def recipe(net: Network, pair: Pair, weights_sha256: str) -> dict[str, object]:
+def recipe(net: Network, expanded: Expanded, weights_sha256: str) -> dict[str, object]:
+    pair = expanded.pair
     params: dict[str, object] = {
         "algorithm": ALGORITHMS["circuits"],
         "source": pair.source.name, "target": pair.target.name, "top": TOP, "levels": LEVELS,
@@ -134,10 +142,9 @@ def recipe(net: Network, pair: Pair, weights_sha256: str) -> dict[str, object]:
         "stand_ins": net.stand_ins, "weights_sha256": weights_sha256,
         "approximation": net.approximation(pair.source, pair.target, pair.indirect),
     }
-    if not pair.keeps_kernels and not pair.indirect:
+    if not expanded.keeps_kernels and not pair.indirect:
         params["kernels"] = f"sum and norm only (wider than {MAX_STORED_KERNEL})"
-    params["recipe_sha256"] = hashlib.sha256(json.dumps(params, sort_keys=True).encode()).hexdigest()
-    return params
+    return digested(params)
 
 
 @dataclass
@@ -162,31 +169,34 @@ def run_circuits(
         model = catalogued_model(session, spec)
         done = finished_recipes(session, "circuits")
         ids = unit_ids(session, model.id)
-    index, count = shard
-    todo = [pair for number, pair in enumerate(pairs(net, spec, layers)) if number % count == index]
-    for pair in tqdm(todo, desc="circuits", unit="pair", disable=not progress):
-        params = recipe(net, pair, weights_sha256)
+    for pair in tqdm(share(pairs(spec, layers), shard), desc="circuits", unit="pair", disable=not progress):
+        expanded = expand(net, pair)
+        params = recipe(net, expanded, weights_sha256)
         if params["recipe_sha256"] in done:
             result.pairs_reused += 1
             continue
-        result.edges += _write_pair(store, model.id, pair, params, ids)
+        rows = _edge_rows(store, expanded, ids)
+        _write(store, model.id, pair, params, rows, ids)
+        result.edges += len(rows)
         result.pairs_written += 1
     return result
 
 
-def _write_pair(store: Store, model_id: int, pair: Pair, params: dict[str, object], unit_ids: dict) -> int:  # noqa: ANN001
-    edges = select_edges(pair)
-    starts = [piece.offset for piece in pair.pieces]
+def _edge_rows(store: Store, expanded: Expanded, unit_ids: dict) -> list[dict[str, object]]:  # noqa: ANN001
+    """The kept edges' rows, their kernel images already in the blob store."""
+    pair, pieces = expanded.pair, expanded.pieces
+    edges = select_edges(expanded)
+    starts = [piece.offset for piece in pieces]
     kernels = []
     for target, source in edges:
-        piece = pair.pieces[int(np.searchsorted(starts, target, side="right")) - 1]
+        piece = pieces[int(np.searchsorted(starts, target, side="right")) - 1]
         kernels.append((piece, piece.kernel.weights[target - piece.offset, source].numpy()))
     scale = float(np.quantile(np.abs(np.concatenate([k.ravel() for _, k in kernels])), 0.99)) or 1.0
     images: dict[bytes, str] = {}
     rows = []
     for (target, source), (piece, kernel) in zip(edges, kernels):
         key = None
-        if pair.keeps_kernels:
+        if expanded.keeps_kernels:
             png = kernel_image(kernel, scale)
             if png not in images:
                 images[png] = store.blobs.put(png, "png")
@@ -195,20 +205,17 @@ def _write_pair(store: Store, model_id: int, pair: Pair, params: dict[str, objec
             "source_id": unit_ids[pair.source.name, source], "target_id": unit_ids[pair.target.name, target],
             "kind": "indirect" if pair.indirect else "expanded" if piece.expanded else "direct",
             "weight": round(float(kernel.sum()), 6), "norm": round(float(np.linalg.norm(kernel)), 6),
-            "kernel": np.round(kernel, 6).tolist() if pair.keeps_kernels else [], "kernel_key": key,
+            "kernel": np.round(kernel, 6).tolist() if expanded.keeps_kernels else [], "kernel_key": key,
         })
-    store.blobs.flush()
-    target_ids = [unit_ids[pair.target.name, index] for index in range(pair.target.channels)]
-    source_ids = {unit_ids[pair.source.name, index] for index in range(pair.source.channels)}
+    store.blobs.flush()  # blobs are durable before any row points at them
+    return rows
+
+
+def _write(store: Store, model_id: int, pair: Pair, params: dict, rows: list[dict], unit_ids: dict) -> None:  # noqa: ANN001
+    """Replace the pair's edges and record its run, in one transaction."""
+    targets = [unit_ids[pair.target.name, index] for index in range(pair.target.channels)]
+    sources = [unit_ids[pair.source.name, index] for index in range(pair.source.channels)]
     with store.transaction() as session:
         run = start_run(session, "circuits", model_id, params, weights_sha256=str(params["weights_sha256"]))
-        for chunk in range(0, len(target_ids), 500):
-            session.execute(
-                delete(Edge).where(Edge.target_id.in_(target_ids[chunk:chunk + 500]), Edge.source_id.in_(source_ids))
-            )
-        for row in rows:
-            row["run_id"] = run.id
-        for chunk in range(0, len(rows), 20000):
-            session.execute(insert(Edge), rows[chunk:chunk + 20000])
-        run.finished_at = now()
-    return len(rows)
+        replace_rows(session, Edge, Edge.target_id, targets, rows, run, Edge.source_id.in_(sources))
+        finish_run(session, run)

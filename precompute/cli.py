@@ -22,7 +22,7 @@ from app.errors import MicroscopeError
 from app.settings import Settings
 from app.store import Store
 from app.zoo import DEFAULT_MODEL
-from precompute.recipes import ON_DEMAND
+from precompute.recipes import ON_DEMAND, Defaults
 
 commands = typer.Typer()
 precompute_cli = typer.Typer(help="Offline stages that fill the store (need torch).", no_args_is_help=True)
@@ -249,29 +249,13 @@ def precompute_all(
     from precompute.circuits import run_circuits
     from precompute.examples import ExamplesConfig, run_examples
     from precompute.images import locate_images
-    from precompute.selection import units_per_layer
-    from precompute.selection import parse_units
-    from precompute.vis import TECHNIQUES, VisConfig, run_vis, stale_configs
+    from precompute.vis import run_vis, stale_configs
 
     root = locate_images(images)
     with _stage(model, weights, names, device, data, database_url, create=True) as stage:
         store, net, digest, target, spec = stage.store, stage.net, stage.weights_sha256, stage.device, stage.spec
-        main = list(spec.main_layers)
-        logits = net.logits_layer
-        early = [layer for layer in main if ON_DEMAND.is_early(layer)]
-        later = [layer for layer in main if not ON_DEMAND.is_early(layer)]
-        showcase = spec.layer(vis_layer or _showcase_layer(spec))
-        renders = [
-            VisConfig(layers=tuple(early), units=units_per_layer(early, vis_units, explicit=False),
-                      techniques=("channel",), steps=early_steps, size=size, batch=batch),
-            VisConfig(layers=tuple(later), units=units_per_layer(later, vis_units, explicit=False),
-                      techniques=("channel",), steps=steps, size=size, batch=batch),
-            VisConfig(layers=(showcase,), units=units_per_layer([showcase], vis_units, explicit=True),
-                      techniques=tuple(t for t in TECHNIQUES if t != "pixels"), steps=steps, size=size, batch=batch),
-            VisConfig(layers=(logits,), units={logits.name: parse_units(str(min(vis_class, logits.channels - 1)),
-                                                                        logits.channels)},
-                      techniques=("channel", "pixels"), steps=steps, size=size, batch=batch),
-        ]
+        renders = _default_renders(spec, net.logits_layer, vis_layer, vis_units, vis_class,
+                                   Defaults(steps, early_steps, size), batch)
         added = catalog(store, spec, weights_sha256=digest)
         typer.echo(f"catalog: {added.layers_added} layers, {added.units_added} units added")
         examples = run_examples(store, spec, net, digest, root, ExamplesConfig(layers=spec.layers, batch_size=batch * 2),
@@ -290,6 +274,31 @@ def precompute_all(
             run_vis(store, spec, net, digest, config, target)
         if stale:
             typer.echo(f"vis: {sum(len(r) for c in stale for r in c.units.values())} images of an older algorithm rendered again")
+
+
+def _default_renders(spec: Any, logits: Any, vis_layer: str, vis_units: str, vis_class: int, defaults: Defaults,
+                     batch: int) -> list[Any]:
+    """The main job's renders: the channel technique for ``vis_units`` of every main layer (the stem's conv
+    layers with more steps), every technique for those of the showcase layer, the class logit in both bases."""
+    from precompute.selection import parse_units, units_per_layer
+    from precompute.vis import TECHNIQUES, VisConfig
+
+    main = list(spec.main_layers)
+    early = [layer for layer in main if defaults.is_early(layer)]
+    later = [layer for layer in main if not defaults.is_early(layer)]
+    showcase = spec.layer(vis_layer or _showcase_layer(spec))
+    common = {"size": defaults.size, "batch": batch}
+    return [
+        VisConfig(layers=tuple(early), units=units_per_layer(early, vis_units, explicit=False),
+                  techniques=("channel",), steps=defaults.early_steps, **common),
+        VisConfig(layers=tuple(later), units=units_per_layer(later, vis_units, explicit=False),
+                  techniques=("channel",), steps=defaults.steps, **common),
+        VisConfig(layers=(showcase,), units=units_per_layer([showcase], vis_units, explicit=True),
+                  techniques=tuple(t for t in TECHNIQUES if t != "pixels"), steps=defaults.steps, **common),
+        VisConfig(layers=(logits,), units={logits.name: parse_units(str(min(vis_class, logits.channels - 1)),
+                                                                    logits.channels)},
+                  techniques=("channel", "pixels"), steps=defaults.steps, **common),
+    ]
 
 
 def _showcase_layer(spec: Any) -> str:
@@ -335,7 +344,6 @@ def worker(
     import signal
 
     from app.jobs import JobQueue
-    from precompute.recipes import Defaults
     from precompute.worker import Worker
 
     if background:

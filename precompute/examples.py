@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import hashlib
 import io
-import json
 import os
 import tempfile
 from collections import defaultdict
@@ -30,7 +29,7 @@ from pathlib import Path
 
 import torch
 from PIL import Image
-from sqlalchemy import delete, insert, select
+from sqlalchemy import select
 from torch import Tensor
 from torchvision.transforms import v2
 from tqdm import tqdm
@@ -43,7 +42,7 @@ from app.zoo.spec import Framing
 from precompute.images import ImageFile, batches, list_images, read_rgb
 from precompute.models.base import Network
 from precompute.ranking import HISTOGRAM_EDGES, RunningStatistics
-from precompute.runs import catalogued_model, finished_recipes, now, start_run
+from precompute.runs import catalogued_model, digested, finish_run, finished_recipes, replace_rows, share, start_run
 from precompute.runs import unit_ids as stored_unit_ids
 
 THUMBNAIL_SIZE = 320
@@ -105,7 +104,7 @@ def input_transform(spec: ModelSpec) -> Callable[[Image.Image], Tensor]:
 
 
 def _recipe(spec: ModelSpec, weights: str, dataset: str, config: ExamplesConfig) -> dict[str, object]:
-    recipe = {
+    return digested({
         "algorithm": ALGORITHMS["examples"],
         "model": spec.name,
         "weights_sha256": weights,
@@ -115,9 +114,7 @@ def _recipe(spec: ModelSpec, weights: str, dataset: str, config: ExamplesConfig)
         "input": PREPROCESSING.format(size=spec.input_size),
         "batch_size": config.batch_size,
         "histogram_edges": list(HISTOGRAM_EDGES),
-    }
-    recipe["recipe_sha256"] = hashlib.sha256(json.dumps(recipe, sort_keys=True).encode()).hexdigest()
-    return recipe
+    })
 
 
 def run_examples(
@@ -131,51 +128,81 @@ def run_examples(
     progress: bool = True,
     shard: tuple[int, int] = (0, 1),
 ) -> ExamplesResult:
+    """One pass over the images under ``root``; shard i of n takes images i, i+n, ... and the last shard
+    to finish merges and writes."""
     files = list_images(root)
     root = root.resolve()
     recipe = _recipe(spec, weights_sha256, fingerprint(files), config)
     result = ExamplesResult(images=len(files))
     with store.session() as session:
-        model = catalogued_model(session, spec)
-        dataset = session.scalar(select(Dataset).where(Dataset.name == root.name))
-        if dataset is not None and dataset.root != str(root):
-            if dataset.fingerprint == recipe["dataset_fingerprint"]:
-                result.messages.append(f"dataset {root.name!r} moved from {dataset.root} to {root}: same files")
-            else:
-                result.messages.append(
-                    f"dataset {root.name!r} was read from {dataset.root}; {root} holds other files: "
-                    "the old results are kept for the units not recomputed"
-                )
+        model_id = catalogued_model(session, spec).id
+        result.messages += _moved(session, root, str(recipe["dataset_fingerprint"]))
         if recipe["recipe_sha256"] in finished_recipes(session, "examples"):
             result.reused = True
             return result
-    index, count = shard
-    folder = store.settings.data_dir / "checkpoints"
-    prefix = f"examples-{recipe['recipe_sha256'][:16]}"
-    checkpoint = folder / f"{prefix}-{index}of{count}.pt"
-    # A shard takes every n-th image; each shard's result is exact for its images, and the
-    # top-k of the union is the top-k of the shards' top-k lists, so merging loses nothing.
-    mine = list(range(index, len(files), count))
-    statistics, skipped = _stream(net, spec, files, mine, config, device, checkpoint, progress)
-    partials = [folder / f"{prefix}-{i}of{count}.pt" for i in range(count)]
-    if count > 1:
-        if not all(_complete(path) for path in partials):
-            result.messages.append(f"shard {index}/{count} done; the last shard to finish writes the store")
+    partials = _Partials(store.settings.data_dir / "checkpoints", f"examples-{recipe['recipe_sha256'][:16]}", shard)
+    statistics, skipped = _stream(net, spec, files, share(range(len(files)), shard), config, device,
+                                  partials.checkpoint, progress)
+    if shard[1] > 1:
+        # Each shard's result is exact for its images, and the top-k of the union is the top-k of the
+        # shards' top-k lists, so merging loses nothing.
+        waiting = partials.wait_or_lock()
+        if waiting:
+            result.messages.append(waiting)
             result.waiting = True
             return result
-        lock = folder / f"{prefix}.merge-lock"
-        if not _acquire(lock):
-            result.messages.append(f"shard {index}/{count} done; another shard is writing the store")
-            result.waiting = True
-            return result
-        statistics, skipped = _merge(spec, config, device, partials)
+        statistics, skipped = _merge(spec, config, device, partials.all)
     result.skipped = skipped
-    result.examples = _write(store, spec, model.id, files, root, statistics, recipe, config, progress, result.skipped)
-    for path in partials:
-        path.unlink(missing_ok=True)
-    if count > 1:
-        lock.unlink(missing_ok=True)
+    result.examples = _write(store, spec, model_id, files, root, statistics, recipe, config, progress, result.skipped)
+    partials.remove()
     return result
+
+
+def _moved(session, root: Path, fingerprint: str) -> list[str]:  # noqa: ANN001
+    """What to tell the user when a dataset of the same name was read from another folder."""
+    dataset = session.scalar(select(Dataset).where(Dataset.name == root.name))
+    if dataset is None or dataset.root == str(root):
+        return []
+    if dataset.fingerprint == fingerprint:
+        return [f"dataset {root.name!r} moved from {dataset.root} to {root}: same files"]
+    return [f"dataset {root.name!r} was read from {dataset.root}; {root} holds other files: "
+            "the old results are kept for the units not recomputed"]
+
+
+@dataclass(frozen=True)
+class _Partials:
+    """The shards' checkpoints of one recipe's pass, and the lock the shard that writes the store holds."""
+
+    folder: Path
+    prefix: str
+    shard: tuple[int, int]
+
+    @property
+    def checkpoint(self) -> Path:
+        return self.folder / f"{self.prefix}-{self.shard[0]}of{self.shard[1]}.pt"
+
+    @property
+    def all(self) -> list[Path]:
+        return [self.folder / f"{self.prefix}-{i}of{self.shard[1]}.pt" for i in range(self.shard[1])]
+
+    @property
+    def lock(self) -> Path:
+        return self.folder / f"{self.prefix}.merge-lock"
+
+    def wait_or_lock(self) -> str | None:
+        """None when this shard should merge and write (it holds the lock); otherwise why it leaves."""
+        index, count = self.shard
+        if not all(_complete(path) for path in self.all):
+            return f"shard {index}/{count} done; the last shard to finish writes the store"
+        if not _acquire(self.lock):
+            return f"shard {index}/{count} done; another shard is writing the store"
+        return None
+
+    def remove(self) -> None:
+        for path in self.all:
+            path.unlink(missing_ok=True)
+        if self.shard[1] > 1:
+            self.lock.unlink(missing_ok=True)
 
 
 def _complete(path: Path) -> bool:
@@ -292,6 +319,11 @@ def _cut(job: tuple[Path, int, list[tuple[int, int, int, int]]]) -> _ImageBlobs 
     return _ImageBlobs(hashlib.sha256(data).hexdigest(), image.width, image.height, _encode(image, THUMBNAIL_SIZE), crops)
 
 
+#: One example: (layer, unit, kind, rank, image, y, x, activation).
+_Example = tuple[LayerSpec, int, str, int, int, int, int, float]
+_Box = tuple[int, int, int, int]
+
+
 def _write(
     store: Store,
     spec: ModelSpec,
@@ -304,10 +336,36 @@ def _write(
     progress: bool,
     failed: list[str],
 ) -> int:
-    # Every example as (layer, unit, kind, rank, image, y, x, activation), on the host.
-    examples: list[tuple[LayerSpec, int, str, int, int, int, int, float]] = []
-    boxes: dict[int, set[tuple[int, int, int, int]]] = defaultdict(set)
-    for layer in config.layers:
+    """Crops and thumbnails to the blob store, then the selected units' examples and statistics replaced
+    in one transaction; the number of examples written."""
+    examples, boxes = _examples(spec, statistics, config.layers)
+    thumbnails, crop_keys = _cut_all(store, files, spec.input_size, boxes, config.workers, progress, failed)
+    with store.transaction() as session:
+        dataset = _dataset_row(session, root, str(recipe["dataset_fingerprint"]), len(files))
+        image_ids = _image_rows(session, dataset.id, files, thumbnails)
+        run = start_run(session, "examples", model_id, recipe, weights_sha256=str(recipe["weights_sha256"]))
+        unit_ids = stored_unit_ids(session, model_id, [layer.name for layer in config.layers])
+        rows = [
+            {
+                "unit_id": unit_ids[layer.name, unit], "kind": kind, "rank": rank, "image_id": image_ids[image],
+                "activation": round(value, 5), "y": y, "x": x,
+                "crop_key": crop_keys[image, spec.field_layer(layer, unit).position_box(y, x, spec.input_size)],
+            }
+            for layer, unit, kind, rank, image, y, x, value in examples
+            if image in thumbnails
+        ]
+        selected = list(unit_ids.values())
+        replace_rows(session, DatasetExample, DatasetExample.unit_id, selected, rows, run)
+        replace_rows(session, UnitStats, UnitStats.unit_id, selected, _stats_rows(statistics, unit_ids, dataset.id), run)
+        finish_run(session, run)
+    return len(rows)
+
+
+def _examples(spec: ModelSpec, statistics: RunningStatistics, layers: Sequence[LayerSpec]) -> tuple[list[_Example], dict[int, set[_Box]]]:
+    """Every example on the host, and the input boxes to crop from each image."""
+    examples: list[_Example] = []
+    boxes: dict[int, set[_Box]] = defaultdict(set)
+    for layer in layers:
         stats = statistics.statistics(layer)
         for kind, ranking, sign in (("top", stats.top, 1.0), ("bottom", stats.bottom, -1.0)):
             values, images, positions = (t.cpu().tolist() for t in (ranking.values, ranking.images, ranking.positions))
@@ -318,10 +376,18 @@ def _write(
                     y, x = divmod(position, layer.size)
                     examples.append((layer, unit, kind, rank, image, y, x, sign * value))
                     boxes[image].add(spec.field_layer(layer, unit).position_box(y, x, spec.input_size))
-    jobs = [(files[image].full_path, spec.input_size, sorted(found)) for image, found in sorted(boxes.items())]
+    return examples, boxes
+
+
+def _cut_all(
+    store: Store, files: Sequence[ImageFile], input_size: int, boxes: dict[int, set[_Box]], workers: int,
+    progress: bool, failed: list[str],
+) -> tuple[dict[int, tuple[_ImageBlobs, str]], dict[tuple[int, _Box], str]]:
+    """Thumbnails and crops of every image with examples, cut in worker processes, in the blob store."""
+    jobs = [(files[image].full_path, input_size, sorted(found)) for image, found in sorted(boxes.items())]
     thumbnails: dict[int, tuple[_ImageBlobs, str]] = {}
-    crop_keys: dict[tuple[int, tuple[int, int, int, int]], str] = {}
-    with ProcessPoolExecutor(max_workers=max(1, config.workers)) as pool:
+    crop_keys: dict[tuple[int, _Box], str] = {}
+    with ProcessPoolExecutor(max_workers=max(1, workers)) as pool:
         cut = pool.map(_cut, jobs, chunksize=4)
         for image, blobs in tqdm(zip(sorted(boxes), cut), total=len(jobs), desc="crops", unit="img", disable=not progress):
             if isinstance(blobs, str):
@@ -331,36 +397,17 @@ def _write(
             for box, data in blobs.crops.items():
                 crop_keys[image, box] = store.blobs.put(data, "jpg")
     store.blobs.flush()  # blobs are durable before any row points at them
+    return thumbnails, crop_keys
 
-    with store.transaction() as session:
-        dataset = session.scalar(select(Dataset).where(Dataset.name == root.name))
-        if dataset is None:
-            dataset = Dataset(name=root.name, root=str(root), fingerprint="", images=0)
-            session.add(dataset)
-        dataset.root, dataset.fingerprint, dataset.images = str(root), str(recipe["dataset_fingerprint"]), len(files)
-        session.flush()
-        image_ids = _image_rows(session, dataset.id, files, thumbnails)
-        run = start_run(session, "examples", model_id, recipe, weights_sha256=str(recipe["weights_sha256"]))
-        unit_ids = stored_unit_ids(session, model_id, [layer.name for layer in config.layers])
-        selected = list(unit_ids.values())
-        for chunk in range(0, len(selected), 500):
-            part = selected[chunk:chunk + 500]
-            session.execute(delete(DatasetExample).where(DatasetExample.unit_id.in_(part)))
-            session.execute(delete(UnitStats).where(UnitStats.unit_id.in_(part)))
-        rows = [
-            {
-                "unit_id": unit_ids[layer.name, unit], "kind": kind, "rank": rank, "image_id": image_ids[image],
-                "activation": round(value, 5), "y": y, "x": x, "run_id": run.id,
-                "crop_key": crop_keys[image, spec.field_layer(layer, unit).position_box(y, x, spec.input_size)],
-            }
-            for layer, unit, kind, rank, image, y, x, value in examples
-            if image in thumbnails
-        ]
-        for chunk in range(0, len(rows), 20000):
-            session.execute(insert(DatasetExample), rows[chunk:chunk + 20000])
-        session.execute(insert(UnitStats), _stats_rows(statistics, unit_ids, dataset.id, run.id))
-        run.finished_at = now()
-    return len(rows)
+
+def _dataset_row(session, root: Path, fingerprint: str, images: int) -> Dataset:  # noqa: ANN001
+    dataset = session.scalar(select(Dataset).where(Dataset.name == root.name))
+    if dataset is None:
+        dataset = Dataset(name=root.name, root=str(root), fingerprint="", images=0)
+        session.add(dataset)
+    dataset.root, dataset.fingerprint, dataset.images = str(root), fingerprint, images
+    session.flush()
+    return dataset
 
 
 def _image_rows(session, dataset_id: int, files: Sequence[ImageFile], thumbnails: dict) -> dict[int, int]:  # noqa: ANN001
@@ -380,7 +427,7 @@ def _image_rows(session, dataset_id: int, files: Sequence[ImageFile], thumbnails
     return ids
 
 
-def _stats_rows(statistics: RunningStatistics, unit_ids: dict, dataset_id: int, run_id: int) -> list[dict]:  # noqa: ANN001
+def _stats_rows(statistics: RunningStatistics, unit_ids: dict, dataset_id: int) -> list[dict]:  # noqa: ANN001
     seen = max(statistics.images_seen, 1)
     rows = []
     for layer in statistics.layers:
@@ -390,7 +437,7 @@ def _stats_rows(statistics: RunningStatistics, unit_ids: dict, dataset_id: int, 
             rows.append({
                 "unit_id": unit_ids[layer.name, unit], "dataset_id": dataset_id, "images": statistics.images_seen,
                 "mean_max": round(mean[unit], 5), "active_fraction": round(active[unit] / seen, 5),
-                "histogram": histogram[unit], "run_id": run_id,
+                "histogram": histogram[unit],
             })
     return rows
 

@@ -84,50 +84,58 @@ def run_probe(store: Store, spec: ModelSpec, net: torch.nn.Module, weights_sha25
         opened.load()
         image = opened.convert("RGB")
     tensor = input_transform(spec)(image)[None]
-    side = spec.input_size
     main = [layer for layer in spec.main_layers if layer.kind != "linear"]  # layers with a map to show
     logits_layer = next(layer for layer in spec.layers if layer.kind == "logits")
     with torch.no_grad():
         activations = net(tensor.to(device), [layer.name for layer in main] + [logits_layer.name])
-    logits = activations[logits_layer.name][0].float().cpu()
-    probabilities = logits.softmax(dim=0)
-    top = probabilities.topk(TOP_CLASSES)
-    classes = [
-        {"index": int(i), "label": spec.unit_label(logits_layer, int(i)), "probability": round(float(p), 5),
-         "logit": round(float(logits[i]), 4)}
-        for p, i in zip(top.values, top.indices)
-    ]
+    classes = _top_classes(spec, logits_layer, activations[logits_layer.name][0].float().cpu())
     framed = Image.fromarray((tensor[0].permute(1, 2, 0).numpy() * 255).round().astype(np.uint8))
     buffer = io.BytesIO()
     framed.save(buffer, "WEBP", quality=90)
     image_key = store.blobs.put(buffer.getvalue(), "webp")
-    units = []
-    for layer in main:
-        values = activations[layer.name][0].float().cpu()
-        maxima = values.flatten(1).amax(dim=1)
-        best = maxima.topk(min(TOP_UNITS, layer.channels))
-        pictures = heatmaps(values[best.indices], layer, side)
-        for rank, (value, unit) in enumerate(zip(best.values.tolist(), best.indices.tolist())):
-            position = int(values[unit].argmax())
-            units.append({
-                "layer": layer.name, "unit": unit, "rank": rank, "activation": round(value, 4),
-                "y": position // values.shape[2], "x": position % values.shape[2],
-                "heatmap_key": store.blobs.put(pictures[rank], "png"),
-            })
-    store.blobs.flush()
+    units = [row for layer in main for row in _top_units(store, layer, activations[layer.name][0].float().cpu(), spec.input_size)]
+    store.blobs.flush()  # blobs are durable before any row points at them
     recipe = {
-        "algorithm": PROBE_ALGORITHM, "weights_sha256": weights_sha256, "input": PREPROCESSING.format(size=side),
+        "algorithm": PROBE_ALGORITHM, "weights_sha256": weights_sha256, "input": PREPROCESSING.format(size=spec.input_size),
         "activation": "maximum of the pre-ReLU activation over positions", "top_units": TOP_UNITS,
         "top_classes": TOP_CLASSES, "heatmap": "activation / the unit's maximum on this image, at position centres",
         "heatmap_side": HEATMAP_SIDE,
     }
+    probe = Probe(sha256=sha256, image_key=image_key, width=image.width, height=image.height, classes=classes,
+                  recipe=recipe, created_at=datetime.now(UTC).replace(tzinfo=None))
+    return _write(store, spec, probe, units, [layer.name for layer in main])
+
+
+def _top_classes(spec: ModelSpec, logits_layer: LayerSpec, logits: torch.Tensor) -> list[dict]:
+    top = logits.softmax(dim=0).topk(TOP_CLASSES)
+    return [
+        {"index": int(i), "label": spec.unit_label(logits_layer, int(i)), "probability": round(float(p), 5),
+         "logit": round(float(logits[i]), 4)}
+        for p, i in zip(top.values, top.indices)
+    ]
+
+
+def _top_units(store: Store, layer: LayerSpec, values: torch.Tensor, side: int) -> list[dict]:
+    """The layer's most active units on the image, their heatmaps in the blob store."""
+    best = values.flatten(1).amax(dim=1).topk(min(TOP_UNITS, layer.channels))
+    pictures = heatmaps(values[best.indices], layer, side)
+    units = []
+    for rank, (value, unit) in enumerate(zip(best.values.tolist(), best.indices.tolist())):
+        position = int(values[unit].argmax())
+        units.append({
+            "layer": layer.name, "unit": unit, "rank": rank, "activation": round(value, 4),
+            "y": position // values.shape[2], "x": position % values.shape[2],
+            "heatmap_key": store.blobs.put(pictures[rank], "png"),
+        })
+    return units
+
+
+def _write(store: Store, spec: ModelSpec, probe: Probe, units: list[dict], layers: list[str]) -> bool:
     try:
         with store.transaction() as session:
             model = catalogued_model(session, spec)
-            ids = unit_ids(session, model.id, [layer.name for layer in main])
-            probe = Probe(model_id=model.id, sha256=sha256, image_key=image_key, width=image.width,
-                          height=image.height, classes=classes, recipe=recipe,
-                          created_at=datetime.now(UTC).replace(tzinfo=None))
+            ids = unit_ids(session, model.id, layers)
+            probe.model_id = model.id
             session.add(probe)
             session.flush()
             session.add_all([

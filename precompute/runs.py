@@ -1,21 +1,42 @@
-"""Recording each precompute run and the recipe it followed."""
+"""The stages' shared plumbing: recipes and their digests, shards, runs, and replacing rows.
+
+Every stage (examples, circuits, vis) reads as *select work -> compute ->
+write*, and shares these parts:
+
+- `digested`: a recipe with its ``recipe_sha256``, the digest that decides
+  whether stored work is reused or redone;
+- `share`: shard ``i`` of ``n`` takes items ``i, i+n, i+2n, ...`` of the full
+  list of work (stored or not), so every shard sees the same numbering;
+- `start_run` / `finish_run`: each run's row records its recipe (code
+  version, weights checksum, seed);
+- `replace_rows`: delete the selected rows and insert their new versions in
+  one transaction, in chunks that stay under the databases' parameter limits.
+"""
 
 from __future__ import annotations
 
+import hashlib
+import json
 import subprocess
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime
 from functools import cache
 from importlib import metadata
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
-from sqlalchemy import select
-from sqlalchemy.orm import Session
+from sqlalchemy import ColumnElement, delete, insert, select
+from sqlalchemy.orm import InstrumentedAttribute, Session
 
 from app.errors import StoreError
 from app.store import Layer, Model, Run, Unit
 from app.zoo import ModelSpec
+
+#: Ids per ``IN (...)`` list and rows per insert: well under SQLite's and PostgreSQL's parameter limits.
+IDS_PER_DELETE = 500
+ROWS_PER_INSERT = 20000
+
+T = TypeVar("T")
 
 
 @cache
@@ -63,6 +84,38 @@ def start_run(
     session.add(run)
     session.flush()
     return run
+
+
+def finish_run(session: Session, run: Run) -> None:
+    """Mark ``run`` finished (in ``session``'s transaction: the run is done when its rows are)."""
+    session.get(Run, run.id).finished_at = now()
+
+
+def digested(params: dict[str, Any]) -> dict[str, Any]:
+    """``params`` plus ``recipe_sha256``, the digest of everything in them."""
+    return {**params, "recipe_sha256": hashlib.sha256(json.dumps(params, sort_keys=True).encode()).hexdigest()}
+
+
+def share(items: Iterable[T], shard: tuple[int, int]) -> list[T]:
+    """Shard ``i`` of ``n``'s part of ``items``: items i, i+n, i+2n, ..."""
+    index, count = shard
+    return [item for number, item in enumerate(items) if number % count == index]
+
+
+def replace_rows(
+    session: Session,
+    table: type,
+    key: InstrumentedAttribute,
+    ids: Sequence[int],
+    rows: Sequence[dict[str, Any]],
+    run: Run,
+    *conditions: ColumnElement[bool],
+) -> None:
+    """Delete ``table``'s rows whose ``key`` is in ``ids`` (and that meet ``conditions``); insert ``rows`` made by ``run``."""
+    for start in range(0, len(ids), IDS_PER_DELETE):
+        session.execute(delete(table).where(key.in_(ids[start:start + IDS_PER_DELETE]), *conditions))
+    for start in range(0, len(rows), ROWS_PER_INSERT):
+        session.execute(insert(table), [{**row, "run_id": run.id} for row in rows[start:start + ROWS_PER_INSERT]])
 
 
 def catalogued_model(session: Session, spec: ModelSpec) -> Model:

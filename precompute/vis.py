@@ -10,9 +10,7 @@ when its recipe changes.
 
 from __future__ import annotations
 
-import hashlib
 import io
-import json
 import zlib
 from collections import defaultdict
 from collections.abc import Callable, Sequence
@@ -21,7 +19,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 import torch
 from PIL import Image
-from sqlalchemy import delete, insert, select
+from sqlalchemy import select
 from tqdm import tqdm
 
 from app.errors import MicroscopeError
@@ -35,7 +33,7 @@ from precompute.optvis.param import PARAMETERIZATIONS
 from precompute.optvis.render import LEARNING_RATE, STEPS, Precision, render, resolve_precision
 from precompute.optvis.transform import STANDARD
 from precompute.recipes import ON_DEMAND, Defaults
-from precompute.runs import catalogued_model, now, start_run, unit_ids
+from precompute.runs import catalogued_model, digested, finish_run, replace_rows, share, start_run, unit_ids
 
 #: ``pixels`` is the channel objective in the pixel basis: the comparison that motivates the
 #: Fourier basis (Olah et al. 2017, "Feature Visualization", preconditioning); every other
@@ -142,8 +140,7 @@ def recipe(config: VisConfig, layer: LayerSpec, technique: str, weights_sha256: 
     if technique == "diversity":
         params.update(diversity_images=DIVERSITY_IMAGES, diversity_weight=DIVERSITY_WEIGHT,
                       diversity="Lucid: L2-normalized Gram matrices after ReLU, sum over pairs / group size")
-    params["recipe_sha256"] = hashlib.sha256(json.dumps(params, sort_keys=True).encode()).hexdigest()
-    return params
+    return digested(params)
 
 
 def _encode(images: np.ndarray) -> bytes:
@@ -158,6 +155,20 @@ def _encode(images: np.ndarray) -> bytes:
     out = io.BytesIO()
     Image.fromarray(images[0]).save(out, "WEBP", lossless=True, method=4)
     return out.getvalue()
+
+
+@dataclass(frozen=True)
+class _Chunk:
+    """Units of one layer rendered together with one technique."""
+
+    layer: LayerSpec
+    technique: str
+    params: dict
+    units: list[int]
+
+    @property
+    def copies(self) -> int:
+        return DIVERSITY_IMAGES if self.technique == "diversity" else 1
 
 
 def run_vis(
@@ -175,71 +186,72 @@ def run_vis(
 
     ``poll`` goes to `render` (a worker serves waiting requests there).
     """
-    result = VisResult()
     with store.session() as session:
-        model = catalogued_model(session, spec)
-        ids = unit_ids(session, model.id, [layer.name for layer in config.layers])
-        stored = {
-            (unit_id, technique, digest)
-            for unit_id, technique, digest in session.execute(
-                select(Artifact.unit_id, Artifact.technique, Artifact.recipe_sha256)
-            )
-        }
-    todo: list[tuple[LayerSpec, str, dict, list[int]]] = []
-    index, count = shard
-    number = 0
+        model_id = catalogued_model(session, spec).id
+        ids = unit_ids(session, model_id, [layer.name for layer in config.layers])
+        stored = {tuple(row) for row in session.execute(select(Artifact.unit_id, Artifact.technique, Artifact.recipe_sha256))}
+    result = VisResult()
+    todo = []
+    for chunk in share(_chunks(config, weights_sha256, device), shard):
+        units = [u for u in chunk.units if (ids[chunk.layer.name, u], chunk.technique, chunk.params["recipe_sha256"]) not in stored]
+        result.skipped += len(chunk.units) - len(units)
+        if units:
+            todo.append(_Chunk(chunk.layer, chunk.technique, chunk.params, units))
+    if not todo:
+        return result
+    with store.transaction() as session:
+        run = start_run(session, "vis", model_id, {**_describe(config), "device": str(device)},
+                        weights_sha256=weights_sha256, seed=config.seed)
+    bar = tqdm(total=sum(len(chunk.units) for chunk in todo), unit="unit", desc="vis", disable=not progress)
+    for chunk in todo:
+        rows = _render(net, spec, chunk, config, device, poll, store, ids)
+        with store.transaction() as session:
+            replace_rows(session, Artifact, Artifact.unit_id, [row["unit_id"] for row in rows], rows, run,
+                         Artifact.technique == chunk.technique)
+        result.rendered += len(chunk.units)
+        bar.update(len(chunk.units))
+    bar.close()
+    with store.transaction() as session:
+        finish_run(session, run)
+    return result
+
+
+def _chunks(config: VisConfig, weights_sha256: str, device: torch.device) -> list[_Chunk]:
+    """Every chunk the config asks for, stored or not, in order (so shards number them alike)."""
+    chunks = []
     for layer in config.layers:
         for technique in config.techniques:
             params = recipe(config, layer, technique, weights_sha256, device)
             per_batch = config.batch // DIVERSITY_IMAGES if technique == "diversity" else config.batch
             chosen = list(config.units[layer.name])
-            for start in range(0, len(chosen), per_batch):
-                number += 1
-                if (number - 1) % count != index:
-                    continue
-                chunk = chosen[start:start + per_batch]
-                units = [u for u in chunk if (ids[layer.name, u], technique, params["recipe_sha256"]) not in stored]
-                result.skipped += len(chunk) - len(units)
-                if units:
-                    todo.append((layer, technique, params, units))
-    if not todo:
-        return result
-    with store.transaction() as session:
-        run = start_run(session, "vis", model.id, {**_describe(config), "device": str(device)},
-                        weights_sha256=weights_sha256, seed=config.seed)
-    bar = tqdm(total=sum(len(chunk[3]) for chunk in todo), unit="unit", desc="vis", disable=not progress)
-    for layer, technique, params, units in todo:
-        parameterize = PARAMETERIZATIONS[params["parameterization"]](config.size)
-        copies = DIVERSITY_IMAGES if technique == "diversity" else 1
-        seeds = [unit_seed(config.seed, layer.name, unit, technique, copy) for unit in units for copy in range(copies)]
-        diversity_layer = spec.spatial_source(layer).name
-        rendered = render(
-            net, objective_for(technique, layer, units, diversity_layer), parameterize, seeds, STANDARD,
-            steps=config.steps, device=device, learning_rate=config.learning_rate, precision=config.precision,
-            poll=poll,
-        )
-        pixels = (rendered.images.clamp(0, 1).permute(0, 2, 3, 1).numpy() * 255).round().astype(np.uint8)
-        values = rendered.objective.reshape(len(units), copies).mean(dim=1).tolist()
-        keys = [store.blobs.put(_encode(pixels[i * copies:(i + 1) * copies]), "webp") for i in range(len(units))]
-        store.blobs.flush()
-        chunk_ids = [ids[layer.name, unit] for unit in units]
-        with store.transaction() as session:
-            session.execute(delete(Artifact).where(Artifact.unit_id.in_(chunk_ids), Artifact.technique == technique))
-            session.execute(insert(Artifact), [
-                {
-                    "unit_id": unit_id, "technique": technique, "blob_key": key,
-                    "recipe_sha256": params["recipe_sha256"],
-                    "recipe": {**params, "unit_seeds": seeds[i * copies:(i + 1) * copies], "batch_units": units},
-                    "objective": round(value, 4), "run_id": run.id,
-                }
-                for i, (unit_id, key, value) in enumerate(zip(chunk_ids, keys, values))
-            ])
-        result.rendered += len(units)
-        bar.update(len(units))
-    bar.close()
-    with store.transaction() as session:
-        session.get(type(run), run.id).finished_at = now()
-    return result
+            chunks += [_Chunk(layer, technique, params, chosen[start:start + per_batch])
+                       for start in range(0, len(chosen), per_batch)]
+    return chunks
+
+
+def _render(net: Network, spec: ModelSpec, chunk: _Chunk, config: VisConfig, device: torch.device,
+            poll: Callable[[], None] | None, store: Store, ids: dict) -> list[dict]:  # noqa: ANN001
+    """Render a chunk; its images go to the blob store, its rows are returned."""
+    layer, technique, units, copies = chunk.layer, chunk.technique, chunk.units, chunk.copies
+    seeds = [unit_seed(config.seed, layer.name, unit, technique, copy) for unit in units for copy in range(copies)]
+    rendered = render(
+        net, objective_for(technique, layer, units, spec.spatial_source(layer).name),
+        PARAMETERIZATIONS[chunk.params["parameterization"]](config.size), seeds, STANDARD,
+        steps=config.steps, device=device, learning_rate=config.learning_rate, precision=config.precision, poll=poll,
+    )
+    pixels = (rendered.images.clamp(0, 1).permute(0, 2, 3, 1).numpy() * 255).round().astype(np.uint8)
+    values = rendered.objective.reshape(len(units), copies).mean(dim=1).tolist()
+    keys = [store.blobs.put(_encode(pixels[i * copies:(i + 1) * copies]), "webp") for i in range(len(units))]
+    store.blobs.flush()  # blobs are durable before any row points at them
+    return [
+        {
+            "unit_id": ids[layer.name, unit], "technique": technique, "blob_key": key,
+            "recipe_sha256": chunk.params["recipe_sha256"],
+            "recipe": {**chunk.params, "unit_seeds": seeds[i * copies:(i + 1) * copies], "batch_units": units},
+            "objective": round(value, 4),
+        }
+        for i, (unit, key, value) in enumerate(zip(units, keys, values))
+    ]
 
 
 def stale_configs(store: Store, spec: ModelSpec) -> list[VisConfig]:

@@ -15,6 +15,14 @@ from app.zoo import ModelSpec, get_model
 ROOT = Path(__file__).resolve().parent.parent
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Tests that read ../shared (the real BVLC weights or the ImageNet sample) are marked ``shared``:
+    ``pytest -m "not shared"`` runs the rest, on the tiny model and synthetic images."""
+    for item in items:
+        if "shared_dir" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.shared)
+
+
 @pytest.fixture(scope="session")
 def shared_dir() -> Path:
     """../shared beside the checkout, or MICROSCOPE_SHARED; its absence is a failure, not a skip."""
@@ -51,6 +59,43 @@ def web_settings(tmp_path_factory: pytest.TempPathFactory, spec: ModelSpec, net,
     from tests.web_store import build
 
     return build(tmp_path_factory.mktemp("web"), spec, net, images_dir)
+
+
+@pytest.fixture(scope="session")
+def tiny_weights(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Seeded weights of the tiny model (tests/tiny_model.py) as a state dict."""
+    from tests.tiny_model import write_weights
+
+    path = tmp_path_factory.mktemp("tiny-weights") / "tiny.pt"
+    write_weights(path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_images(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from tests.tiny_model import synthetic_images
+
+    return synthetic_images(tmp_path_factory.mktemp("tiny-images"), 20)
+
+
+@pytest.fixture(scope="session")
+def tiny_settings(tmp_path_factory: pytest.TempPathFactory, tiny_weights: Path, tiny_images: Path) -> Settings:
+    """A store of the tiny model made by `microscope precompute all` (every stage), once per session."""
+    import subprocess
+    import sys
+
+    from tests.tiny_model import FACTORY
+
+    root = tmp_path_factory.mktemp("tiny-store")
+    result = subprocess.run(
+        [sys.executable, "-m", "precompute.cli", "precompute", "all", "--model", FACTORY, "--weights", str(tiny_weights),
+         "--images", str(tiny_images), "--data", str(root), "--steps", "4", "--early-steps", "4", "--size", "48",
+         "--batch", "8", "--device", "cpu"],
+        cwd=ROOT, capture_output=True, text=True, timeout=600,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "catalog: 16 layers, 1152 units added" in result.stdout
+    return Settings.load(root)
 
 
 @pytest.fixture

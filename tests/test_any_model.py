@@ -6,8 +6,6 @@ BatchNorm, and seeded random weights, so this runs in seconds without any real w
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -18,25 +16,12 @@ from app import urls
 from app.main import create_app
 from app.settings import Settings
 from app.store import Edge, Layer, Store, Unit
-from tests.conftest import ROOT, link_sample
-from tests.tiny_model import FACTORY, write_weights
+from tests.tiny_model import FACTORY
 
 
 @pytest.fixture(scope="module")
-def tiny_store(tmp_path_factory: pytest.TempPathFactory, images_dir: Path) -> Settings:
-    root = tmp_path_factory.mktemp("any-model")
-    weights = root / "tiny.pt"
-    write_weights(weights)
-    images = link_sample(images_dir, root / "images", step=50, count=20)
-    result = subprocess.run(
-        [sys.executable, "-m", "precompute.cli", "precompute", "all", "--model", FACTORY, "--weights", str(weights),
-         "--images", str(images), "--data", str(root / "store"), "--steps", "4", "--early-steps", "4", "--size", "48",
-         "--batch", "8", "--device", "cpu"],
-        cwd=ROOT, capture_output=True, text=True, timeout=600,
-    )
-    assert result.returncode == 0, result.stderr[-2000:]
-    assert "catalog: 16 layers, 1152 units added" in result.stdout
-    return Settings.load(root / "store")
+def tiny_store(tiny_settings: Settings) -> Settings:
+    return tiny_settings
 
 
 @pytest.fixture(scope="module")
@@ -81,20 +66,22 @@ def test_circuits_cover_every_pair_and_search_finds_the_class(client: TestClient
     assert "/models/tiny/fc/488" in client.get(urls.search("chain")).text
 
 
-def test_a_probe_of_the_tiny_model(tiny_store: Settings, images_dir: Path, client: TestClient) -> None:
+def test_a_probe_of_the_tiny_model(tiny_store: Settings, tiny_images: Path, tiny_weights: Path, tmp_path: Path) -> None:
     import hashlib
 
     import torch
 
     from precompute.models import load
     from precompute.probe import run_probe
+    from tests.test_live import copy_store
 
-    photo = sorted(images_dir.glob("*/*.jpg"))[7].read_bytes()
+    probed_store = copy_store(tiny_store, tmp_path / "store")
+    photo = sorted(tiny_images.glob("*/*.jpg"))[7].read_bytes()
     sha = hashlib.sha256(photo).hexdigest()
-    net = load(FACTORY, tiny_store.data_dir.parent / "tiny.pt").net
-    with Store.open(tiny_store) as store:
+    net = load(FACTORY, tiny_weights).net
+    with Store.open(probed_store) as store:
         assert run_probe(store, net.spec, net, "w", sha, photo, torch.device("cpu"))
-    page = TestClient(create_app(tiny_store)).get(urls.probe("tiny", sha, json=True))
+    page = TestClient(create_app(probed_store)).get(urls.probe("tiny", sha, json=True))
     assert page.status_code == 200
     probed = page.json()
     assert [layer["name"] for layer in probed["layers"]] == ["stem_0", "mixed", "res1", "res2"]

@@ -14,7 +14,7 @@ from app.store import Edge, Layer, Run, Store, Unit
 from app.store.summary import coverage
 from app.zoo import ModelSpec
 from precompute.catalog import catalog
-from precompute.circuits import pairs, run_circuits, select_edges
+from precompute.circuits import expand, pairs, run_circuits, select_edges
 from precompute.models.inceptionv1 import InceptionV1
 
 
@@ -116,10 +116,10 @@ def test_stored_inputs_are_the_strongest_by_l2_from_the_raw_weight_files(store: 
 
 
 def test_ranking_by_norm_keeps_kernels_whose_parts_cancel(net, spec: ModelSpec) -> None:  # noqa: ANN001
-    pair = next(pairs(net, spec, [spec.layer("mixed4b")]))
-    norms = torch.cat([piece.kernel.norms() for piece in pair.pieces])
-    summed = torch.cat([piece.kernel.summed() for piece in pair.pieces])
-    edges = set(select_edges(pair))
+    expanded = expand(net, pairs(spec, [spec.layer("mixed4b")])[0])
+    norms = torch.cat([piece.kernel.norms() for piece in expanded.pieces])
+    summed = torch.cat([piece.kernel.summed() for piece in expanded.pieces])
+    edges = set(select_edges(expanded))
     target = 447 % 512
     assert all((target, source) in edges for source in norms[target].topk(50).indices.tolist())
     source = 97

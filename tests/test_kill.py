@@ -19,43 +19,45 @@ from pathlib import Path
 import pytest
 
 from app.settings import Settings
-from tests.conftest import ROOT, link_sample
+from tests.conftest import ROOT
 from tests.contents import contents
 from tests.test_cli import microscope
+from tests.tiny_model import FACTORY, synthetic_images
 
 KILLS = 3
 
 
 def stages(sample: Path, weights: Path) -> list[list[str]]:
-    common = ["--weights", str(weights)]
+    """The stages on the tiny model (tests/tiny_model.py): kills land in its work, not only in torch's import."""
+    common = ["--model", FACTORY, "--weights", str(weights)]
     return [
-        ["precompute", "catalog"],
-        ["precompute", "examples", "--layers", "conv2d1,mixed3a,mixed3b", "-k", "4", "--batch", "4",
+        ["precompute", "catalog", *common],
+        ["precompute", "examples", "--layers", "stem_0,mixed,mixed_branch2_2_0,res1,fc", "-k", "4", "--batch", "2",
          "--checkpoint-every", "1", "--images", str(sample), *common],
-        ["precompute", "circuits", "--layers", "conv2d1,conv2d2,mixed3a,mixed3a_3x3,mixed3b,softmax2", *common],
-        ["precompute", "vis", "--layers", "mixed3a", "--units", "0:6", "--steps", "3", "--size", "32", "--batch", "2",
+        ["precompute", "circuits", "--layers", "all", *common],
+        ["precompute", "vis", "--layers", "mixed,res1", "--units", "0:6", "--steps", "40", "--size", "48", "--batch", "2",
          *common],
     ]
 
 
 @pytest.fixture
-def sample(images_dir: Path, tmp_path: Path) -> Path:
-    return link_sample(images_dir, tmp_path / "sample", step=50, count=20)
+def sample(tmp_path: Path) -> Path:
+    return synthetic_images(tmp_path / "sample", 60, seed=1)
 
 
-def test_killed_stages_rerun_to_a_clean_runs_store(sample: Path, weights_dir: Path, tmp_path: Path) -> None:
+def test_killed_stages_rerun_to_a_clean_runs_store(sample: Path, tiny_weights: Path, tmp_path: Path) -> None:
     seed = int(os.environ.get("MICROSCOPE_KILL_SEED") or time.time())
     rng = random.Random(seed)
     clean, killed = tmp_path / "clean", tmp_path / "killed"
     durations = []
-    for stage in stages(sample, weights_dir):
+    for stage in stages(sample, tiny_weights):
         started = time.monotonic()
         result = microscope(*stage, "--data", str(clean))
         assert result.returncode == 0, result.stderr
         durations.append(time.monotonic() - started)
 
     kills = 0
-    for stage, duration in zip(stages(sample, weights_dir), durations):
+    for stage, duration in zip(stages(sample, tiny_weights), durations):
         for _ in range(KILLS):
             process = subprocess.Popen([sys.executable, "-m", "precompute.cli", *stage, "--data", str(killed)],
                                        env={**os.environ, "PYTHONPATH": str(ROOT)},

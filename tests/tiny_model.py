@@ -72,6 +72,25 @@ def tiny() -> Tiny:
     return Tiny()
 
 
+def synthetic_images(folder: Path, count: int, seed: int = 0) -> Path:
+    """``count`` seeded JPEGs (smooth colour fields with stripes, of varied sizes and shapes) under ``folder``,
+    in synset-like subfolders, so tests of the stages need no shared images."""
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    for number in range(count):
+        height, width = int(rng.integers(48, 160)), int(rng.integers(48, 160))
+        y, x = np.mgrid[0:height, 0:width] / 32.0
+        frequency, angle, phase = rng.uniform(0.5, 3.0), rng.uniform(0, np.pi), rng.uniform(0, 2 * np.pi, 3)
+        stripes = np.sin(frequency * (x * np.cos(angle) + y * np.sin(angle))[..., None] + phase)
+        pixels = 127.5 + 127.5 * stripes * rng.uniform(0.2, 1.0, 3)
+        target = folder / f"n{number % 7:08d}" / f"synthetic_{number:04d}.jpg"
+        target.parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(pixels.clip(0, 255).astype(np.uint8)).save(target, quality=90)
+    return folder
+
+
 def write_weights(path: Path, seed: int = 0) -> str:
     """Seeded random weights as a state dict (torch.save) at ``path``; their sha256."""
     from precompute.models import seeded_state_dict
