@@ -31,7 +31,7 @@ def catalog(store: Store, spec: ModelSpec, shard: tuple[int, int] = (0, 1), weig
     rows disagree with the spec (another version's layers) is refused, and
     left as it was.
     """
-    if weights_sha256 is None:  # the BVLC model's pinned checksum list names its weights
+    if weights_sha256 is None and spec.weights is not None:  # a pinned checksum list names its weights
         weights_sha256 = Checksums.of(spec).digest
     for attempt in range(5):
         try:
@@ -43,7 +43,7 @@ def catalog(store: Store, spec: ModelSpec, shard: tuple[int, int] = (0, 1), weig
     raise AssertionError("unreachable")
 
 
-def _catalog(store: Store, spec: ModelSpec, weights: str, shard: tuple[int, int]) -> CatalogResult:
+def _catalog(store: Store, spec: ModelSpec, weights: str | None, shard: tuple[int, int]) -> CatalogResult:
     index, count = shard
     with store.transaction() as session:
         model = session.scalar(select(Model).where(Model.name == spec.name))
@@ -52,8 +52,9 @@ def _catalog(store: Store, spec: ModelSpec, weights: str, shard: tuple[int, int]
                           input_size=spec.input_size, weights_sha256=weights)
             session.add(model)
             session.flush()
-        elif model.weights_sha256 != weights:
-            raise StoreError(f"the store's {spec.name} was made from other weights ({model.weights_sha256[:12]}…)")
+        elif weights is not None and model.weights_sha256 != weights:  # None: weights not known, nothing to check
+            made = f"{model.weights_sha256[:12]}…" if model.weights_sha256 else "no recorded checksum"
+            raise StoreError(f"the store's {spec.name} was made from other weights ({made})")
         existing = {layer.name: layer for layer in session.scalars(select(Layer).where(Layer.model_id == model.id))}
         layers_added = units_added = 0
         for position, layer_spec in enumerate(spec.layers):

@@ -98,6 +98,32 @@ def tiny_settings(tmp_path_factory: pytest.TempPathFactory, tiny_weights: Path, 
     return Settings.load(root)
 
 
+@pytest.fixture(scope="session")
+def tiny_net(tiny_weights: Path):  # noqa: ANN201 - torch type kept out of annotations
+    from precompute.models import load
+
+    return load("tests.tiny_model:tiny", tiny_weights).net
+
+
+@pytest.fixture(scope="session")
+def tiny_unrendered(tmp_path_factory: pytest.TempPathFactory, tiny_net, tiny_images: Path) -> Settings:  # noqa: ANN001
+    """A store of the tiny model with catalog, examples and circuits but no image: what the live side fills."""
+    import torch
+
+    from precompute.catalog import catalog
+    from precompute.circuits import run_circuits
+    from precompute.examples import ExamplesConfig, run_examples
+
+    settings = Settings.load(tmp_path_factory.mktemp("tiny-unrendered"))
+    spec, cpu = tiny_net.spec, torch.device("cpu")
+    with Store.open(settings, create=True) as store:
+        catalog(store, spec)
+        run_examples(store, spec, tiny_net, "w", tiny_images, ExamplesConfig(layers=tuple(spec.layers), k=4, batch_size=8),
+                     cpu, progress=False)
+        run_circuits(store, spec, tiny_net, "w", spec.layers, progress=False)
+    return settings
+
+
 @pytest.fixture
 def settings(tmp_path: Path) -> Settings:
     return Settings.load(tmp_path / "store")

@@ -17,11 +17,13 @@ from tests.live_processes import running_worker
 from tests.serving import served
 from tests.test_browser import ARTIFACTS, CHROMIUM, CHROMIUM_ARGS
 from tests.test_live import copy_store, jpeg
+from tests.tiny_model import FACTORY
 
 
 @pytest.fixture(scope="module")
-def live(web_settings: Settings, tmp_path_factory: pytest.TempPathFactory) -> Settings:
-    return copy_store(web_settings, tmp_path_factory.mktemp("browser-live") / "store")
+def live(tiny_unrendered: Settings, tmp_path_factory: pytest.TempPathFactory) -> Settings:
+    """The tiny model's store (tests/tiny_model.py), examples and circuits but no image."""
+    return copy_store(tiny_unrendered, tmp_path_factory.mktemp("browser-live") / "store")
 
 
 @pytest.fixture(scope="module")
@@ -40,7 +42,7 @@ def browser() -> Iterator[Browser]:
 
 def test_without_a_worker_the_page_says_so_and_how_to_start_one(server: str, browser: Browser) -> None:
     page = browser.new_page()
-    page.goto(server + "/models/inceptionv1/mixed3b/50")
+    page.goto(server + "/models/tiny/res1/10")
     page.wait_for_selector(".live[data-state=queued]")  # htmx posted the request once the page loaded
     message = page.locator(".live .queue-state").inner_text()
     assert "No worker is running" in message and "microscope worker --data" in message
@@ -49,10 +51,10 @@ def test_without_a_worker_the_page_says_so_and_how_to_start_one(server: str, bro
 
 
 def test_an_unrendered_unit_appears_without_a_reload(server: str, browser: Browser, live: Settings,
-                                                     weights_dir: Path) -> None:
+                                                     tiny_weights: Path) -> None:
     page = browser.new_page()
-    with running_worker(live, weights_dir):
-        page.goto(server + "/models/inceptionv1/mixed3b/60")
+    with running_worker(live, tiny_weights, "--model", FACTORY):
+        page.goto(server + "/models/tiny/res1/11")
         page.evaluate("window.notReloaded = true")
         page.wait_for_selector(".live[data-state=rendered] img", timeout=90_000)
         assert page.evaluate("window.notReloaded") is True  # swapped in by htmx, not a reload
@@ -61,17 +63,17 @@ def test_an_unrendered_unit_appears_without_a_reload(server: str, browser: Brows
 
 
 def test_probe_an_uploaded_photo_and_toggle_a_heatmap(server: str, browser: Browser, live: Settings,
-                                                      weights_dir: Path, images_dir: Path, tmp_path: Path) -> None:
+                                                      tiny_weights: Path, tiny_images: Path, tmp_path: Path) -> None:
     photo = tmp_path / "photo.jpg"
-    photo.write_bytes(jpeg(images_dir, 7))
+    photo.write_bytes(jpeg(tiny_images, 7))
     page = browser.new_page(viewport={"width": 1280, "height": 1400})
-    with running_worker(live, weights_dir):
-        page.goto(server + "/models/inceptionv1")
+    with running_worker(live, tiny_weights, "--model", FACTORY):
+        page.goto(server + "/models/tiny")
         page.click("text=probe it with your own image")
         page.set_input_files("input[type=file]", str(photo))
         page.click("form.probe button")
         page.wait_for_selector(".probe-layer", timeout=90_000)  # the waiting page reloads itself when done
-    assert page.locator(".probe-layer").count() == 12 and page.locator(".probe-unit").count() == 96
+    assert page.locator(".probe-layer").count() == 4 and page.locator(".probe-unit").count() == 32
     assert page.locator("table.classes tr").count() == 6
     heat = page.locator(".probe-unit .heat").first
     assert float(heat.evaluate("e => getComputedStyle(e).opacity")) == 0

@@ -33,18 +33,29 @@ from tests.test_cli import microscope
 
 #: Tiny renders: the recipe machinery is the same at any size.
 TINY = Defaults(steps=4, early_steps=16, size=32)
-MODEL = "inceptionv1"
+MODEL = "tiny"
 
 
 def copy_store(source: Settings, target: Path) -> Settings:
-    """A private copy of the shared web store (the live tests write to theirs)."""
+    """A private copy of a session's store (the live tests write to theirs)."""
     shutil.copytree(source.data_dir, target, symlinks=True, ignore=shutil.ignore_patterns("queue.sqlite3*"))
     return Settings.load(target)
 
 
 @pytest.fixture
-def live(web_settings: Settings, tmp_path: Path) -> Settings:
-    return copy_store(web_settings, tmp_path / "live")
+def live(tiny_unrendered: Settings, tmp_path: Path) -> Settings:
+    """A tiny model's store (tests/tiny_model.py) with examples and circuits and no image yet."""
+    return copy_store(tiny_unrendered, tmp_path / "live")
+
+
+@pytest.fixture
+def spec(tiny_net) -> ModelSpec:  # noqa: ANN001
+    return tiny_net.spec
+
+
+@pytest.fixture
+def net(tiny_net):  # noqa: ANN001, ANN201
+    return tiny_net
 
 
 def worker(store: Store, settings: Settings, spec: ModelSpec, net, **options) -> Worker:  # noqa: ANN001
@@ -60,8 +71,8 @@ def artifact_keys(settings: Settings, layer: str) -> dict[int, tuple[str, str]]:
         return {index: (key, digest) for index, key, digest in rows}
 
 
-def jpeg(images_dir: Path, number: int = 0) -> bytes:
-    return sorted(images_dir.glob("*/*.jpg"))[number * 97].read_bytes()
+def jpeg(images: Path, number: int = 0) -> bytes:
+    return sorted(images.glob("*/*.jpg"))[number].read_bytes()
 
 
 # The queue ---------------------------------------------------------------------------------
@@ -170,31 +181,32 @@ def test_bad_uploads_are_refused_with_a_reason(data: bytes, error: type, message
     assert 400 <= raised.value.status_code < 500
 
 
-def test_a_photo_passes_the_upload_checks(images_dir: Path) -> None:
-    checked = check_image(jpeg(images_dir), UploadLimits())
-    assert checked.format == "JPEG" and checked.width > 100 and len(checked.sha256) == 64
+def test_a_photo_passes_the_upload_checks(tiny_images: Path) -> None:
+    photo = jpeg(tiny_images)
+    checked = check_image(photo, UploadLimits())
+    assert checked.format == "JPEG" and checked.width == Image.open(io.BytesIO(photo)).width and len(checked.sha256) == 64
 
 
 # The worker --------------------------------------------------------------------------------
 
 
-def test_a_unit_rendered_on_demand_is_the_unit_precompute_renders(live: Settings, tmp_path: Path, web_settings: Settings,
+def test_a_unit_rendered_on_demand_is_the_unit_precompute_renders(live: Settings, tmp_path: Path, tiny_unrendered: Settings,
                                                                   spec: ModelSpec, net) -> None:  # noqa: ANN001
     queue = JobQueue.for_store(live)
-    queue.request_render(MODEL, "conv2d1", [5])
+    queue.request_render(MODEL, "stem_0", [5])
     with Store.open(live) as store:
         stats = worker(store, live, spec, net).run(until_idle=True)
         assert stats.jobs == 1
         # precompute vis with the same recipe, over a batch that includes unit 5: it skips it.
-        config = on_demand_config(spec.layer("conv2d1"), range(4, 8), defaults=TINY, batch=4)
+        config = on_demand_config(spec.layer("stem_0"), range(4, 8), defaults=TINY, batch=4)
         result = run_vis(store, spec, net, "w", config, torch.device("cpu"), progress=False)
         assert (result.rendered, result.skipped) == (3, 1)
-    alone = artifact_keys(live, "conv2d1")[5]
-    other = copy_store(web_settings, tmp_path / "batched")
+    alone = artifact_keys(live, "stem_0")[5]
+    other = copy_store(tiny_unrendered, tmp_path / "batched")
     with Store.open(other) as store:
-        run_vis(store, spec, net, "w", on_demand_config(spec.layer("conv2d1"), range(4, 8), defaults=TINY, batch=4),
+        run_vis(store, spec, net, "w", on_demand_config(spec.layer("stem_0"), range(4, 8), defaults=TINY, batch=4),
                 torch.device("cpu"), progress=False)
-    batched = artifact_keys(other, "conv2d1")[5]
+    batched = artifact_keys(other, "stem_0")[5]
     assert alone[1] == batched[1]  # the same recipe digest
     if resolve_precision("auto", torch.device("cpu")) == "bf16":
         # Each image's own seed and transform draws: the same pixels alone or in a batch of four
@@ -207,7 +219,7 @@ def test_fill_renders_main_layers_first_and_serves_requests_between_steps(live: 
     queue = JobQueue.for_store(live)
     with Store.open(live) as store:
         running = worker(store, live, spec, net, fill=True, fill_batch=4)
-        assert [layer.name for layer in running.fill_order()[:3]] == ["conv2d0", "conv2d1", "conv2d2"]
+        assert [layer.name for layer in running.fill_order()[:3]] == ["stem_0", "mixed", "res1"]
         served = []
         original = running.serve_one
 
@@ -218,14 +230,14 @@ def test_fill_renders_main_layers_first_and_serves_requests_between_steps(live: 
             return took
 
         running.serve_one = serve_and_record  # type: ignore[method-assign]
-        queue.request_render(MODEL, "mixed3b", [7])
+        queue.request_render(MODEL, "mixed", [7])
         assert running.serve_one()  # the request first
-        queue.request_render(MODEL, "mixed3b", [8])
+        queue.request_render(MODEL, "mixed", [8])
         assert running.fill_one()  # a fill batch, during which the waiting request is served
-        assert served and served[0].startswith("fill:inceptionv1:conv2d0:0-3")
-    rendered = artifact_keys(live, "conv2d0")
+        assert served and served[0].startswith("fill:tiny:stem_0:0-3")
+    rendered = artifact_keys(live, "stem_0")
     assert sorted(rendered) == [0, 1, 2, 3]
-    assert {7, 8} <= set(artifact_keys(live, "mixed3b"))
+    assert {7, 8} <= set(artifact_keys(live, "mixed"))
     assert queue.pending_count(MODEL) == 0 and not queue.claimed()
 
 
@@ -239,31 +251,31 @@ def client(live: Settings) -> TestClient:
 
 def test_an_unrendered_unit_page_queues_its_render_and_says_when_no_worker_runs(
         client: TestClient, live: Settings, spec: ModelSpec, net) -> None:  # noqa: ANN001
-    page = client.get(urls.unit(MODEL, "mixed3b", 20))
-    assert f'hx-post="{urls.render(MODEL, "mixed3b", 20)}"' in page.text and "top dataset example" in page.text
-    assert client.get(urls.unit(MODEL, "mixed3b", 20, json=True)).json()["render_url"] == urls.render(MODEL, "mixed3b", 20)
-    queued = client.post(urls.render(MODEL, "mixed3b", 20))
+    page = client.get(urls.unit(MODEL, "res1", 12))
+    assert f'hx-post="{urls.render(MODEL, "res1", 12)}"' in page.text and "top dataset example" in page.text
+    assert client.get(urls.unit(MODEL, "res1", 12, json=True)).json()["render_url"] == urls.render(MODEL, "res1", 12)
+    queued = client.post(urls.render(MODEL, "res1", 12))
     assert queued.status_code == 202 and 'hx-trigger="every 5s"' in queued.text
     assert "No worker is running" in queued.text and "microscope worker --data" in queued.text
-    status = client.get(urls.render(MODEL, "mixed3b", 20, json=True)).json()
+    status = client.get(urls.render(MODEL, "res1", 12, json=True)).json()
     assert (status["state"], status["position"], status["workers"]) == ("queued", 1, 0)
-    assert client.post(urls.render(MODEL, "mixed3b", 20, json=True)).json()["position"] == 1  # joined, not added
+    assert client.post(urls.render(MODEL, "res1", 12, json=True)).json()["position"] == 1  # joined, not added
     with Store.open(live) as store:
         worker(store, live, spec, net).run(until_idle=True)
-    done = client.get(urls.render(MODEL, "mixed3b", 20))
+    done = client.get(urls.render(MODEL, "res1", 12))
     assert 'data-state="rendered"' in done.text and "hx-trigger" not in done.text
-    image = client.get(client.get(urls.render(MODEL, "mixed3b", 20, json=True)).json()["unit"]["image_url"])
+    image = client.get(client.get(urls.render(MODEL, "res1", 12, json=True)).json()["unit"]["image_url"])
     assert image.status_code == 200 and image.headers["content-type"] == "image/webp"
-    assert client.get(urls.unit(MODEL, "mixed3b", 20, json=True)).json()["render_url"] is None
+    assert client.get(urls.unit(MODEL, "res1", 12, json=True)).json()["render_url"] is None
 
 
 def test_a_layer_can_be_queued_whole_and_the_queue_refuses_a_flood(client: TestClient, live: Settings) -> None:
-    answer = client.post(urls.render_layer(MODEL, "mixed3a", json=True))
-    assert answer.status_code == 202 and answer.json()["missing"] == 252 and answer.json()["queued"] == 252
-    assert JobQueue.for_store(live).pending_count(MODEL) == 32  # 8 units a job
-    os.environ["MICROSCOPE_QUEUE_LIMIT"] = "32"
+    answer = client.post(urls.render_layer(MODEL, "res2_conv3_0", json=True))
+    assert answer.status_code == 202 and answer.json()["missing"] == 16 and answer.json()["queued"] == 16
+    assert JobQueue.for_store(live).pending_count(MODEL) == 2  # 8 units a job
+    os.environ["MICROSCOPE_QUEUE_LIMIT"] = "2"
     try:
-        full = TestClient(create_app(live)).post(urls.render(MODEL, "mixed3b", 30, json=True))
+        full = TestClient(create_app(live)).post(urls.render(MODEL, "res1", 13, json=True))
     finally:
         del os.environ["MICROSCOPE_QUEUE_LIMIT"]
     assert full.status_code == 503 and "queue is full" in full.json()["error"]
@@ -271,8 +283,8 @@ def test_a_layer_can_be_queued_whole_and_the_queue_refuses_a_flood(client: TestC
 
 
 def test_a_probe_from_upload_to_result_and_gc(client: TestClient, live: Settings, spec: ModelSpec, net,  # noqa: ANN001
-                                              images_dir: Path) -> None:
-    photo = jpeg(images_dir, 3)
+                                              tiny_images: Path) -> None:
+    photo = jpeg(tiny_images, 3)
     answer = client.post(urls.probes(MODEL), content=photo, headers={"content-type": "image/jpeg"})
     assert answer.status_code == 202 and answer.json()["state"] == "queued"
     sha = answer.json()["id"]
@@ -292,7 +304,7 @@ def test_a_probe_from_upload_to_result_and_gc(client: TestClient, live: Settings
     heat = client.get(top[0]["heatmap_url"])
     assert heat.status_code == 200 and Image.open(io.BytesIO(heat.content)).mode == "RGBA"
     page = client.get(urls.probe(MODEL, sha))
-    assert page.text.count('class="heat-toggle"') == 96 and result["classes"][0]["label"] in page.text
+    assert page.text.count('class="heat-toggle"') == 8 * len(result["layers"]) and result["classes"][0]["label"] in page.text
     # The same image again: the stored result at once, from the API and from the form.
     again = client.post(urls.probes(MODEL), content=photo, headers={"content-type": "image/jpeg"})
     assert again.status_code == 200 and again.json()["state"] == "done"
@@ -333,8 +345,8 @@ def test_the_live_server_imports_no_torch_and_keeps_the_store_read_only(live: Se
         "import sys; from pathlib import Path; from fastapi.testclient import TestClient;"
         "from app.main import create_app; from app.settings import Settings;"
         f"app = create_app(Settings.load(Path({str(live.data_dir)!r}))); client = TestClient(app);"
-        "assert client.post('/models/inceptionv1/mixed3b/40/render').status_code == 202;"
-        "assert client.get('/models/inceptionv1/probe').status_code == 200;"
+        "assert client.post('/models/tiny/res1/14/render').status_code == 202;"
+        "assert client.get('/models/tiny/probe').status_code == 200;"
         "print('torch' in sys.modules, app.state.microscope.store.readonly)"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
@@ -353,7 +365,7 @@ def test_model_page_links_the_probe_and_follows_the_fill(client: TestClient, liv
 def test_a_heatmap_puts_each_position_at_its_receptive_fields_centre(spec: ModelSpec) -> None:
     from precompute.probe import heatmaps
 
-    layer = spec.layer("mixed4c")
+    layer = spec.layer("res1")
     maps = torch.zeros(2, layer.size, layer.size)
     maps[0, 3, 9] = 5.0
     maps[1] = -1.0  # never above zero: transparent everywhere
@@ -372,7 +384,7 @@ def test_two_workers_fill_different_batches(live: Settings, spec: ModelSpec, net
         first = worker(store, live, spec, net, fill=True, fill_batch=4)
         second = worker(store, live, spec, net, fill=True, fill_batch=4)
         first.queue.beat(first.name, "filling")
-        assert queue.claim(first.name, "fill:inceptionv1:conv2d0:0-3")  # the first is busy with units 0-3
+        assert queue.claim(first.name, "fill:tiny:stem_0:0-3")  # the first is busy with units 0-3
         assert second.fill_one()
-    assert sorted(artifact_keys(live, "conv2d0")) == [4, 5, 6, 7]
-    assert queue.claimed() == {"fill:inceptionv1:conv2d0:0-3"}
+    assert sorted(artifact_keys(live, "stem_0")) == [4, 5, 6, 7]
+    assert queue.claimed() == {"fill:tiny:stem_0:0-3"}
