@@ -23,19 +23,12 @@ from precompute.models import build, load, seeded_state_dict
 from precompute.models.base import Piece
 from precompute.weight_files import file_sha256
 from precompute.models.zoo import fetch, mirrored
-from tests.tiny_model import FACTORY, write_weights
+from tests.tiny_model import FACTORY
 
 
 @pytest.fixture(scope="module")
-def tiny_weights(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    path = tmp_path_factory.mktemp("tiny") / "tiny.pt"
-    write_weights(path)
-    return path
-
-
-@pytest.fixture(scope="module")
-def tiny(tiny_weights: Path):  # noqa: ANN201
-    return load(FACTORY, tiny_weights).net
+def tiny(tiny_net):  # noqa: ANN001, ANN201
+    return tiny_net
 
 
 def test_the_tiny_spec_is_read_off_its_graph(tiny) -> None:  # noqa: ANN001
