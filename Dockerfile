@@ -6,7 +6,7 @@ COPY pyproject.toml README.md ./
 COPY app app
 COPY templates templates
 COPY static static
-RUN pip install --no-cache-dir ".[postgres,redis]"
+RUN pip install --no-cache-dir ".[postgres,redis,s3]"
 ENV MICROSCOPE_DATA=/data
 EXPOSE 8000
 CMD ["microscope", "serve", "--host", "0.0.0.0", "--port", "8000", "--workers", "2"]
@@ -14,6 +14,6 @@ CMD ["microscope", "serve", "--host", "0.0.0.0", "--port", "8000", "--workers", 
 FROM web AS precompute
 COPY precompute precompute
 # The CUDA build of torch; it runs on the CPU too where no GPU is given to the container.
-RUN pip install --no-cache-dir ".[precompute,postgres,redis]"
+RUN pip install --no-cache-dir ".[precompute,postgres,redis,s3]"
 ENV MICROSCOPE_WEIGHTS=/weights MICROSCOPE_IMAGES=/images
 CMD ["microscope", "precompute", "all"]

@@ -30,6 +30,20 @@ cli = typer.Typer(
     add_completion=False,
 )
 
+@cli.callback()
+def options(
+    blobs: Annotated[Optional[str], typer.Option(
+        "--blobs", envvar="MICROSCOPE_BLOBS",
+        help="Keep blobs in S3-compatible object storage (s3://bucket/prefix; credentials and endpoint from the "
+             "AWS_* environment) instead of the store directory's blobs/ folder.")] = None,
+) -> None:
+    """Microscope: a self-hostable neuron microscope for vision networks."""
+    import os
+
+    if blobs:  # every command (and the processes they start: servers, workers) reads it from here
+        os.environ["MICROSCOPE_BLOBS"] = blobs
+
+
 DataOption = Annotated[
     Optional[Path],
     typer.Option("--data", envvar="MICROSCOPE_DATA", help="Store directory (database file and blobs).",

@@ -25,8 +25,15 @@ class BlobReader:
     def has_key(self, key: str) -> bool:
         return is_valid_key(key) and self.store.blobs.has(key)
 
-    def path(self, key: str):  # noqa: ANN201 - a Path
-        return self.store.blobs.path(key)
+    def local_path(self, key: str):  # noqa: ANN201 - a Path, or None for object storage
+        return self.store.blobs.local_path(key)
+
+    def get(self, key: str) -> bytes:
+        return self.store.blobs.get(key)
+
+    def signed_url(self, key: str, seconds: int) -> str | None:
+        """A presigned URL of an object-storage blob, where the settings ask for redirects."""
+        return self.store.blobs.signed_url(key, seconds) if self.store.settings.blobs_redirect else None
 
 
 @dataclass

@@ -153,6 +153,10 @@ async def search_page(
     return respond(request, page, "search.html", json=False)
 
 
+#: How long a presigned blob URL stays valid (``MICROSCOPE_BLOBS_REDIRECT=1``).
+SIGNED_SECONDS = 3600
+
+
 @router.get("/blobs/{key}", name="blob", include_in_schema=False)
 async def blob(key: str, request: Request, state: StateDep) -> Response:
     """A stored image by content key: immutable, cached for a year, its key as the ETag."""
@@ -162,7 +166,14 @@ async def blob(key: str, request: Request, state: StateDep) -> Response:
     headers = {"Cache-Control": "public, max-age=31536000, immutable", "ETag": etag}
     if request.headers.get("if-none-match") == etag:
         return Response(status_code=304, headers=headers)
-    return FileResponse(state.blobs.path(key), media_type=state.media_type(key), headers=headers)
+    local = state.blobs.local_path(key)
+    if local is not None:
+        return FileResponse(local, media_type=state.media_type(key), headers=headers)
+    signed = state.blobs.signed_url(key, SIGNED_SECONDS)
+    if signed is not None:  # the bucket serves the bytes; the redirect itself may be cached for a while
+        return RedirectResponse(signed, status_code=307, headers={"Cache-Control": f"private, max-age={SIGNED_SECONDS // 2}"})
+    # Object storage through the server: blobs are small images (at most a few hundred KB).
+    return Response(state.blobs.get(key), media_type=state.media_type(key), headers=headers)
 
 
 def suggestion_links(error: NotFound) -> list[dict[str, str]]:

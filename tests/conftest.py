@@ -124,6 +124,25 @@ def tiny_unrendered(tmp_path_factory: pytest.TempPathFactory, tiny_net, tiny_ima
     return settings
 
 
+@pytest.fixture(scope="session")
+def s3_endpoint() -> Iterator[str]:
+    """A local S3-compatible server (moto's server mode) for the session."""
+    from tests.s3 import s3_server
+
+    with s3_server() as endpoint:
+        yield endpoint
+
+
+@pytest.fixture
+def s3_blobs(s3_endpoint: str, monkeypatch: pytest.MonkeyPatch) -> str:
+    """A fresh bucket's URL, with the environment that reaches it set for this test (and its subprocesses)."""
+    from tests.s3 import CREDENTIALS, new_bucket
+
+    for name, value in {**CREDENTIALS, "AWS_ENDPOINT_URL": s3_endpoint}.items():
+        monkeypatch.setenv(name, value)
+    return new_bucket(s3_endpoint)
+
+
 @pytest.fixture
 def settings(tmp_path: Path) -> Settings:
     return Settings.load(tmp_path / "store")

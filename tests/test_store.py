@@ -10,7 +10,8 @@ from sqlalchemy import func, select, update
 
 from app.errors import StoreError
 from app.settings import Settings
-from app.store import SCHEMA_VERSION, BlobStore, Layer, Run, Store, Unit, is_valid_key
+from app.store import SCHEMA_VERSION, Layer, Run, Store, Unit, is_valid_key
+from app.store.blobs import FolderBlobs
 from app.store.schema import Meta
 from app.store.summary import coverage
 from app.zoo import ModelSpec
@@ -76,13 +77,14 @@ def test_read_only_store_cannot_write(settings: Settings, spec: ModelSpec) -> No
 
 
 def test_blobs_are_content_addressed_and_keys_are_checked(tmp_path: Path) -> None:
-    blobs = BlobStore(tmp_path / "blobs")
+    blobs = FolderBlobs(tmp_path / "blobs")
     key = blobs.put(b"pixels", "webp")
     assert key == hashlib.sha256(b"pixels").hexdigest() + ".webp"
     assert blobs.put(b"pixels", "webp") == key
     assert blobs.path(key).read_bytes() == b"pixels" and blobs.has(key)
     (blobs.path(key).parent / ".tmp-interrupted").write_bytes(b"half")
     assert blobs.keys() == {key}
+    assert blobs.remove_partials() == 1 and blobs.keys() == {key} and blobs.remove_partials() == 0
     for bad in ("../secret.webp", key.upper(), key[:-5] + ".exe", "", key + "/x"):
         assert not is_valid_key(bad)
         with pytest.raises(ValueError):

@@ -9,10 +9,12 @@ blob's content against its key, and writes only into an empty store.
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import os
 import tarfile
 import tempfile
+import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -69,7 +71,7 @@ def export_bundle(store: Store, path: Path) -> BundleSummary:
         target.dispose()
         with store.engine.connect() as connection:
             keys = sorted(referenced_keys(connection))
-        missing = [key for key in keys if not store.blobs.has(key)]
+        missing = sorted(set(keys) - store.blobs.keys())
         if missing:
             raise StoreError(f"the store lacks {len(missing)} blobs its rows point at (e.g. {missing[0]})")
         manifest = {"format": FORMAT, "schema_version": SCHEMA_VERSION, "rows": rows, "blobs": len(keys),
@@ -81,7 +83,10 @@ def export_bundle(store: Store, path: Path) -> BundleSummary:
                 archive.add(Path(work) / "manifest.json", "manifest.json")
                 archive.add(database, "store.sqlite")
                 for key in keys:
-                    archive.add(store.blobs.path(key), f"blobs/{key}")
+                    data = store.blobs.get(key)
+                    member = tarfile.TarInfo(f"blobs/{key}")
+                    member.size, member.mode, member.mtime = len(data), 0o644, int(time.time())
+                    archive.addfile(member, io.BytesIO(data))
         os.chmod(partial.name, 0o644)
         os.replace(partial.name, path)
     return BundleSummary(path, rows, len(keys))

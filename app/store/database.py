@@ -14,7 +14,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from app.errors import StoreError, StoreMissing
 from app.settings import Settings
-from app.store.blobs import BlobStore
+from app.store.blobs import open_blobs
 from app.store.schema import ADDITIVE_SINCE, SCHEMA_VERSION, Base, Meta
 
 
@@ -52,13 +52,13 @@ def _engine(url: str, readonly: bool, create: bool) -> Engine:
 
 
 class Store:
-    """A database plus a blob folder. Open it with `Store.open`; close it when done."""
+    """A database plus its blobs (a folder or a bucket). Open it with `Store.open`; close it when done."""
 
     def __init__(self, settings: Settings, engine: Engine, readonly: bool) -> None:
         self.settings = settings
         self.engine = engine
         self.readonly = readonly
-        self.blobs = BlobStore(settings.blob_dir)
+        self.blobs = open_blobs(settings.blobs_url, settings.blob_dir)
         self._sessions = sessionmaker(engine, expire_on_commit=False)
 
     @classmethod

@@ -40,18 +40,11 @@ def collect_garbage(store: Store) -> Collected:
     """
     with store.engine.connect() as connection:
         referenced = referenced_keys(connection)
-    removed = partial = 0
-    root = store.blobs.root
-    if root.is_dir():
-        for path in root.glob("*/*/*"):
-            if path.name.startswith(".tmp-"):
-                path.unlink(missing_ok=True)
-                partial += 1
-            elif path.name not in referenced:
-                path.unlink(missing_ok=True)
-                removed += 1
-    missing = sum(1 for key in referenced if not store.blobs.has(key))
-    return Collected(removed, partial, missing)
+    partial = store.blobs.remove_partials()
+    stored = store.blobs.keys()
+    for key in stored - referenced:
+        store.blobs.remove(key)
+    return Collected(len(stored - referenced), partial, len(referenced - stored))
 
 
 def remove_probes(store: Store, older_than_days: float, now: datetime) -> int:
