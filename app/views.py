@@ -158,8 +158,11 @@ SIGNED_SECONDS = 3600
 
 
 @router.get("/blobs/{key}", name="blob", include_in_schema=False)
-async def blob(key: str, request: Request, state: StateDep) -> Response:
-    """A stored image by content key: immutable, cached for a year, its key as the ETag."""
+def blob(key: str, request: Request, state: StateDep) -> Response:
+    """A stored image by content key: immutable, cached for a year, its key as the ETag.
+
+    A sync view (FastAPI runs it in its thread pool): reading object storage blocks.
+    """
     if not state.blobs.has_key(key):
         raise NotFound(f"no blob {key!r}")
     etag = f'"{key.split(".")[0]}"'
