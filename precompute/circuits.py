@@ -37,13 +37,12 @@ import numpy as np
 import torch
 from PIL import Image
 from torch import Tensor
-from tqdm import tqdm
 
 from app.store import Edge, Store
 from app.store.algorithms import ALGORITHMS
 from app.zoo import LayerSpec, ModelSpec
 from precompute.models.base import Network, Piece
-from precompute.runs import catalogued_model, digested, finished_recipes, finish_run, replace_rows, share, start_run, unit_ids
+from precompute.runs import catalogued_model, digested, finished_recipes, finish_run, progress_bar, replace_rows, share, start_run, unit_ids
 
 TOP = 50
 #: Colour of the strongest positive and negative weights (ColorBrewer RdBu ends).
@@ -169,7 +168,7 @@ def run_circuits(
         model = catalogued_model(session, spec)
         done = finished_recipes(session, "circuits")
         ids = unit_ids(session, model.id)
-    for pair in tqdm(share(pairs(spec, layers), shard), desc="circuits", unit="pair", disable=not progress):
+    for pair in progress_bar(share(pairs(spec, layers), shard), desc="circuits", unit="pair", enabled=progress):
         expanded = expand(net, pair)
         params = recipe(net, expanded, weights_sha256)
         if params["recipe_sha256"] in done:

@@ -62,6 +62,14 @@ ShardOption = Annotated[
     Optional[str],
     typer.Option("--shard", help="i/n: do the i-th of n deterministic parts (n processes fill one store together)."),
 ]
+RayOption = Annotated[
+    Optional[str],
+    typer.Option("--ray", envvar="MICROSCOPE_RAY",
+                 help="Run the stage's shards as tasks on this Ray cluster: 'auto' (the one `ray start` made here), "
+                      "host:6379 or ray://host:10001. Needs the ray extra."),
+]
+TasksOption = Annotated[int, typer.Option(
+    "--tasks", min=0, help="With --ray: tasks per stage (0: one per CPU of the cluster, or per GPU for CUDA).")]
 
 
 @dataclass(frozen=True)
@@ -70,6 +78,8 @@ class _Stage:
     net: Any
     weights_sha256: str
     device: Any
+    #: Runs the stages here, or on the Ray cluster named by ``--ray``.
+    runner: Any
 
     @property
     def spec(self) -> Any:
@@ -88,14 +98,27 @@ def _load(model: str, weights: Path | None, names: Path | None) -> Any:
 
 @contextmanager
 def _stage(model: str, weights: Path | None, names: Path | None, device: str, data: Path | None,
-           database_url: str | None, create: bool = False) -> Iterator[_Stage]:
-    """An open store and the checked network on its device: what every model-running stage starts from."""
-    from precompute.devices import pick_device
+           database_url: str | None, create: bool = False, ray: str | None = None, tasks: int = 0,
+           shard: str | None = None) -> Iterator[_Stage]:
+    """An open store and the checked network on its device: what every model-running stage starts from.
 
+    With ``ray``, the model is checked here on the CPU (the driver needs no GPU) and the stages run on the
+    cluster, each task opening the same model and store.
+    """
+    from precompute.cluster import Cluster, Runner, source
+    from precompute.devices import pick_device
+    from precompute.selection import parse_shard
+
+    if ray and shard:
+        raise MicroscopeError("--ray runs every shard itself: leave out --shard")
     loaded = _load(model, weights, names)
     with Store.open(Settings.load(data, database_url), create=create) as store:
-        target = pick_device(device)
-        yield _Stage(store, loaded.net.to(target), loaded.weights_sha256, target)
+        target = pick_device("cpu" if ray else device)
+        net = loaded.net.to(target)
+        cluster = Cluster(ray, tasks) if ray else None
+        where = source(model, weights, names, device, store.settings) if ray else None
+        runner = Runner(store, net, loaded.weights_sha256, target, cluster, where, parse_shard(shard))
+        yield _Stage(store, net, loaded.weights_sha256, target, runner)
 
 
 @precompute_cli.command("catalog")
@@ -124,23 +147,23 @@ def precompute_examples(
     device: DeviceOption = "auto",
     checkpoint_every: Annotated[int, typer.Option(min=1, help="Batches between checkpoints.")] = 8,
     shard: ShardOption = None,
+    ray: RayOption = None,
+    tasks: TasksOption = 0,
     weights: WeightsOption = None,
     names: NamesOption = None,
     data: DataOption = None,
     database_url: DatabaseOption = None,
 ) -> None:
     """Top and bottom dataset examples of every unit, in one resumable streaming pass."""
-    from precompute.examples import ExamplesConfig, run_examples
+    from precompute.examples import ExamplesConfig
     from precompute.images import locate_images
-    from precompute.selection import parse_layers, parse_shard
+    from precompute.selection import parse_layers
 
-    part = parse_shard(shard)
     root = locate_images(images)
-    with _stage(model, weights, names, device, data, database_url) as stage:
+    with _stage(model, weights, names, device, data, database_url, ray=ray, tasks=tasks, shard=shard) as stage:
         config = ExamplesConfig(layers=tuple(parse_layers(stage.spec, layers)), k=k, batch_size=batch,
                                 workers=workers, checkpoint_every=checkpoint_every)
-        result = run_examples(stage.store, stage.spec, stage.net, stage.weights_sha256, root, config, stage.device,
-                              shard=part)
+        result = stage.runner.examples(root, config)
     for message in result.messages:
         typer.echo(f"{'note' if result.waiting else 'warning'}: {message}", err=True)
     if result.waiting:
@@ -168,26 +191,27 @@ def precompute_vis(
     precision: Annotated[str, typer.Option(help="auto (bf16 where native), fp32 or bf16.")] = "auto",
     device: DeviceOption = "auto",
     shard: ShardOption = None,
+    ray: RayOption = None,
+    tasks: TasksOption = 0,
     weights: WeightsOption = None,
     names: NamesOption = None,
     data: DataOption = None,
     database_url: DatabaseOption = None,
 ) -> None:
     """Feature visualizations of the chosen units, batched; skips what is stored with the same recipe."""
-    from precompute.selection import parse_layers, parse_shard, units_per_layer
-    from precompute.vis import VisConfig, run_vis
+    from precompute.selection import parse_layers, units_per_layer
+    from precompute.vis import VisConfig
 
     if precision not in ("auto", "fp32", "bf16"):
         raise MicroscopeError(f"--precision {precision!r}: choose auto, fp32 or bf16")
-    part = parse_shard(shard)
-    with _stage(model, weights, names, device, data, database_url) as stage:
+    with _stage(model, weights, names, device, data, database_url, ray=ray, tasks=tasks, shard=shard) as stage:
         chosen = parse_layers(stage.spec, layers)
         config = VisConfig(
             layers=tuple(chosen), units=units_per_layer(chosen, units, explicit=layers not in ("all", "main")),
             techniques=tuple(t.strip() for t in techniques.split(",") if t.strip()), steps=steps, size=size,
             batch=batch, seed=seed, precision=precision,  # type: ignore[arg-type]
         )
-        result = run_vis(stage.store, stage.spec, stage.net, stage.weights_sha256, config, stage.device, shard=part)
+        result = stage.runner.vis(config)
     typer.echo(f"vis: {result.rendered} images rendered, {result.skipped} already stored with this recipe")
 
 
@@ -196,19 +220,18 @@ def precompute_circuits(
     model: ModelOption = DEFAULT_MODEL,
     layers: LayersOption = "all",
     shard: ShardOption = None,
+    ray: RayOption = None,
+    tasks: TasksOption = 0,
     weights: WeightsOption = None,
     names: NamesOption = None,
     data: DataOption = None,
     database_url: DatabaseOption = None,
 ) -> None:
     """Strongest input and output weights of every unit (expanded across blocks); resumable by layer pair."""
-    from precompute.circuits import run_circuits
-    from precompute.selection import parse_layers, parse_shard
+    from precompute.selection import parse_layers
 
-    part = parse_shard(shard)
-    with _stage(model, weights, names, "cpu", data, database_url) as stage:
-        chosen = parse_layers(stage.spec, layers)
-        result = run_circuits(stage.store, stage.spec, stage.net, stage.weights_sha256, chosen, shard=part)
+    with _stage(model, weights, names, "cpu", data, database_url, ray=ray, tasks=tasks, shard=shard) as stage:
+        result = stage.runner.circuits(parse_layers(stage.spec, layers))
     typer.echo(f"circuits: {result.edges} edges in {result.pairs_written} layer pairs written, "
                f"{result.pairs_reused} already stored")
 
@@ -229,12 +252,14 @@ def precompute_all(
     size: Annotated[int, typer.Option(help="Image side of the default renders.")] = ON_DEMAND.size,
     batch: Annotated[int, typer.Option(help="Images per batch (examples and renders).")] = 16,
     device: DeviceOption = "auto",
+    ray: RayOption = None,
+    tasks: TasksOption = 0,
     weights: WeightsOption = None,
     names: NamesOption = None,
     data: DataOption = None,
     database_url: DatabaseOption = None,
 ) -> None:
-    """The main job in one process: catalog, examples and circuits of every unit, a default set of renders.
+    """The main job in one process (or on a Ray cluster): catalog, examples and circuits of every unit, a default set of renders.
 
     Renders the channel technique for ``--vis-units`` of every main layer,
     every technique for those units of ``--vis-layer``, and the class logit
@@ -246,32 +271,29 @@ def precompute_all(
     made by an older algorithm are rendered again with their own settings.
     """
     from precompute.catalog import catalog
-    from precompute.circuits import run_circuits
-    from precompute.examples import ExamplesConfig, run_examples
+    from precompute.examples import ExamplesConfig
     from precompute.images import locate_images
-    from precompute.vis import run_vis, stale_configs
+    from precompute.vis import stale_configs
 
     root = locate_images(images)
-    with _stage(model, weights, names, device, data, database_url, create=True) as stage:
-        store, net, digest, target, spec = stage.store, stage.net, stage.weights_sha256, stage.device, stage.spec
-        renders = _default_renders(spec, net.logits_layer, vis_layer, vis_units, vis_class,
+    with _stage(model, weights, names, device, data, database_url, create=True, ray=ray, tasks=tasks) as stage:
+        spec, runner = stage.spec, stage.runner
+        renders = _default_renders(spec, stage.net.logits_layer, vis_layer, vis_units, vis_class,
                                    Defaults(steps, early_steps, size), batch)
-        added = catalog(store, spec, weights_sha256=digest)
+        added = catalog(stage.store, spec, weights_sha256=stage.weights_sha256)
         typer.echo(f"catalog: {added.layers_added} layers, {added.units_added} units added")
-        examples = run_examples(store, spec, net, digest, root, ExamplesConfig(layers=spec.layers, batch_size=batch * 2),
-                                target)
+        examples = runner.examples(root, ExamplesConfig(layers=spec.layers, batch_size=batch * 2))
         typer.echo("examples: " + ("already stored" if examples.reused else f"{examples.examples} stored"))
         for failure in examples.skipped:
             typer.echo(f"warning: skipped {failure}", err=True)
-        circuits = run_circuits(store, spec, net.cpu(), digest, spec.layers)
-        net = net.to(target)
+        circuits = runner.circuits(spec.layers)
         typer.echo(f"circuits: {circuits.edges} edges written, {circuits.pairs_reused} layer pairs already stored")
         for config in renders:
-            rendered = run_vis(store, spec, net, digest, config, target)
+            rendered = runner.vis(config)
             typer.echo(f"vis: {rendered.rendered} rendered, {rendered.skipped} already stored")
-        stale = stale_configs(store, spec)
+        stale = stale_configs(stage.store, spec)
         for config in stale:
-            run_vis(store, spec, net, digest, config, target)
+            runner.vis(config)
         if stale:
             typer.echo(f"vis: {sum(len(r) for c in stale for r in c.units.values())} images of an older algorithm rendered again")
 

@@ -32,7 +32,6 @@ from PIL import Image
 from sqlalchemy import select
 from torch import Tensor
 from torchvision.transforms import v2
-from tqdm import tqdm
 
 from app.errors import MicroscopeError
 from app.store import Dataset, DatasetExample, DatasetImage, Store, UnitStats
@@ -42,7 +41,7 @@ from app.zoo.spec import Framing
 from precompute.images import ImageFile, batches, list_images, read_rgb
 from precompute.models.base import Network
 from precompute.ranking import HISTOGRAM_EDGES, RunningStatistics
-from precompute.runs import catalogued_model, digested, finish_run, finished_recipes, replace_rows, share, start_run
+from precompute.runs import catalogued_model, digested, finish_run, finished_recipes, progress_bar, replace_rows, share, start_run
 from precompute.runs import unit_ids as stored_unit_ids
 
 THUMBNAIL_SIZE = 320
@@ -128,34 +127,95 @@ def run_examples(
     progress: bool = True,
     shard: tuple[int, int] = (0, 1),
 ) -> ExamplesResult:
-    """One pass over the images under ``root``; shard i of n takes images i, i+n, ... and the last shard
+    """One pass over the images under ``root``; shard i of n takes batches i, i+n, ... and the last shard
     to finish merges and writes."""
+    plan = _plan(store, spec, weights_sha256, root, config, shard)
+    if plan.result.reused:
+        return plan.result
+    statistics, skipped = _stream(net, spec, plan.files, _mine(len(plan.files), config.batch_size, shard), config, device,
+                                  plan.partials.checkpoint, progress)
+    if shard[1] > 1:
+        # Each shard's result is exact for its images, and the top-k of the union is the top-k of the
+        # shards' top-k lists, so merging loses nothing.
+        waiting = plan.partials.wait_or_lock()
+        if waiting:
+            plan.result.messages.append(waiting)
+            plan.result.waiting = True
+            return plan.result
+        saved = [torch.load(path, map_location=device, weights_only=True) for path in plan.partials.all]
+        statistics, skipped = _merge(spec, config, device, saved)
+    return _finish(store, spec, plan, statistics, skipped, config, progress)
+
+
+def examples_part(
+    store: Store, spec: ModelSpec, net: Network, weights_sha256: str, root: Path, config: ExamplesConfig,
+    device: torch.device, shard: tuple[int, int], progress: bool = False,
+) -> bytes | None:
+    """Shard i of n's pass, returned instead of merged through a shared folder (a cluster's task): its exact
+    statistics and unreadable files, serialized; None when the recipe is already stored."""
+    plan = _plan(store, spec, weights_sha256, root, config, shard)
+    if plan.result.reused:
+        return None
+    statistics, skipped = _stream(net, spec, plan.files, _mine(len(plan.files), config.batch_size, shard), config, device,
+                                  plan.partials.checkpoint, progress)
+    out = io.BytesIO()
+    torch.save({"statistics": statistics.state_dict(), "skipped": skipped}, out)
+    return out.getvalue()
+
+
+def write_examples(
+    store: Store, spec: ModelSpec, weights_sha256: str, root: Path, config: ExamplesConfig, device: torch.device,
+    parts: Sequence[bytes | None], progress: bool = True,
+) -> ExamplesResult:
+    """Every shard's part (from `examples_part`) merged, exactly, and written as one pass would be."""
+    plan = _plan(store, spec, weights_sha256, root, config, (0, len(parts)))
+    if plan.result.reused or any(part is None for part in parts):
+        plan.result.reused = True
+        return plan.result
+    saved = [torch.load(io.BytesIO(part), map_location=device, weights_only=True) for part in parts if part]
+    statistics, skipped = _merge(spec, config, device, saved)
+    return _finish(store, spec, plan, statistics, skipped, config, progress)
+
+
+@dataclass
+class _Plan:
+    files: list[ImageFile]
+    root: Path
+    recipe: dict[str, object]
+    model_id: int
+    result: ExamplesResult
+    partials: _Partials
+
+
+def _plan(store: Store, spec: ModelSpec, weights_sha256: str, root: Path, config: ExamplesConfig,
+          shard: tuple[int, int]) -> _Plan:
+    """The images, the recipe and what the store already holds of it."""
     files = list_images(root)
-    root = root.resolve()
     recipe = _recipe(spec, weights_sha256, fingerprint(files), config)
     result = ExamplesResult(images=len(files))
     with store.session() as session:
         model_id = catalogued_model(session, spec).id
-        result.messages += _moved(session, root, str(recipe["dataset_fingerprint"]))
-        if recipe["recipe_sha256"] in finished_recipes(session, "examples"):
-            result.reused = True
-            return result
+        result.messages += _moved(session, root.resolve(), str(recipe["dataset_fingerprint"]))
+        result.reused = recipe["recipe_sha256"] in finished_recipes(session, "examples")
     partials = _Partials(store.settings.data_dir / "checkpoints", f"examples-{recipe['recipe_sha256'][:16]}", shard)
-    statistics, skipped = _stream(net, spec, files, share(range(len(files)), shard), config, device,
-                                  partials.checkpoint, progress)
-    if shard[1] > 1:
-        # Each shard's result is exact for its images, and the top-k of the union is the top-k of the
-        # shards' top-k lists, so merging loses nothing.
-        waiting = partials.wait_or_lock()
-        if waiting:
-            result.messages.append(waiting)
-            result.waiting = True
-            return result
-        statistics, skipped = _merge(spec, config, device, partials.all)
-    result.skipped = skipped
-    result.examples = _write(store, spec, model_id, files, root, statistics, recipe, config, progress, result.skipped)
-    partials.remove()
-    return result
+    return _Plan(files, root.resolve(), recipe, model_id, result, partials)
+
+
+def _finish(store: Store, spec: ModelSpec, plan: _Plan, statistics: RunningStatistics, skipped: list[str],
+            config: ExamplesConfig, progress: bool) -> ExamplesResult:
+    plan.result.skipped = skipped
+    plan.result.examples = _write(store, spec, plan.model_id, plan.files, plan.root, statistics, plan.recipe, config,
+                                  progress, plan.result.skipped)
+    plan.partials.remove()
+    return plan.result
+
+
+def _mine(count: int, batch_size: int, shard: tuple[int, int]) -> list[int]:
+    """Shard i of n's images: batches i, i+n, ... of one process's batches, so that every image is run in
+    the very batch it is run in alone, and its activations (which can differ in the last bits with the
+    batch's make-up) are the same bits: the merged top-k equals one process's."""
+    batches = [range(start, min(start + batch_size, count)) for start in range(0, count, batch_size)]
+    return [image for batch in share(batches, shard) for image in batch]
 
 
 def _moved(session, root: Path, fingerprint: str) -> list[str]:  # noqa: ANN001
@@ -230,15 +290,15 @@ def _acquire(lock: Path) -> bool:
     return False
 
 
-def _merge(spec: ModelSpec, config: ExamplesConfig, device: torch.device, partials: list[Path]) -> tuple[RunningStatistics, list[str]]:
+def _merge(spec: ModelSpec, config: ExamplesConfig, device: torch.device, saved: list[dict]) -> tuple[RunningStatistics, list[str]]:
+    """The shards' saved statistics (checkpoints or parts) merged into one pass's."""
     merged = RunningStatistics(spec, config.layers, config.k, device)
     skipped: list[str] = []
-    for path in partials:
-        saved = torch.load(path, map_location=device, weights_only=True)
+    for state in saved:
         part = RunningStatistics(spec, config.layers, config.k, device)
-        part.load_state_dict(saved["statistics"])
+        part.load_state_dict(state["statistics"])
         merged.merge(part)
-        skipped.extend(saved["skipped"])
+        skipped.extend(state["skipped"])
     return merged, skipped
 
 
@@ -261,7 +321,7 @@ def _stream(
         start, skipped = saved["next_image"], list(saved["skipped"])
     remaining = [files[i] for i in mine[start:]]
     total_batches = (len(remaining) + config.batch_size - 1) // config.batch_size
-    bar = tqdm(total=len(mine), initial=start, unit="img", desc="examples", disable=not progress, smoothing=0.1)
+    bar = progress_bar(total=len(mine), initial=start, unit="img", desc="examples", enabled=progress)
     with torch.inference_mode():
         for number, batch in enumerate(batches(remaining, input_transform(spec), config.batch_size, config.workers), 1):
             skipped.extend(batch.failed)
@@ -389,7 +449,7 @@ def _cut_all(
     crop_keys: dict[tuple[int, _Box], str] = {}
     with ProcessPoolExecutor(max_workers=max(1, workers)) as pool:
         cut = pool.map(_cut, jobs, chunksize=4)
-        for image, blobs in tqdm(zip(sorted(boxes), cut), total=len(jobs), desc="crops", unit="img", disable=not progress):
+        for image, blobs in progress_bar(zip(sorted(boxes), cut), total=len(jobs), desc="crops", unit="img", enabled=progress):
             if isinstance(blobs, str):
                 failed.append(blobs)
                 continue

@@ -41,13 +41,26 @@ class Ranking:
         )
 
     def update(self, values: Tensor, positions: Tensor, images: Tensor) -> None:
-        """Merge a batch: ``values`` and ``positions`` (B, C); ``images`` (B,) or per channel (B, C)."""
+        """Merge a batch: ``values`` and ``positions`` (B, C); ``images`` (B,) or per channel (B, C).
+
+        Equal values rank the lower image first, so the result is one and the same whatever the order
+        in which images, batches or shards arrive (ties are common: a dead unit's logit is its bias).
+        """
         channels, k = self.values.shape
-        best = torch.cat([self.values, values.T], dim=1).topk(k, dim=1, sorted=True)
-        self.values = best.values
-        images = images.T if images.dim() == 2 else images.expand(channels, -1)
-        self.images = torch.cat([self.images, images], dim=1).gather(1, best.indices)
-        self.positions = torch.cat([self.positions, positions.T], dim=1).gather(1, best.indices)
+        images = torch.cat([self.images, images.T if images.dim() == 2 else images.expand(channels, -1)], dim=1)
+        values = torch.cat([self.values, values.T], dim=1)
+        best = _ranking_keys(values, images).topk(k, dim=1, sorted=True).indices
+        self.values, self.images = values.gather(1, best), images.gather(1, best)
+        self.positions = torch.cat([self.positions, positions.T], dim=1).gather(1, best)
+
+
+def _ranking_keys(values: Tensor, images: Tensor) -> Tensor:
+    """int64 keys that order as (value, then the lower image): distinct for distinct images, so top-k of
+    them has no ties. A float32's bits, read as int32 with the negatives' magnitude bits flipped, order
+    as the floats do; the image's complement fills the low 32 bits."""
+    bits = values.float().contiguous().view(torch.int32)
+    ordered = torch.where(bits < 0, bits ^ 0x7FFFFFFF, bits).long()
+    return (ordered << 32) + (0x7FFFFFFF - images)
 
 
 @dataclass

@@ -10,7 +10,8 @@ write*, and shares these parts:
 - `start_run` / `finish_run`: each run's row records its recipe (code
   version, weights checksum, seed);
 - `replace_rows`: delete the selected rows and insert their new versions in
-  one transaction, in chunks that stay under the databases' parameter limits.
+  one transaction, in chunks that stay under the databases' parameter limits;
+- `progress_bar`: tqdm, or Ray's (drawn by the driver) inside a cluster task.
 """
 
 from __future__ import annotations
@@ -18,12 +19,14 @@ from __future__ import annotations
 import hashlib
 import json
 import subprocess
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence, Sized
 from datetime import UTC, datetime
 from functools import cache
 from importlib import metadata
 from pathlib import Path
 from typing import Any, TypeVar
+
+from tqdm import tqdm
 
 from sqlalchemy import ColumnElement, delete, insert, select
 from sqlalchemy.orm import InstrumentedAttribute, Session
@@ -138,3 +141,38 @@ def finished_recipes(session: Session, stage: str) -> set[str]:
     """Recipe digests of the finished runs of ``stage``: work a rerun can skip."""
     runs = session.scalars(select(Run).where(Run.stage == stage, Run.finished_at.is_not(None)))
     return {run.params.get("recipe_sha256") for run in runs}
+
+
+#: Set in a Ray task's process (`precompute.cluster`), where bars are drawn by the driver.
+_REMOTE_PROGRESS: list[bool] = [False]
+
+
+def report_progress_to_driver() -> None:
+    """Bars made after this call go to the Ray driver (``ray.experimental.tqdm_ray``)."""
+    _REMOTE_PROGRESS[0] = True
+
+
+def progress_bar(iterable: Iterable[T] | None = None, *, desc: str, unit: str, total: int | None = None,
+                 initial: int = 0, enabled: bool = True) -> Any:
+    """A progress bar over ``iterable`` (or updated by hand): tqdm, or in a Ray task one the driver draws."""
+    if _REMOTE_PROGRESS[0] and enabled:
+        from ray.experimental.tqdm_ray import tqdm as driver_tqdm
+
+        bar = driver_tqdm(desc=desc, total=total if iterable is None else _length(iterable, total), unit=unit)
+        bar.update(initial)
+        return bar if iterable is None else _counted(iterable, bar)
+    return tqdm(iterable, desc=desc, total=total, unit=unit, initial=initial, disable=not enabled, smoothing=0.1)
+
+
+def _length(iterable: Iterable[Any], total: int | None) -> int | None:
+    return total if total is not None else len(iterable) if isinstance(iterable, Sized) else None
+
+
+def _counted(iterable: Iterable[T], bar: Any) -> Iterator[T]:
+    """``iterable``'s items, counted on ``bar``, which is closed (its last count sent) at the end."""
+    try:
+        for item in iterable:
+            yield item
+            bar.update(1)
+    finally:
+        bar.close()

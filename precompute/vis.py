@@ -20,7 +20,6 @@ import numpy as np
 import torch
 from PIL import Image
 from sqlalchemy import select
-from tqdm import tqdm
 
 from app.errors import MicroscopeError
 from app.store import Artifact, Layer, Model, Store, Unit
@@ -33,7 +32,7 @@ from precompute.optvis.param import PARAMETERIZATIONS
 from precompute.optvis.render import LEARNING_RATE, STEPS, Precision, render, resolve_precision
 from precompute.optvis.transform import STANDARD
 from precompute.recipes import ON_DEMAND, Defaults
-from precompute.runs import catalogued_model, digested, finish_run, replace_rows, share, start_run, unit_ids
+from precompute.runs import catalogued_model, digested, finish_run, progress_bar, replace_rows, share, start_run, unit_ids
 
 #: ``pixels`` is the channel objective in the pixel basis: the comparison that motivates the
 #: Fourier basis (Olah et al. 2017, "Feature Visualization", preconditioning); every other
@@ -202,7 +201,7 @@ def run_vis(
     with store.transaction() as session:
         run = start_run(session, "vis", model_id, {**_describe(config), "device": str(device)},
                         weights_sha256=weights_sha256, seed=config.seed)
-    bar = tqdm(total=sum(len(chunk.units) for chunk in todo), unit="unit", desc="vis", disable=not progress)
+    bar = progress_bar(total=sum(len(chunk.units) for chunk in todo), unit="unit", desc="vis", enabled=progress)
     for chunk in todo:
         rows = _render(net, spec, chunk, config, device, poll, store, ids)
         with store.transaction() as session:

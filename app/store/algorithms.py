@@ -14,6 +14,9 @@ History:
   and a unit rendered on demand equals the one `precompute vis` renders (issue 10).
 - examples 2: short side resized and centre-cropped (no squashing), each
   branch's own receptive field, tiny and extreme images handled (issue 9).
+- examples 3: equal activations rank the lower image first (they ranked in
+  arrival order, so a shard or cluster run could differ from one process's
+  where values tie, as a dead unit's constant logit does) (issue 12).
 - circuits 2: edges ranked by the L2 norm of the expanded kernel, 50 per
   unit and direction, indirect inputs from the main layer two back (issue 9).
 """
@@ -22,7 +25,7 @@ from __future__ import annotations
 
 from typing import Any
 
-ALGORITHMS: dict[str, int] = {"vis": 3, "examples": 2, "circuits": 2}
+ALGORITHMS: dict[str, int] = {"vis": 3, "examples": 3, "circuits": 2}
 
 
 def is_stale(stage: str, recipe: dict[str, Any] | None) -> bool:

@@ -1,0 +1,219 @@
+"""A stage's shards as tasks on a Ray cluster (``microscope precompute ... --ray ADDRESS``).
+
+The stages are already split into deterministic shards that are resumable
+and idempotent, so a cluster run is the shards as Ray tasks: each task opens
+the model (once per worker process) and the store the driver names, and
+runs its shard. Circuits and vis tasks write their own rows, as concurrent
+``--shard`` processes do; an examples task returns its shard's exact
+statistics to the driver instead of a checkpoint in a shared folder, and
+the driver merges them and writes, so no node needs to see another's disk.
+
+A task whose worker dies (killed, out of memory, node lost) is retried by
+Ray, and so is one that fails with an unexpected error (a locked database, a
+dropped connection, a decode worker killed); its rerun resumes from what the
+store and its checkpoint hold, so the result equals one process's. An error
+in the input (a bad image folder, a wrong weights file) is not retried: the
+task returns it and the driver fails with its message.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+from app.errors import MicroscopeError
+from app.settings import Settings
+from app.store import Store
+
+#: Retries of a task whose worker died or that hit a transient error.
+RETRIES = 3
+#: The driver's environment that tasks get too: where the store and the blobs are, their credentials, imports.
+FORWARDED = ("MICROSCOPE_", "AWS_", "PYTHONPATH")
+
+
+@dataclass(frozen=True)
+class Source:
+    """What a task opens: the model (as the driver named it) and the driver's store."""
+
+    model: str
+    weights: str | None
+    names: str | None
+    device: str
+    settings: Settings
+
+
+@dataclass(frozen=True)
+class Task:
+    source: Source
+    #: "examples", "circuits" or "vis".
+    stage: str
+    #: The stage's work: the layer names (circuits), a `VisConfig`, or an `ExamplesConfig` and image root.
+    work: Any
+    shard: tuple[int, int]
+
+
+@dataclass(frozen=True)
+class Refused:
+    """A task's input error (a `MicroscopeError`), returned rather than raised so that Ray does not retry it."""
+
+    message: str
+
+
+@cache
+def _opened(model: str, weights: str | None, names: str | None, device: str) -> Any:
+    """The checked network on its device, loaded once per worker process."""
+    from precompute.devices import pick_device
+    from precompute.models import load
+
+    loaded = load(model, Path(weights) if weights else None, Path(names) if names else None)
+    target = pick_device(device)
+    return loaded.net.to(target), loaded.weights_sha256, target
+
+
+def run_task(task: Task) -> Any:
+    """One shard of one stage, in a Ray worker: what the driver collects (a result, an examples part, or why
+    the input was refused)."""
+    from precompute.runs import report_progress_to_driver
+
+    report_progress_to_driver()
+    try:
+        return _run(task)
+    except MicroscopeError as error:
+        return Refused(str(error))
+
+
+def _run(task: Task) -> Any:
+    source = task.source
+    net, digest, device = _opened(source.model, source.weights, source.names,
+                                  "cpu" if task.stage == "circuits" else source.device)
+    with Store.open(source.settings) as store:
+        if task.stage == "circuits":
+            from precompute.circuits import run_circuits
+
+            return run_circuits(store, net.spec, net, digest, [net.spec.layer(name) for name in task.work],
+                                shard=task.shard)
+        if task.stage == "vis":
+            from precompute.vis import run_vis
+
+            return run_vis(store, net.spec, net, digest, task.work, device, shard=task.shard)
+        from precompute.examples import examples_part
+
+        config, root = task.work
+        return examples_part(store, net.spec, net, digest, Path(root), config, device, task.shard, progress=True)
+
+
+@dataclass(frozen=True)
+class Cluster:
+    """A connection to a Ray cluster and how a task asks for resources there."""
+
+    address: str
+    #: Tasks per stage; 0: one per CPU (or GPU, for a CUDA device) of the cluster.
+    tasks: int = 0
+
+    def connect(self) -> None:
+        import ray
+
+        if ray.is_initialized():
+            return
+        env = {name: value for name, value in os.environ.items() if name.startswith(FORWARDED)}
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [os.getcwd(), env.get("PYTHONPATH")]))
+        try:
+            ray.init(address=self.address, runtime_env={"env_vars": env}, log_to_driver=True,
+                     logging_level="WARNING")
+        except (ConnectionError, RuntimeError, ValueError) as error:
+            raise MicroscopeError(f"cannot reach the Ray cluster at {self.address!r}: {error}") from error
+
+    def uses_gpu(self, device: str) -> bool:
+        import ray
+
+        return device.startswith("cuda") or (device == "auto" and ray.cluster_resources().get("GPU", 0) > 0)
+
+    def count(self, gpu: bool) -> int:
+        import ray
+
+        if self.tasks:
+            return self.tasks
+        return max(1, int(ray.cluster_resources().get("GPU" if gpu else "CPU", 1)))
+
+    def run(self, source: Source, stage: str, work: Any) -> list[Any]:
+        """The stage's shards as tasks, results in shard order; a failure is raised with the task's message."""
+        import ray
+
+        self.connect()
+        gpu = stage != "circuits" and self.uses_gpu(source.device)
+        count = self.count(gpu)
+        remote = ray.remote(run_task).options(num_cpus=1, num_gpus=1 if gpu else 0, max_retries=RETRIES,
+                                              retry_exceptions=True)
+        refs = [remote.remote(Task(source, stage, work, (index, count))) for index in range(count)]
+        return _gather(refs, stage)
+
+
+def _gather(refs: Sequence[Any], stage: str) -> list[Any]:
+    import ray
+    from ray.exceptions import RayError, RayTaskError
+
+    try:
+        results = ray.get(list(refs))
+    except RayError as error:  # failed or died more than RETRIES times, or the cluster went away
+        for ref in refs:
+            ray.cancel(ref, force=True)
+        cause = error.cause if isinstance(error, RayTaskError) else error
+        raise MicroscopeError(f"{stage} task failed {RETRIES + 1} times: {cause!r}") from error
+    for result in results:
+        if isinstance(result, Refused):
+            raise MicroscopeError(f"{stage} task: {result.message}")
+    return results
+
+
+def source(model: str, weights: Path | None, names: Path | None, device: str, settings: Settings) -> Source:
+    """A `Source` with absolute paths, so every worker (whatever its directory) opens the same files."""
+    def absolute(path: Path | None) -> str | None:
+        return str(path.resolve()) if path else None
+
+    return Source(model, absolute(weights), absolute(names), device, replace(settings, data_dir=settings.data_dir.resolve()))
+
+
+@dataclass(frozen=True)
+class Runner:
+    """The model-running stages, here in this process or as a cluster's tasks: the commands call these."""
+
+    store: Store
+    net: Any
+    weights_sha256: str
+    device: Any
+    cluster: Cluster | None = None
+    source: Source | None = None
+    #: This process's part, without a cluster (``--shard i/n``).
+    shard: tuple[int, int] = (0, 1)
+
+    def examples(self, root: Path, config: Any) -> Any:
+        from precompute.examples import run_examples, write_examples
+
+        spec = self.net.spec
+        if self.cluster is None or self.source is None:
+            return run_examples(self.store, spec, self.net.to(self.device), self.weights_sha256, root, config,
+                                self.device, shard=self.shard)
+        parts = self.cluster.run(self.source, "examples", (config, str(root.resolve())))
+        return write_examples(self.store, spec, self.weights_sha256, root, config, self.device, parts)
+
+    def circuits(self, layers: Sequence[Any]) -> Any:
+        from precompute.circuits import CircuitsResult, run_circuits
+
+        if self.cluster is None or self.source is None:
+            return run_circuits(self.store, self.net.spec, self.net.cpu(), self.weights_sha256, layers,
+                                shard=self.shard)
+        results = self.cluster.run(self.source, "circuits", [layer.name for layer in layers])
+        return CircuitsResult(*(sum(getattr(r, name) for r in results) for name in ("pairs_written", "pairs_reused", "edges")))
+
+    def vis(self, config: Any) -> Any:
+        from precompute.vis import VisResult, run_vis
+
+        if self.cluster is None or self.source is None:
+            return run_vis(self.store, self.net.spec, self.net.to(self.device), self.weights_sha256, config,
+                           self.device, shard=self.shard)
+        results = self.cluster.run(self.source, "vis", config)
+        return VisResult(sum(r.rendered for r in results), sum(r.skipped for r in results))
