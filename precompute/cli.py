@@ -53,7 +53,7 @@ NamesOption = Annotated[
 ImagesOption = Annotated[
     Optional[Path],
     typer.Option("--images", envvar="MICROSCOPE_IMAGES",
-                 help="Image folder (default: ../shared/data/imagenet-sample)."),
+                 help="Image folder, WebDataset .tar shard, or folder of shards (default: ../shared/data/imagenet-sample)."),
 ]
 LayersOption = Annotated[str, typer.Option("--layers", help="'all', 'main' or comma-separated layer names.")]
 DeviceOption = Annotated[str, typer.Option("--device", help="'auto' (a GPU when there is one), 'cpu', 'cuda', 'cuda:1'...")]

@@ -24,7 +24,7 @@ import tempfile
 from collections import defaultdict
 from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import torch
@@ -38,7 +38,7 @@ from app.store import Dataset, DatasetExample, DatasetImage, Store, UnitStats
 from app.store.algorithms import ALGORITHMS
 from app.zoo import LayerSpec, ModelSpec
 from app.zoo.spec import Framing
-from precompute.images import ImageFile, batches, list_images, read_rgb
+from precompute.images import ImageFile, batches, decode_rgb, list_images
 from precompute.models.base import Network
 from precompute.ranking import HISTOGRAM_EDGES, RunningStatistics
 from precompute.runs import catalogued_model, digested, finish_run, finished_recipes, progress_bar, replace_rows, share, start_run
@@ -81,7 +81,7 @@ def fingerprint(files: Sequence[ImageFile]) -> str:
     """The same relative paths with the same sizes give the same digest, wherever the root is."""
     digest = hashlib.sha256()
     for file in files:
-        digest.update(f"{file.path}\0{file.full_path.stat().st_size}\n".encode())
+        digest.update(f"{file.path}\0{file.size}\n".encode())
     return digest.hexdigest()
 
 
@@ -363,15 +363,15 @@ def _encode(image: Image.Image, size: int) -> bytes:
     return out.getvalue()
 
 
-def _cut(job: tuple[Path, int, list[tuple[int, int, int, int]]]) -> _ImageBlobs | str:
+def _cut(job: tuple[ImageFile, int, list[tuple[int, int, int, int]]]) -> _ImageBlobs | str:
     """Thumbnail and crops of one original image (boxes in the square input grid), or why it failed.
 
     An image that became unreadable since the pass loses its examples; it never stops the run.
     """
-    path, input_size, boxes = job
+    file, input_size, boxes = job
     try:
-        data = path.read_bytes()
-        image = read_rgb(path)
+        data = file.read_bytes()
+        image = decode_rgb(data, str(file.root / file.path))
     except OSError as error:
         return str(error)
     framing = Framing.of(image.width, image.height)
@@ -444,7 +444,7 @@ def _cut_all(
     progress: bool, failed: list[str],
 ) -> tuple[dict[int, tuple[_ImageBlobs, str]], dict[tuple[int, _Box], str]]:
     """Thumbnails and crops of every image with examples, cut in worker processes, in the blob store."""
-    jobs = [(files[image].full_path, input_size, sorted(found)) for image, found in sorted(boxes.items())]
+    jobs = [(files[image], input_size, sorted(found)) for image, found in sorted(boxes.items())]
     thumbnails: dict[int, tuple[_ImageBlobs, str]] = {}
     crop_keys: dict[tuple[int, _Box], str] = {}
     with ProcessPoolExecutor(max_workers=max(1, workers)) as pool:
@@ -453,9 +453,10 @@ def _cut_all(
             if isinstance(blobs, str):
                 failed.append(blobs)
                 continue
-            thumbnails[image] = (blobs, store.blobs.put(blobs.thumbnail, "jpg"))
             for box, data in blobs.crops.items():
                 crop_keys[image, box] = store.blobs.put(data, "jpg")
+            # Only the image's row data stays in memory, not its encoded crops and thumbnail.
+            thumbnails[image] = (replace(blobs, thumbnail=b"", crops={}), store.blobs.put(blobs.thumbnail, "jpg"))
     store.blobs.flush()  # blobs are durable before any row points at them
     return thumbnails, crop_keys
 

@@ -1,13 +1,20 @@
-"""Image folders: listing, labelling and robust, batched loading.
+"""Image sources: folders and WebDataset tar shards, listed, labelled and loaded in batches, robustly.
 
-A folder holds JPEG, PNG or WebP files, with or without class subfolders;
-where the first folder of a path is a synset of the model's classes, that is
-the image's label. Unreadable or truncated files never stop a pass: they are
-skipped and reported by path.
+A source is a folder of JPEG, PNG or WebP files, with or without class
+subfolders, a WebDataset shard (a ``.tar`` of ``key.jpg`` members, with an
+optional ``key.cls`` holding the class index), or a folder of such shards
+beside (or instead of) image files: any number of images, read in order,
+decoded in worker processes. Where the first folder of an image's path is a
+synset of the model's classes, or its shard gives a ``.cls``, that is its
+label. Unreadable or truncated images never stop a pass: they are skipped
+and reported by path.
 """
 
 from __future__ import annotations
 
+import io
+import tarfile
+import warnings
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,43 +29,140 @@ from app.errors import DatasetError
 from app.zoo import ModelSpec
 
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".webp"})
+SHARD_SUFFIX = ".tar"
 
 
 @dataclass(frozen=True)
 class ImageFile:
     root: Path
-    #: Path relative to the dataset root, with forward slashes: the image's identity.
+    #: Path relative to the dataset root, with forward slashes: the image's identity. A shard's member
+    #: is ``shard.tar/member`` (the root is the shard itself when the source is one shard).
     path: str
     label: int | None
+    #: Where a shard member's bytes are in its tar file: (the shard's path under root, offset, size).
+    member: tuple[str, int, int] | None = None
 
     @property
     def full_path(self) -> Path:
-        return self.root / self.path
+        return self.root / self.member[0] if self.member else self.root / self.path
+
+    @property
+    def size(self) -> int:
+        return self.member[2] if self.member else self.full_path.stat().st_size
+
+    def read_bytes(self) -> bytes:
+        if self.member is None:
+            return self.full_path.read_bytes()
+        _, offset, size = self.member
+        with self.full_path.open("rb") as handle:
+            handle.seek(offset)
+            data = handle.read(size)
+        if len(data) != size:
+            raise OSError(f"{self.full_path}: truncated shard ({self.path} needs {size} bytes at {offset})")
+        return data
 
 
 def list_images(root: Path, spec: ModelSpec | None = None) -> list[ImageFile]:
-    """Every image under ``root`` in a stable (sorted) order, labelled where the folder is a synset."""
+    """Every image under ``root`` (a folder, or one ``.tar`` shard) in a stable (sorted) order, labelled where
+    the folder is a synset or the shard has the image's ``.cls``."""
+    synsets = {label.synset: label.index for label in spec.classes} if spec else {}
+    if root.is_file() and root.suffix == SHARD_SUFFIX:
+        files = _shard(root.parent, root.name, synsets)
+        return [ImageFile(root, file.path.split("/", 1)[1], file.label, ("", *file.member[1:])) for file in files if file.member]
     if not root.is_dir():
         raise DatasetError(f"image folder {root} does not exist")
-    synsets = {label.synset: label.index for label in spec.classes} if spec else {}
-    files = sorted(
-        path.relative_to(root).as_posix()
-        for path in root.rglob("*")
-        if path.suffix.lower() in IMAGE_SUFFIXES and path.is_file()
-    )
+    files: list[ImageFile] = []
+    for path in sorted(p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_file()):
+        suffix = Path(path).suffix.lower()
+        if suffix in IMAGE_SUFFIXES:
+            files.append(ImageFile(root, path, synsets.get(path.split("/")[0]) if "/" in path else None))
+        elif suffix == SHARD_SUFFIX:
+            files.extend(_shard(root, path, synsets))
     if not files:
-        raise DatasetError(f"image folder {root} holds no JPEG, PNG or WebP images")
-    return [ImageFile(root, path, synsets.get(path.split("/")[0]) if "/" in path else None) for path in files]
+        raise DatasetError(f"image folder {root} holds no JPEG, PNG or WebP images, nor .tar shards of them")
+    return files
 
 
-def read_rgb(path: Path) -> Image.Image:
-    """The image at ``path`` in RGB; raises OSError (with the path) when it cannot be decoded fully."""
+def _shard(root: Path, shard: str, synsets: dict[str, int]) -> list[ImageFile]:
+    """The images of one WebDataset shard in member order; a damaged shard keeps the members before the damage."""
+    images: list[tuple[str, int, int]] = []
+    classes: dict[str, int] = {}
     try:
-        with Image.open(path) as image:
+        with tarfile.open(root / shard, mode="r:") as tar:
+            for member in tar:
+                key, suffix = _split(member.name)
+                if member.isfile() and suffix in IMAGE_SUFFIXES:
+                    images.append((member.name, member.offset_data, member.size))
+                elif member.isfile() and suffix == ".cls" and member.size < 32:
+                    text = tar.extractfile(member).read().decode(errors="replace").strip()  # type: ignore[union-attr]
+                    if text.isdigit():
+                        classes[key] = int(text)
+            end = tar.offset
+        problem = _damage(root / shard, end, images)
+    except (tarfile.TarError, OSError) as error:
+        if not images:
+            raise DatasetError(f"{root / shard}: not a readable tar shard ({error})") from error
+        problem = str(error)
+    if problem:
+        images = [image for image in images if image[1] + image[2] <= (root / shard).stat().st_size]
+        warnings.warn(f"{root / shard}: damaged after {len(images)} images, the rest left out ({problem})",
+                      stacklevel=2)
+    return [
+        ImageFile(root, f"{shard}/{name}", classes.get(_split(name)[0], synsets.get(name.split("/")[0]) if "/" in name else None),
+                  (shard, offset, size))
+        for name, offset, size in images
+    ]
+
+
+def _damage(path: Path, end: int, images: list[tuple[str, int, int]]) -> str | None:
+    """What is wrong with a shard whose members ``tarfile`` read up to ``end``, or None: tarfile stops
+    quietly at a broken header, so what follows the last member must be the tar's zero padding."""
+    size = path.stat().st_size
+    if images and images[-1][1] + images[-1][2] > size:
+        return f"{images[-1][0]} ends past the end of the file"
+    if size - end < 2 * tarfile.BLOCKSIZE:
+        return "no end-of-archive blocks: the file was cut short"
+    with path.open("rb") as handle:
+        handle.seek(end)
+        while block := handle.read(1 << 20):
+            if block.strip(b"\0"):
+                return f"no tar header at byte {end}"
+    return None
+
+
+def _split(name: str) -> tuple[str, str]:
+    """A WebDataset member's key and extension: everything up to the first dot of its file name."""
+    folder, _, base = name.rpartition("/")
+    stem, dot, rest = base.partition(".")
+    return (f"{folder}/{stem}" if folder else stem), ("." + rest.rsplit(".", 1)[-1].lower() if dot else "")
+
+
+def decode_rgb(data: bytes, name: str) -> Image.Image:
+    """The image in ``data`` in RGB; raises OSError (with ``name``) when it cannot be decoded fully."""
+    try:
+        with Image.open(io.BytesIO(data)) as image:
             image.load()
             return image.convert("RGB")
     except (OSError, UnidentifiedImageError, ValueError, Image.DecompressionBombError) as error:
+        raise OSError(f"{name}: {error}") from error
+
+
+def read_rgb(path: Path) -> Image.Image:
+    """The image at ``path`` in RGB; raises OSError (with the path) when it cannot be read or decoded fully."""
+    try:
+        data = path.read_bytes()
+    except OSError as error:
         raise OSError(f"{path}: {error}") from error
+    return decode_rgb(data, str(path))
+
+
+def load_rgb(file: ImageFile) -> Image.Image:
+    """One listed image (a file or a shard's member) in RGB; OSError naming it when it cannot be."""
+    try:
+        data = file.read_bytes()
+    except OSError as error:
+        raise OSError(f"{file.root / file.path}: {error}") from error
+    return decode_rgb(data, str(file.root / file.path))
 
 
 def eval_transform(spec: ModelSpec) -> Callable[[Image.Image], Tensor]:
@@ -90,7 +194,7 @@ class _Folder(Dataset):
 
     def __getitem__(self, index: int) -> tuple[int, Tensor | None, str | None]:
         try:
-            return index, self.transform(read_rgb(self.files[index].full_path)), None
+            return index, self.transform(load_rgb(self.files[index])), None
         except OSError as error:
             return index, None, str(error)
 
