@@ -13,6 +13,7 @@ and reported by path.
 from __future__ import annotations
 
 import io
+import os
 import tarfile
 import warnings
 from collections.abc import Callable, Iterator, Sequence
@@ -224,12 +225,22 @@ def batches(
 
 #: Where this repository's CI and a developer checkout find the default image folder.
 SHARED_IMAGES = Path(__file__).resolve().parents[2] / "shared" / "data/imagenet-sample"
+#: The default image set (the 1,000 images of ../shared/data/imagenet-sample), pinned file by file.
+SAMPLE_CHECKSUMS = "imagenet_sample.sha256"
 
 
-def locate_images(folder: Path | None) -> Path:
-    """The image folder given, else the shared ImageNet sample beside the checkout."""
+def locate_images(folder: Path | None, cache: Path | None = None) -> Path:
+    """The image folder given, else the shared ImageNet sample beside the checkout, else that sample
+    downloaded once (each file checked against its pinned sha256) from ``MICROSCOPE_IMAGES_URL``."""
+    from precompute.weight_files import Checksums, default_cache, fetch_checked
+
     if folder is not None:
         return folder
     if SHARED_IMAGES.is_dir():
         return SHARED_IMAGES
-    raise DatasetError("no image folder given: pass --images DIR or set MICROSCOPE_IMAGES")
+    mirror = os.environ.get("MICROSCOPE_IMAGES_URL")
+    if mirror:
+        return fetch_checked(Checksums.named(SAMPLE_CHECKSUMS), mirror, (cache or default_cache()) / "imagenet-sample",
+                             DatasetError)
+    raise DatasetError("no image folder given: pass --images DIR (or set MICROSCOPE_IMAGES), or set "
+                       f"MICROSCOPE_IMAGES_URL to a copy of the default sample (pinned in app/zoo/{SAMPLE_CHECKSUMS})")

@@ -12,6 +12,7 @@ import hashlib
 import os
 import shutil
 import tempfile
+import urllib.parse
 import urllib.request
 from dataclasses import dataclass
 from importlib import resources
@@ -19,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from app.errors import WeightsError
+from app.errors import MicroscopeError, WeightsError
 from app.zoo import ModelSpec
 
 
@@ -33,7 +34,12 @@ class Checksums:
 
     @classmethod
     def of(cls, spec: ModelSpec) -> Checksums:
-        text = resources.files("app.zoo").joinpath(spec.weights.checksums).read_text(encoding="utf-8")
+        return cls.named(spec.weights.checksums)
+
+    @classmethod
+    def named(cls, name: str) -> Checksums:
+        """The list ``name`` kept in ``app/zoo``."""
+        text = resources.files("app.zoo").joinpath(name).read_text(encoding="utf-8")
         files = {}
         for line in text.splitlines():
             if line.strip():
@@ -88,26 +94,29 @@ def default_cache() -> Path:
 
 def download(spec: ModelSpec, cache: Path, base_url: str | None = None) -> Path:
     """Fetch ``spec``'s files once into ``cache`` (checked; resumes file by file) and return the folder."""
-    folder = cache / spec.name
-    checksums = Checksums.of(spec)
-    base_url = base_url or spec.weights.base_url
+    return fetch_checked(Checksums.of(spec), base_url or spec.weights.base_url, cache / spec.name, WeightsError)
+
+
+def fetch_checked(checksums: Checksums, base_url: str, folder: Path, error: type[MicroscopeError]) -> Path:
+    """Every file of ``checksums`` from ``base_url`` into ``folder``, once: a file already there with its
+    checksum is kept; a download lands under its name only once its checksum matches (else ``error``)."""
     for path, digest in checksums.files.items():
         target = folder / path
         if target.is_file() and file_sha256(target) == digest:
             continue
         target.parent.mkdir(parents=True, exist_ok=True)
-        url = base_url.rstrip("/") + "/" + path
+        url = base_url.rstrip("/") + "/" + urllib.parse.quote(path)
         with tempfile.NamedTemporaryFile(dir=target.parent, delete=False) as partial:
             try:
                 with urllib.request.urlopen(url, timeout=60) as response:
                     shutil.copyfileobj(response, partial)
-            except OSError as error:
+            except OSError as failure:
                 Path(partial.name).unlink()
-                raise WeightsError(f"could not download {url}: {error}") from error
+                raise error(f"could not download {url}: {failure}") from failure
         actual = file_sha256(Path(partial.name))
         if actual != digest:
             Path(partial.name).unlink()
-            raise WeightsError(f"{url}: sha256 {actual}, expected {digest}")
+            raise error(f"{url}: sha256 {actual}, expected {digest}")
         os.replace(partial.name, target)
     return folder
 

@@ -1,5 +1,5 @@
 """Image sources: WebDataset tar shards read like folders (same examples, labels from .cls), damaged ones
-reported without stopping the pass."""
+reported without stopping the pass; the default sample downloaded once, checked file by file."""
 
 from __future__ import annotations
 
@@ -15,8 +15,10 @@ from app.errors import DatasetError
 from app.settings import Settings
 from app.store import DatasetExample, DatasetImage, Layer, Store, Unit
 from precompute.catalog import catalog
+from precompute import images
 from precompute.examples import ExamplesConfig, run_examples
 from precompute.images import list_images
+from tests.serving import serve_folder
 
 
 def pack(folder: Path, target: Path, per_shard: int, classes: bool = True) -> Path:
@@ -96,3 +98,49 @@ def test_a_corrupt_member_is_skipped_and_a_damaged_shard_keeps_what_precedes(tin
     (tmp_path / "not-a-tar.tar").write_bytes(b"\x00" * 10 + b"plain text, not a tar" * 40)
     with pytest.raises(DatasetError, match="not a readable tar shard"):
         list_images(tmp_path / "not-a-tar.tar")
+
+
+@pytest.fixture
+def no_shared_images(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """A checkout without ../shared beside it, as a user's clone is."""
+    monkeypatch.setattr(images, "SHARED_IMAGES", tmp_path / "no-shared")
+    monkeypatch.delenv("MICROSCOPE_IMAGES_URL", raising=False)
+
+
+def _mirror(images_dir: Path, target: Path) -> Path:
+    """A mirror of the shared sample (links), as a web server would hold it."""
+    for source in images_dir.rglob("*.jpg"):
+        (target / source.parent.name).mkdir(parents=True, exist_ok=True)
+        (target / source.parent.name / source.name).symlink_to(source)
+    return target
+
+
+def test_the_default_images_download_once_checked(no_shared_images: None, images_dir: Path, tmp_path: Path,
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    with pytest.raises(DatasetError, match="no image folder given.*MICROSCOPE_IMAGES_URL"):
+        images.locate_images(None, cache=tmp_path / "cache")
+    with serve_folder(_mirror(images_dir, tmp_path / "mirror")) as url:
+        monkeypatch.setenv("MICROSCOPE_IMAGES_URL", url)
+        folder = images.locate_images(None, cache=tmp_path / "cache")
+    assert folder == tmp_path / "cache/imagenet-sample"
+    listed = list_images(folder)
+    assert len(listed) == 1000
+    assert listed[0].read_bytes() == (images_dir / listed[0].path).read_bytes()
+    stamp = listed[0].full_path.stat().st_mtime_ns
+    # Once there and checked, nothing is fetched again (the server is gone).
+    assert images.locate_images(None, cache=tmp_path / "cache") == folder
+    assert listed[0].full_path.stat().st_mtime_ns == stamp
+
+
+def test_a_corrupt_download_is_refused_and_not_kept(no_shared_images: None, images_dir: Path, tmp_path: Path,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    mirror = _mirror(images_dir, tmp_path / "mirror")
+    bad = mirror / "n01443537/n01443537_goldfish.jpg"
+    bad.unlink()
+    bad.write_bytes(b"\xff\xd8 not the goldfish")
+    with serve_folder(mirror) as url:
+        monkeypatch.setenv("MICROSCOPE_IMAGES_URL", url)
+        with pytest.raises(DatasetError, match=r"n01443537_goldfish.jpg: sha256 \w+, expected"):
+            images.locate_images(None, cache=tmp_path / "cache")
+    assert not (tmp_path / "cache/imagenet-sample/n01443537/n01443537_goldfish.jpg").exists()
+    assert not list((tmp_path / "cache/imagenet-sample/n01443537").glob("tmp*"))

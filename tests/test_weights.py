@@ -2,12 +2,8 @@
 
 from __future__ import annotations
 
-import functools
-import http.server
 import shutil
-import threading
 from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -15,6 +11,7 @@ import pytest
 from app.errors import WeightsError
 from app.zoo import ModelSpec
 from precompute.weight_files import Checksums, download, locate, verify
+from tests.serving import serve_folder
 
 
 def _copy(weights_dir: Path, target: Path) -> Path:
@@ -64,23 +61,9 @@ def test_locate_prefers_the_given_folder(spec: ModelSpec, tmp_path: Path) -> Non
     assert locate(spec, tmp_path) == tmp_path
 
 
-@contextmanager
-def _serve(directory: Path) -> Iterator[str]:
-    """``directory`` served over HTTP on loopback, like the public raw URLs of the weights."""
-    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(directory))
-    handler.log_message = lambda *args: None  # type: ignore[method-assign]
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}/"
-    finally:
-        server.shutdown()
-        server.server_close()
-
-
 @pytest.fixture
 def weights_server(weights_dir: Path) -> Iterator[str]:
-    with _serve(weights_dir) as url:
+    with serve_folder(weights_dir) as url:
         yield url
 
 
@@ -97,7 +80,7 @@ def test_download_refuses_a_corrupt_file_and_keeps_nothing_of_it(
 ) -> None:
     mirror = _copy(weights_dir, tmp_path / "mirror")
     (mirror / "weights/conv2/3x3_bias.bin").write_bytes(b"\0" * 768)
-    with _serve(mirror) as url, pytest.raises(WeightsError, match=r"conv2/3x3_bias.bin: sha256 .* expected 93037ad5"):
+    with serve_folder(mirror) as url, pytest.raises(WeightsError, match=r"conv2/3x3_bias.bin: sha256 .* expected 93037ad5"):
         download(spec, tmp_path / "cache", base_url=url)
     assert not (tmp_path / "cache/inceptionv1/weights/conv2/3x3_bias.bin").exists()
     assert not list((tmp_path / "cache/inceptionv1/weights/conv2").glob("tmp*"))
