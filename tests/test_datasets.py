@@ -9,16 +9,16 @@ from pathlib import Path
 
 import pytest
 import torch
-from sqlalchemy import select
 
 from app.errors import DatasetError
 from app.settings import Settings
-from app.store import DatasetExample, DatasetImage, Layer, Store, Unit
+from app.store import DatasetImage, Store
 from precompute.catalog import catalog
 from precompute import images
 from precompute.examples import ExamplesConfig, run_examples
 from precompute.images import list_images
 from tests.serving import serve_folder
+from tests.test_examples import stored_examples
 
 
 def pack(folder: Path, target: Path, per_shard: int, classes: bool = True) -> Path:
@@ -37,18 +37,6 @@ def pack(folder: Path, target: Path, per_shard: int, classes: bool = True) -> Pa
     return target
 
 
-def _examples(settings: Settings) -> list[tuple]:
-    """Every example by unit and rank, with its image's content digest in place of its path."""
-    with Store.open(settings, readonly=True) as store, store.session() as session:
-        query = (
-            select(Layer.name, Unit.index, DatasetExample.kind, DatasetExample.rank, DatasetImage.sha256,
-                   DatasetExample.activation, DatasetExample.y, DatasetExample.x, DatasetExample.crop_key)
-            .join(Unit, DatasetExample.unit_id == Unit.id).join(Layer, Unit.layer_id == Layer.id)
-            .join(DatasetImage, DatasetExample.image_id == DatasetImage.id)
-        )
-        return sorted(tuple(row) for row in session.execute(query))
-
-
 def _run(tiny_net, source: Path, data: Path):  # noqa: ANN001, ANN202
     spec = tiny_net.spec
     with Store.open(Settings.load(data), create=True) as store:
@@ -62,8 +50,8 @@ def test_shards_give_the_examples_the_folder_gives(tiny_net, tiny_images: Path, 
     assert len(list(shards.glob("*.tar"))) == 3
     folder, packed = _run(tiny_net, tiny_images, tmp_path / "a"), _run(tiny_net, shards, tmp_path / "b")
     assert packed.images == folder.images == 20 and not packed.skipped
-    expected = _examples(Settings.load(tmp_path / "a"))
-    assert len(expected) > 1000 and _examples(Settings.load(tmp_path / "b")) == expected
+    expected = sorted(stored_examples(Settings.load(tmp_path / "a"), DatasetImage.sha256))
+    assert len(expected) > 1000 and sorted(stored_examples(Settings.load(tmp_path / "b"), DatasetImage.sha256)) == expected
 
 
 def test_shard_members_are_listed_in_order_with_their_labels_and_bytes(tiny_images: Path, tmp_path: Path) -> None:

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 from sqlalchemy import func, select
+from sqlalchemy.orm import InstrumentedAttribute
 
 from app.settings import Settings
 from app.store import Dataset, DatasetExample, DatasetImage, Layer, Store, Unit, UnitStats
@@ -31,10 +32,11 @@ def sample(images_dir: Path, tmp_path: Path) -> Path:
     return link_sample(images_dir, tmp_path / "sample", step=20, count=48)
 
 
-def _examples(settings: Settings) -> list[tuple]:
+def stored_examples(settings: Settings, image: InstrumentedAttribute = DatasetImage.path) -> list[tuple]:
+    """Every example by unit and rank, its image named by ``image`` (its path, or its content's digest)."""
     with Store.open(settings, readonly=True) as store, store.session() as session:
         query = (
-            select(Layer.name, Unit.index, DatasetExample.kind, DatasetExample.rank, DatasetImage.path,
+            select(Layer.name, Unit.index, DatasetExample.kind, DatasetExample.rank, image,
                    DatasetExample.activation, DatasetExample.y, DatasetExample.x, DatasetExample.crop_key)
             .join(Unit, DatasetExample.unit_id == Unit.id).join(Layer, Unit.layer_id == Layer.id)
             .join(DatasetImage, DatasetExample.image_id == DatasetImage.id)
@@ -96,7 +98,7 @@ def test_killed_midway_and_rerun_equals_an_uninterrupted_pass(sample: Path, weig
 
     rerun = microscope(*args, "--data", str(killed))
     assert rerun.returncode == 0, rerun.stderr
-    assert _examples(Settings.load(killed)) == _examples(Settings.load(clean))
+    assert stored_examples(Settings.load(killed)) == stored_examples(Settings.load(clean))
     assert not any(checkpoints.glob("examples-*.pt"))
     again = microscope(*args, "--data", str(killed))
     assert "already computed" in again.stdout
