@@ -13,7 +13,8 @@ CMD ["microscope", "serve", "--host", "0.0.0.0", "--port", "8000", "--workers", 
 
 FROM web AS precompute
 COPY precompute precompute
-# The CUDA build of torch; it runs on the CPU too where no GPU is given to the container.
-RUN pip install --no-cache-dir ".[precompute,postgres,redis,s3]"
+# The CUDA build of torch; it runs on the CPU too where no GPU is given to the container. Ray too, so
+# the image serves as a Ray cluster's node image (KubeRay) for `precompute ... --ray`.
+RUN pip install --no-cache-dir ".[precompute,postgres,redis,s3,ray]"
 ENV MICROSCOPE_WEIGHTS=/weights MICROSCOPE_IMAGES=/images
 CMD ["microscope", "precompute", "all"]

@@ -10,7 +10,8 @@ ratio.
 as a process of its own, once per number of decode workers on the first
 image count, then with the last number of workers on each further count
 (the shared images repeated under other names, as links, up to the count).
-Prints a JSON line per run: the pass's images/s, wall time, the peak memory
+First, decoding alone (no network) with each number of workers: what they
+can feed a GPU. Prints a JSON line per run: the pass's images/s, wall time, the peak memory
 of the process and its decode workers together (proportional set size, so
 pages they share count once), and the hours the pass would take over
 ImageNet's 1,281,167 training images at that rate.
@@ -113,6 +114,16 @@ def scale(args: argparse.Namespace) -> None:
     workers = [int(number) for number in args.workers.split(",")]
     source = locate_images(args.images)
     runs = [(counts[0], number) for number in workers] + [(count, workers[-1]) for count in counts[1:]]
+    spec = get_model("inceptionv1")
+    for _ in batches(list_images(source)[:8], input_transform(spec), 8, 1):  # starts the workers' fork server
+        pass
+    for number in workers:  # decoding alone, no network: what the decode workers can feed a fast GPU
+        files = list_images(source)[: counts[0]]
+        started = time.perf_counter()
+        for _ in batches(files, input_transform(spec), args.batch, number):
+            pass
+        print(json.dumps({"images": len(files), "decode_workers": number, "decode_only_images_per_s":
+                          round(len(files) / (time.perf_counter() - started), 1)}), flush=True)
     with tempfile.TemporaryDirectory() as work:
         for count, number in runs:
             images = _repeated(source, Path(work) / f"images-{count}", count)
@@ -147,13 +158,16 @@ def _stage(images: Path, data: Path, workers: int, args: argparse.Namespace) -> 
         process = psutil.Popen([*command, "examples", "--images", str(images), "--data", str(data), "--workers",
                                 str(workers), "--batch", str(args.batch), "--device", args.device, *extra],
                                stdout=handle, stderr=subprocess.STDOUT, env=env)
-        peak = 0
+        peak, phase = 0, "start"
         while process.poll() is None:
             try:
                 tree = [process, *process.children(recursive=True)]
-                peak = max(peak, sum(member.memory_full_info().pss for member in tree))
-            except psutil.Error:
-                pass
+                now = sum(member.memory_full_info().pss for member in tree)
+            except psutil.Error:  # a decode worker ended between listing and reading
+                time.sleep(0.05)
+                continue
+            if now > peak:  # which bar was running then: "examples" (the pass), "crops", or after it (the write)
+                peak, phase = now, _phase(log.read_text()[-400:], phase)
             time.sleep(0.2)
     wall = time.perf_counter() - started
     output = log.read_text()
@@ -162,7 +176,17 @@ def _stage(images: Path, data: Path, workers: int, args: argparse.Namespace) -> 
     # The pass's bar at its end: "examples: 100%|...| N/N [MM:SS<00:00, ...]" (its rate is a moving average).
     done, minutes, seconds = re.findall(r"examples: 100%\|[^|]*\| *(\d+)/\d+ \[(\d+):(\d+)<", output)[-1]
     rate = int(done) / max(int(minutes) * 60 + int(seconds), 1)
-    return {"pass_images_per_s": round(rate, 2), "wall_s": round(wall, 1), "peak_pss_mb": round(peak / 2**20)}
+    return {"pass_images_per_s": round(rate, 2), "wall_s": round(wall, 1), "peak_pss_mb": round(peak / 2**20),
+            "peak_during": phase}
+
+
+def _phase(tail: str, last: str) -> str:
+    """The stage's phase from the end of its output: the last bar named there, "write" once crops are done."""
+    bars = re.findall(r"(examples|crops): +(\d+)%", tail)
+    if not bars:
+        return last
+    name, percent = bars[-1]
+    return "write" if name == "crops" and percent == "100" else name
 
 
 if __name__ == "__main__":

@@ -115,8 +115,10 @@ class Cluster:
     tasks: int = 0
 
     def connect(self) -> None:
-        import ray
-
+        try:
+            import ray
+        except ImportError as error:
+            raise MicroscopeError("--ray needs Ray: pip install 'neuron-microscope[ray]'") from error
         if ray.is_initialized():
             return
         env = {name: value for name, value in os.environ.items() if name.startswith(FORWARDED)}

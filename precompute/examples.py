@@ -47,6 +47,8 @@ from precompute.runs import unit_ids as stored_unit_ids
 THUMBNAIL_SIZE = 320
 CROP_SIZE = 128
 JPEG_QUALITY = 85
+#: Images cut at a time: the workers never run further ahead of the blob store than this.
+CUT_WINDOW = 64
 
 
 @dataclass(frozen=True)
@@ -91,15 +93,20 @@ PREPROCESSING = "centre square of the short side, resized to {size}x{size} (bili
 
 def input_transform(spec: ModelSpec) -> Callable[[Image.Image], Tensor]:
     """The image's centred square resized to the input size; tiny images are scaled up, long ones cropped."""
-    size = spec.input_size
+    return _CentredSquare(spec.input_size)
 
-    def transform(image: Image.Image) -> Tensor:
+
+@dataclass(frozen=True)
+class _CentredSquare:
+    """`input_transform`'s callable: a plain object, so decode workers started afresh can unpickle it."""
+
+    size: int
+
+    def __call__(self, image: Image.Image) -> Tensor:
         framing = Framing.of(image.width, image.height)
         square = image.crop((framing.left, framing.top, framing.left + framing.side, framing.top + framing.side))
-        resized = square.resize((size, size), Image.Resampling.BILINEAR)
+        resized = square.resize((self.size, self.size), Image.Resampling.BILINEAR)
         return v2.functional.to_dtype(v2.functional.pil_to_tensor(resized), torch.float32, scale=True)
-
-    return transform
 
 
 def _recipe(spec: ModelSpec, weights: str, dataset: str, config: ExamplesConfig) -> dict[str, object]:
@@ -448,7 +455,8 @@ def _cut_all(
     thumbnails: dict[int, tuple[_ImageBlobs, str]] = {}
     crop_keys: dict[tuple[int, _Box], str] = {}
     with ProcessPoolExecutor(max_workers=max(1, workers)) as pool:
-        cut = pool.map(_cut, jobs, chunksize=4)
+        cut = (blobs for start in range(0, len(jobs), CUT_WINDOW)
+               for blobs in pool.map(_cut, jobs[start:start + CUT_WINDOW], chunksize=4))
         for image, blobs in progress_bar(zip(sorted(boxes), cut), total=len(jobs), desc="crops", unit="img", enabled=progress):
             if isinstance(blobs, str):
                 failed.append(blobs)
