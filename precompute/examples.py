@@ -139,8 +139,7 @@ def run_examples(
     plan = _plan(store, spec, weights_sha256, root, config, shard)
     if plan.result.reused:
         return plan.result
-    statistics, skipped = _stream(net, spec, plan.files, _mine(len(plan.files), config.batch_size, shard), config, device,
-                                  plan.partials.checkpoint, progress)
+    statistics, skipped = _stream(net, spec, plan, shard, config, device, progress)
     if shard[1] > 1:
         # Each shard's result is exact for its images, and the top-k of the union is the top-k of the
         # shards' top-k lists, so merging loses nothing.
@@ -163,8 +162,7 @@ def examples_part(
     plan = _plan(store, spec, weights_sha256, root, config, shard)
     if plan.result.reused:
         return None
-    statistics, skipped = _stream(net, spec, plan.files, _mine(len(plan.files), config.batch_size, shard), config, device,
-                                  plan.partials.checkpoint, progress)
+    statistics, skipped = _stream(net, spec, plan, shard, config, device, progress)
     out = io.BytesIO()
     torch.save({"statistics": statistics.state_dict(), "skipped": skipped}, out)
     return out.getvalue()
@@ -312,14 +310,15 @@ def _merge(spec: ModelSpec, config: ExamplesConfig, device: torch.device, saved:
 def _stream(
     net: Network,
     spec: ModelSpec,
-    files: Sequence[ImageFile],
-    mine: list[int],
+    plan: _Plan,
+    shard: tuple[int, int],
     config: ExamplesConfig,
     device: torch.device,
-    checkpoint: Path,
     progress: bool,
 ) -> tuple[RunningStatistics, list[str]]:
-    """The pass over the images at positions ``mine`` of ``files``, resumed from ``checkpoint`` if there is one."""
+    """The pass over shard i of n's images, resumed from its checkpoint if there is one."""
+    files, checkpoint = plan.files, plan.partials.checkpoint
+    mine = _mine(len(files), config.batch_size, shard)
     statistics = RunningStatistics(spec, config.layers, config.k, device)
     start, skipped = 0, []
     if checkpoint.is_file():

@@ -70,8 +70,7 @@ def list_images(root: Path, spec: ModelSpec | None = None) -> list[ImageFile]:
     the folder is a synset or the shard has the image's ``.cls``."""
     synsets = {label.synset: label.index for label in spec.classes} if spec else {}
     if root.is_file() and root.suffix == SHARD_SUFFIX:
-        files = _shard(root.parent, root.name, synsets)
-        return [ImageFile(root, file.path.split("/", 1)[1], file.label, ("", *file.member[1:])) for file in files if file.member]
+        return _shard(root, "", synsets)
     if not root.is_dir():
         raise DatasetError(f"image folder {root} does not exist")
     files: list[ImageFile] = []
@@ -87,7 +86,8 @@ def list_images(root: Path, spec: ModelSpec | None = None) -> list[ImageFile]:
 
 
 def _shard(root: Path, shard: str, synsets: dict[str, int]) -> list[ImageFile]:
-    """The images of one WebDataset shard in member order; a damaged shard keeps the members before the damage."""
+    """The images of the WebDataset shard ``root / shard`` (``shard`` empty: ``root`` is the shard) in member
+    order, named ``shard/member``; a damaged shard keeps the members before the damage."""
     images: list[tuple[str, int, int]] = []
     classes: dict[str, int] = {}
     try:
@@ -111,7 +111,7 @@ def _shard(root: Path, shard: str, synsets: dict[str, int]) -> list[ImageFile]:
         warnings.warn(f"{root / shard}: damaged after {len(images)} images, the rest left out ({problem})",
                       stacklevel=2)
     return [
-        ImageFile(root, f"{shard}/{name}", classes.get(_split(name)[0], synsets.get(name.split("/")[0]) if "/" in name else None),
+        ImageFile(root, f"{shard}/{name}" if shard else name, classes.get(_split(name)[0], synsets.get(name.split("/")[0]) if "/" in name else None),
                   (shard, offset, size))
         for name, offset, size in images
     ]
@@ -152,11 +152,7 @@ def decode_rgb(data: bytes, name: str) -> Image.Image:
 
 def read_rgb(path: Path) -> Image.Image:
     """The image at ``path`` in RGB; raises OSError (with the path) when it cannot be read or decoded fully."""
-    try:
-        data = path.read_bytes()
-    except OSError as error:
-        raise OSError(f"{path}: {error}") from error
-    return decode_rgb(data, str(path))
+    return load_rgb(ImageFile(path.parent, path.name, None))
 
 
 def load_rgb(file: ImageFile) -> Image.Image:
