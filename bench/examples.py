@@ -75,7 +75,7 @@ def main() -> None:
 
 
 def ratio(args: argparse.Namespace) -> None:
-    spec = get_model("inceptionv1")
+    spec = get_model("inceptionv1_caffe")
     device = pick_device(args.device)
     net = load_network(spec, locate(spec, args.weights))[0].to(device)
     files = list_images(locate_images(args.images))[: args.count]
@@ -114,7 +114,7 @@ def scale(args: argparse.Namespace) -> None:
     workers = [int(number) for number in args.workers.split(",")]
     source = locate_images(args.images)
     runs = [(counts[0], number) for number in workers] + [(count, workers[-1]) for count in counts[1:]]
-    spec = get_model("inceptionv1")
+    spec = get_model("inceptionv1_caffe")
     for _ in batches(list_images(source)[:8], input_transform(spec), 8, 1):  # starts the workers' fork server
         pass
     for number in workers:  # decoding alone, no network: what the decode workers can feed a fast GPU

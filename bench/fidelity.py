@@ -55,7 +55,7 @@ def _rendered(store: Store, model: str) -> dict[str, list[tuple[int, str, float]
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", type=Path, default=Path("microscope-data"))
-    parser.add_argument("--model", default="inceptionv1")
+    parser.add_argument("--model", default="inceptionv1_caffe")
     parser.add_argument("--weights", type=Path)
     parser.add_argument("--device", default="auto")
     args = parser.parse_args()

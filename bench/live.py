@@ -43,7 +43,7 @@ from app.settings import Settings  # noqa: E402
 from tests.live_processes import wait_for_heartbeat  # noqa: E402
 from tests.serving import served  # noqa: E402
 
-MODEL = "inceptionv1"
+MODEL = "inceptionv1_caffe"
 LAYERS = ("conv2d2", "mixed3b", "mixed4c", "mixed5b")
 
 

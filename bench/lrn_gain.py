@@ -32,7 +32,7 @@ def main() -> None:
     parser.add_argument("--count", type=int, default=200)
     parser.add_argument("--weights", type=Path)
     args = parser.parse_args()
-    spec = get_model("inceptionv1")
+    spec = get_model("inceptionv1_caffe")
     net = load_network(spec, locate(spec, args.weights))[0]
     files = list_images(locate_images(args.images))[: args.count]
     gains: dict[str, list[torch.Tensor]] = {"after pool1 (conv2d0 -> conv2d1)": [], "after conv2d2 (conv2d2 -> mixed3a)": []}

@@ -104,7 +104,7 @@ def main() -> None:
 
     start, stop = (int(part) for part in args.channels.split(":"))
     channels = list(range(start, stop))
-    spec = get_model("inceptionv1")
+    spec = get_model("inceptionv1_caffe")
     device = pick_device(args.device)
     weights = locate(spec, args.weights)
     net = load_network(spec, weights)[0].to(device)

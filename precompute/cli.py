@@ -38,12 +38,12 @@ def register(cli: typer.Typer) -> None:
 
 ModelOption = Annotated[str, typer.Option(
     "--model", envvar="MICROSCOPE_MODEL",
-    help="inceptionv1 (BVLC), googlenet, resnet50, vgg19, alexnet (torchvision), or package.module:factory.")]
+    help="A registry model (`microscope models` lists them; default inceptionv1_caffe) or package.module:factory.")]
 WeightsOption = Annotated[
     Optional[Path],
     typer.Option("--weights", envvar="MICROSCOPE_WEIGHTS",
-                 help="inceptionv1: folder of its weight files (default ../shared/models/bvlc_googlenet, else "
-                      "download); other models: a state dict file (default: torchvision's download)."),
+                 help="The model's weights: a folder of raw Caffe files, a .tflite, a state dict, inceptionv1's "
+                      ".pth/.pb/.zip (default: ../shared/models, else the pinned download, checked)."),
 ]
 NamesOption = Annotated[
     Optional[Path],
@@ -417,8 +417,6 @@ def model_random_weights(
     from precompute.models import seeded_state_dict
     from precompute.weight_files import file_sha256
 
-    if model == DEFAULT_MODEL:
-        raise MicroscopeError("inceptionv1 loads Caffe files, not a state dict; its real weights are in ../shared")
     torch.save(seeded_state_dict(model, seed, names), target)
     typer.echo(f"{target}: seeded ({seed}) random weights for {model}, sha256 {file_sha256(target)}")
 

@@ -165,10 +165,15 @@ def load_rgb(file: ImageFile) -> Image.Image:
 
 
 def eval_transform(spec: ModelSpec) -> Callable[[Image.Image], Tensor]:
-    """Resize to a square of ``spec.eval_resize`` then centre-crop the input size (the README's check)."""
+    """Resize (to a square of ``spec.eval_resize``, or its short side to it) then centre-crop the input size.
+
+    The framing each model's README measured its accuracy with (``spec.eval_framing``).
+    """
+    size = (spec.eval_resize, spec.eval_resize) if spec.eval_framing == "square" else spec.eval_resize
+    interpolation = v2.InterpolationMode.BICUBIC if spec.eval_interpolation == "bicubic" else v2.InterpolationMode.BILINEAR
     return v2.Compose(
         [
-            v2.Resize((spec.eval_resize, spec.eval_resize)),  # PIL bilinear, as the README's figures
+            v2.Resize(size, interpolation=interpolation),  # on PIL images, as the READMEs' figures
             v2.CenterCrop(spec.input_size),
             v2.PILToTensor(),
             v2.ToDtype(torch.float32, scale=True),

@@ -43,7 +43,7 @@ def images_dir(shared_dir: Path) -> Path:
 
 @pytest.fixture(scope="session")
 def spec() -> ModelSpec:
-    return get_model("inceptionv1")
+    return get_model("inceptionv1_caffe")
 
 
 @pytest.fixture(scope="session")

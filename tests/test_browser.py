@@ -44,12 +44,12 @@ def test_walk_from_the_index_to_an_input_unit(server: str) -> None:
         browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
         page = browser.new_page(viewport={"width": 1280, "height": 1400})
         page.goto(server + "/")
-        page.click('a[href="/models/inceptionv1"]')
-        page.wait_for_url("**/models/inceptionv1")
-        page.click('a[href="/models/inceptionv1/mixed3b"]')
-        page.wait_for_url("**/models/inceptionv1/mixed3b")
-        page.click('a.tile[href="/models/inceptionv1/mixed3b/0"]')
-        page.wait_for_url("**/models/inceptionv1/mixed3b/0")
+        page.click('a[href="/models/inceptionv1_caffe"]')
+        page.wait_for_url("**/models/inceptionv1_caffe")
+        page.click('a[href="/models/inceptionv1_caffe/mixed3b"]')
+        page.wait_for_url("**/models/inceptionv1_caffe/mixed3b")
+        page.click('a.tile[href="/models/inceptionv1_caffe/mixed3b/0"]')
+        page.wait_for_url("**/models/inceptionv1_caffe/mixed3b/0")
         page.wait_for_load_state("networkidle")
         assert page.locator("section.vis img").count() == 4 and _images_loaded(page)
         first_list = page.locator("ol.circuit").first
@@ -59,7 +59,7 @@ def test_walk_from_the_index_to_an_input_unit(server: str) -> None:
         assert page.locator("ol.circuit").first.locator("li a").count() >= 50
         first_input = page.locator("ol.circuit").first.locator("li a").first
         target = first_input.get_attribute("href")
-        assert target and target.startswith("/models/inceptionv1/mixed3a/")
+        assert target and target.startswith("/models/inceptionv1_caffe/mixed3a/")
         first_input.click()
         page.wait_for_url("**" + target)
         page.wait_for_load_state("networkidle")

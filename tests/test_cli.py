@@ -72,7 +72,7 @@ def test_catalog_then_info(tmp_path: Path) -> None:
     info = microscope("info", "--json", cwd=tmp_path)
     assert info.returncode == 0, info.stderr
     (model,) = json.loads(info.stdout)
-    assert model["name"] == "inceptionv1" and len(model["layers"]) == 67
+    assert model["name"] == "inceptionv1_caffe" and len(model["layers"]) == 67
     text = microscope("info", cwd=tmp_path).stdout
     assert "mixed4c_5x5_bottleneck" in text and "13768 units" in text
 

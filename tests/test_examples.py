@@ -154,7 +154,7 @@ def test_tiny_and_extreme_images_get_examples_and_exact_crops(store: Store, spec
 def test_a_block_units_field_is_its_branchs() -> None:
     from app.zoo import get_model
 
-    spec = get_model("inceptionv1")
+    spec = get_model("inceptionv1_caffe")
     block = spec.layer("mixed4a")
     assert spec.field_layer(block, 0).name == "mixed4a_1x1"
     assert spec.field_layer(block, 192).name == "mixed4a_3x3"

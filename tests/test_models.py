@@ -22,7 +22,7 @@ from app.zoo import get_model
 from precompute.models import build, load, seeded_state_dict
 from precompute.models.base import Piece
 from precompute.weight_files import file_sha256
-from precompute.models.zoo import fetch, mirrored
+from precompute.models.sources import fetch_torchvision as fetch, mirrored
 from tests.tiny_model import FACTORY
 
 
@@ -151,7 +151,7 @@ def test_the_classifier_pair_is_its_weight_and_a_branch_pair_its_conv(tiny) -> N
 
 def test_derived_googlenet_geometry_equals_the_hand_written_inceptionv1() -> None:
     """Two independent derivations: torchvision's module traced, and InceptionV1's spec written as data."""
-    derived, declared = build("googlenet").spec, get_model("inceptionv1")
+    derived, declared = build("googlenet").spec, get_model("inceptionv1_caffe")
     assert derived.layer_names == declared.layer_names
     for mine, theirs in zip(derived.layers, declared.layers):
         assert (mine.kind, mine.channels, mine.size, mine.stride, mine.inputs, mine.previous, mine.block) == (

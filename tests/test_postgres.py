@@ -71,8 +71,8 @@ def test_the_server_reads_a_postgres_store(postgres_url: str, tmp_path: Path) ->
     assert microscope("precompute", "catalog", "--data", str(settings.data_dir),
                       env={"MICROSCOPE_DATABASE_URL": postgres_url}).returncode == 0
     with TestClient(create_app(settings)) as client:
-        unit = client.get(urls.unit("inceptionv1", "softmax2", 488, json=True))
+        unit = client.get(urls.unit("inceptionv1_caffe", "softmax2", 488, json=True))
         assert unit.status_code == 200 and unit.json()["unit"]["label"] == "chain"
-        assert client.get(urls.search("goldfish")).url.path == urls.unit("inceptionv1", "softmax2", 1)
+        assert client.get(urls.search("goldfish")).url.path == urls.unit("inceptionv1_caffe", "softmax2", 1)
         with client.app.state.microscope.engine.connect() as connection, pytest.raises(Exception, match="read-only"):
             connection.exec_driver_sql("DELETE FROM units")

@@ -114,3 +114,19 @@ def test_a_schema_2_store_is_upgraded_in_place_and_the_catalog_fills_the_offsets
         catalog(store, spec)
         with store.session() as session:
             assert session.scalar(select(Layer.offset).where(Layer.name == "mixed3a")) == spec.layer("mixed3a").offset
+
+
+def test_a_schema_3_store_of_the_bvlc_network_calls_it_inceptionv1_caffe(settings: Settings, spec: ModelSpec) -> None:
+    """Before schema 4 the BVLC GoogLeNet was ``inceptionv1``: that name is now Microscope's own network."""
+    from app.store.schema import Model
+
+    with Store.open(settings, create=True) as store:
+        catalog(store, spec)
+        with store.transaction() as session:
+            session.execute(update(Model).values(name="inceptionv1"))
+            session.execute(update(Meta).where(Meta.key == "schema_version").values(value="3"))
+            units = session.scalar(select(func.count()).select_from(Unit))
+    with Store.open(settings) as store, store.session() as session:
+        assert session.scalars(select(Model.name)).all() == ["inceptionv1_caffe"]
+        assert session.scalar(select(func.count()).select_from(Unit)) == units
+        assert session.get(Meta, "schema_version").value == str(SCHEMA_VERSION)

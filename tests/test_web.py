@@ -44,12 +44,12 @@ def _both(client: httpx.Client, html_url: str, json_url: str) -> tuple[httpx.Res
 def test_index_lists_models_with_coverage(client: httpx.Client) -> None:
     page, data = _both(client, urls.home(), urls.home(json=True))
     (model,) = data["models"]
-    assert model["name"] == "inceptionv1" and model["units"] == 13768 and model["rendered_units"] == 8
-    assert f'href="{urls.model("inceptionv1")}"' in page.text
+    assert model["name"] == "inceptionv1_caffe" and model["units"] == 13768 and model["rendered_units"] == 8
+    assert f'href="{urls.model("inceptionv1_caffe")}"' in page.text
 
 
 def test_model_page_lists_layers_in_network_order(client: httpx.Client) -> None:
-    page, data = _both(client, urls.model("inceptionv1"), urls.model("inceptionv1", json=True))
+    page, data = _both(client, urls.model("inceptionv1_caffe"), urls.model("inceptionv1_caffe", json=True))
     names = [layer["name"] for layer in data["layers"]]
     assert names[:3] == ["conv2d0", "conv2d1", "conv2d2"] and names[-1] == "softmax2" and len(names) == 67
     mixed3b = data["layers"][names.index("mixed3b")]
@@ -59,19 +59,19 @@ def test_model_page_lists_layers_in_network_order(client: httpx.Client) -> None:
 
 
 def test_layer_page_pages_units_and_htmx_appends(client: httpx.Client) -> None:
-    page, data = _both(client, urls.layer("inceptionv1", "mixed3b"), urls.layer("inceptionv1", "mixed3b", json=True))
+    page, data = _both(client, urls.layer("inceptionv1_caffe", "mixed3b"), urls.layer("inceptionv1_caffe", "mixed3b", json=True))
     assert [unit["index"] for unit in data["units"]] == list(range(96)) and data["pages"] == 5
     assert data["units"][0]["image_url"] and data["units"][10]["image_url"] is None
-    assert data["next_url"] == urls.layer("inceptionv1", "mixed3b", 2)
+    assert data["next_url"] == urls.layer("inceptionv1_caffe", "mixed3b", 2)
     fragment = client.get(data["next_url"], headers={"HX-Request": "true"})
     assert fragment.status_code == 200 and "<html" not in fragment.text
-    assert fragment.text.count('class="tile"') == 96 and 'hx-get="/models/inceptionv1/mixed3b?page=3"' in fragment.text
-    last = client.get(urls.layer("inceptionv1", "mixed3b", 5, json=True)).json()
+    assert fragment.text.count('class="tile"') == 96 and 'hx-get="/models/inceptionv1_caffe/mixed3b?page=3"' in fragment.text
+    last = client.get(urls.layer("inceptionv1_caffe", "mixed3b", 5, json=True)).json()
     assert [u["index"] for u in last["units"]][-1] == 479 and last["next_url"] is None
 
 
 def test_unit_page_shows_visualizations_examples_and_circuit(client: httpx.Client) -> None:
-    page, data = _both(client, urls.unit("inceptionv1", "mixed3b", 0), urls.unit("inceptionv1", "mixed3b", 0, json=True))
+    page, data = _both(client, urls.unit("inceptionv1_caffe", "mixed3b", 0), urls.unit("inceptionv1_caffe", "mixed3b", 0, json=True))
     assert [v["technique"] for v in data["visualizations"]] == ["channel", "neuron", "negative", "diversity"]
     assert data["visualizations"][0]["recipe"]["steps"] == 2
     assert len(data["top_examples"]) == 4 and len(data["bottom_examples"]) == 4
@@ -85,13 +85,13 @@ def test_unit_page_shows_visualizations_examples_and_circuit(client: httpx.Clien
     assert group["total"] >= 50 and len(inputs) == 6 and group["more_url"] and group["note"] is None
     assert {edge["kind"] for edge in inputs} == {"direct"}  # unit 0 is in the 1x1 branch
     assert [edge["norm"] for edge in inputs] == sorted((edge["norm"] for edge in inputs), reverse=True)
-    spatial = client.get(urls.unit("inceptionv1", "mixed3b", 200, json=True)).json()["inputs"][0]["edges"]
+    spatial = client.get(urls.unit("inceptionv1_caffe", "mixed3b", 200, json=True)).json()["inputs"][0]["edges"]
     assert {edge["kind"] for edge in spatial} == {"expanded"} and len(spatial[0]["kernel"]) == 3
     assert inputs[0]["kernel_url"].startswith("/blobs/")
     indirect = data["inputs"][1]
     assert "local response normalization" in indirect["note"] and indirect["edges"][0]["kernel_url"] is None
     assert data["same_unit"]["layer"] == "mixed3b_1x1" and data["same_unit"]["index"] == 0
-    assert data["previous_url"] is None and data["next_url"] == urls.unit("inceptionv1", "mixed3b", 1)
+    assert data["previous_url"] is None and data["next_url"] == urls.unit("inceptionv1_caffe", "mixed3b", 1)
     assert data["missing"] == []
     for edge in inputs[:3]:
         assert f'href="{edge["unit"]["url"]}"' in page.text
@@ -100,63 +100,63 @@ def test_unit_page_shows_visualizations_examples_and_circuit(client: httpx.Clien
 
 def test_units_not_rendered_stand_as_their_top_example_marked(client: httpx.Client) -> None:
     """Circuits and grids are readable before renders exist: the top example's crop, marked as such."""
-    group = client.get(urls.unit("inceptionv1", "mixed3b", 0, json=True)).json()["inputs"][0]
-    full = client.get(urls.connections("inceptionv1", "mixed3b", 0, "inputs", "mixed3a", json=True)).json()["group"]
+    group = client.get(urls.unit("inceptionv1_caffe", "mixed3b", 0, json=True)).json()["inputs"][0]
+    full = client.get(urls.connections("inceptionv1_caffe", "mixed3b", 0, "inputs", "mixed3a", json=True)).json()["group"]
     rendered = [edge["unit"] for edge in full["edges"] if edge["unit"]["index"] < 4]
     waiting = [edge["unit"] for edge in full["edges"] if edge["unit"]["index"] >= 4]
     assert waiting and all(unit["image_url"] is None and unit["placeholder_url"].startswith("/blobs/") for unit in waiting)
     assert all(unit["image_url"] and unit["placeholder_url"] is None for unit in rendered)
-    top = client.get(urls.unit("inceptionv1", "mixed3a", waiting[0]["index"], json=True)).json()["top_examples"][0]
+    top = client.get(urls.unit("inceptionv1_caffe", "mixed3a", waiting[0]["index"], json=True)).json()["top_examples"][0]
     assert waiting[0]["placeholder_url"] == top["crop_url"]
     page = client.get(group["more_url"]).text
     assert 'class="thumb placeholder"' in page and waiting[0]["placeholder_url"] in page
-    grid = client.get(urls.layer("inceptionv1", "mixed3b_3x3", json=True)).json()["units"]
+    grid = client.get(urls.layer("inceptionv1_caffe", "mixed3b_3x3", json=True)).json()["units"]
     assert all(unit["image_url"] is None and unit["placeholder_url"] for unit in grid)
-    assert '<span class="mark">example</span>' in client.get(urls.layer("inceptionv1", "mixed3b_3x3")).text
-    bare = client.get(urls.layer("inceptionv1", "conv2d0", json=True)).json()["units"]  # no examples there
+    assert '<span class="mark">example</span>' in client.get(urls.layer("inceptionv1_caffe", "mixed3b_3x3")).text
+    bare = client.get(urls.layer("inceptionv1_caffe", "conv2d0", json=True)).json()["units"]  # no examples there
     assert all(unit["image_url"] is None and unit["placeholder_url"] is None for unit in bare)
 
 
 def test_a_groups_more_loads_every_connection_strongest_first(client: httpx.Client) -> None:
-    unit = client.get(urls.unit("inceptionv1", "mixed3b", 0, json=True)).json()
+    unit = client.get(urls.unit("inceptionv1_caffe", "mixed3b", 0, json=True)).json()
     group = unit["inputs"][0]
-    page, data = _both(client, group["more_url"], urls.connections("inceptionv1", "mixed3b", 0, "inputs", "mixed3a", json=True))
+    page, data = _both(client, group["more_url"], urls.connections("inceptionv1_caffe", "mixed3b", 0, "inputs", "mixed3a", json=True))
     edges = data["group"]["edges"]
     assert len(edges) == group["total"] and data["group"]["more_url"] is None
     assert [edge["norm"] for edge in edges] == sorted((edge["norm"] for edge in edges), reverse=True)
     assert any(edge["weight"] > 0 for edge in edges) and any(edge["weight"] < 0 for edge in edges)
     fragment = client.get(group["more_url"], headers={"HX-Request": "true"})
     assert fragment.status_code == 200 and "<html" not in fragment.text and fragment.text.count("<li") == len(edges)
-    assert f'hx-get="{group["more_url"]}"' in client.get(urls.unit("inceptionv1", "mixed3b", 0)).text
-    assert client.get(urls.connections("inceptionv1", "mixed3b", 0, "inputs", "mixed4e")).status_code == 404
-    assert client.get(urls.connections("inceptionv1", "mixed3b", 0, "sideways", "mixed3a", json=True)).status_code == 404
+    assert f'hx-get="{group["more_url"]}"' in client.get(urls.unit("inceptionv1_caffe", "mixed3b", 0)).text
+    assert client.get(urls.connections("inceptionv1_caffe", "mixed3b", 0, "inputs", "mixed4e")).status_code == 404
+    assert client.get(urls.connections("inceptionv1_caffe", "mixed3b", 0, "sideways", "mixed3a", json=True)).status_code == 404
 
 
 def test_unit_page_names_what_is_missing_and_the_command(client: httpx.Client) -> None:
-    page, data = _both(client, urls.unit("inceptionv1", "mixed4c", 447), urls.unit("inceptionv1", "mixed4c", 447, json=True))
+    page, data = _both(client, urls.unit("inceptionv1_caffe", "mixed4c", 447), urls.unit("inceptionv1_caffe", "mixed4c", 447, json=True))
     commands = [missing["command"] for missing in data["missing"]]
-    assert "microscope precompute vis --model inceptionv1 --layers mixed4c --units 447 " \
+    assert "microscope precompute vis --model inceptionv1_caffe --layers mixed4c --units 447 " \
            "--techniques channel,neuron,negative,diversity" in commands
-    assert "microscope precompute examples --model inceptionv1 --layers mixed4c" in commands
+    assert "microscope precompute examples --model inceptionv1_caffe --layers mixed4c" in commands
     assert all(command in page.text for command in commands)
     assert "<img" not in page.text.split("<main>")[1].split("Inputs")[0]
 
 
 def test_class_units_carry_their_names(client: httpx.Client) -> None:
-    _, data = _both(client, urls.unit("inceptionv1", "softmax2", 1), urls.unit("inceptionv1", "softmax2", 1, json=True))
+    _, data = _both(client, urls.unit("inceptionv1_caffe", "softmax2", 1), urls.unit("inceptionv1_caffe", "softmax2", 1, json=True))
     assert data["unit"]["label"] == "goldfish" and data["top_examples"]
     assert [group["layer"] for group in data["inputs"]] == ["mixed5b"]
 
 
 def test_a_main_units_outputs_list_the_next_block_before_its_branches(client: httpx.Client) -> None:
-    data = client.get(urls.unit("inceptionv1", "mixed3a", 5, json=True)).json()
+    data = client.get(urls.unit("inceptionv1_caffe", "mixed3a", 5, json=True)).json()
     layers = [(group["layer"], group["kind"]) for group in data["outputs"]]
     assert layers[0] == ("mixed3b", "direct")
     assert set(layers) <= {("mixed3b", "direct"), ("mixed4a", "indirect"), ("mixed3b_3x3_bottleneck", "direct")}
 
 
 def test_example_page_marks_the_receptive_field(client: httpx.Client) -> None:
-    unit = client.get(urls.unit("inceptionv1", "mixed3a", 2, json=True)).json()
+    unit = client.get(urls.unit("inceptionv1_caffe", "mixed3a", 2, json=True)).json()
     url = unit["top_examples"][0]["url"]
     page, data = _both(client, url, url + ".json")
     left, top, width, height = data["box"]
@@ -168,16 +168,16 @@ def test_example_page_marks_the_receptive_field(client: httpx.Client) -> None:
 @pytest.mark.parametrize(
     ("url", "status", "suggestion"),
     [
-        ("/models/inceptionv2", 404, "/models/inceptionv1"),
-        ("/models/inceptionv1/mixed4x", 404, "/models/inceptionv1/mixed4c"),
-        ("/models/inceptionv1/mixed4c/512", 404, "/models/inceptionv1/mixed4c"),
-        ("/models/inceptionv1/mixed4c/abc", 404, "/"),
-        ("/models/inceptionv1/mixed4c/-1", 404, "/"),
-        ("/models/inceptionv1/mixed4c?page=0", 400, None),
-        ("/models/inceptionv1/mixed4c?page=99", 404, None),
-        ("/models/inceptionv1/mixed4c?page=x", 400, None),
-        ("/models/inceptionv1/mixed4c/3/examples/sideways/0", 404, None),
-        ("/models/inceptionv1/mixed4c/3/examples/top/99", 404, None),
+        ("/models/inceptionv2", 404, "/models/inceptionv1_caffe"),
+        ("/models/inceptionv1_caffe/mixed4x", 404, "/models/inceptionv1_caffe/mixed4c"),
+        ("/models/inceptionv1_caffe/mixed4c/512", 404, "/models/inceptionv1_caffe/mixed4c"),
+        ("/models/inceptionv1_caffe/mixed4c/abc", 404, "/"),
+        ("/models/inceptionv1_caffe/mixed4c/-1", 404, "/"),
+        ("/models/inceptionv1_caffe/mixed4c?page=0", 400, None),
+        ("/models/inceptionv1_caffe/mixed4c?page=99", 404, None),
+        ("/models/inceptionv1_caffe/mixed4c?page=x", 400, None),
+        ("/models/inceptionv1_caffe/mixed4c/3/examples/sideways/0", 404, None),
+        ("/models/inceptionv1_caffe/mixed4c/3/examples/top/99", 404, None),
         ("/nowhere/at/all", 404, "/"),
     ],
 )
@@ -193,7 +193,7 @@ def test_errors_are_pages_or_json_never_500(client: httpx.Client, url: str, stat
 
 
 def test_blobs_are_immutable_and_keys_checked(client: httpx.Client) -> None:
-    data = client.get(urls.unit("inceptionv1", "mixed3b", 0, json=True)).json()
+    data = client.get(urls.unit("inceptionv1_caffe", "mixed3b", 0, json=True)).json()
     url = data["visualizations"][0]["image_url"]
     image = client.get(url)
     assert image.status_code == 200 and image.headers["content-type"] == "image/webp"
@@ -206,12 +206,12 @@ def test_blobs_are_immutable_and_keys_checked(client: httpx.Client) -> None:
 @pytest.mark.parametrize(
     ("query", "target"),
     [
-        ("mixed4c:447", "/models/inceptionv1/mixed4c/447"),
-        ("mixed4c 447", "/models/inceptionv1/mixed4c/447"),
-        ("inceptionv1 mixed3a:7", "/models/inceptionv1/mixed3a/7"),
-        ("goldfish", "/models/inceptionv1/softmax2/1"),
-        ("Chain", "/models/inceptionv1/softmax2/488"),
-        ("mixed4c", "/models/inceptionv1/mixed4c"),
+        ("mixed4c:447", "/models/inceptionv1_caffe/mixed4c/447"),
+        ("mixed4c 447", "/models/inceptionv1_caffe/mixed4c/447"),
+        ("inceptionv1_caffe mixed3a:7", "/models/inceptionv1_caffe/mixed3a/7"),
+        ("goldfish", "/models/inceptionv1_caffe/softmax2/1"),
+        ("Chain", "/models/inceptionv1_caffe/softmax2/488"),
+        ("mixed4c", "/models/inceptionv1_caffe/mixed4c"),
     ],
 )
 def test_search_lands_on_the_right_page(client: httpx.Client, query: str, target: str) -> None:
@@ -221,13 +221,13 @@ def test_search_lands_on_the_right_page(client: httpx.Client, query: str, target
 
 def test_search_lists_ambiguous_names_and_suggests_for_typos(client: httpx.Client) -> None:
     crane = client.get(urls.search("crane"))
-    assert crane.status_code == 200 and crane.text.count("/models/inceptionv1/softmax2/") >= 2
+    assert crane.status_code == 200 and crane.text.count("/models/inceptionv1_caffe/softmax2/") >= 2
     assert client.get(urls.search("crane", json=True)).json()["results"][0]["url"].startswith("/models/")
     typo = client.get(urls.search("goldfsh"))
     assert typo.status_code == 404 and "goldfish" in typo.text
     assert client.get(urls.search("mixed4c:9999")).status_code == 404
-    jump = client.get("/search?q=12&model=inceptionv1&layer=mixed3b")
-    assert jump.headers["location"] == "/models/inceptionv1/mixed3b/12"
+    jump = client.get("/search?q=12&model=inceptionv1_caffe&layer=mixed3b")
+    assert jump.headers["location"] == "/models/inceptionv1_caffe/mixed3b/12"
 
 
 def test_openapi_lists_every_json_route(client: httpx.Client) -> None:
@@ -258,7 +258,7 @@ def test_serve_refuses_a_missing_store_in_one_line(tmp_path: Path) -> None:
 
 
 def test_every_link_on_a_unit_page_resolves(client: httpx.Client) -> None:
-    page = client.get(urls.unit("inceptionv1", "mixed3b", 0)).text
+    page = client.get(urls.unit("inceptionv1_caffe", "mixed3b", 0)).text
     links = set(re.findall(r'(?:href|src|hx-get)="(/[^"]*)"', page))
     assert len(links) > 50
     for link in links:

@@ -82,8 +82,8 @@ def test_download_refuses_a_corrupt_file_and_keeps_nothing_of_it(
     (mirror / "weights/conv2/3x3_bias.bin").write_bytes(b"\0" * 768)
     with serve_folder(mirror) as url, pytest.raises(WeightsError, match=r"conv2/3x3_bias.bin: sha256 .* expected 93037ad5"):
         download(spec, tmp_path / "cache", base_url=url)
-    assert not (tmp_path / "cache/inceptionv1/weights/conv2/3x3_bias.bin").exists()
-    assert not list((tmp_path / "cache/inceptionv1/weights/conv2").glob("tmp*"))
+    assert not (tmp_path / "cache/inceptionv1_caffe/weights/conv2/3x3_bias.bin").exists()
+    assert not list((tmp_path / "cache/inceptionv1_caffe/weights/conv2").glob("tmp*"))
 
 
 def test_loaded_network_classifies_a_real_image(net, spec: ModelSpec, images_dir: Path) -> None:  # noqa: ANN001

@@ -59,7 +59,7 @@ def test_inceptionv1_names_and_counts(spec: ModelSpec) -> None:
 def test_unknown_names_suggest_the_nearest(spec: ModelSpec) -> None:
     with pytest.raises(UnknownLayer, match="mixed4c"):
         spec.layer("mixed4x")
-    with pytest.raises(UnknownModel, match="inceptionv1"):
+    with pytest.raises(UnknownModel, match="inceptionv1_caffe"):
         get_model("inceptionv2")
 
 

@@ -15,7 +15,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from app.errors import StoreError, StoreMissing
 from app.settings import Settings
 from app.store.blobs import open_blobs
-from app.store.schema import ADDITIVE_SINCE, SCHEMA_VERSION, Base, Meta
+from app.store.schema import ADDITIVE_SINCE, SCHEMA_VERSION, Base, Layer, Meta, Model
 
 
 def _sqlite_pragmas(dbapi_connection, _record) -> None:  # noqa: ANN001 - DB-API objects
@@ -77,7 +77,7 @@ class Store:
                     f"microscope's {SCHEMA_VERSION}: upgrade neuron-microscope to read it"
                 )
             if ADDITIVE_SINCE <= version < SCHEMA_VERSION and not readonly:
-                version = _upgrade(engine)
+                version = _upgrade(engine, version)
             if version < SCHEMA_VERSION:
                 remedy = ("run `microscope precompute catalog` once to upgrade it in place" if version >= ADDITIVE_SINCE
                           else "export it with the older version or recompute it")
@@ -127,8 +127,8 @@ def _create(engine: Engine) -> int:
     raise StoreError(f"could not create a store at {engine.url}")
 
 
-def _upgrade(engine: Engine) -> int:
-    """Bring a store of an additive older version up to date: the tables and nullable columns added since."""
+def _upgrade(engine: Engine, version: int) -> int:
+    """Bring a store of an older version up to date: the tables and nullable columns added since, and renames."""
     with Session(engine) as session, session.begin():
         connection = session.connection()
         Base.metadata.create_all(connection)
@@ -139,8 +139,24 @@ def _upgrade(engine: Engine) -> int:
                 if column.name not in present:
                     kind = column.type.compile(dialect=engine.dialect)
                     connection.execute(text(f'ALTER TABLE {table.name} ADD COLUMN "{column.name}" {kind}'))
+        if version < 4:
+            _rename_caffe_inception(session)
         session.get(Meta, "schema_version").value = str(SCHEMA_VERSION)
     return SCHEMA_VERSION
+
+
+def _rename_caffe_inception(session: Session) -> None:
+    """Schema 4: a store's ``inceptionv1`` made before version 4 is the BVLC GoogLeNet, now ``inceptionv1_caffe``.
+
+    Told apart by its architecture, not trusted by name: the BVLC mixed4a has 512 channels, the
+    inception5h one 508. Rows keep their ids, so every unit, image, example and edge follows.
+    """
+    model = session.scalar(select(Model).where(Model.name == "inceptionv1"))
+    if model is None or session.scalar(select(Model).where(Model.name == "inceptionv1_caffe")) is not None:
+        return
+    mixed4a = session.scalar(select(Layer.channels).where(Layer.model_id == model.id, Layer.name == "mixed4a"))
+    if mixed4a == 512:
+        model.name = "inceptionv1_caffe"
 
 
 def _schema_version(engine: Engine) -> int | None:

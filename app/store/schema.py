@@ -16,8 +16,10 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
 #: Bumped whenever a table changes; a store written by a newer version is refused. Version 2
 #: added the probe tables, version 3 the layers' ``field_offset`` (a store of version 1 or 2 is
-#: upgraded in place when opened for writing; the catalog stage fills the new column).
-SCHEMA_VERSION = 3
+#: upgraded in place when opened for writing; the catalog stage fills the new column), version 4
+#: renamed the BVLC GoogLeNet from ``inceptionv1`` to ``inceptionv1_caffe`` (issue 19: ``inceptionv1``
+#: is OpenAI Microscope's network, TensorFlow's inception5h).
+SCHEMA_VERSION = 4
 #: Versions a writable open upgrades by creating the tables and nullable columns added since.
 ADDITIVE_SINCE = 1
 

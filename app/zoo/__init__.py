@@ -1,4 +1,4 @@
-"""The model zoo: every model Microscope knows, declared as frozen data."""
+"""The model zoo: every model Microscope knows (`app.zoo.registry`), and the specs written by hand."""
 
 from __future__ import annotations
 
@@ -6,24 +6,21 @@ import difflib
 from functools import cache
 
 from app.errors import UnknownModel
-from app.zoo.inceptionv1 import inceptionv1
+from app.zoo.inceptionv1 import inceptionv1_caffe
+from app.zoo.registry import DEFAULT_MODEL, REGISTRY, Entry, entry, model_names
 from app.zoo.spec import ClassLabel, LayerSpec, ModelSpec
 
-__all__ = ["ClassLabel", "LayerSpec", "ModelSpec", "DEFAULT_MODEL", "get_model", "model_names"]
+__all__ = ["ClassLabel", "LayerSpec", "ModelSpec", "DEFAULT_MODEL", "Entry", "REGISTRY", "entry", "get_model",
+           "model_names"]
 
-DEFAULT_MODEL = "inceptionv1"
-
-_FACTORIES = {"inceptionv1": inceptionv1}
-
-
-def model_names() -> tuple[str, ...]:
-    return tuple(_FACTORIES)
+#: Specs declared by hand (the rest are derived from their traced networks).
+_DECLARED = {"inceptionv1_caffe": inceptionv1_caffe}
 
 
 @cache
 def get_model(name: str) -> ModelSpec:
-    """The spec of model ``name``; `UnknownModel` suggests the nearest names."""
+    """The hand-declared spec of model ``name``; `UnknownModel` suggests the nearest names."""
     try:
-        return _FACTORIES[name]()
+        return _DECLARED[name]()
     except KeyError:
-        raise UnknownModel(name, tuple(difflib.get_close_matches(name, _FACTORIES, n=3))) from None
+        raise UnknownModel(name, tuple(difflib.get_close_matches(name, _DECLARED, n=3))) from None

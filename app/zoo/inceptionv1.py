@@ -1,4 +1,4 @@
-"""InceptionV1 (GoogLeNet), the BVLC Caffe training, declared as data.
+"""InceptionV1 (GoogLeNet), the BVLC Caffe training (``inceptionv1_caffe``), declared as data.
 
 The architecture and preprocessing follow ../shared/models/bvlc_googlenet
 (Szegedy et al. 2014). Layer names are the ones people cite from OpenAI
@@ -14,6 +14,7 @@ import math
 from dataclasses import dataclass, replace
 from importlib import resources
 
+from app.zoo.registry import entry
 from app.zoo.spec import ClassLabel, LayerSpec, ModelSpec, Pool, WeightsSource
 
 #: The public copy of the weights (raw float32 files), pinned to one commit.
@@ -141,14 +142,29 @@ def imagenet_classes() -> tuple[ClassLabel, ...]:
     return tuple(ClassLabel(index, synset, name) for index, (synset, name) in enumerate(rows))
 
 
-def inceptionv1() -> ModelSpec:
+def inception5h_classes() -> tuple[ClassLabel, ...]:
+    """The 1,008 outputs of TensorFlow's inception5h graph: 0 'dummy', 1..1000 its labels, 1001..1007 unused.
+
+    The graph's labels are names without synsets, in an order of their own; a name that is one
+    ImageNet class's first name (all but a few repeated ones) gets that class's synset.
+    """
+    text = resources.files("app.zoo").joinpath("inception5h_labels.txt").read_text(encoding="utf-8")
+    names = [line.strip() for line in text.splitlines() if line.strip()]
+    first = {}
+    for label in imagenet_classes():
+        first.setdefault(label.name.split(",")[0].strip(), []).append(label.synset)
+    labels = []
+    for index in range(1008):
+        name = names[index] if index < len(names) else f"unused {index}"
+        synsets = first.get(name, [])
+        labels.append(ClassLabel(index, synsets[0] if len(synsets) == 1 else "", name))
+    return tuple(labels)
+
+
+def inceptionv1_caffe() -> ModelSpec:
     return ModelSpec(
-        name="inceptionv1",
-        title="InceptionV1 (GoogLeNet, BVLC Caffe weights)",
-        description=(
-            "Szegedy et al. 2014, trained on ImageNet-1k; the Caffe model zoo's bvlc_googlenet "
-            "(Lucid's InceptionV1_caffe)."
-        ),
+        name="inceptionv1_caffe",
+        title=entry("inceptionv1_caffe").title,
         input_size=224,
         channel_order="BGR",
         value_range=(0.0, 255.0),
@@ -156,4 +172,5 @@ def inceptionv1() -> ModelSpec:
         layers=_layers(224),
         classes=imagenet_classes(),
         weights=WeightsSource(base_url=WEIGHTS_URL, folder="bvlc_googlenet", checksums="bvlc_googlenet.sha256"),
+        description=entry("inceptionv1_caffe").description,
     )

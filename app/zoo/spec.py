@@ -149,8 +149,11 @@ class ModelSpec:
     classes: tuple[ClassLabel, ...]
     #: The BVLC-style folder of raw files; None where the network loads a state dict.
     weights: WeightsSource | None
-    #: Resize used by the accuracy check of the weights (the README's figures).
+    #: Resize used by the accuracy check of the weights (the README's figures): to a square of
+    #: ``eval_resize`` ("square") or its short side to it ("short"), then the centre crop.
     eval_resize: int = 256
+    eval_framing: Literal["square", "short"] = "square"
+    eval_interpolation: Literal["bilinear", "bicubic"] = "bilinear"
     #: Per-channel divisor applied after the mean, in ``channel_order`` (torchvision's normalization).
     std: tuple[float, float, float] = (1.0, 1.0, 1.0)
 

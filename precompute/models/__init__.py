@@ -1,8 +1,9 @@
 """Every network the stages can run, behind one interface (`Network`), found by ``--model``.
 
-- ``inceptionv1``: BVLC GoogLeNet, written by hand from its spec, Caffe weights (the default);
-- ``googlenet``, ``resnet50``, ``vgg19``, ``alexnet``: torchvision's, weights through its API;
-- ``package.module:factory``: your own module (the factory returns it, ``--weights`` is its state dict).
+A name is either an entry of the registry (`app.zoo.registry`: its source
+says how its weights are read) or ``package.module:factory``, your own module
+(the factory returns it, ``--weights`` is its state dict). No stage or
+command looks at a model's name: they call `load`, `build` and `catalogued`.
 """
 
 from __future__ import annotations
@@ -17,31 +18,31 @@ import torch
 from torch import nn
 
 from app.errors import MicroscopeError, UnknownModel
-from app.zoo import DEFAULT_MODEL, ModelSpec, get_model
+from app.zoo import REGISTRY, Entry, ModelSpec, get_model
+from precompute.models import sources
 from precompute.models.base import Network, Piece
 from precompute.models.traced import Description, TracedNetwork, load_state_dict
-from precompute.weight_files import file_sha256
-from precompute.models.zoo import ZOO, fetch, mirrored, official_prefix
 
-__all__ = ["Loaded", "Network", "Piece", "load", "model_names", "build", "seeded_state_dict"]
+__all__ = ["Loaded", "Network", "Piece", "load", "model_names", "build", "catalogued", "seeded_state_dict"]
 
 
 @dataclass(frozen=True)
 class Loaded:
     net: Network
-    #: Names the weights in every recipe: the checksum list's digest (BVLC) or the state dict's sha256.
+    #: Names the weights in every recipe: a checksum list's digest (raw files) or the weights file's sha256.
     weights_sha256: str
     #: A line the user should read (weights that are not the published ones).
     note: str | None = None
 
 
 def model_names() -> tuple[str, ...]:
-    return (DEFAULT_MODEL, *ZOO)
+    return tuple(REGISTRY)
 
 
 def build(model: str, names: Path | None = None) -> Network:
     """The network of ``model`` with freshly initialized weights (seeded by the caller)."""
-    if model == DEFAULT_MODEL:
+    entry = REGISTRY.get(model)
+    if entry is not None and entry.source == "bvlc":
         from precompute.models.inceptionv1 import InceptionV1
 
         return InceptionV1(get_model(model))
@@ -51,22 +52,23 @@ def build(model: str, names: Path | None = None) -> Network:
 
 def load(model: str, weights: Path | None, names: Path | None = None) -> Loaded:
     """The network of ``model`` with its checked weights, frozen, in eval mode, channels-last."""
-    if model == DEFAULT_MODEL:
+    entry = REGISTRY.get(model)
+    if entry is not None and entry.source == "bvlc":
         from precompute.models.bvlc import load_network
         from precompute.weight_files import locate
 
-        net, checksums = load_network(get_model(model), locate(get_model(model), weights))
+        spec = get_model(model)
+        net, checksums = load_network(spec, locate(spec, weights))
         return Loaded(net, checksums.digest)
     module, described = _module(model, names)
-    note = None
-    if weights is None:
-        if model not in ZOO:
-            raise MicroscopeError(f"{model}: give its weights with --weights FILE (a state dict saved by torch.save)")
-        weights = fetch(mirrored(ZOO[model].url))
-    elif model in ZOO and not file_sha256(weights).startswith(official_prefix(ZOO[model])):
-        note = (f"{weights} is not torchvision's published {model} weights (sha256 prefix "
-                f"{official_prefix(ZOO[model])}): pictures and circuits show these weights")
-    digest = load_state_dict(module, weights)
+    if entry is not None:
+        found = sources.locate(entry, weights)
+        sources.load(entry, module, found)
+        digest, note = found.digest, found.note
+    elif weights is None:
+        raise MicroscopeError(f"{model}: give its weights with --weights FILE (a state dict saved by torch.save)")
+    else:
+        digest, note = load_state_dict(module, weights), None
     net = TracedNetwork(module, described)
     net.to(memory_format=torch.channels_last).eval().requires_grad_(False)
     return Loaded(net, digest, note)
@@ -74,26 +76,38 @@ def load(model: str, weights: Path | None, names: Path | None = None) -> Loaded:
 
 def catalogued(model: str, weights: Path | None, names: Path | None = None) -> tuple[ModelSpec, str]:
     """The spec and weights digest of ``model`` without loading its weights (what the catalog stage needs)."""
-    if model == DEFAULT_MODEL:
+    entry = REGISTRY.get(model)
+    if entry is not None and entry.source == "bvlc":
         from precompute.weight_files import Checksums
 
         return get_model(model), Checksums.of(get_model(model)).digest
     spec = build(model, names).spec  # an unknown name fails here, before any download
-    if weights is None and model in ZOO:
-        weights = fetch(mirrored(ZOO[model].url))
+    if entry is not None:
+        return spec, sources.locate(entry, weights).digest
     if weights is None or not weights.is_file():
         raise MicroscopeError(f"{model}: give its weights with --weights FILE (a state dict saved by torch.save)")
+    from precompute.weight_files import file_sha256
+
     return spec, file_sha256(weights)
 
 
+def describe(entry: Entry) -> Description:
+    """What a traced network's spec takes from its registry entry."""
+    return Description(
+        name=entry.name, title=entry.title, description=entry.description, input_size=entry.input_size,
+        names=dict(entry.names), channel_order=entry.channel_order, value_range=entry.value_range, mean=entry.mean,
+        std=entry.std, classes=entry.classes, eval_framing=entry.evaluation.framing,
+        eval_resize=entry.evaluation.resize, eval_interpolation=entry.evaluation.interpolation,
+    )
+
+
 def _module(model: str, names: Path | None) -> tuple[nn.Module, Description]:
-    if model in ZOO:
-        entry = ZOO[model]
-        described = entry.describe()
+    if model in REGISTRY:
+        entry = REGISTRY[model]
+        described = describe(entry)
         if names is not None:
-            described = Description.read(names, name=entry.name, title=entry.title,
-                                         description=entry.description, names=entry.names)
-        return entry.build(), described
+            described = Description.read(names, **{key: value for key, value in vars(described).items()})
+        return sources.module(entry), described
     if ":" not in model:
         raise UnknownModel(model, tuple(difflib.get_close_matches(model, model_names(), n=3)))
     path, _, attribute = model.partition(":")

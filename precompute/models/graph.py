@@ -12,7 +12,12 @@ layers off that graph, so no one writes them by hand:
   ReLU that follows;
 - a concatenation of convolutions' outputs (an inception block) is a unit
   layer, the concatenation of its branches' pre-ReLU values;
-- a fully connected layer is a unit layer, the last one the logits.
+- a fully connected layer is a unit layer, the last one the logits; a
+  network that ends in a global pool of a convolution (SqueezeNet's conv10,
+  ReLU, global average pool) has that pooled value as its logits layer;
+- a zero padding before a convolution or pool (TensorFlow's "SAME" padding,
+  which puts the odd row and column of a stride-2 window at the bottom and
+  right) moves the grid by its top/left padding.
 
 A layer is *main* when every path from the input to the output passes
 through it (the trunk); the others are branches of the block they feed.
@@ -44,6 +49,7 @@ PASS_METHODS = {"relu", "contiguous"}
 ADD_FUNCTIONS = {operator.add, operator.iadd, torch.add}
 POOL_MODULES = (nn.MaxPool2d, nn.AvgPool2d)
 POOL_FUNCTIONS = {F.max_pool2d, F.avg_pool2d}
+GLOBAL_POOL_MODULES = (nn.AdaptiveAvgPool2d, nn.AvgPool2d)
 FLATTEN = {torch.flatten}
 
 
@@ -171,6 +177,10 @@ def find_units(traced: Traced) -> list[Unit]:
             units[value] = Unit(traced.qualnames[node], "conv", value, kernel=int(module.kernel_size[0]))
         elif isinstance(module, nn.Linear):
             units[node] = Unit(traced.qualnames[node], "linear", node)
+    pooled = _pooled_output(traced)
+    if pooled is not None and not any(isinstance(traced.submodule(node), nn.Linear) for node in traced.nodes):
+        flatten, pool = pooled
+        units[flatten] = Unit(traced.qualnames[pool], "linear", flatten)
     # Sums and concatenations of units (seen through ReLUs) are the blocks' outputs.
     for node in traced.nodes:
         inputs = [_behind_passes(traced, arg) for arg in tensor_args(node)]
@@ -179,6 +189,19 @@ def find_units(traced: Traced) -> list[Unit]:
         elif is_cat(node) and len(inputs) >= 2 and all(arg in units for arg in inputs):
             units[node] = Unit(_module_path(traced.qualnames[node]), "mixed", node, parts=tuple(inputs))
     return sorted(units.values(), key=lambda unit: traced.position[unit.node])
+
+
+def _pooled_output(traced: Traced) -> tuple[fx.Node, fx.Node] | None:
+    """(flatten, global pool) where the network's output is a flattened global pool of a map, else None."""
+    output = next(node for node in traced.nodes if node.op == "output")
+    value = _behind_passes(traced, tensor_args(output)[0]) if tensor_args(output) else None
+    if value is None or not _flattens(value) or not tensor_args(value):
+        return None
+    pool = _behind_passes(traced, tensor_args(value)[0])
+    shape = traced.shape(pool)
+    if isinstance(traced.submodule(pool), GLOBAL_POOL_MODULES) and len(shape) == 4 and shape[-1] == 1:
+        return value, pool
+    return None
 
 
 def _downstream_of_units(traced: Traced, node: fx.Node, units: Mapping[fx.Node, Unit]) -> bool:
@@ -301,7 +324,10 @@ def _grids(traced: Traced) -> dict[fx.Node, Grid]:
             continue
         grid = max(args, key=lambda g: g.receptive_field)
         window = _window(traced, node)
-        if window is not None:
+        padding = zero_padding(traced, node)
+        if padding is not None:
+            grids[node] = Grid(measured, grid.stride, grid.receptive_field, grid.offset - padding * grid.stride)
+        elif window is not None:
             grids[node] = grid.window(*window, size=measured)
         elif isinstance(traced.submodule(node), nn.Linear) or _flattens(node) and grid.size > 1:
             grids[node] = Grid.whole(size)  # fully connected: one position that sees everything
@@ -313,6 +339,20 @@ def _grids(traced: Traced) -> dict[fx.Node, Grid]:
         else:
             grids[node] = grid
     return grids
+
+
+def zero_padding(traced: Traced, node: fx.Node) -> int | None:
+    """The top/left padding of a zero padding node (``nn.ZeroPad2d``), None for any other node.
+
+    The bottom/right padding may differ (TensorFlow's "SAME"); the top and left must agree.
+    """
+    module = traced.submodule(node)
+    if not isinstance(module, nn.ZeroPad2d):
+        return None
+    left, right, top, bottom = module.padding
+    if left != top or right != bottom:
+        raise MicroscopeError(f"{traced.qualnames[node]}: padding {module.padding} is not the same on both axes")
+    return int(left)
 
 
 def _flattens(node: fx.Node) -> bool:

@@ -5,6 +5,7 @@ node that depends on the source gets the `Kernel` from the source to its
 value, with the stand-ins of Distill's "Visualizing Weights":
 
 - convolution (any kernel, stride, padding or groups): composed with its weights;
+- zero padding (TensorFlow's "SAME"): the grid moves by its top/left padding;
 - BatchNorm (eval): its scale folded into the kernel before it (its shift is
   a bias, which a weight between units does not include);
 - ReLU, dropout, LRN, identity: the identity;
@@ -38,6 +39,7 @@ from precompute.models.graph import (
     _flattens,
     _window,
     is_add,
+    zero_padding,
     is_cat,
     is_pass,
     tensor_args,
@@ -107,6 +109,10 @@ def _step(traced: Traced, node: fx.Node, flows: dict[fx.Node, _Flow]) -> _Flow |
         return _through_linear(module, flow)
     if is_pass(traced, node):
         return flow
+    padding = zero_padding(traced, node)
+    if padding is not None:
+        kernel = flow.kernel
+        return replace(flow, kernel=Kernel(kernel.weights, kernel.stride, kernel.padding + padding * kernel.stride))
     window = _pool_window(traced, node)
     if window is not None:
         kernel, stride, padding = window

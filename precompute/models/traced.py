@@ -20,7 +20,7 @@ from torch import Tensor, nn
 from torchvision.models.feature_extraction import create_feature_extractor
 
 from app.errors import MicroscopeError, WeightsError
-from app.zoo.inceptionv1 import imagenet_classes
+from app.zoo.inceptionv1 import imagenet_classes, inception5h_classes
 from app.zoo.spec import ClassLabel, LayerSpec, ModelSpec
 from precompute.models.base import Network, Piece, Sink
 from precompute.models.graph import Naming, Traced, Unit, derive_layers, trace
@@ -51,8 +51,13 @@ class Description:
     value_range: tuple[float, float] = (0.0, 1.0)
     mean: tuple[float, float, float] = IMAGENET_MEAN
     std: tuple[float, float, float] = IMAGENET_STD
-    #: "imagenet" labels a 1,000-way classifier's units with ImageNet's classes; "none" labels nothing.
+    #: "imagenet" labels a 1,000-way classifier's units with ImageNet's classes; "inception5h" with the
+    #: 1,008 outputs of TensorFlow's inception5h graph; "none" labels nothing.
     classes: str = "imagenet"
+    #: How ``microscope model eval`` frames an image (see `ModelSpec.eval_framing`).
+    eval_framing: str = "square"
+    eval_resize: int = 256
+    eval_interpolation: str = "bilinear"
 
     @classmethod
     def read(cls, path: Path, **defaults: Any) -> Description:
@@ -82,11 +87,14 @@ def derive_spec(module: nn.Module, described: Description) -> tuple[ModelSpec, T
     classes: tuple[ClassLabel, ...] = ()
     if described.classes == "imagenet" and logits[-1].channels == 1000:
         classes = imagenet_classes()
+    elif described.classes == "inception5h" and logits[-1].channels == 1008:
+        classes = inception5h_classes()
     spec = ModelSpec(
         name=described.name, title=described.title or described.name, description=described.description,
         input_size=described.input_size, channel_order=described.channel_order,  # type: ignore[arg-type]
         value_range=described.value_range, mean=described.mean, layers=layers, classes=classes,
-        weights=None, std=described.std,
+        weights=None, std=described.std, eval_framing=described.eval_framing,  # type: ignore[arg-type]
+        eval_resize=described.eval_resize, eval_interpolation=described.eval_interpolation,  # type: ignore[arg-type]
     )
     return spec, traced, units
 
@@ -157,6 +165,12 @@ def load_state_dict(module: nn.Module, path: Path) -> str:
         state = state["state_dict"]
     if not isinstance(state, dict) or not all(isinstance(value, Tensor) for value in state.values()):
         raise WeightsError(f"{path}: not a state dict (a mapping of parameter names to tensors)")
+    load_tensors(module, state, path)
+    return file_sha256(path)
+
+
+def load_tensors(module: nn.Module, state: dict[str, Tensor], path: Path) -> None:
+    """Load ``state`` (read from ``path``) into ``module``: every key and shape checked, finite values only."""
     expected = module.state_dict()
     missing = sorted(set(expected) - set(state))
     unexpected = sorted(set(state) - set(expected))
@@ -169,4 +183,3 @@ def load_state_dict(module: nn.Module, path: Path) -> str:
     for value in module.state_dict().values():
         if value.is_floating_point() and not torch.isfinite(value).all():
             raise WeightsError(f"{path}: holds NaN or infinite values")
-    return file_sha256(path)
