@@ -14,7 +14,8 @@ from dataclasses import dataclass, field
 
 from sqlalchemy import Connection, select
 
-from app.errors import UnitNotFound, UnknownLayer, UnknownModel
+from app.errors import ModelNotHeld, UnitNotFound, UnknownLayer, UnknownModel
+from app.zoo.registry import REGISTRY
 from app.store import Layer, Model, Unit
 from app.zoo.spec import position_box
 
@@ -137,4 +138,6 @@ class Catalog:
         try:
             return self.models[name]
         except KeyError:
+            if name in REGISTRY:  # a model people link to (inceptionv1 from the literature) that is not here
+                raise ModelNotHeld(name, tuple(self.models)) from None
             raise UnknownModel(name, tuple(difflib.get_close_matches(name, list(self.models), n=3))) from None

@@ -30,6 +30,17 @@ class UnknownModel(NotFound):
         self.model = model
 
 
+class ModelNotHeld(UnknownModel):
+    """A model Microscope knows (it is in the registry) that this store holds no catalog of.
+
+    ``held`` names the store's models; the page says what the model is and how to precompute it.
+    """
+
+    def __init__(self, model: str, held: tuple[str, ...]) -> None:
+        NotFound.__init__(self, f"this store does not hold {model!r}")
+        self.model, self.held, self.suggestions = model, held, held
+
+
 class UnknownLayer(NotFound):
     def __init__(self, model: str, layer: str, suggestions: tuple[str, ...] = ()) -> None:
         super().__init__(f"model {model!r} has no layer {layer!r}", suggestions)

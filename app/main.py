@@ -24,8 +24,9 @@ from fastapi.templating import Jinja2Templates
 from starlette.exceptions import HTTPException
 
 from app import urls
-from app.errors import MicroscopeError, NotFound
-from app.respond import html_error, json_response
+from app.errors import MicroscopeError, ModelNotHeld, NotFound
+from app.pages import not_held_page
+from app.respond import html_error, json_response, respond
 from app.settings import Settings
 from app.state import ServerState
 from app.store import Store
@@ -147,6 +148,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @app.exception_handler(MicroscopeError)
     def microscope_error(request: Request, error: MicroscopeError) -> Response:
+        if isinstance(error, ModelNotHeld):
+            return respond(request, not_held_page(error), "not_held.html", _wants_json(request), error.status_code)
         suggestions = suggestion_links(error) if isinstance(error, NotFound) else []
         if _wants_json(request):
             return json_response({"error": str(error), "suggestions": suggestions}, error.status_code)

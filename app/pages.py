@@ -14,7 +14,8 @@ from sqlalchemy import Connection
 
 from app import queries, urls
 from app.catalog import Catalog, LayerEntry, ModelEntry
-from app.errors import NotFound
+from app.errors import ModelNotHeld, NotFound
+from app.zoo.registry import REGISTRY
 from app.store.summary import ModelCoverage
 from app.zoo.spec import Framing
 
@@ -90,7 +91,23 @@ class ModelPage:
     probe_url: str
     #: A worker is running: the coverage table refreshes itself as it fills the model in.
     filling: bool = False
+    #: What a reader should know about these weights (the registry's notes: a dropped output, a dequantized file).
+    notes: list[str] = field(default_factory=list)
     kind: str = "model"
+
+
+@dataclass(frozen=True)
+class NotHeldPage:
+    """A link to a model Microscope knows but this store does not hold (a 404 that says what it is)."""
+
+    title: str
+    error: str
+    name: str
+    description: str
+    #: The store's models, each with a line on how it relates to the one asked for where the registry says.
+    held: list[dict[str, str]]
+    command: str
+    kind: str = "not_held"
 
 
 @dataclass(frozen=True)
@@ -292,7 +309,18 @@ def model_page(catalog: Catalog, connection: Connection, name: str, counts: list
         commands.append(f"microscope precompute vis --model {name} --layers main --units 0:8")
     return ModelPage(title=entry.title, name=name, description=entry.description, url=urls.model(name),
                      json_url=urls.model(name, json=True), layers=layers, commands=commands,
-                     probe_url=urls.probe_form(name), filling=filling)
+                     probe_url=urls.probe_form(name), filling=filling,
+                     notes=list(REGISTRY[name].notes) if name in REGISTRY else [])
+
+
+def not_held_page(error: ModelNotHeld) -> NotHeldPage:
+    """What ``error.model`` is, what this store holds instead (and how they differ), and how to precompute it."""
+    known = REGISTRY[error.model]
+    held = [{"name": name, "url": urls.model(name), "note": known.not_to_confuse.get(name, "")} for name in error.held]
+    return NotHeldPage(
+        title=f"{known.title}: not in this store", error=str(error), name=error.model, description=known.description,
+        held=held, command=f"microscope precompute all --model {error.model}",
+    )
 
 
 def layer_page(catalog: Catalog, connection: Connection, model: str, name: str, page: int) -> LayerPage:

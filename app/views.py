@@ -93,12 +93,40 @@ async def model(request: Request, model: str, state: StateDep, connection: Conne
     return respond(request, page, "model.html", json)
 
 
+#: OpenAI Microscope's ``models.technique`` values and the section of a page each lands on. Microscope's
+#: DeepDream of a unit has no technique of its own here: it lands on the unit's visualizations.
+MICROSCOPE_SECTIONS = {"feature_vis": "visualizations", "deep_dream": "visualizations",
+                       "dataset_examples": "examples"}
+
+
+def microscope_link(request: Request, state: ServerState, connection: Connection, model: str, layer: str,
+                    unit: int | None, json: bool) -> Response | None:
+    """A redirect for the URL shapes of OpenAI Microscope (``/models/m/mixed4c_0/447?models.technique=...``).
+
+    Microscope names a layer's op ``mixed4c_0``; where no layer of that name exists and ``mixed4c`` does,
+    the link lands on ``mixed4c`` (and on the section its ``models.technique`` names).
+    """
+    technique = request.query_params.get("models.technique")
+    names = state.catalog(connection, model).model(model).by_name
+    name = layer[:-2] if layer not in names and layer.endswith("_0") and layer[:-2] in names else layer
+    if name == layer and technique is None:
+        return None
+    url = urls.unit(model, name, unit, json) if unit is not None else urls.layer(model, name, json=json)
+    section = MICROSCOPE_SECTIONS.get(technique or "")
+    if section and unit is not None and not json:
+        url += f"#{section}"
+    return RedirectResponse(url, status_code=301)
+
+
 @twin("/models/{model}/{layer}", "layer")
 async def layer(
     request: Request, model: str, layer: str, state: StateDep, connection: ConnectionDep, json: bool,
     page: Annotated[int, Query(ge=1, le=100_000)] = 1,
 ) -> Response:
     """A page of a layer's units (htmx requests get only the grid, to append)."""
+    redirect = microscope_link(request, state, connection, model, layer, None, json)
+    if redirect is not None:
+        return redirect
     built = pages.layer_page(state.catalog(connection, model), connection, model, layer, page)
     return respond(request, built, "layer.html", json)
 
@@ -107,6 +135,9 @@ async def layer(
 async def unit(request: Request, model: str, layer: str, unit: int, state: StateDep, connection: ConnectionDep,
          json: bool) -> Response:
     """A unit: its visualizations, dataset examples and circuit."""
+    redirect = microscope_link(request, state, connection, model, layer, unit, json)
+    if redirect is not None:
+        return redirect
     page = pages.unit_page(state.catalog(connection, model), connection, model, layer, unit)
     return respond(request, page, "unit.html", json)
 

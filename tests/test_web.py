@@ -263,3 +263,50 @@ def test_every_link_on_a_unit_page_resolves(client: httpx.Client) -> None:
     assert len(links) > 50
     for link in links:
         assert client.get(link).status_code in (200, 303), link
+
+
+@pytest.mark.parametrize(
+    ("link", "target"),
+    [
+        ("/models/inceptionv1_caffe/mixed4c_0/447", "/models/inceptionv1_caffe/mixed4c/447"),
+        ("/models/inceptionv1_caffe/mixed4c_0", "/models/inceptionv1_caffe/mixed4c"),
+        ("/models/inceptionv1_caffe/mixed4c_0/447?models.technique=deep_dream",
+         "/models/inceptionv1_caffe/mixed4c/447#visualizations"),
+        ("/models/inceptionv1_caffe/mixed4c_0/447?models.op.feature_vis.type=channel&models.technique=feature_vis",
+         "/models/inceptionv1_caffe/mixed4c/447#visualizations"),
+        ("/models/inceptionv1_caffe/mixed3b_0/0?models.technique=dataset_examples",
+         "/models/inceptionv1_caffe/mixed3b/0#examples"),
+        ("/models/inceptionv1_caffe/mixed4c_0/447.json", "/models/inceptionv1_caffe/mixed4c/447.json"),
+    ],
+)
+def test_openai_microscope_links_land_on_the_same_unit_and_section(client: httpx.Client, link: str, target: str) -> None:
+    response = client.get(link)
+    assert response.status_code == 301 and response.headers["location"] == target
+    landed = client.get(target.split("#")[0])
+    assert landed.status_code == 200
+    if "#" in target:
+        assert f'id="{target.split("#")[1]}"' in landed.text
+
+
+def test_a_layer_named_with_a_trailing_0_is_not_rewritten_when_it_exists(client: httpx.Client) -> None:
+    assert client.get("/models/inceptionv1_caffe/nosuch_0").status_code == 404
+
+
+def test_a_link_to_microscopes_inceptionv1_says_what_it_is_and_what_is_held(client: httpx.Client) -> None:
+    """The BVLC network is never shown under Microscope's name: the link gets a page that says so."""
+    page = client.get("/models/inceptionv1/mixed4c/447")
+    assert page.status_code == 404 and "text/html" in page.headers["content-type"]
+    assert "this store does not hold &#39;inceptionv1&#39;" in page.text or "does not hold 'inceptionv1'" in page.text
+    assert 'href="/models/inceptionv1_caffe"' in page.text and "unit numbers do not correspond" in page.text
+    assert "microscope precompute all --model inceptionv1" in page.text
+    data = client.get("/models/inceptionv1/mixed4c/447.json").json()
+    assert data["kind"] == "not_held" and data["name"] == "inceptionv1"
+    assert data["held"][0]["name"] == "inceptionv1_caffe" and "another network" in data["held"][0]["note"]
+    assert data["command"] == "microscope precompute all --model inceptionv1"
+    assert client.get("/models/inceptionv1.json").json()["kind"] == "not_held"
+    assert client.get("/models/nosuchnet.json").status_code == 404
+    assert "kind" not in client.get("/models/nosuchnet.json").json()
+
+
+def test_the_model_page_shows_the_registry_notes(client: httpx.Client) -> None:
+    assert client.get(urls.model("inceptionv1_caffe", json=True)).json()["notes"] == []
