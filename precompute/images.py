@@ -21,6 +21,7 @@ import warnings
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 from PIL import Image, UnidentifiedImageError
@@ -30,6 +31,9 @@ from torchvision.transforms import v2
 
 from app.errors import DatasetError
 from app.zoo import ModelSpec
+
+if TYPE_CHECKING:
+    from precompute.weight_files import Checksums
 
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".webp"})
 SHARD_SUFFIX = ".tar"
@@ -243,11 +247,16 @@ def _decode_context() -> multiprocessing.context.BaseContext:
 SHARED_IMAGES = Path(__file__).resolve().parents[2] / "shared" / "data/imagenet-sample"
 #: The default image set (the 1,000 images of ../shared/data/imagenet-sample), pinned file by file.
 SAMPLE_CHECKSUMS = "imagenet_sample.sha256"
+#: The sample's public originals (full size, 107 MB), pinned file by file, and where they are served.
+ORIGINALS_CHECKSUMS = "imagenet_originals.sha256"
+ORIGINALS_URL = ("https://raw.githubusercontent.com/EliSchwartz/imagenet-sample-images/"
+                 "bc69043e2862758a1906c6a24a792bb28c6bb2ff/")
 
 
 def locate_images(folder: Path | None, cache: Path | None = None) -> Path:
-    """The image folder given, else the shared ImageNet sample beside the checkout, else that sample
-    downloaded once (each file checked against its pinned sha256) from ``MICROSCOPE_IMAGES_URL``."""
+    """The image folder given, else the shared ImageNet sample beside the checkout, else a download, once,
+    each file checked against its pinned sha256: from ``MICROSCOPE_IMAGES_URL`` (a mirror of the shared
+    sample), else the sample's public originals (EliSchwartz/imagenet-sample-images at a pinned commit)."""
     from precompute.weight_files import Checksums, default_cache, fetch_checked
 
     if folder is not None:
@@ -258,5 +267,16 @@ def locate_images(folder: Path | None, cache: Path | None = None) -> Path:
     if mirror:
         return fetch_checked(Checksums.named(SAMPLE_CHECKSUMS), mirror, (cache or default_cache()) / "imagenet-sample",
                              DatasetError)
-    raise DatasetError("no image folder given: pass --images DIR (or set MICROSCOPE_IMAGES), or set "
-                       f"MICROSCOPE_IMAGES_URL to a copy of the default sample (pinned in app/zoo/{SAMPLE_CHECKSUMS})")
+    return fetch_originals(Checksums.named(ORIGINALS_CHECKSUMS), ORIGINALS_URL,
+                           (cache or default_cache()) / "imagenet-sample-originals")
+
+
+def fetch_originals(checksums: Checksums, base_url: str, folder: Path) -> Path:
+    """The originals' flat files (``n01440764_tench.JPEG``) into a class-per-folder layout, so each is labelled."""
+    from precompute.weight_files import fetch_checked
+
+    try:
+        return fetch_checked(checksums, base_url, folder, DatasetError, place=lambda name: f"{name.split('_', 1)[0]}/{name}")
+    except DatasetError as error:
+        raise DatasetError(f"{error} (no --images given and no ../shared: the default images download from "
+                           f"{base_url}; set MICROSCOPE_IMAGES_URL to a mirror of the sample or pass --images DIR)") from error

@@ -14,6 +14,7 @@ import shutil
 import tempfile
 import urllib.parse
 import urllib.request
+from collections.abc import Callable
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -97,11 +98,15 @@ def download(spec: ModelSpec, cache: Path, base_url: str | None = None) -> Path:
     return fetch_checked(Checksums.of(spec), base_url or spec.weights.base_url, cache / spec.name, WeightsError)
 
 
-def fetch_checked(checksums: Checksums, base_url: str, folder: Path, error: type[MicroscopeError]) -> Path:
+def fetch_checked(checksums: Checksums, base_url: str, folder: Path, error: type[MicroscopeError],
+                  place: Callable[[str], str] | None = None) -> Path:
     """Every file of ``checksums`` from ``base_url`` into ``folder``, once: a file already there with its
-    checksum is kept; a download lands under its name only once its checksum matches (else ``error``)."""
+    checksum is kept; a download lands under its name only once its checksum matches (else ``error``).
+
+    ``place`` gives a file's path under ``folder`` where it differs from its path under ``base_url``.
+    """
     for path, digest in checksums.files.items():
-        target = folder / path
+        target = folder / (place(path) if place else path)
         if target.is_file() and file_sha256(target) == digest:
             continue
         target.parent.mkdir(parents=True, exist_ok=True)

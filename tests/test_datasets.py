@@ -13,6 +13,7 @@ import torch
 from app.errors import DatasetError
 from app.settings import Settings
 from app.store import DatasetImage, Store
+from app.zoo import get_model
 from precompute.catalog import catalog
 from precompute import images
 from precompute.examples import ExamplesConfig, run_examples
@@ -105,8 +106,6 @@ def _mirror(images_dir: Path, target: Path) -> Path:
 
 def test_the_default_images_download_once_checked(no_shared_images: None, images_dir: Path, tmp_path: Path,
                                                   monkeypatch: pytest.MonkeyPatch) -> None:
-    with pytest.raises(DatasetError, match="no image folder given.*MICROSCOPE_IMAGES_URL"):
-        images.locate_images(None, cache=tmp_path / "cache")
     with serve_folder(_mirror(images_dir, tmp_path / "mirror")) as url:
         monkeypatch.setenv("MICROSCOPE_IMAGES_URL", url)
         folder = images.locate_images(None, cache=tmp_path / "cache")
@@ -132,3 +131,30 @@ def test_a_corrupt_download_is_refused_and_not_kept(no_shared_images: None, imag
             images.locate_images(None, cache=tmp_path / "cache")
     assert not (tmp_path / "cache/imagenet-sample/n01443537/n01443537_goldfish.jpg").exists()
     assert not list((tmp_path / "cache/imagenet-sample/n01443537").glob("tmp*"))
+
+
+def test_without_a_mirror_the_public_originals_download_into_class_folders(
+        no_shared_images: None, images_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The default source: the sample's originals, flat files pinned in app/zoo, laid out by synset."""
+    from precompute.weight_files import Checksums, file_sha256
+
+    pinned = Checksums.named(images.ORIGINALS_CHECKSUMS)
+    assert len(pinned.files) == 1000 and "n01440764_tench.JPEG" in pinned.files
+    assert images.ORIGINALS_URL.startswith("https://raw.githubusercontent.com/EliSchwartz/imagenet-sample-images/")
+    flat = tmp_path / "public"
+    flat.mkdir()
+    files = {}
+    for source in sorted(images_dir.glob("n0144*/*.jpg")):
+        name = source.name.replace(".jpg", ".JPEG")
+        (flat / name).write_bytes(source.read_bytes())
+        files[name] = file_sha256(flat / name)
+    manifest = Checksums(files=files, digest="test")
+    with serve_folder(flat) as url:
+        folder = images.fetch_originals(manifest, url, tmp_path / "cache")
+    listed = list_images(folder, get_model("inceptionv1_caffe"))
+    assert len(listed) == len(files) and all(image.label is not None for image in listed)
+    assert listed[0].path.split("/")[0] == listed[0].path.split("/")[1].split("_")[0]
+    monkeypatch.setattr(images, "ORIGINALS_URL", "http://127.0.0.1:9/")  # nothing listens: a clear error
+    monkeypatch.delenv("MICROSCOPE_IMAGES_URL", raising=False)
+    with pytest.raises(DatasetError, match="could not download .*the default images download from"):
+        images.locate_images(None, cache=tmp_path / "cache2")
