@@ -13,7 +13,11 @@ Around Huey's queue, three things it does not do by itself:
 - **One list per model.** A worker holds one network, so each model's jobs wait in
   their own Huey queue (``microscope-jobs-<model>``) and a worker takes only its
   model's; keys, uploads and the journal are shared.
-- **Bounded.** Past ``capacity`` pending jobs of a model a request is refused (`QueueFull`, a 503).
+- **Bounded.** Past ``capacity`` pending jobs of a model a request is refused (`QueueFull`, a 503),
+  before anything of it is stored: a refused upload leaves no bytes behind.
+- **Failures are kept, not swallowed.** A job that fails with an input error (`MicroscopeError`) is
+  recorded as failed with its message; one that fails unexpectedly is retried up to ``MAX_ATTEMPTS``
+  times, then recorded as failed. A failed job's upload is deleted like a done one's.
 - **Jobs outlive their worker.** Huey's dequeue removes a job before it runs,
   so a worker killed mid-job would lose it. A worker records each job it takes
   in an in-flight journal and clears it when the job is done; jobs in flight
@@ -49,6 +53,8 @@ ALIVE_SECONDS = 15.0
 #: Priorities: a person waiting on a page first, a whole layer asked for next (the fill runs when none waits).
 PAGE = 100
 LAYER = 10
+#: Runs of a job that fails unexpectedly before it is recorded as failed.
+MAX_ATTEMPTS = 3
 
 #: What a worker does with each kind of job (`precompute.worker` registers them; the server never runs a job).
 HANDLERS: dict[str, Callable[..., None]] = {}
@@ -86,11 +92,13 @@ def _huey(location: str, name: str) -> Huey:
 
 @dataclass(frozen=True)
 class JobState:
-    """Where a job stands: ``queued`` (``position`` of ``pending``), ``running`` or ``none``."""
+    """Where a job stands: ``queued`` (``position`` of ``pending``), ``running``, ``failed`` or ``none``."""
 
-    state: Literal["queued", "running", "none"]
+    state: Literal["queued", "running", "failed", "none"]
     position: int | None = None
     pending: int = 0
+    #: Why a failed job failed.
+    message: str | None = None
 
 
 @dataclass(frozen=True)
@@ -154,19 +162,26 @@ class JobQueue:
 
     def request_render(self, model: str, layer: str, units: list[int], technique: str = "channel",
                        priority: int = PAGE) -> JobState:
+        """Queue a render; one that failed before is tried again (a render's failure may pass)."""
         key = self.render_key(model, layer, units, technique)
         render = self._list(model)[1]
+        self.huey.storage.delete_data(f"failed:{key}")
         return self._submit(key, lambda: render.s(key, model, layer, units, technique, priority=priority))
 
     def request_probe(self, model: str, sha256: str, image: bytes) -> JobState:
-        """Queue a probe; the image bytes wait in the queue's key-value store until the worker takes them."""
+        """Queue a probe; the image bytes wait in the queue's key-value store until the worker takes them.
+
+        The bytes are stored only once the job is accepted (the capacity checked); a probe that failed
+        answers with its failure (the same image fails the same way).
+        """
         key = self.probe_key(model, sha256)
         state = self.state(key)
         if state.state != "none":
             return state
-        self.huey.storage.put_data(f"upload:{sha256}", image)
         probe = self._list(model)[2]
-        return self._submit(key, lambda: probe.s(key, model, sha256, priority=PAGE))
+        return self._submit(key, lambda: probe.s(key, model, sha256, priority=PAGE),
+                            store=lambda: self.huey.storage.put_data(f"upload:{sha256}", image),
+                            unstore=lambda: self.drop_upload(sha256))
 
     def upload(self, sha256: str) -> bytes | None:
         data = self.huey.storage.peek_data(f"upload:{sha256}")
@@ -175,7 +190,10 @@ class JobQueue:
     def drop_upload(self, sha256: str) -> None:
         self.huey.storage.delete_data(f"upload:{sha256}")
 
-    def _submit(self, key: str, make: Callable[[], Task]) -> JobState:
+    def _submit(self, key: str, make: Callable[[], Task], store: Callable[[], None] | None = None,
+                unstore: Callable[[], None] | None = None) -> JobState:
+        """Enqueue ``make()`` under ``key`` unless the same job waits; ``store`` keeps its data, after the
+        capacity check and before the job is visible (``unstore`` takes it back if enqueueing fails)."""
         storage = self.huey.storage
         if not storage.put_if_empty(f"queued:{key}", b"?"):
             state = self.state(key)
@@ -186,15 +204,24 @@ class JobQueue:
         if pending >= self.capacity:
             storage.delete_data(f"queued:{key}")
             raise QueueFull(f"the job queue is full ({pending} jobs waiting, limit {self.capacity}): try again later")
-        task = make()
-        storage.put_data(f"queued:{key}", task.id.encode())
-        jobs.enqueue(task)
+        try:
+            if store is not None:
+                store()
+            task = make()
+            storage.put_data(f"queued:{key}", task.id.encode())
+            jobs.enqueue(task)
+        except BaseException:
+            storage.delete_data(f"queued:{key}")
+            if unstore is not None:
+                unstore()
+            raise
         return self.state(key)
 
     def state(self, key: str) -> JobState:
         marker = self.huey.storage.peek_data(f"queued:{key}")
         if marker is EmptyData:
-            return JobState("none")
+            failed = self.huey.storage.peek_data(f"failed:{key}")
+            return JobState("none") if failed is EmptyData else JobState("failed", message=bytes(failed).decode())
         if self._inflight.peek_data(key) is not EmptyData:
             return JobState("running")
         task_id = bytes(marker).decode()
@@ -241,7 +268,8 @@ class JobQueue:
         return key, task
 
     def run(self, task: Task) -> None:
-        self.jobs(task.args[1]).execute(task)  # every job's arguments are (key, model, ...)
+        """Run a job here; its exception propagates (the worker decides: failed, or retried)."""
+        task.execute()
 
     def claim(self, worker: str, key: str) -> bool:
         """Claim work that is not a queued job (a fill batch), so that other workers skip it."""
@@ -250,6 +278,24 @@ class JobQueue:
     def done(self, key: str) -> None:
         self._inflight.delete_data(key)
         self.huey.storage.delete_data(f"queued:{key}")
+        self.huey.storage.delete_data(f"attempts:{key}")
+
+    def fail(self, key: str, message: str) -> None:
+        """Record ``key`` as failed with ``message`` (shown where its status is asked) and clear it."""
+        self.huey.storage.put_data(f"failed:{key}", message[:500].encode())
+        self.done(key)
+
+    def retry(self, key: str, task: Task) -> bool:
+        """Queue a job that failed unexpectedly again, unless it has had ``MAX_ATTEMPTS`` runs (False then)."""
+        storage = self.huey.storage
+        seen = storage.peek_data(f"attempts:{key}")
+        attempts = (0 if seen is EmptyData else int(bytes(seen))) + 1
+        if attempts >= MAX_ATTEMPTS:
+            return False
+        storage.put_data(f"attempts:{key}", str(attempts).encode())
+        self._inflight.delete_data(key)
+        self.jobs(task.args[1]).enqueue(task)
+        return True
 
     def claimed(self) -> set[str]:
         return set(self._inflight.result_items())

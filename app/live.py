@@ -90,11 +90,13 @@ def _render_status(state: ServerState, connection: Connection, catalog: Catalog,
         message = "Not queued."
     elif job.state == "running":
         message = "Rendering now; the picture appears here when it is done."
+    elif job.state == "failed":
+        message = f"Rendering failed: {job.message}"
     else:
         message = f"Queued for rendering: {job.position} of {job.pending} waiting."
     if not workers:
         message += f" No worker is running, so nothing will render until one starts: {worker_command(state)}"
-    poll = (POLL_SECONDS if workers else POLL_IDLE_SECONDS) if job.state != "none" else None
+    poll = (POLL_SECONDS if workers else POLL_IDLE_SECONDS) if job.state not in ("none", "failed") else None
     return RenderStatus(ref, job.state, job.position, job.pending, workers, message, status_url, poll)
 
 
@@ -226,6 +228,8 @@ def _probe_page(state: ServerState, connection: Connection, catalog: Catalog, mo
         if job.state == "none":
             raise NotFound(f"no probe {sha256!r} of {model}: upload the image at {urls.probe_form(model)}")
         workers = len(queue.live_workers()) if queue is not None else 0
+        if job.state == "failed":
+            return ProbePage(**base, state="failed", message=f"The probe failed: {job.message}", poll=None)
         message = ("The network is looking at your image." if job.state == "running"
                    else f"Queued: {job.position} of {job.pending} waiting.")
         if not workers:

@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 import torch
 
 from app.errors import MicroscopeError
-from app.jobs import HANDLERS, HEARTBEAT_SECONDS, JobQueue
+from app.jobs import HANDLERS, HEARTBEAT_SECONDS, MAX_ATTEMPTS, JobQueue
 from app.store import Store
 from app.zoo import LayerSpec, ModelSpec
 from precompute.probe import run_probe
@@ -116,12 +116,26 @@ class Worker:
         HANDLERS.update(render=self.render, probe=self.probe)  # this worker's (a process may hold several)
         previous, self.doing = self.doing, key
         self._serving = True
+        finished = True
         try:
-            self.queue.run(task)  # Huey logs a job's exception; the worker goes on
+            self.queue.run(task)
+        except MicroscopeError as error:  # the job's input is wrong: failed, with its message
+            log.warning("%s failed: %s", key, error)
+            self.queue.fail(key, str(error))
+            self.stats.failed += 1
+        except Exception as error:  # noqa: BLE001 - any other failure is retried a bounded number of times
+            log.exception("%s failed unexpectedly", key)
+            finished = not self.queue.retry(key, task)
+            if finished:
+                self.queue.fail(key, f"failed {MAX_ATTEMPTS} times: {type(error).__name__}: {error}")
+                self.stats.failed += 1
+        else:
+            self.queue.done(key)
         finally:
             self._serving = False
             self.doing = previous
-        self.queue.done(key)
+        if finished and key.startswith("probe:"):
+            self.queue.drop_upload(key.rsplit(":", 1)[1])  # done or failed for good: its bytes go
         self.stats.jobs += 1
         return True
 
@@ -140,14 +154,8 @@ class Worker:
         spec = self._spec(model)
         data = self.queue.upload(sha256)
         if data is None:
-            log.warning("probe %s: its image is no longer in the queue", sha256)
-            return
-        try:
-            run_probe(self.store, spec, self.net, self.weights_sha256, sha256, data, self.device)
-        except MicroscopeError as error:
-            log.warning("probe %s refused: %s", sha256, error)
-            self.stats.failed += 1
-        self.queue.drop_upload(sha256)
+            raise MicroscopeError("its image is no longer in the queue: upload it again")
+        run_probe(self.store, spec, self.net, self.weights_sha256, sha256, data, self.device)
 
     def _spec(self, model: str) -> ModelSpec:
         if model != self.spec.name:

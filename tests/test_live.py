@@ -132,6 +132,61 @@ def test_identical_requests_are_one_job_and_the_queue_is_bounded(location: str) 
     assert again.state(JobQueue.render_key(MODEL, "mixed3a", [2])).position == 2
 
 
+def _uploads(queue: JobQueue) -> list[str]:
+    """Upload keys in the queue's key-value storage (the bytes a probe waits with)."""
+    keys = (key.decode() if isinstance(key, bytes) else key for key in queue.huey.storage.result_items())
+    return sorted(key for key in keys if key.startswith("upload:"))
+
+
+def test_a_refused_probe_leaves_no_bytes_behind(location: str) -> None:
+    """The capacity is checked before the upload is stored (issue 20: 10 refused uploads once kept 7.9 MB)."""
+    queue = JobQueue(location, capacity=1)
+    queue.request_probe(MODEL, "a" * 64, b"first image")
+    for index in range(10):
+        with pytest.raises(QueueFull):
+            queue.request_probe(MODEL, f"{index:064d}", b"x" * 100_000)
+    assert _uploads(queue) == [f"upload:{'a' * 64}"]
+
+
+def test_a_failing_job_is_retried_a_bounded_number_of_times_then_recorded_failed(location: str, live: Settings,
+                                                                              spec: ModelSpec, net) -> None:  # noqa: ANN001
+    from app.jobs import MAX_ATTEMPTS
+
+    queue = JobQueue(location)
+    runs = []
+
+    def crash(model: str, sha256: str) -> None:
+        runs.append(sha256)
+        raise RuntimeError("disk on fire")
+
+    with Store.open(live) as store:
+        running = worker(store, live, spec, net)
+        running.queue = queue
+        running.probe = crash  # type: ignore[method-assign]
+        queue.request_probe(MODEL, "b" * 64, b"image bytes")
+        while running.serve_one():
+            pass
+    key = JobQueue.probe_key(MODEL, "b" * 64)
+    assert len(runs) == MAX_ATTEMPTS
+    failed = queue.state(key)
+    assert failed.state == "failed" and "disk on fire" in failed.message and f"{MAX_ATTEMPTS} times" in failed.message
+    assert _uploads(queue) == []  # failed for good: its bytes are gone
+    assert queue.request_probe(MODEL, "b" * 64, b"image bytes").state == "failed"  # the same image fails the same way
+    assert _uploads(queue) == []
+
+
+def test_an_input_error_is_recorded_with_its_message_and_not_retried(location: str, live: Settings, spec: ModelSpec,
+                                                                     net) -> None:  # noqa: ANN001
+    queue = JobQueue(location)
+    with Store.open(live) as store:
+        running = worker(store, live, spec, net)
+        running.queue = queue
+        queue.request_probe(MODEL, "c" * 64, b"not an image at all")
+        assert running.serve_one() and not running.serve_one()
+    failed = queue.state(JobQueue.probe_key(MODEL, "c" * 64))
+    assert failed.state == "failed" and failed.message and _uploads(queue) == []
+
+
 def test_a_dead_workers_job_goes_back_to_the_queue(location: str) -> None:
     queue = JobQueue(location)
     queue.request_render(MODEL, "mixed3a", [1])

@@ -130,3 +130,17 @@ def test_a_schema_3_store_of_the_bvlc_network_calls_it_inceptionv1_caffe(setting
         assert session.scalars(select(Model.name)).all() == ["inceptionv1_caffe"]
         assert session.scalar(select(func.count()).select_from(Unit)) == units
         assert session.get(Meta, "schema_version").value == str(SCHEMA_VERSION)
+
+
+def test_a_writer_transaction_runs_on_a_connection_with_the_stores_settings(settings: Settings) -> None:
+    """The very connection a transaction uses: foreign keys on, a 30 s busy timeout, write-ahead logging."""
+    with Store.open(settings, create=True) as store:
+        for _ in range(3):  # the pooled connection, reused
+            with store.transaction() as session:
+                connection = session.connection()
+                assert connection.exec_driver_sql("PRAGMA foreign_keys").scalar() == 1
+                assert connection.exec_driver_sql("PRAGMA busy_timeout").scalar() == 30000
+                assert connection.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
+        with pytest.raises(Exception, match="FOREIGN KEY"), store.transaction() as session:
+            session.add(Unit(layer_id=999_999, index=0))
+            session.flush()

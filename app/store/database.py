@@ -18,10 +18,15 @@ from app.store.blobs import open_blobs
 from app.store.schema import ADDITIVE_SINCE, SCHEMA_VERSION, Base, Layer, Meta, Model
 
 
+#: How long a SQLite writer waits for another's lock before "database is locked" (Python's default is 5 s).
+BUSY_SECONDS = 30
+
+
 def _sqlite_pragmas(dbapi_connection, _record) -> None:  # noqa: ANN001 - DB-API objects
+    """Every connection's settings (SQLite keeps them per connection, not per file)."""
     cursor = dbapi_connection.cursor()
     cursor.execute("PRAGMA foreign_keys=ON")
-    cursor.execute("PRAGMA busy_timeout=30000")
+    cursor.execute(f"PRAGMA busy_timeout={BUSY_SECONDS * 1000}")
     cursor.close()
 
 
@@ -39,15 +44,17 @@ def _engine(url: str, readonly: bool, create: bool) -> Engine:
         # SQLite's URI form opens the file read-only: the server cannot write by mistake.
         engine = create_engine(
             f"sqlite:///file:{Path(database).resolve()}?mode=ro&uri=true",
-            connect_args={"check_same_thread": False},
+            connect_args={"check_same_thread": False, "timeout": BUSY_SECONDS},
         )
-    else:
-        Path(database).parent.mkdir(parents=True, exist_ok=True)
-        engine = create_engine(url)
-        with engine.connect() as connection:
-            # Write-ahead logging lets the server read while a precompute stage writes.
-            connection.exec_driver_sql("PRAGMA journal_mode=WAL")
+        event.listen(engine, "connect", _sqlite_pragmas)
+        return engine
+    Path(database).parent.mkdir(parents=True, exist_ok=True)
+    engine = create_engine(url, connect_args={"timeout": BUSY_SECONDS})
+    # Before the first connection: the pool keeps that one, and every transaction may reuse it.
     event.listen(engine, "connect", _sqlite_pragmas)
+    with engine.connect() as connection:
+        # Write-ahead logging lets the server read while a precompute stage writes.
+        connection.exec_driver_sql("PRAGMA journal_mode=WAL")
     return engine
 
 
