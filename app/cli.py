@@ -20,7 +20,7 @@ from typing import Annotated, Optional
 import typer
 
 from app.errors import MicroscopeError
-from app.settings import Settings
+from app.settings import Settings, SettingsError
 from app.store import Store
 
 cli = typer.Typer(
@@ -89,17 +89,22 @@ def serve(
     host: Annotated[str, typer.Option(help="Interface to listen on.")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="Port to listen on.")] = 8000,
     workers: Annotated[int, typer.Option(min=1, help="Server processes (one per core serves most).")] = 1,
+    token_file: Annotated[Optional[Path], typer.Option(
+        "--token-file", help="A file holding the token every POST must carry (or MICROSCOPE_TOKEN).")] = None,
 ) -> None:
     """Serve a store read-only in the browser and as JSON (never runs a model)."""
     import os
 
     import uvicorn
 
-    settings = Settings.load(data, database_url)
+    token = token_file.read_text(encoding="utf-8").strip() if token_file is not None else None
+    if token_file is not None and not token:
+        raise SettingsError(f"--token-file {token_file} is empty")
+    settings = Settings.load(data, database_url, host=host, token=token)
     Store.open(settings, readonly=True).close()  # fail now, in one line, on a missing or newer store
-    os.environ["MICROSCOPE_DATA"] = str(settings.data_dir)
-    os.environ["MICROSCOPE_DATABASE_URL"] = settings.database_url
-    typer.echo(f"serving {settings.data_dir} at http://{host}:{port}/")
+    os.environ.update(settings.environment())  # uvicorn's factory (and its worker processes) read them back
+    typer.echo(f"serving {settings.data_dir.name} at http://{host}:{port}/ (live side: {settings.live_policy}"
+               f"{', token required' if settings.token else ''})")
     uvicorn.run("app.main:create_app", factory=True, host=host, port=port, workers=workers,
                 log_level="warning", access_log=False)
 
@@ -138,17 +143,28 @@ def gc(
     probes_older_than: Annotated[Optional[float], typer.Option(
         "--probes-older-than", min=0, help="Also remove users' probes made more than DAYS days ago.",
         metavar="DAYS")] = None,
+    grace: Annotated[float, typer.Option(
+        help="Leave blobs and temporary files written in the last SECONDS (a run in progress may own them).",
+        min=0, metavar="SECONDS")] = 3600.0,
+    force: Annotated[bool, typer.Option("--force", help="Run even while a worker's heartbeat is alive.")] = False,
 ) -> None:
-    """Remove blobs no row points at and files half-written by interrupted stages (run when no stage is)."""
+    """Remove blobs no row points at and files half-written by interrupted runs (older than the grace period)."""
     from datetime import UTC, datetime
 
+    from app.jobs import JobQueue
     from app.store.maintenance import collect_garbage, remove_probes
 
-    with Store.open(Settings.load(data, database_url)) as store:
+    settings = Settings.load(data, database_url)
+    if not force:
+        alive = JobQueue.for_store(settings).live_workers()
+        if alive:
+            raise MicroscopeError(f"{len(alive)} worker(s) are running on this store ({alive[0].worker}): "
+                                  "stop them first, or pass --force (blobs younger than --grace stay either way)")
+    with Store.open(settings) as store:
         if probes_older_than is not None:
             removed = remove_probes(store, probes_older_than, datetime.now(UTC).replace(tzinfo=None))
             typer.echo(f"gc: removed {removed} probes made more than {probes_older_than:g} days ago")
-        collected = collect_garbage(store)
+        collected = collect_garbage(store, grace)
     typer.echo(f"gc: removed {collected.blobs_removed} unreferenced blobs and {collected.partial_files_removed} "
                f"partial files; {collected.missing} referenced blobs missing")
     if collected.missing:

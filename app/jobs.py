@@ -69,6 +69,12 @@ class QueueFull(MicroscopeError):
     status_code = 503
 
 
+class TooManyJobs(MicroscopeError):
+    """One client's share of the queue is taken (a 429): others keep room."""
+
+    status_code = 429
+
+
 def _render(key: str, model: str, layer: str, units: list[int], technique: str) -> None:
     HANDLERS["render"](model, layer, units, technique)
 
@@ -79,7 +85,7 @@ def _probe(key: str, model: str, sha256: str) -> None:
 
 def queue_location(settings: Settings) -> str:
     """``MICROSCOPE_QUEUE`` (a Redis URL or a SQLite file), else ``queue.sqlite3`` in the store directory."""
-    return os.environ.get("MICROSCOPE_QUEUE") or str(settings.data_dir / QUEUE_FILE)
+    return settings.queue_url or str(settings.data_dir / QUEUE_FILE)
 
 
 def _huey(location: str, name: str) -> Huey:
@@ -124,13 +130,20 @@ class WorkerBeat:
 
 
 class JobQueue:
-    def __init__(self, location: str, capacity: int | None = None) -> None:
+    def __init__(self, location: str, capacity: int | None = None, client_jobs: int | None = None,
+                 upload_quota: int | None = None) -> None:
         self.location = location
-        self.capacity = capacity or int(os.environ.get("MICROSCOPE_QUEUE_LIMIT") or DEFAULT_CAPACITY)
+        self.capacity = capacity or DEFAULT_CAPACITY
+        #: Jobs one client may have waiting or running at once (None: no limit).
+        self.client_jobs = client_jobs
         #: Shared key-value storage: request markers and uploads.
         self.huey = _huey(location, "microscope")
         self._inflight = _huey(location, "microscope-inflight").storage
         self._workers = _huey(location, "microscope-workers").storage
+        #: The size of each upload waiting in the queue (small values: summed for the quota).
+        self._sizes = _huey(location, "microscope-upload-sizes").storage
+        #: Bytes of uploads that may wait at once, all clients together (None: no quota).
+        self.upload_quota = upload_quota
         self._lists: dict[str, tuple[Huey, Any, Any]] = {}
 
     def jobs(self, model: str) -> Huey:
@@ -145,7 +158,7 @@ class JobQueue:
 
     @classmethod
     def for_store(cls, settings: Settings) -> JobQueue:
-        return cls(queue_location(settings))
+        return cls(queue_location(settings), settings.queue_limit, settings.client_jobs, settings.upload_quota_bytes)
 
     # Keys ---------------------------------------------------------------------------------
 
@@ -161,14 +174,14 @@ class JobQueue:
     # The server's side ---------------------------------------------------------------------
 
     def request_render(self, model: str, layer: str, units: list[int], technique: str = "channel",
-                       priority: int = PAGE) -> JobState:
+                       priority: int = PAGE, client: str | None = None) -> JobState:
         """Queue a render; one that failed before is tried again (a render's failure may pass)."""
         key = self.render_key(model, layer, units, technique)
         render = self._list(model)[1]
         self.huey.storage.delete_data(f"failed:{key}")
-        return self._submit(key, lambda: render.s(key, model, layer, units, technique, priority=priority))
+        return self._submit(key, lambda: render.s(key, model, layer, units, technique, priority=priority), client)
 
-    def request_probe(self, model: str, sha256: str, image: bytes) -> JobState:
+    def request_probe(self, model: str, sha256: str, image: bytes, client: str | None = None) -> JobState:
         """Queue a probe; the image bytes wait in the queue's key-value store until the worker takes them.
 
         The bytes are stored only once the job is accepted (the capacity checked); a probe that failed
@@ -179,9 +192,20 @@ class JobQueue:
         if state.state != "none":
             return state
         probe = self._list(model)[2]
-        return self._submit(key, lambda: probe.s(key, model, sha256, priority=PAGE),
-                            store=lambda: self.huey.storage.put_data(f"upload:{sha256}", image),
-                            unstore=lambda: self.drop_upload(sha256))
+        return self._submit(key, lambda: probe.s(key, model, sha256, priority=PAGE), client,
+                            store=lambda: self._keep_upload(sha256, image), unstore=lambda: self.drop_upload(sha256))
+
+    def waiting_upload_bytes(self) -> int:
+        return sum(int(bytes(size)) for size in self._sizes.result_items().values())
+
+    def _keep_upload(self, sha256: str, image: bytes) -> None:
+        if self.upload_quota is not None:
+            waiting = self.waiting_upload_bytes()
+            if waiting + len(image) > self.upload_quota:
+                raise QueueFull(f"uploads waiting in the queue take {waiting:,} bytes (quota {self.upload_quota:,}): "
+                                "try again later")
+        self._sizes.put_data(sha256, str(len(image)).encode())
+        self.huey.storage.put_data(f"upload:{sha256}", image)
 
     def upload(self, sha256: str) -> bytes | None:
         data = self.huey.storage.peek_data(f"upload:{sha256}")
@@ -189,9 +213,10 @@ class JobQueue:
 
     def drop_upload(self, sha256: str) -> None:
         self.huey.storage.delete_data(f"upload:{sha256}")
+        self._sizes.delete_data(sha256)
 
-    def _submit(self, key: str, make: Callable[[], Task], store: Callable[[], None] | None = None,
-                unstore: Callable[[], None] | None = None) -> JobState:
+    def _submit(self, key: str, make: Callable[[], Task], client: str | None = None,
+                store: Callable[[], None] | None = None, unstore: Callable[[], None] | None = None) -> JobState:
         """Enqueue ``make()`` under ``key`` unless the same job waits; ``store`` keeps its data, after the
         capacity check and before the job is visible (``unstore`` takes it back if enqueueing fails)."""
         storage = self.huey.storage
@@ -205,6 +230,11 @@ class JobQueue:
             storage.delete_data(f"queued:{key}")
             raise QueueFull(f"the job queue is full ({pending} jobs waiting, limit {self.capacity}): try again later")
         try:
+            self._admit(client, key)
+        except TooManyJobs:
+            storage.delete_data(f"queued:{key}")
+            raise
+        try:
             if store is not None:
                 store()
             task = make()
@@ -216,6 +246,19 @@ class JobQueue:
                 unstore()
             raise
         return self.state(key)
+
+    def _admit(self, client: str | None, key: str) -> None:
+        """Count ``key`` in ``client``'s share: its jobs still queued or running, at most ``client_jobs``."""
+        if client is None or self.client_jobs is None:
+            return
+        storage = self.huey.storage
+        found = storage.peek_data(f"client:{client}")
+        keys = [] if found is EmptyData else json.loads(bytes(found))
+        keys = [k for k in keys if storage.peek_data(f"queued:{k}") is not EmptyData]
+        if len(keys) >= self.client_jobs:
+            raise TooManyJobs(f"{client} has {len(keys)} jobs waiting (at most {self.client_jobs} a client): "
+                              "try again when they are done")
+        storage.put_data(f"client:{client}", json.dumps([*keys, key]).encode())
 
     def state(self, key: str) -> JobState:
         marker = self.huey.storage.peek_data(f"queued:{key}")

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Depends, Request
 from fastapi.responses import RedirectResponse, Response
 from sqlalchemy import Connection, select
 from starlette.datastructures import UploadFile
@@ -21,7 +21,8 @@ from starlette.formparsers import MultiPartException
 from app import pages, queries, urls
 from app.catalog import Catalog
 from app.errors import MicroscopeError, NotFound
-from app.jobs import LAYER, JobQueue, JobState, QueueFull
+from app.access import TOKEN_COOKIE, check_origin, check_policy, client_address, guard_probes, guard_renders, token_matches
+from app.jobs import LAYER, JobQueue, JobState, QueueFull, TooManyJobs
 from app.respond import json_response, respond
 from app.state import ServerState
 from app.views import ConnectionDep, StateDep, twin
@@ -116,6 +117,7 @@ def render_status(request: Request, model: str, layer: str, unit: int, state: St
 
 
 @twin("/models/{model}/{layer}/{unit:int}/render", "render_request", methods=("POST",), on=router, status_code=202,
+      dependencies=[Depends(guard_renders)],
       responses={200: {"description": "Rendered already: its status"}})
 def render_request(request: Request, model: str, layer: str, unit: int, state: StateDep, connection: ConnectionDep,
                    json: bool) -> Response:
@@ -123,7 +125,7 @@ def render_request(request: Request, model: str, layer: str, unit: int, state: S
     catalog = state.catalog(connection, model)
     status = _render_status(state, connection, catalog, model, layer, unit)
     if status.state == "none":
-        job = _require_queue(state).request_render(model, layer, [unit])
+        job = _require_queue(state).request_render(model, layer, [unit], client=client_address(request, state.settings))
         status = _render_status(state, connection, catalog, model, layer, unit, job)
     return respond(request, status, "_render_status.html", json, 200 if status.state == "rendered" else 202)
 
@@ -139,7 +141,8 @@ class LayerRequest:
     kind: str = "layer-request"
 
 
-@twin("/models/{model}/{layer}/render", "render_layer", methods=("POST",), on=router, status_code=202)
+@twin("/models/{model}/{layer}/render", "render_layer", methods=("POST",), on=router, status_code=202,
+      dependencies=[Depends(guard_renders)])
 def render_layer(request: Request, model: str, layer: str, state: StateDep, connection: ConnectionDep,
                  json: bool) -> Response:
     """Queue every unit of a layer that has no picture, behind the pages people are waiting on."""
@@ -153,9 +156,9 @@ def render_layer(request: Request, model: str, layer: str, state: StateDep, conn
     try:
         for start in range(0, len(missing), LAYER_BATCH):
             chunk = missing[start:start + LAYER_BATCH]
-            queue.request_render(model, layer, chunk, priority=LAYER)
+            queue.request_render(model, layer, chunk, priority=LAYER, client=client_address(request, state.settings))
             queued += len(chunk)
-    except QueueFull as full:
+    except (QueueFull, TooManyJobs) as full:
         message = f" {full}."
     workers = len(queue.live_workers())
     message = (f"{queued} of {len(missing)} units without a picture queued." + message
@@ -265,8 +268,9 @@ def _stored(connection: Connection, model: str, sha256: str) -> Any:
 @router.get("/models/{model}/probe", name="probe_form", include_in_schema=False)
 def probe_form(request: Request, model: str, state: StateDep, connection: ConnectionDep) -> Response:
     """Upload an image to see which units of every layer it excites most."""
+    check_policy(state.settings, "probes")
     state.catalog(connection, model).model(model)
-    limits = UploadLimits.load()
+    limits = UploadLimits.of(state.store.settings)
     page = ProbeForm(f"{model}: probe an image", model, urls.probe_form(model), urls.probes(model),
                      limits.max_bytes, limits.max_pixels)
     return respond(request, page, "probe_form.html", json=False)
@@ -294,18 +298,20 @@ async def _body(request: Request, limit: int) -> bytes:
     return bytes(body)
 
 
-def _submit(state: ServerState, connection: Connection, model: str, data: bytes) -> tuple[str, JobState | None]:
+def _submit(state: ServerState, connection: Connection, model: str, data: bytes,
+            client: str) -> tuple[str, JobState | None]:
     """Check an upload and queue its probe unless it is stored: its digest, and its job (None when stored)."""
-    checked = check_image(data, UploadLimits.load())
+    checked = check_image(data, UploadLimits.of(state.store.settings))
     if _stored(connection, model, checked.sha256) is not None:
         return checked.sha256, None
-    return checked.sha256, _require_queue(state).request_probe(model, checked.sha256, data)
+    return checked.sha256, _require_queue(state).request_probe(model, checked.sha256, data, client=client)
 
 
-@router.post("/models/{model}/probe", name="probe_upload", include_in_schema=False)
+@router.post("/models/{model}/probe", name="probe_upload", include_in_schema=False,
+             dependencies=[Depends(guard_probes)])
 async def probe_upload(request: Request, model: str, state: StateDep) -> Response:
     """The form's upload (multipart, one file field ``image``): on to the probe's page."""
-    limits = UploadLimits.load()
+    limits = UploadLimits.of(state.store.settings)
     _check_length(request, limits.max_bytes + FORM_OVERHEAD)  # bounds what the form parser may read
     try:
         form = await request.form(max_files=1, max_fields=4)
@@ -317,11 +323,11 @@ async def probe_upload(request: Request, model: str, state: StateDep) -> Respons
     data = await upload.read()
     with state.engine.connect() as connection:
         state.catalog(connection, model).model(model)
-        sha256, _ = _submit(state, connection, model, data)
+        sha256, _ = _submit(state, connection, model, data, client_address(request, state.settings))
     return RedirectResponse(urls.probe(model, sha256), status_code=303)
 
 
-@router.post("/models/{model}/probes", name="probe_api", status_code=202, responses={
+@router.post("/models/{model}/probes", name="probe_api", status_code=202, dependencies=[Depends(guard_probes)], responses={
     200: {"description": "Probed already: the stored result's id and URLs"},
     411: {"description": "No Content-Length"}, 413: {"description": "Over the byte or pixel limit"},
     415: {"description": "Not a JPEG, PNG or WebP image"}, 503: {"description": "Queue full, or no queue"},
@@ -330,11 +336,11 @@ async def probe_upload(request: Request, model: str, state: StateDep) -> Respons
 }}})
 async def probe_api(request: Request, model: str, state: StateDep) -> Response:
     """Probe an image: POST its bytes (JPEG, PNG or WebP); the answer names the probe and where its result is."""
-    limits = UploadLimits.load()
+    limits = UploadLimits.of(state.store.settings)
     data = await _body(request, limits.max_bytes)
     with state.engine.connect() as connection:
         state.catalog(connection, model).model(model)
-        sha256, job = _submit(state, connection, model, data)
+        sha256, job = _submit(state, connection, model, data, client_address(request, state.settings))
     answer = {"id": sha256, "url": urls.probe(model, sha256), "json_url": urls.probe(model, sha256, True),
               "state": "done" if job is None else job.state, "position": job.position if job else None}
     return json_response(answer, 200 if job is None else 202)
@@ -365,3 +371,44 @@ def probe_status(request: Request, model: str, sha256: str, state: StateDep, con
         return Response(status_code=200, headers={"HX-Refresh": "true"})
     return respond(request, page, "_probe_status.html", json=False)
 
+
+
+# Login (the token, for browsers) ---------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class LoginPage:
+    title: str
+    #: Where to go once logged in (a path on this server).
+    next: str
+    required: bool
+    message: str = ""
+    kind: str = "login"
+
+
+def _local_path(target: str) -> str:
+    """``target`` where it is a path on this server, else the home page (no open redirect)."""
+    return target if target.startswith("/") and not target.startswith("//") and "\\" not in target else urls.home()
+
+
+@router.get("/login", name="login", include_in_schema=False)
+def login_form(request: Request, state: StateDep, next: str = "/") -> Response:  # noqa: A002 - the form's field
+    page = LoginPage("Log in", _local_path(next), state.settings.token is not None,
+                     "" if state.settings.token else "This server asks for no token.")
+    return respond(request, page, "login.html", json=False)
+
+
+@router.post("/login", name="login_submit", include_in_schema=False)
+async def login(request: Request, state: StateDep) -> Response:
+    """Check the token (rate-limited like every live POST) and keep it in an HttpOnly, SameSite cookie."""
+    check_origin(request)
+    state.limiter.hit(client_address(request, state.settings))
+    form = await request.form(max_files=0, max_fields=3)
+    token, target = form.get("token"), _local_path(str(form.get("next") or "/"))
+    if not isinstance(token, str) or not token_matches(state.settings, token) or state.settings.token is None:
+        page = LoginPage("Log in", target, state.settings.token is not None, "That is not the token of this server.")
+        return respond(request, page, "login.html", json=False, status_code=403)
+    response = RedirectResponse(target, status_code=303)
+    response.set_cookie(TOKEN_COOKIE, token, httponly=True, samesite="strict", secure=request.url.scheme == "https",
+                        max_age=30 * 24 * 3600)
+    return response

@@ -13,6 +13,7 @@ from contextlib import asynccontextmanager
 from importlib import resources
 
 from fastapi import FastAPI, Request
+from fastapi_offline import FastAPIOffline
 from fastapi.exceptions import RequestValidationError
 from fastapi.middleware.gzip import GZipMiddleware
 from fastapi.openapi.utils import get_openapi
@@ -26,6 +27,7 @@ from starlette.exceptions import HTTPException
 from app import urls
 from app.errors import MicroscopeError, ModelNotHeld, NotFound
 from app.pages import not_held_page
+from app.headers import SecurityHeaders
 from app.respond import html_error, json_response, respond
 from app.settings import Settings
 from app.state import ServerState
@@ -75,8 +77,12 @@ LIVE_ERRORS = {
     "411": "The upload has no Content-Length",
     "413": "The upload is over the byte or pixel limit",
     "415": "The upload is not a JPEG, PNG or WebP image",
-    "503": "The job queue is full, or the server has none",
+    "503": "The job queue is full (or its upload quota), or the server has none",
+    "403": "The live policy refuses it, the token is missing or wrong, or it comes from another site",
+    "429": "This client is over its rate, or has its share of the queue waiting",
 }
+#: Errors every live POST may answer, uploads or not.
+EVERY_POST = frozenset({"503", "403", "429"})
 
 
 def _openapi(app: FastAPI) -> dict:
@@ -97,7 +103,7 @@ def _openapi(app: FastAPI) -> dict:
             if method == "post":  # the live features: the queue may be full or absent; uploads have limits
                 upload = "probes" in operation.get("operationId", "")
                 for code, description in LIVE_ERRORS.items():
-                    if upload or code == "503":
+                    if upload or code in EVERY_POST:
                         responses[code] = {"description": description, "content": error}
     app.openapi_schema = schema
     return schema
@@ -112,6 +118,11 @@ def _allowed(path: str) -> str:
     return ", ".join(sorted(methods))
 
 
+#: What each live policy lets visitors do (said in the API's description and on pages).
+LIVE_WORDS = {"off": "no renders on demand, no probes", "renders": "renders on demand, no probes",
+              "all": "renders on demand and probes of your images"}
+
+
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or Settings.load()
     store = Store.open(settings, readonly=True)
@@ -121,11 +132,15 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         yield
         store.close()
 
-    app = FastAPI(
+    policy = settings.live_policy
+    # fastapi-offline serves Swagger UI's and ReDoc's files from its package (pinned), never from a CDN.
+    app = FastAPIOffline(
         lifespan=lifespan,
         title="Microscope",
         description="Feature visualizations, dataset examples and circuits of every unit of vision networks. "
-        "Every page has a JSON twin at the same path plus `.json`.",
+        "Every page has a JSON twin at the same path plus `.json`. "
+        f"Live side on this server: **{policy}** ({LIVE_WORDS[policy]})"
+        + ("; POSTs carry the token (header `X-Microscope-Token`)." if settings.token else "."),
         version="0.1.0",
     )
     app.state.microscope = state = ServerState(store)
@@ -145,6 +160,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     # WebP) as they are.
     app.add_middleware(GZipMiddleware, minimum_size=1000, compresslevel=5)
     app.add_middleware(HeadAsGet)
+    app.add_middleware(SecurityHeaders)
 
     @app.exception_handler(MicroscopeError)
     def microscope_error(request: Request, error: MicroscopeError) -> Response:

@@ -88,7 +88,7 @@ class ModelPage:
     json_url: str
     layers: list[LayerSummary]
     commands: list[str]
-    probe_url: str
+    probe_url: str | None
     #: A worker is running: the coverage table refreshes itself as it fills the model in.
     filling: bool = False
     #: What a reader should know about these weights (the registry's notes: a dropped output, a dequantized file).
@@ -280,8 +280,9 @@ def index_page(catalog: Catalog, counts: list[ModelCoverage]) -> IndexPage:
 
 
 def model_page(catalog: Catalog, connection: Connection, name: str, counts: list[ModelCoverage],
-               filling: bool = False) -> ModelPage:
-    """``counts`` is the store's coverage (cached by the caller: it scans every table)."""
+               filling: bool = False, probes: bool = True) -> ModelPage:
+    """``counts`` is the store's coverage (cached by the caller: it scans every table); ``probes``: the live
+    policy lets visitors probe their images (else the page links no upload form)."""
     entry = catalog.model(name)
     counts_by_layer = {layer.name: layer for model in counts if model.name == name for layer in model.layers}
     strips: dict[str, list[UnitRef]] = {}
@@ -309,7 +310,7 @@ def model_page(catalog: Catalog, connection: Connection, name: str, counts: list
         commands.append(f"microscope precompute vis --model {name} --layers main --units 0:8")
     return ModelPage(title=entry.title, name=name, description=entry.description, url=urls.model(name),
                      json_url=urls.model(name, json=True), layers=layers, commands=commands,
-                     probe_url=urls.probe_form(name), filling=filling,
+                     probe_url=urls.probe_form(name) if probes else None, filling=filling,
                      notes=list(REGISTRY[name].notes) if name in REGISTRY else [])
 
 
@@ -323,7 +324,8 @@ def not_held_page(error: ModelNotHeld) -> NotHeldPage:
     )
 
 
-def layer_page(catalog: Catalog, connection: Connection, model: str, name: str, page: int) -> LayerPage:
+def layer_page(catalog: Catalog, connection: Connection, model: str, name: str, page: int,
+               renders: bool = True) -> LayerPage:
     layer = catalog.model(model).layer(name)
     pages = max(1, -(-layer.channels // UNITS_PER_PAGE))
     if not 1 <= page <= pages:
@@ -333,7 +335,7 @@ def layer_page(catalog: Catalog, connection: Connection, model: str, name: str, 
     images = _thumbnails(connection, ids)
     rendered = connection.execute(queries.rendered_in, {"ids": list(layer.unit_ids)}).scalar_one()
     missing = None if rendered else f"microscope precompute vis --model {model} --layers {name} --units all"
-    render_url = urls.render_layer(model, name) if rendered < layer.channels else None
+    render_url = urls.render_layer(model, name) if renders and rendered < layer.channels else None
     return LayerPage(
         title=f"{model} / {name}", model=model, model_url=urls.model(model), name=name, kind=layer.kind,
         channels=layer.channels, url=urls.layer(model, name, page), json_url=urls.layer(model, name, page, json=True),
@@ -428,7 +430,8 @@ def _same_unit(catalog: Catalog, model: ModelEntry, layer: LayerEntry, index: in
     return None
 
 
-def unit_page(catalog: Catalog, connection: Connection, model_name: str, layer_name: str, index: int) -> UnitPage:
+def unit_page(catalog: Catalog, connection: Connection, model_name: str, layer_name: str, index: int,
+              renders: bool = True) -> UnitPage:
     model = catalog.model(model_name)
     layer = model.layer(layer_name)
     unit_id = layer.unit_id(index)
@@ -482,7 +485,8 @@ def unit_page(catalog: Catalog, connection: Connection, model_name: str, layer_n
         top_examples=[e for e in examples if e.kind == "top"],
         bottom_examples=[e for e in examples if e.kind == "bottom"],
         stats=stats, inputs=inputs, outputs=outputs, same_unit=same_ref, missing=missing,
-        render_url=urls.render(model_name, layer_name, index) if THUMBNAIL_TECHNIQUE not in by_technique else None,
+        render_url=(urls.render(model_name, layer_name, index)
+                    if renders and THUMBNAIL_TECHNIQUE not in by_technique else None),
     )
 
 

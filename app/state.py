@@ -9,7 +9,9 @@ from dataclasses import dataclass, field
 from sqlalchemy import Connection, func, select
 from sqlalchemy.orm import Session
 
+from app.access import Limiter
 from app.catalog import Catalog
+from app.settings import Settings
 from app.jobs import JobQueue
 from app.store import Artifact, Run, Store
 from app.store.blobs import is_valid_key, media_type
@@ -45,6 +47,14 @@ class ServerState:
     _coverage: tuple[tuple[int | None, int], list[ModelCoverage]] | None = None
     _lock: threading.Lock = field(default_factory=threading.Lock)
     _queue: JobQueue | None | bool = False
+    limiter: Limiter = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.limiter = Limiter(self.store.settings.rate_limit)
+
+    @property
+    def settings(self) -> Settings:
+        return self.store.settings
 
     def queue(self) -> JobQueue | None:
         """The job queue the live features write to; None where it cannot be opened (a read-only directory)."""

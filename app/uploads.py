@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import hashlib
 import io
-import os
 import warnings
 from dataclasses import dataclass
 
 from PIL import Image, UnidentifiedImageError
 
 from app.errors import MicroscopeError
+from app.settings import Settings
 
 FORMATS = {"JPEG": "image/jpeg", "PNG": "image/png", "WEBP": "image/webp"}
 
@@ -35,17 +35,14 @@ class Unsupported(BadUpload):
 
 @dataclass(frozen=True)
 class UploadLimits:
-    """``MICROSCOPE_PROBE_MAX_BYTES`` (default 10 MB) and ``MICROSCOPE_PROBE_MAX_PIXELS`` (default 40 MP)."""
+    """The settings' ``probe_max_bytes`` (default 10 MB) and ``probe_max_pixels`` (default 40 MP)."""
 
     max_bytes: int = 10_000_000
     max_pixels: int = 40_000_000
 
     @classmethod
-    def load(cls) -> UploadLimits:
-        return cls(
-            max_bytes=int(os.environ.get("MICROSCOPE_PROBE_MAX_BYTES") or cls.max_bytes),
-            max_pixels=int(os.environ.get("MICROSCOPE_PROBE_MAX_PIXELS") or cls.max_pixels),
-        )
+    def of(cls, settings: Settings) -> UploadLimits:
+        return cls(max_bytes=settings.probe_max_bytes, max_pixels=settings.probe_max_pixels)
 
 
 @dataclass(frozen=True)

@@ -77,3 +77,7 @@ def probe(model_name: str, sha256: str, json: bool = False) -> str:
 
 def probe_status(model_name: str, sha256: str) -> str:
     return f"/models/{quote(model_name)}/probes/{sha256}/status"
+
+
+def login(next_path: str | None = None) -> str:
+    return f"/login?{urlencode({'next': next_path})}" if next_path else "/login"

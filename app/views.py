@@ -17,6 +17,7 @@ from fastapi.responses import FileResponse, RedirectResponse, Response
 from sqlalchemy import Connection
 
 from app import pages, urls
+from app.access import allows
 from app.errors import NotFound
 from app.respond import respond
 from app.search import search
@@ -89,7 +90,8 @@ async def model(request: Request, model: str, state: StateDep, connection: Conne
     """A model's layers in network order, with coverage per technique and a strip of visualizations."""
     queue = state.queue()
     filling = bool(queue is not None and queue.live_workers())
-    page = pages.model_page(state.catalog(connection, model), connection, model, state.coverage(connection), filling)
+    page = pages.model_page(state.catalog(connection, model), connection, model, state.coverage(connection), filling,
+                            probes=allows(state.settings, "probes"))
     return respond(request, page, "model.html", json)
 
 
@@ -127,7 +129,8 @@ async def layer(
     redirect = microscope_link(request, state, connection, model, layer, None, json)
     if redirect is not None:
         return redirect
-    built = pages.layer_page(state.catalog(connection, model), connection, model, layer, page)
+    built = pages.layer_page(state.catalog(connection, model), connection, model, layer, page,
+                             renders=allows(state.settings, "renders"))
     return respond(request, built, "layer.html", json)
 
 
@@ -138,7 +141,8 @@ async def unit(request: Request, model: str, layer: str, unit: int, state: State
     redirect = microscope_link(request, state, connection, model, layer, unit, json)
     if redirect is not None:
         return redirect
-    page = pages.unit_page(state.catalog(connection, model), connection, model, layer, unit)
+    page = pages.unit_page(state.catalog(connection, model), connection, model, layer, unit,
+                           renders=allows(state.settings, "renders"))
     return respond(request, page, "unit.html", json)
 
 

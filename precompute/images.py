@@ -15,7 +15,6 @@ from __future__ import annotations
 import io
 import multiprocessing
 import multiprocessing.context
-import os
 import tarfile
 import warnings
 from collections.abc import Callable, Iterator, Sequence
@@ -263,7 +262,9 @@ def locate_images(folder: Path | None, cache: Path | None = None) -> Path:
         return folder
     if SHARED_IMAGES.is_dir():
         return SHARED_IMAGES
-    mirror = os.environ.get("MICROSCOPE_IMAGES_URL")
+    from app.settings import Settings
+
+    mirror = Settings.load().images_url
     if mirror:
         return fetch_checked(Checksums.named(SAMPLE_CHECKSUMS), mirror, (cache or default_cache()) / "imagenet-sample",
                              DatasetError)

@@ -79,7 +79,7 @@ def run_probe(store: Store, spec: ModelSpec, net: torch.nn.Module, weights_sha25
     """Compute and store the probe of ``data``; False when it was stored already (or by another worker)."""
     if stored(store, spec, sha256):
         return False
-    check_image(data, limits or UploadLimits.load())  # the server checked it; a worker trusts no queue
+    check_image(data, limits or UploadLimits.of(store.settings))  # the server checked it; a worker trusts no queue
     with Image.open(io.BytesIO(data)) as opened:
         opened.load()
         image = opened.convert("RGB")

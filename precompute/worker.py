@@ -38,6 +38,8 @@ log = logging.getLogger("microscope.worker")
 #: Seconds between looks at an empty queue (and between recoveries of dead workers' jobs).
 IDLE_SECONDS = 0.1
 RECOVER_SECONDS = 10.0
+#: How often an idle worker removes probes past their age (MICROSCOPE_PROBE_DAYS).
+EXPIRE_SECONDS = 3600.0
 
 
 @dataclass
@@ -74,6 +76,8 @@ class Worker:
         if recovered:
             log.warning("requeued %d jobs left in flight by workers that are gone", recovered)
         last_recovery = time.monotonic()
+        self.expire_probes()
+        last_expiry = time.monotonic()
         try:
             while not self._stop.is_set():
                 if max_jobs is not None and self.stats.jobs >= max_jobs:
@@ -87,6 +91,9 @@ class Worker:
                 if time.monotonic() - last_recovery > RECOVER_SECONDS:
                     self.queue.recover()
                     last_recovery = time.monotonic()
+                if time.monotonic() - last_expiry > EXPIRE_SECONDS:
+                    self.expire_probes()
+                    last_expiry = time.monotonic()
                 self._stop.wait(IDLE_SECONDS)
         finally:
             self._stop.set()
@@ -104,6 +111,17 @@ class Worker:
             except Exception:  # noqa: BLE001 - a busy queue file must not kill the heartbeat
                 log.exception("heartbeat failed")
         # The final beat is `leave`, in the main thread.
+
+    def expire_probes(self) -> int:
+        """Remove probes older than the settings' ``probe_days`` (their blobs go with the next gc)."""
+        from datetime import UTC, datetime
+
+        from app.store.maintenance import remove_probes
+
+        removed = remove_probes(self.store, self.store.settings.probe_days, datetime.now(UTC).replace(tzinfo=None))
+        if removed:
+            log.info("removed %d probes older than %d days", removed, self.store.settings.probe_days)
+        return removed
 
     # Jobs ---------------------------------------------------------------------------------
 

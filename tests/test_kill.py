@@ -69,7 +69,7 @@ def test_killed_stages_rerun_to_a_clean_runs_store(sample: Path, tiny_weights: P
             process.wait()
         result = microscope(*stage, "--data", str(killed))
         assert result.returncode == 0, (seed, stage, result.stderr)
-    assert microscope("gc", "--data", str(killed)).returncode == 0
+    assert microscope("gc", "--data", str(killed), "--grace", "0").returncode == 0
 
     expected, actual = contents(Settings.load(clean)), contents(Settings.load(killed))
     assert kills >= KILLS, f"seed {seed}: only {kills} kills landed mid-run"

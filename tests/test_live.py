@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import io
-import os
 import shutil
 import subprocess
 import time
@@ -328,11 +329,8 @@ def test_a_layer_can_be_queued_whole_and_the_queue_refuses_a_flood(client: TestC
     answer = client.post(urls.render_layer(MODEL, "res2_conv3_0", json=True))
     assert answer.status_code == 202 and answer.json()["missing"] == 16 and answer.json()["queued"] == 16
     assert JobQueue.for_store(live).pending_count(MODEL) == 2  # 8 units a job
-    os.environ["MICROSCOPE_QUEUE_LIMIT"] = "2"
-    try:
-        full = TestClient(create_app(live)).post(urls.render(MODEL, "res1", 13, json=True))
-    finally:
-        del os.environ["MICROSCOPE_QUEUE_LIMIT"]
+    limited = dataclasses.replace(live, queue_limit=2)
+    full = TestClient(create_app(limited)).post(urls.render(MODEL, "res1", 13, json=True))
     assert full.status_code == 503 and "queue is full" in full.json()["error"]
     assert client.post(urls.render(MODEL, "nolayer", 1)).status_code == 404
 
@@ -367,7 +365,7 @@ def test_a_probe_from_upload_to_result_and_gc(client: TestClient, live: Settings
     assert form.status_code == 303 and form.headers["location"] == urls.probe(MODEL, sha)
     # Probes are the users' data: gc removes them, and their images with them.
     assert microscope("gc", "--data", str(live.data_dir), "--probes-older-than", "1").stdout.startswith("gc: removed 0 probes")
-    assert microscope("gc", "--data", str(live.data_dir), "--probes-older-than", "0").returncode == 0
+    assert microscope("gc", "--data", str(live.data_dir), "--probes-older-than", "0", "--grace", "0").returncode == 0
     assert client.get(urls.probe(MODEL, sha)).status_code == 404
     with Store.open(live, readonly=True) as store, store.session() as session:
         assert session.scalar(select(Probe.id)) is None and session.scalar(select(ProbeUnit.id)) is None
@@ -380,11 +378,8 @@ def test_bad_uploads_through_http_store_nothing(client: TestClient, live: Settin
     assert client.post(urls.probes(MODEL), content=truncated).status_code == 400
     assert client.post(urls.probes(MODEL), content=b"").status_code == 400
     assert client.post(urls.probes("nomodel"), content=truncated).status_code == 404
-    os.environ["MICROSCOPE_PROBE_MAX_BYTES"] = "1000"
-    try:
-        assert client.post(urls.probes(MODEL), content=b"x" * 5000).status_code == 413
-    finally:
-        del os.environ["MICROSCOPE_PROBE_MAX_BYTES"]
+    small = TestClient(create_app(dataclasses.replace(live, probe_max_bytes=1000)))
+    assert small.post(urls.probes(MODEL), content=b"x" * 5000).status_code == 413
     photo = _encoded(Image.new("RGB", (64, 64), "blue"), "PNG")
     flood = [("image", (f"{i}.png", photo, "image/png")) for i in range(5)]
     assert client.post(urls.probe_form(MODEL), files=flood).status_code == 400

@@ -81,7 +81,7 @@ def test_gc_export_and_import_work_against_a_bucket(s3_blobs: str, tiny_settings
     orphan = ObjectBlobs(s3_blobs)
     orphan.put(b"nothing points at me", "png")
     orphan.flush()
-    collected = microscope("--blobs", s3_blobs, "gc", "--data", str(tmp_path / "bucket-store"))
+    collected = microscope("--blobs", s3_blobs, "gc", "--data", str(tmp_path / "bucket-store"), "--grace", "0")
     assert collected.returncode == 0 and collected.stdout.startswith("gc: removed 1 unreferenced blobs"), collected.stdout
     assert contents(in_bucket) == contents(tiny_settings)
 

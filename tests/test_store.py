@@ -144,3 +144,34 @@ def test_a_writer_transaction_runs_on_a_connection_with_the_stores_settings(sett
         with pytest.raises(Exception, match="FOREIGN KEY"), store.transaction() as session:
             session.add(Unit(layer_id=999_999, index=0))
             session.flush()
+
+
+def test_gc_leaves_young_blobs_and_temporary_files_and_refuses_beside_a_live_worker(settings: Settings) -> None:
+    """A blob written but not yet committed, or a write in progress, is younger than the grace period."""
+    import os
+    import time
+
+    from app.jobs import JobQueue
+    from app.store.maintenance import collect_garbage
+    from tests.test_cli import microscope
+
+    with Store.open(settings, create=True) as store:
+        young = store.blobs.put(b"a worker's render, rows not committed yet", "webp")
+        store.blobs.flush()
+        partial = store.blobs.path(young).parent / ".tmp-writing"
+        partial.write_bytes(b"half")
+        assert oct(store.blobs.path(young).stat().st_mode & 0o777) == "0o644"
+        collected = collect_garbage(store, grace_seconds=60)
+        assert collected.blobs_removed == 0 and collected.partial_files_removed == 0
+        assert store.blobs.has(young) and partial.exists()
+        old = time.time() - 120
+        for path in (store.blobs.path(young), partial):
+            os.utime(path, (old, old))
+        collected = collect_garbage(store, grace_seconds=60)
+        assert collected.blobs_removed == 1 and collected.partial_files_removed == 1 and not partial.exists()
+    queue = JobQueue.for_store(settings)
+    queue.beat("filler", "filling")
+    refused = microscope("gc", "--data", str(settings.data_dir))
+    assert refused.returncode == 2 and "worker(s) are running" in refused.stderr
+    queue.leave("filler")
+    assert microscope("gc", "--data", str(settings.data_dir)).returncode == 0

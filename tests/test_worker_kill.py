@@ -82,8 +82,8 @@ def test_a_killed_worker_restarted_completes_every_job_once(tiny_settings: Setti
     assert kill_while(queue, killed, tiny_weights, "render:", rng), "no kill landed mid-render"
     assert kill_while(queue, killed, tiny_weights, "render:", rng), "no kill landed mid-render"
     run_until_idle(killed, tiny_weights)
-    assert microscope("gc", "--data", str(killed.data_dir)).returncode == 0
-    assert microscope("gc", "--data", str(clean.data_dir)).returncode == 0
+    assert microscope("gc", "--data", str(killed.data_dir), "--grace", "0").returncode == 0
+    assert microscope("gc", "--data", str(clean.data_dir), "--grace", "0").returncode == 0
 
     assert queue.pending_count(MODEL) == 0 and not queue.claimed()
     for layer, units in RENDERS:

@@ -24,7 +24,8 @@ import hashlib
 import os
 import re
 import tempfile
-from datetime import timedelta
+import time
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from app.errors import StoreError
@@ -52,11 +53,31 @@ def relative_path(key: str) -> str:
     return f"{key[:2]}/{key[2:4]}/{key}"
 
 
+def _mtime(path: Path) -> float:
+    try:
+        return path.stat().st_mtime
+    except FileNotFoundError:
+        return float("inf")  # gone meanwhile: never old enough to remove
+
+
+def _fsync(path: Path, flags: int) -> None:
+    try:
+        descriptor = os.open(path, flags)
+    except FileNotFoundError:
+        return
+    try:
+        os.fsync(descriptor)
+    finally:
+        os.close(descriptor)
+
+
 class FolderBlobs:
     """Blobs as files under ``root``."""
 
     def __init__(self, root: Path) -> None:
         self.root = root
+        #: Files written since the last `flush` (made durable there, with their folders).
+        self._unsynced: list[Path] = []
 
     @property
     def location(self) -> str:
@@ -89,23 +110,37 @@ class FolderBlobs:
         target.parent.mkdir(parents=True, exist_ok=True)
         with tempfile.NamedTemporaryFile(dir=target.parent, prefix=".tmp-", delete=False) as handle:
             handle.write(data)
+        os.chmod(handle.name, 0o644)  # served by whatever user runs the server, like any static file
         os.replace(handle.name, target)
+        self._unsynced.append(target)
         return key
 
     def flush(self) -> None:
-        """Make every blob written so far durable (one sync instead of one per file)."""
-        os.sync()
+        """Make every blob written since the last flush durable: each file, then each folder's entry.
 
-    def keys(self) -> set[str]:
-        """Every complete blob (temporary files of interrupted writes are not keys)."""
-        return {path.name for path in self.root.glob("*/*/*") if is_valid_key(path.name)}
+        Only this store's files are synced (never the whole host, as ``os.sync`` would).
+        """
+        written, self._unsynced = self._unsynced, []
+        for path in written:
+            _fsync(path, os.O_RDONLY)
+        for folder in {path.parent for path in written}:
+            _fsync(folder, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+
+    def keys(self, older_than: float | None = None) -> set[str]:
+        """Every complete blob (temporary files of interrupted writes are not keys); with ``older_than``,
+        only those last written more than that many seconds ago."""
+        cutoff = time.time() - older_than if older_than is not None else None
+        return {path.name for path in self.root.glob("*/*/*") if is_valid_key(path.name)
+                and (cutoff is None or _mtime(path) < cutoff)}
 
     def remove(self, key: str) -> None:
         self.path(key).unlink(missing_ok=True)
 
-    def remove_partials(self) -> int:
-        """Delete the temporary files of interrupted writes; how many there were."""
-        partial = [path for path in self.root.glob("*/*/.tmp-*")] if self.root.is_dir() else []
+    def remove_partials(self, older_than: float = 0.0) -> int:
+        """Delete the temporary files of interrupted writes older than ``older_than`` seconds (a younger one
+        may be a write in progress); how many there were."""
+        cutoff = time.time() - older_than
+        partial = [path for path in self.root.glob("*/*/.tmp-*") if _mtime(path) < cutoff] if self.root.is_dir() else []
         for path in partial:
             path.unlink(missing_ok=True)
         return len(partial)
@@ -189,13 +224,15 @@ class ObjectBlobs:
 
         await asyncio.gather(*(one(key, data) for key, data in pending.items()))
 
-    def keys(self) -> set[str]:
+    def keys(self, older_than: float | None = None) -> set[str]:
         import obstore
 
+        cutoff = datetime.now(UTC) - timedelta(seconds=older_than) if older_than is not None else None
         found = set()
         for batch in obstore.list(self.store, chunk_size=1000):
-            found.update(name for meta in batch if is_valid_key(name := meta["path"].rsplit("/", 1)[-1]))
-        return found | set(self._pending)
+            found.update(name for meta in batch if is_valid_key(name := meta["path"].rsplit("/", 1)[-1])
+                         and (cutoff is None or meta["last_modified"] < cutoff))
+        return found if cutoff is not None else found | set(self._pending)
 
     def remove(self, key: str) -> None:
         import obstore
@@ -206,7 +243,7 @@ class ObjectBlobs:
         except FileNotFoundError:
             pass
 
-    def remove_partials(self) -> int:
+    def remove_partials(self, older_than: float = 0.0) -> int:  # noqa: ARG002 - nothing to age
         return 0  # an object appears whole when its PUT completes; nothing is left half-written
 
     def signed_url(self, key: str, seconds: int) -> str | None:

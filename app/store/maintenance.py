@@ -32,19 +32,22 @@ class Collected:
     missing: int
 
 
-def collect_garbage(store: Store) -> Collected:
-    """Remove blobs no row points at and half-written temporary files (left by interrupted stages).
+#: Blobs and temporary files younger than this are never removed: a stage or a worker writes its
+#: blobs just before the rows that point at them, and a temporary file may be a write in progress.
+GRACE_SECONDS = 3600.0
 
-    Run it when no precompute stage is writing to the store: a stage writes
-    its blobs just before the rows that point at them.
-    """
-    with store.engine.connect() as connection:
+
+def collect_garbage(store: Store, grace_seconds: float = GRACE_SECONDS) -> Collected:
+    """Remove blobs no row points at and half-written temporary files (left by interrupted stages),
+    leaving alone any written in the last ``grace_seconds`` (they may belong to a run in progress)."""
+    aged = store.blobs.keys(older_than=grace_seconds)  # listed before the rows are read: a blob
+    with store.engine.connect() as connection:        # committed meanwhile is in the rows
         referenced = referenced_keys(connection)
-    partial = store.blobs.remove_partials()
-    stored = store.blobs.keys()
-    for key in stored - referenced:
+    partial = store.blobs.remove_partials(older_than=grace_seconds)
+    for key in aged - referenced:
         store.blobs.remove(key)
-    return Collected(len(stored - referenced), partial, len(referenced - stored))
+    missing = referenced - store.blobs.keys()
+    return Collected(len(aged - referenced), partial, len(missing))
 
 
 def remove_probes(store: Store, older_than_days: float, now: datetime) -> int:

@@ -308,7 +308,9 @@ def _torchvision(entry: Entry, given: Path | None) -> Weights:
 
 
 def mirrored(url: str) -> str:
-    mirror = os.environ.get("MICROSCOPE_WEIGHTS_MIRROR")
+    from app.settings import Settings
+
+    mirror = Settings.load().weights_mirror
     return mirror.rstrip("/") + "/" + url.removeprefix(TORCHVISION) if mirror and url.startswith(TORCHVISION) else url
 
 
