@@ -17,11 +17,6 @@ from importlib import resources
 from app.zoo.registry import entry
 from app.zoo.spec import ClassLabel, LayerSpec, ModelSpec, Pool, WeightsSource
 
-#: The public copy of the weights (raw float32 files), pinned to one commit.
-WEIGHTS_URL = (
-    "https://raw.githubusercontent.com/chaosmail/caffejs/"
-    "424d98682b50dd88d0b8cca401c66855709bd013/models/bvlc_googlenet/"
-)
 
 #: (block, 1x1, 3x3 bottleneck, 3x3, 5x5 bottleneck, 5x5, pool projection)
 BLOCKS: tuple[tuple[str, int, int, int, int, int, int], ...] = (
@@ -162,6 +157,7 @@ def inception5h_classes() -> tuple[ClassLabel, ...]:
 
 
 def inceptionv1_caffe() -> ModelSpec:
+    download = entry("inceptionv1_caffe").download  # the registry pins where its files come from
     return ModelSpec(
         name="inceptionv1_caffe",
         title=entry("inceptionv1_caffe").title,
@@ -171,6 +167,6 @@ def inceptionv1_caffe() -> ModelSpec:
         mean=(104.0, 117.0, 123.0),
         layers=_layers(224),
         classes=imagenet_classes(),
-        weights=WeightsSource(base_url=WEIGHTS_URL, folder="bvlc_googlenet", checksums="bvlc_googlenet.sha256"),
+        weights=WeightsSource(base_url=download.base_url, folder=download.shared, checksums=download.checksums),
         description=entry("inceptionv1_caffe").description,
     )

@@ -70,13 +70,3 @@ class EfficientNetLite0(nn.Module):
         x = self._avg_pooling(nn.functional.relu6(self._bn1(self._conv_head(x))))
         return self._fc(self._dropout(x.flatten(1)))
 
-
-def names() -> dict[str, str]:
-    """Module paths to the layer names pages show: ``_blocks.3._expand_conv`` -> ``blocks_3_expand``."""
-    found = {"_conv_stem": "stem", "_conv_head": "head", "_fc": "fc"}
-    count = sum(stage[3] for stage in STAGES)
-    for index in range(count):
-        found[f"_blocks.{index}"] = f"blocks_{index}"
-        for part in ("expand", "depthwise", "project"):
-            found[f"_blocks.{index}._{part}_conv"] = f"blocks_{index}_{part}"
-    return found
