@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import shutil
 import tempfile
 import urllib.parse
 import urllib.request
@@ -109,21 +108,38 @@ def fetch_checked(checksums: Checksums, base_url: str, folder: Path, error: type
         target = folder / (place(path) if place else path)
         if target.is_file() and file_sha256(target) == digest:
             continue
-        target.parent.mkdir(parents=True, exist_ok=True)
-        url = base_url.rstrip("/") + "/" + urllib.parse.quote(path)
-        with tempfile.NamedTemporaryFile(dir=target.parent, delete=False) as partial:
-            try:
-                with urllib.request.urlopen(url, timeout=60) as response:
-                    shutil.copyfileobj(response, partial)
-            except OSError as failure:
-                Path(partial.name).unlink()
-                raise error(f"could not download {url}: {failure}") from failure
-        actual = file_sha256(Path(partial.name))
-        if actual != digest:
-            Path(partial.name).unlink()
-            raise error(f"{url}: sha256 {actual}, expected {digest}")
-        os.replace(partial.name, target)
+        download_to(base_url.rstrip("/") + "/" + urllib.parse.quote(path), target, error, digest)
     return folder
+
+
+#: No single download may be larger than this (the largest pinned file is a few tens of MB).
+MAX_DOWNLOAD_BYTES = 500_000_000
+
+
+def download_to(url: str, target: Path, error: type[MicroscopeError], sha256: str | None = None,
+                limit: int = MAX_DOWNLOAD_BYTES) -> None:
+    """``url`` into ``target``: read into a temporary file beside it (at most ``limit`` bytes), checked
+    against ``sha256`` where one is pinned, and only then renamed into place (else ``error``, nothing kept)."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.NamedTemporaryFile(dir=target.parent, delete=False) as partial:
+        try:
+            with urllib.request.urlopen(url, timeout=60) as response:
+                copied = 0
+                while block := response.read(1 << 20):
+                    copied += len(block)
+                    if copied > limit:
+                        raise error(f"{url}: larger than {limit:,} bytes, refused")
+                    partial.write(block)
+        except (OSError, MicroscopeError) as failure:
+            Path(partial.name).unlink()
+            if isinstance(failure, MicroscopeError):
+                raise
+            raise error(f"could not download {url}: {failure}") from failure
+    actual = file_sha256(Path(partial.name))
+    if sha256 is not None and actual != sha256:
+        Path(partial.name).unlink()
+        raise error(f"{url}: sha256 {actual}, expected {sha256}")
+    os.replace(partial.name, target)
 
 
 #: Where this repository's CI and a developer checkout find the shared weights.

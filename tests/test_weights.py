@@ -95,3 +95,14 @@ def test_loaded_network_classifies_a_real_image(net, spec: ModelSpec, images_dir
     with torch.no_grad():
         logits = net.logits(image[None])
     assert spec.classes[int(logits.argmax())].name == "goldfish"
+
+
+def test_a_download_past_its_size_cap_is_refused_and_nothing_is_kept(tmp_path: Path) -> None:
+    from precompute.weight_files import download_to
+
+    served = tmp_path / "served"
+    served.mkdir()
+    (served / "big.bin").write_bytes(b"\0" * 5000)
+    with serve_folder(served) as url, pytest.raises(WeightsError, match="larger than 1,000 bytes, refused"):
+        download_to(f"{url}/big.bin", tmp_path / "cache/big.bin", WeightsError, limit=1000)
+    assert not list((tmp_path / "cache").iterdir())

@@ -28,7 +28,14 @@ from precompute.models.nets.inception5h import Inception5h, parameter_names
 from precompute.models.nets.mobilenet import MobileNetV2
 from precompute.models.nets.squeezenet import SqueezeNet
 from precompute.models.traced import load_state_dict, load_tensors
-from precompute.weight_files import SHARED_MODELS, Checksums, default_cache, fetch_checked, file_sha256
+from precompute.weight_files import (
+    SHARED_MODELS,
+    Checksums,
+    default_cache,
+    download_to,
+    fetch_checked,
+    file_sha256,
+)
 
 #: Where torchvision's weight URLs point; a mirror replaces this prefix (``MICROSCOPE_WEIGHTS_MIRROR``).
 TORCHVISION = "https://download.pytorch.org/models/"
@@ -209,35 +216,12 @@ def _from_wheel(entry: Entry) -> Path:
 def _inception5h(entry: Entry, given: Path | None) -> Weights:
     if given is None:
         given = default_cache() / entry.name / "inception5h.zip"
-        if not given.is_file():
-            _download_unpinned(entry.options["urls"][0], given, entry.options["max_bytes"])
+        if not given.is_file():  # no published checksum: capped, and its sha256 recorded in every recipe
+            download_to(entry.options["urls"][0], given, WeightsError, limit=entry.options["max_bytes"])
     if not given.is_file():
         raise WeightsError(f"{given}: no such weights file (inception5h.pth, tensorflow_inception_graph.pb or inception5h.zip)")
     return Weights(given, file_sha256(given),
                    "inceptionv1's weights have no published checksum: recipes record this file's sha256")
-
-
-def _download_unpinned(url: str, target: Path, limit: int) -> None:
-    import shutil
-    import tempfile
-    import urllib.request
-
-    target.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.NamedTemporaryFile(dir=target.parent, delete=False) as partial:
-        try:
-            with urllib.request.urlopen(url, timeout=60) as response:
-                copied = 0
-                while block := response.read(1 << 20):
-                    copied += len(block)
-                    if copied > limit:
-                        raise WeightsError(f"{url}: larger than {limit} bytes, refused")
-                    partial.write(block)
-        except (OSError, WeightsError) as failure:
-            Path(partial.name).unlink()
-            if isinstance(failure, WeightsError):
-                raise
-            raise WeightsError(f"could not download {url}: {failure}") from failure
-    shutil.move(partial.name, target)
 
 
 def _load_inception5h(module: nn.Module, path: Path) -> None:
