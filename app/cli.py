@@ -114,13 +114,16 @@ def export(
     bundle: Annotated[Path, typer.Argument(help="The archive to write (a .tar).")],
     data: DataOption = None,
     database_url: DatabaseOption = None,
+    probes: Annotated[bool, typer.Option(
+        "--probes", help="Include users' probes (their uploaded images' results); left out by default.")] = False,
 ) -> None:
-    """Write the whole store (rows and every blob they point at) as one archive."""
+    """Write the whole store (rows and every blob they point at) as one archive, without users' probes."""
     from app.store.bundle import export_bundle
 
     with Store.open(Settings.load(data, database_url), readonly=True) as store:
-        summary = export_bundle(store, bundle)
-    typer.echo(f"exported {sum(summary.rows.values())} rows and {summary.blobs} blobs to {summary.path}")
+        summary = export_bundle(store, bundle, probes=probes)
+    typer.echo(f"exported {sum(summary.rows.values())} rows and {summary.blobs} blobs to {summary.path}"
+               + ("" if probes else " (users' probes left out: --probes includes them)"))
 
 
 @cli.command("import")

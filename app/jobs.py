@@ -43,6 +43,7 @@ from huey.constants import EmptyData
 
 from app.errors import MicroscopeError
 from app.settings import Settings
+from app.store.schema import new_probe_id
 
 QUEUE_FILE = "queue.sqlite3"
 #: Pending jobs past which requests are refused (``MICROSCOPE_QUEUE_LIMIT``).
@@ -79,8 +80,12 @@ def _render(key: str, model: str, layer: str, units: list[int], technique: str) 
     HANDLERS["render"](model, layer, units, technique)
 
 
-def _probe(key: str, model: str, sha256: str) -> None:
-    HANDLERS["probe"](model, sha256)
+def _probe(key: str, model: str, sha256: str, probe_id: str | None = None) -> None:
+    HANDLERS["probe"](model, sha256, probe_id)  # a job queued before probe ids has none: the worker draws one
+
+
+def _forget(key: str, model: str, probe_id: str) -> None:
+    HANDLERS["forget"](model, probe_id)
 
 
 def queue_location(settings: Settings) -> str:
@@ -144,16 +149,17 @@ class JobQueue:
         self._sizes = _huey(location, "microscope-upload-sizes").storage
         #: Bytes of uploads that may wait at once, all clients together (None: no quota).
         self.upload_quota = upload_quota
-        self._lists: dict[str, tuple[Huey, Any, Any]] = {}
+        self._lists: dict[str, tuple[Huey, Any, Any, Any]] = {}
 
     def jobs(self, model: str) -> Huey:
         """``model``'s own job list (a worker takes only the jobs of the model it runs)."""
         return self._list(model)[0]
 
-    def _list(self, model: str) -> tuple[Huey, Any, Any]:
+    def _list(self, model: str) -> tuple[Huey, Any, Any, Any]:
         if model not in self._lists:
             huey = _huey(self.location, f"microscope-jobs-{model}")
-            self._lists[model] = (huey, huey.task(name="render")(_render), huey.task(name="probe")(_probe))
+            self._lists[model] = (huey, huey.task(name="render")(_render), huey.task(name="probe")(_probe),
+                                  huey.task(name="forget")(_forget))
         return self._lists[model]
 
     @classmethod
@@ -171,6 +177,10 @@ class JobQueue:
     def probe_key(model: str, sha256: str) -> str:
         return f"probe:{model}:{sha256}"
 
+    @staticmethod
+    def forget_key(model: str, probe_id: str) -> str:
+        return f"forget:{model}:{probe_id}"
+
     # The server's side ---------------------------------------------------------------------
 
     def request_render(self, model: str, layer: str, units: list[int], technique: str = "channel",
@@ -181,19 +191,57 @@ class JobQueue:
         self.huey.storage.delete_data(f"failed:{key}")
         return self._submit(key, lambda: render.s(key, model, layer, units, technique, priority=priority), client)
 
-    def request_probe(self, model: str, sha256: str, image: bytes, client: str | None = None) -> JobState:
+    def request_probe(self, model: str, sha256: str, image: bytes, client: str | None = None) -> tuple[str, JobState]:
         """Queue a probe; the image bytes wait in the queue's key-value store until the worker takes them.
+        Returns the probe's id (random; a second upload of the same image while it waits gets the same) and its job.
 
         The bytes are stored only once the job is accepted (the capacity checked); a probe that failed
         answers with its failure (the same image fails the same way).
         """
         key = self.probe_key(model, sha256)
+        storage = self.huey.storage
+        drawn = new_probe_id()
+        storage.put_if_empty(f"probe-id:{key}", drawn.encode())  # the first upload's id wins
+        probe_id = bytes(storage.peek_data(f"probe-id:{key}")).decode()
         state = self.state(key)
         if state.state != "none":
-            return state
+            return probe_id, state
+        storage.put_data(f"probe-of:{probe_id}", key.encode())
         probe = self._list(model)[2]
-        return self._submit(key, lambda: probe.s(key, model, sha256, priority=PAGE), client,
-                            store=lambda: self._keep_upload(sha256, image), unstore=lambda: self.drop_upload(sha256))
+        try:
+            return probe_id, self._submit(key, lambda: probe.s(key, model, sha256, probe_id, priority=PAGE), client,
+                                          store=lambda: self._keep_upload(sha256, image),
+                                          unstore=lambda: self.drop_upload(sha256))
+        except MicroscopeError:
+            self.forget_ids(key)  # refused: nothing of it stays
+            raise
+
+    def probe_of(self, probe_id: str) -> str | None:
+        """The job key of the probe ``probe_id`` while it is not stored (queued, running or failed)."""
+        found = self.huey.storage.peek_data(f"probe-of:{probe_id}")
+        return None if found is EmptyData else bytes(found).decode()
+
+    def forget_ids(self, key: str) -> None:
+        """Drop the id of the probe job ``key`` (once its row holds it, or once it is deleted)."""
+        storage = self.huey.storage
+        found = storage.peek_data(f"probe-id:{key}")
+        if found is not EmptyData:
+            storage.delete_data(f"probe-of:{bytes(found).decode()}")
+        storage.delete_data(f"probe-id:{key}")
+
+    def request_forget(self, model: str, probe_id: str, client: str | None = None) -> JobState:
+        """Delete the probe ``probe_id``: from now on the server answers that it is gone, and a worker
+        deletes its rows, images and upload (the server writes no store)."""
+        self.huey.storage.put_data(f"forgotten:{probe_id}", b"1")
+        forget = self._list(model)[3]
+        key = self.forget_key(model, probe_id)
+        return self._submit(key, lambda: forget.s(key, model, probe_id, priority=PAGE), client)
+
+    def forgotten(self, probe_id: str) -> bool:
+        return self.huey.storage.peek_data(f"forgotten:{probe_id}") is not EmptyData
+
+    def unforget(self, probe_id: str) -> None:
+        self.huey.storage.delete_data(f"forgotten:{probe_id}")
 
     def waiting_upload_bytes(self) -> int:
         return sum(int(bytes(size)) for size in self._sizes.result_items().values())

@@ -8,10 +8,12 @@ until the worker's result is in the store.
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
+import anyio.to_thread
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import RedirectResponse, Response
 from sqlalchemy import Connection, select
@@ -21,7 +23,7 @@ from starlette.formparsers import MultiPartException
 from app import pages, queries, urls
 from app.catalog import Catalog
 from app.errors import MicroscopeError, NotFound
-from app.access import TOKEN_COOKIE, check_origin, check_policy, client_address, guard_probes, guard_renders, token_matches
+from app.access import TOKEN_COOKIE, allows, check_origin, check_policy, client_address, guard_probes, guard_renders, token_matches
 from app.jobs import LAYER, JobQueue, JobState, QueueFull, TooManyJobs
 from app.respond import json_response, respond
 from app.state import ServerState
@@ -202,14 +204,18 @@ class ProbedLayer:
 class ProbePage:
     title: str
     model: str
-    sha256: str
+    #: The probe's id in its URLs (random, not derived from the image).
+    id: str
     url: str
     json_url: str
-    #: ``done``, or the job's state (``queued``, ``running``) while the worker has not finished.
+    #: ``done``, or the job's state (``queued``, ``running``, ``failed``) while the worker has not finished.
     state: str
     message: str
     status_url: str
     poll: int | None
+    #: Where its owner deletes it (a POST from the page's button, or DELETE ``url``); None when probes are off.
+    delete_url: str | None = None
+    sha256: str | None = None
     image_url: str | None = None
     width: int | None = None
     height: int | None = None
@@ -220,16 +226,39 @@ class ProbePage:
     kind: str = "probe"
 
 
-def _probe_page(state: ServerState, connection: Connection, catalog: Catalog, model: str, sha256: str) -> ProbePage:
+class ProbeGone(NotFound):
+    """Its owner deleted it (the worker is removing it, or has)."""
+
+    status_code = 410
+
+
+class ProbeBeingDeleted(MicroscopeError):
+    status_code = 409
+
+
+#: Users' images are nobody else's: no shared cache keeps a probe's page, JSON or pictures.
+PRIVATE = {"Cache-Control": "private, no-store"}
+
+
+def _private(response: Response) -> Response:
+    response.headers.update(PRIVATE)
+    return response
+
+
+def _probe_page(state: ServerState, connection: Connection, catalog: Catalog, model: str, probe_id: str) -> ProbePage:
     entry = catalog.model(model)
-    base = {"model": model, "sha256": sha256, "url": urls.probe(model, sha256), "json_url": urls.probe(model, sha256, True),
-            "status_url": urls.probe_status(model, sha256), "title": f"{model}: probe {sha256[:12]}"}
-    row = _stored(connection, model, sha256)
+    queue = state.queue()
+    if queue is not None and queue.forgotten(probe_id):
+        raise ProbeGone(f"the probe {probe_id} was deleted")
+    base = {"model": model, "id": probe_id, "url": urls.probe(model, probe_id), "json_url": urls.probe(model, probe_id, True),
+            "status_url": urls.probe_status(model, probe_id), "title": f"{model}: probe {probe_id[:8]}",
+            "delete_url": urls.probe_delete(model, probe_id) if allows(state.settings, "probes") else None}
+    row = _stored(connection, model, public_id=probe_id)
     if row is None:
-        queue = state.queue()
-        job = queue.state(JobQueue.probe_key(model, sha256)) if queue is not None else JobState("none")
+        key = queue.probe_of(probe_id) if queue is not None else None
+        job = queue.state(key) if queue is not None and key is not None else JobState("none")
         if job.state == "none":
-            raise NotFound(f"no probe {sha256!r} of {model}: upload the image at {urls.probe_form(model)}")
+            raise NotFound(f"no probe {probe_id!r} of {model}: upload the image at {urls.probe_form(model)}")
         workers = len(queue.live_workers()) if queue is not None else 0
         if job.state == "failed":
             return ProbePage(**base, state="failed", message=f"The probe failed: {job.message}", poll=None)
@@ -249,19 +278,23 @@ def _probe_page(state: ServerState, connection: Connection, catalog: Catalog, mo
     by_layer: dict[str, list[ProbedUnit]] = {}
     for unit_id, rank, activation, y, x, key in rows:
         ref = pages._ref(catalog, unit_id, pictures)
-        by_layer.setdefault(ref.layer, []).append(ProbedUnit(ref, rank, activation, y, x, urls.blob(key)))
+        heatmap = urls.probe_image(model, probe_id, key)
+        by_layer.setdefault(ref.layer, []).append(ProbedUnit(ref, rank, activation, y, x, heatmap))
     layers = [ProbedLayer(layer.name, urls.layer(model, layer.name), sorted(by_layer[layer.name], key=lambda u: u.rank))
               for layer in entry.layers if layer.name in by_layer]
-    return ProbePage(**base, state="done", message="done", poll=None, image_url=urls.blob(probe.image_key),
-                     width=probe.width, height=probe.height, created_at=probe.created_at, classes=classes,
-                     layers=layers, recipe=probe.recipe)
+    return ProbePage(**base, state="done", message="done", poll=None, sha256=probe.sha256,
+                     image_url=urls.probe_image(model, probe_id, probe.image_key), width=probe.width,
+                     height=probe.height, created_at=probe.created_at, classes=classes, layers=layers,
+                     recipe=probe.recipe)
 
 
-def _stored(connection: Connection, model: str, sha256: str) -> Any:
-    """The stored probe's row, or None."""
+def _stored(connection: Connection, model: str, *, sha256: str | None = None, public_id: str | None = None) -> Any:
+    """The stored probe's row (by the image's digest, or by its id), or None."""
+    found = Probe.sha256 == sha256 if sha256 is not None else Probe.public_id == public_id
     return connection.execute(
-        select(Probe.id, Probe.image_key, Probe.width, Probe.height, Probe.created_at, Probe.classes, Probe.recipe)
-        .join(Model, Probe.model_id == Model.id).where(Model.name == model, Probe.sha256 == sha256)
+        select(Probe.id, Probe.public_id, Probe.sha256, Probe.image_key, Probe.width, Probe.height, Probe.created_at,
+               Probe.classes, Probe.recipe)
+        .join(Model, Probe.model_id == Model.id).where(Model.name == model, found)
     ).first()
 
 
@@ -298,13 +331,30 @@ async def _body(request: Request, limit: int) -> bytes:
     return bytes(body)
 
 
-def _submit(state: ServerState, connection: Connection, model: str, data: bytes,
-            client: str) -> tuple[str, JobState | None]:
-    """Check an upload and queue its probe unless it is stored: its digest, and its job (None when stored)."""
-    checked = check_image(data, UploadLimits.of(state.store.settings))
-    if _stored(connection, model, checked.sha256) is not None:
-        return checked.sha256, None
-    return checked.sha256, _require_queue(state).request_probe(model, checked.sha256, data, client=client)
+def _submit(state: ServerState, model: str, data: bytes, client: str) -> tuple[str, JobState | None]:
+    """Queue an upload's probe unless it is stored or waits already: its id, and its job (None when stored).
+
+    Runs in a worker thread (hashing and decoding a 10 MB image would stall every other request):
+    an image probed before is answered from its digest, without decoding it again.
+    """
+    queue = _require_queue(state)
+    sha256 = hashlib.sha256(data).hexdigest()
+    with state.engine.connect() as connection:
+        state.catalog(connection, model).model(model)
+        row = _stored(connection, model, sha256=sha256)
+    if row is not None:
+        if queue.forgotten(row.public_id):
+            raise ProbeBeingDeleted("this image's earlier probe is being deleted: upload it again in a moment")
+        return row.public_id, None
+    key = JobQueue.probe_key(model, sha256)
+    if queue.state(key).state == "none":
+        check_image(data, UploadLimits.of(state.store.settings))  # a new image: decoded once, here
+    return queue.request_probe(model, sha256, data, client=client)
+
+
+async def _submit_off_loop(request: Request, state: ServerState, model: str, data: bytes) -> tuple[str, JobState | None]:
+    client = client_address(request, state.settings)
+    return await anyio.to_thread.run_sync(_submit, state, model, data, client, limiter=state.upload_checks)
 
 
 @router.post("/models/{model}/probe", name="probe_upload", include_in_schema=False,
@@ -321,29 +371,29 @@ async def probe_upload(request: Request, model: str, state: StateDep) -> Respons
     if not isinstance(upload, UploadFile):
         raise BadUpload("the form has no image file (field 'image')")
     data = await upload.read()
-    with state.engine.connect() as connection:
-        state.catalog(connection, model).model(model)
-        sha256, _ = _submit(state, connection, model, data, client_address(request, state.settings))
-    return RedirectResponse(urls.probe(model, sha256), status_code=303)
+    probe_id, _ = await _submit_off_loop(request, state, model, data)
+    return RedirectResponse(urls.probe(model, probe_id), status_code=303)
 
 
 @router.post("/models/{model}/probes", name="probe_api", status_code=202, dependencies=[Depends(guard_probes)], responses={
     200: {"description": "Probed already: the stored result's id and URLs"},
+    409: {"description": "The same image's earlier probe is being deleted"},
     411: {"description": "No Content-Length"}, 413: {"description": "Over the byte or pixel limit"},
     415: {"description": "Not a JPEG, PNG or WebP image"}, 503: {"description": "Queue full, or no queue"},
 }, openapi_extra={"requestBody": {"required": True, "content": {
     media: {"schema": {"type": "string", "format": "binary"}} for media in ("image/jpeg", "image/png", "image/webp")
 }}})
 async def probe_api(request: Request, model: str, state: StateDep) -> Response:
-    """Probe an image: POST its bytes (JPEG, PNG or WebP); the answer names the probe and where its result is."""
+    """Probe an image: POST its bytes (JPEG, PNG or WebP); the answer names the probe and where its result is.
+
+    The probe's id is random: keep its URL (whoever holds it sees the result, and may DELETE it).
+    """
     limits = UploadLimits.of(state.store.settings)
     data = await _body(request, limits.max_bytes)
-    with state.engine.connect() as connection:
-        state.catalog(connection, model).model(model)
-        sha256, job = _submit(state, connection, model, data, client_address(request, state.settings))
-    answer = {"id": sha256, "url": urls.probe(model, sha256), "json_url": urls.probe(model, sha256, True),
+    probe_id, job = await _submit_off_loop(request, state, model, data)
+    answer = {"id": probe_id, "url": urls.probe(model, probe_id), "json_url": urls.probe(model, probe_id, True),
               "state": "done" if job is None else job.state, "position": job.position if job else None}
-    return json_response(answer, 200 if job is None else 202)
+    return _private(json_response(answer, 200 if job is None else 202))
 
 
 @router.api_route("/models/{model}/probes", methods=["GET", "PUT", "PATCH", "DELETE", "OPTIONS"],
@@ -355,21 +405,63 @@ def probes_other_methods(request: Request, model: str) -> Response:
                          {"Allow": "POST"})
 
 
-@twin("/models/{model}/probes/{sha256}", "probe", on=router)
-def probe(request: Request, model: str, sha256: str, state: StateDep, connection: ConnectionDep,
+@twin("/models/{model}/probes/{probe_id}", "probe", on=router)
+def probe(request: Request, model: str, probe_id: str, state: StateDep, connection: ConnectionDep,
           json: bool) -> Response:
     """A probe's result: the image, its top classes, each main layer's top units with heatmaps."""
     catalog = state.catalog(connection, model)
-    return respond(request, _probe_page(state, connection, catalog, model, sha256), "probe.html", json)
+    return _private(respond(request, _probe_page(state, connection, catalog, model, probe_id), "probe.html", json))
 
 
-@router.get("/models/{model}/probes/{sha256}/status", name="probe_status", include_in_schema=False)
-def probe_status(request: Request, model: str, sha256: str, state: StateDep, connection: ConnectionDep) -> Response:
+@router.get("/models/{model}/probes/{probe_id}/status", name="probe_status", include_in_schema=False)
+def probe_status(request: Request, model: str, probe_id: str, state: StateDep, connection: ConnectionDep) -> Response:
     """Polled by a waiting probe page: the page reloads itself (htmx) once the result is stored."""
-    page = _probe_page(state, connection, state.catalog(connection, model), model, sha256)
+    page = _probe_page(state, connection, state.catalog(connection, model), model, probe_id)
     if page.state == "done":
-        return Response(status_code=200, headers={"HX-Refresh": "true"})
-    return respond(request, page, "_probe_status.html", json=False)
+        return Response(status_code=200, headers={"HX-Refresh": "true", **PRIVATE})
+    return _private(respond(request, page, "_probe_status.html", json=False))
+
+
+@router.get("/models/{model}/probes/{probe_id}/images/{key}", name="probe_image", include_in_schema=False)
+def probe_image(model: str, probe_id: str, key: str, state: StateDep, connection: ConnectionDep) -> Response:
+    """One of a probe's pictures, to whoever holds the probe's URL: never cached by others, never a redirect."""
+    page_row = _stored(connection, model, public_id=probe_id)
+    queue = state.queue()
+    if page_row is None or (queue is not None and queue.forgotten(probe_id)):
+        raise NotFound(f"no probe {probe_id!r} of {model}")
+    mine = key == page_row.image_key or connection.scalar(
+        select(ProbeUnit.id).where(ProbeUnit.probe_id == page_row.id, ProbeUnit.heatmap_key == key).limit(1)) is not None
+    if not mine or not state.blobs.has_key(key):
+        raise NotFound(f"the probe {probe_id} has no image {key!r}")
+    return Response(state.blobs.get(key), media_type=state.media_type(key), headers=PRIVATE)
+
+
+def _forget(state: ServerState, request: Request, model: str, probe_id: str) -> None:
+    queue = _require_queue(state)
+    with state.engine.connect() as connection:
+        state.catalog(connection, model).model(model)
+        stored = _stored(connection, model, public_id=probe_id) is not None
+    if not stored and queue.probe_of(probe_id) is None:
+        raise NotFound(f"no probe {probe_id!r} of {model}")
+    queue.request_forget(model, probe_id, client=client_address(request, state.settings))
+
+
+@router.delete("/models/{model}/probes/{probe_id}", name="probe_forget", status_code=202,
+               dependencies=[Depends(guard_probes)], responses={
+                   202: {"description": "Deleted for everyone from now on; a worker removes its rows and images"},
+                   404: {"description": "No such probe"}})
+def probe_forget(request: Request, model: str, probe_id: str, state: StateDep) -> Response:
+    """Delete a probe: whoever holds its URL may (an id is its owner's secret). Its image goes too."""
+    _forget(state, request, model, probe_id)
+    return _private(json_response({"id": probe_id, "state": "deleted"}, 202))
+
+
+@router.post("/models/{model}/probes/{probe_id}/delete", name="probe_delete", include_in_schema=False,
+             dependencies=[Depends(guard_probes)])
+def probe_delete(request: Request, model: str, probe_id: str, state: StateDep) -> Response:
+    """The probe page's Delete button: on to the probe form."""
+    _forget(state, request, model, probe_id)
+    return RedirectResponse(urls.probe_form(model), status_code=303)
 
 
 

@@ -6,6 +6,7 @@ import logging
 import threading
 from dataclasses import dataclass, field
 
+import anyio
 from sqlalchemy import Connection, func, select
 from sqlalchemy.orm import Session
 
@@ -38,6 +39,10 @@ class BlobReader:
         return self.store.blobs.signed_url(key, seconds) if self.store.settings.blobs_redirect else None
 
 
+#: Uploads checked at once; more wait their turn (a decoded 40 MP image is 120 MB of pixels).
+UPLOAD_CHECKS = 4
+
+
 @dataclass
 class ServerState:
     """Built once by `create_app`; shared by every request."""
@@ -48,9 +53,12 @@ class ServerState:
     _lock: threading.Lock = field(default_factory=threading.Lock)
     _queue: JobQueue | None | bool = False
     limiter: Limiter = field(init=False)
+    #: Uploads hashed and decoded at once, off the event loop (each holds a thread and up to a decoded image).
+    upload_checks: anyio.CapacityLimiter = field(init=False)
 
     def __post_init__(self) -> None:
         self.limiter = Limiter(self.store.settings.rate_limit)
+        self.upload_checks = anyio.CapacityLimiter(UPLOAD_CHECKS)
 
     @property
     def settings(self) -> Settings:

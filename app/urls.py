@@ -71,12 +71,23 @@ def probes(model_name: str) -> str:
     return f"/models/{quote(model_name)}/probes"
 
 
-def probe(model_name: str, sha256: str, json: bool = False) -> str:
-    return f"/models/{quote(model_name)}/probes/{sha256}{_suffix(json)}"
+def probe(model_name: str, probe_id: str, json: bool = False) -> str:
+    """A probe's result (GET), or DELETE it: ``probe_id`` is random, not the image's digest."""
+    return f"/models/{quote(model_name)}/probes/{probe_id}{_suffix(json)}"
 
 
-def probe_status(model_name: str, sha256: str) -> str:
-    return f"/models/{quote(model_name)}/probes/{sha256}/status"
+def probe_status(model_name: str, probe_id: str) -> str:
+    return f"/models/{quote(model_name)}/probes/{probe_id}/status"
+
+
+def probe_delete(model_name: str, probe_id: str) -> str:
+    """POST (the page's button) to delete a probe; the API's DELETE goes to `probe`'s URL."""
+    return f"/models/{quote(model_name)}/probes/{probe_id}/delete"
+
+
+def probe_image(model_name: str, probe_id: str, key: str) -> str:
+    """One of a probe's images (what the network saw, or a heatmap), served private: never from /blobs."""
+    return f"/models/{quote(model_name)}/probes/{probe_id}/images/{key}"
 
 
 def login(next_path: str | None = None) -> str:

@@ -22,6 +22,7 @@ from app.errors import NotFound
 from app.respond import respond
 from app.search import search
 from app.state import ServerState
+from app.store.maintenance import probe_blob
 
 router = APIRouter()
 
@@ -200,6 +201,9 @@ def blob(key: str, request: Request, state: StateDep) -> Response:
     """
     if not state.blobs.has_key(key):
         raise NotFound(f"no blob {key!r}")
+    with state.engine.connect() as connection:
+        if probe_blob(connection, key):  # a user's image: only under its probe's (secret) URL
+            raise NotFound(f"no blob {key!r}")
     etag = f'"{key.split(".")[0]}"'
     headers = {"Cache-Control": "public, max-age=31536000, immutable", "ETag": etag}
     if request.headers.get("if-none-match") == etag:

@@ -21,6 +21,7 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 
 from app.store import Probe, ProbeUnit, Store
+from app.store.schema import new_probe_id
 from app.uploads import UploadLimits, check_image
 from app.zoo import LayerSpec, ModelSpec
 from precompute.examples import PREPROCESSING, input_transform
@@ -75,8 +76,9 @@ def heatmaps(maps: torch.Tensor, layer: LayerSpec, input_size: int, side: int = 
 
 
 def run_probe(store: Store, spec: ModelSpec, net: torch.nn.Module, weights_sha256: str, sha256: str, data: bytes,
-              device: torch.device, limits: UploadLimits | None = None) -> bool:
-    """Compute and store the probe of ``data``; False when it was stored already (or by another worker)."""
+              device: torch.device, limits: UploadLimits | None = None, public_id: str | None = None) -> bool:
+    """Compute and store the probe of ``data`` under ``public_id`` (drawn here when None, as for a job queued
+    before probes had ids); False when it was stored already (or by another worker)."""
     if stored(store, spec, sha256):
         return False
     check_image(data, limits or UploadLimits.of(store.settings))  # the server checked it; a worker trusts no queue
@@ -101,7 +103,7 @@ def run_probe(store: Store, spec: ModelSpec, net: torch.nn.Module, weights_sha25
         "top_classes": TOP_CLASSES, "heatmap": "activation / the unit's maximum on this image, at position centres",
         "heatmap_side": HEATMAP_SIDE,
     }
-    probe = Probe(sha256=sha256, image_key=image_key, width=image.width, height=image.height, classes=classes,
+    probe = Probe(sha256=sha256, public_id=public_id or new_probe_id(), image_key=image_key, width=image.width, height=image.height, classes=classes,
                   recipe=recipe, created_at=datetime.now(UTC).replace(tzinfo=None))
     return _write(store, spec, probe, units, [layer.name for layer in main])
 

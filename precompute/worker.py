@@ -28,6 +28,8 @@ import torch
 from app.errors import MicroscopeError
 from app.jobs import HANDLERS, HEARTBEAT_SECONDS, MAX_ATTEMPTS, JobQueue
 from app.store import Store
+from app.store.maintenance import delete_probe
+from app.store.schema import new_probe_id
 from app.zoo import LayerSpec, ModelSpec
 from precompute.probe import run_probe
 from precompute.recipes import ON_DEMAND, Defaults
@@ -131,7 +133,7 @@ class Worker:
         if taken is None:
             return False
         key, task = taken
-        HANDLERS.update(render=self.render, probe=self.probe)  # this worker's (a process may hold several)
+        HANDLERS.update(render=self.render, probe=self.probe, forget=self.forget)  # this worker's (a process may hold several)
         previous, self.doing = self.doing, key
         self._serving = True
         finished = True
@@ -168,12 +170,36 @@ class Worker:
         config = on_demand_config(spec.layer(layer), units, technique, self.defaults, batch=len(units))
         run_vis(self.store, spec, self.net, self.weights_sha256, config, self.device, progress=False)
 
-    def probe(self, model: str, sha256: str) -> None:
+    def probe(self, model: str, sha256: str, probe_id: str | None) -> None:
         spec = self._spec(model)
+        key = JobQueue.probe_key(model, sha256)
+        if probe_id is not None and self.queue.forgotten(probe_id):
+            self._forgotten(key, probe_id)  # deleted by its owner while it waited
+            return
         data = self.queue.upload(sha256)
         if data is None:
             raise MicroscopeError("its image is no longer in the queue: upload it again")
-        run_probe(self.store, spec, self.net, self.weights_sha256, sha256, data, self.device)
+        probe_id = probe_id or new_probe_id()
+        run_probe(self.store, spec, self.net, self.weights_sha256, sha256, data, self.device, public_id=probe_id)
+        if self.queue.forgotten(probe_id):  # deleted while it ran (a forget job on another worker found no row)
+            delete_probe(self.store, probe_id)
+            self._forgotten(key, probe_id)
+        self.queue.forget_ids(key)  # the row holds the id now
+
+    def forget(self, model: str, probe_id: str) -> None:
+        """Delete a probe its owner asked to delete: its rows and images, or its upload if it still waits."""
+        self._spec(model)
+        delete_probe(self.store, probe_id)
+        key = self.queue.probe_of(probe_id)
+        if key is None or self.queue.state(key).state not in ("queued", "running"):
+            self._forgotten(key, probe_id)
+        # else the probe's own job finds the mark and does nothing, then clears it
+
+    def _forgotten(self, key: str | None, probe_id: str) -> None:
+        if key is not None:
+            self.queue.drop_upload(key.rsplit(":", 1)[1])
+            self.queue.forget_ids(key)
+        self.queue.unforget(probe_id)
 
     def _spec(self, model: str) -> ModelSpec:
         if model != self.spec.name:

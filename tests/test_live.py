@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 
 import io
 import shutil
@@ -156,7 +157,7 @@ def test_a_failing_job_is_retried_a_bounded_number_of_times_then_recorded_failed
     queue = JobQueue(location)
     runs = []
 
-    def crash(model: str, sha256: str) -> None:
+    def crash(model: str, sha256: str, probe_id: str | None) -> None:
         runs.append(sha256)
         raise RuntimeError("disk on fire")
 
@@ -172,7 +173,7 @@ def test_a_failing_job_is_retried_a_bounded_number_of_times_then_recorded_failed
     failed = queue.state(key)
     assert failed.state == "failed" and "disk on fire" in failed.message and f"{MAX_ATTEMPTS} times" in failed.message
     assert _uploads(queue) == []  # failed for good: its bytes are gone
-    assert queue.request_probe(MODEL, "b" * 64, b"image bytes").state == "failed"  # the same image fails the same way
+    assert queue.request_probe(MODEL, "b" * 64, b"image bytes")[1].state == "failed"  # the same image fails the same way
     assert _uploads(queue) == []
 
 
@@ -341,6 +342,8 @@ def test_a_probe_from_upload_to_result_and_gc(client: TestClient, live: Settings
     answer = client.post(urls.probes(MODEL), content=photo, headers={"content-type": "image/jpeg"})
     assert answer.status_code == 202 and answer.json()["state"] == "queued"
     sha = answer.json()["id"]
+    assert sha != hashlib.sha256(photo).hexdigest() and len(sha) == 22  # random: nobody finds it from the image
+    assert client.post(urls.probes(MODEL), content=photo).json()["id"] == sha  # waiting already: the same probe
     waiting = client.get(urls.probe(MODEL, sha))
     assert waiting.status_code == 200 and "No worker is running" in waiting.text and "hx-trigger" in waiting.text
     refused = client.post(urls.probes(MODEL), content=b"GIF89a", headers={"content-type": "image/gif"})
@@ -356,6 +359,13 @@ def test_a_probe_from_upload_to_result_and_gc(client: TestClient, live: Settings
     assert [unit["activation"] for unit in top] == sorted((unit["activation"] for unit in top), reverse=True)
     heat = client.get(top[0]["heatmap_url"])
     assert heat.status_code == 200 and Image.open(io.BytesIO(heat.content)).mode == "RGBA"
+    # Users' images: private to the probe's URL, never cached by others, not served from /blobs.
+    for url in (urls.probe(MODEL, sha), urls.probe(MODEL, sha, True), result["image_url"], top[0]["heatmap_url"]):
+        assert client.get(url).headers["cache-control"] == "private, no-store", url
+    for url in (result["image_url"], top[0]["heatmap_url"]):
+        assert client.get(urls.blob(url.split("/")[-1])).status_code == 404
+    other = urls.probe_image(MODEL, sha, "0" * 64 + ".png")
+    assert client.get(other).status_code == 404
     page = client.get(urls.probe(MODEL, sha))
     assert page.text.count('class="heat-toggle"') == 8 * len(result["layers"]) and result["classes"][0]["label"] in page.text
     # The same image again: the stored result at once, from the API and from the form.
@@ -370,6 +380,41 @@ def test_a_probe_from_upload_to_result_and_gc(client: TestClient, live: Settings
     with Store.open(live, readonly=True) as store, store.session() as session:
         assert session.scalar(select(Probe.id)) is None and session.scalar(select(ProbeUnit.id)) is None
         assert not store.blobs.has(top[0]["heatmap_url"].split("/")[-1])
+
+
+def test_the_owner_deletes_a_probe_and_its_images(client: TestClient, live: Settings, spec: ModelSpec, net,  # noqa: ANN001
+                                                 tiny_images: Path) -> None:
+    photo = jpeg(tiny_images, 5)
+    probe_id = client.post(urls.probes(MODEL), content=photo).json()["id"]
+    with Store.open(live) as store:
+        worker(store, live, spec, net).run(until_idle=True)
+    result = client.get(urls.probe(MODEL, probe_id, json=True)).json()
+    keys = [result["image_url"].split("/")[-1]] + [u["heatmap_url"].split("/")[-1] for l in result["layers"] for u in l["units"]]
+    assert result["delete_url"] and 'action="' + result["delete_url"] in client.get(urls.probe(MODEL, probe_id)).text
+    assert client.delete(urls.probe(MODEL, "no-such-probe")).status_code == 404
+    assert client.delete(urls.probe(MODEL, probe_id), headers={"origin": "https://elsewhere.example"}).status_code == 403
+    gone = client.delete(urls.probe(MODEL, probe_id))
+    assert gone.status_code == 202 and gone.json()["state"] == "deleted"
+    assert client.get(urls.probe(MODEL, probe_id)).status_code == 410  # gone for everyone at once
+    assert client.get(result["image_url"]).status_code == 404
+    assert client.post(urls.probes(MODEL), content=photo).status_code == 409  # until the worker has removed it
+    with Store.open(live) as store:
+        worker(store, live, spec, net).run(until_idle=True)
+        with store.session() as session:
+            assert session.scalar(select(Probe.id).where(Probe.public_id == probe_id)) is None
+        assert not any(store.blobs.has(key) for key in keys)
+    assert client.get(urls.probe(MODEL, probe_id)).status_code == 404
+    again = client.post(urls.probe_form(MODEL), files={"image": ("p.jpg", photo, "image/jpeg")})
+    fresh = again.headers["location"].rsplit("/", 1)[1]
+    assert again.status_code == 303 and fresh != probe_id  # probed anew, under a new id
+    # Deleted while it waits: the worker never computes it, and its upload goes.
+    assert client.post(urls.probe_delete(MODEL, fresh)).status_code == 303
+    with Store.open(live) as store:
+        worker(store, live, spec, net).run(until_idle=True)
+        with store.session() as session:
+            assert session.scalar(select(Probe.id).where(Probe.sha256 == hashlib.sha256(photo).hexdigest())) is None
+    assert _uploads(JobQueue.for_store(live)) == []
+    assert client.get(urls.probe(MODEL, fresh)).status_code == 404
 
 
 def test_bad_uploads_through_http_store_nothing(client: TestClient, live: Settings) -> None:

@@ -132,6 +132,32 @@ def test_a_schema_3_store_of_the_bvlc_network_calls_it_inceptionv1_caffe(setting
         assert session.get(Meta, "schema_version").value == str(SCHEMA_VERSION)
 
 
+def test_a_schema_4_stores_probes_get_random_public_ids(settings: Settings, spec: ModelSpec) -> None:
+    """Before schema 5 a probe's URL was its image's digest: the upgrade draws each one a random id."""
+    from datetime import datetime
+
+    from sqlalchemy import text
+
+    from app.store.schema import Model, Probe
+
+    with Store.open(settings, create=True) as store:
+        catalog(store, spec)
+        with store.transaction() as session:
+            model_id = session.scalar(select(Model.id))
+            for sha in ("a" * 64, "b" * 64):
+                session.add(Probe(model_id=model_id, sha256=sha, image_key="k", width=1, height=1, classes=[], recipe={},
+                                  created_at=datetime(2026, 1, 1)))
+        with store.transaction() as session:  # as a store written before probes had ids
+            session.execute(text("DROP INDEX ix_probes_public_id"))
+            session.execute(text("ALTER TABLE probes DROP COLUMN public_id"))
+            session.execute(update(Meta).where(Meta.key == "schema_version").values(value="4"))
+    with Store.open(settings) as store, store.session() as session:
+        ids = session.scalars(select(Probe.public_id)).all()
+        assert len(ids) == len(set(ids)) == 2 and all(len(i) == 22 and i not in ("a" * 64, "b" * 64) for i in ids)
+        indexes = {row[1] for row in session.execute(text("PRAGMA index_list(probes)"))}
+        assert {"ix_probes_public_id", "ix_probes_image_key"} <= indexes
+
+
 def test_a_writer_transaction_runs_on_a_connection_with_the_stores_settings(settings: Settings) -> None:
     """The very connection a transaction uses: foreign keys on, a 30 s busy timeout, write-ahead logging."""
     with Store.open(settings, create=True) as store:

@@ -15,7 +15,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from app.errors import StoreError, StoreMissing
 from app.settings import Settings
 from app.store.blobs import open_blobs
-from app.store.schema import ADDITIVE_SINCE, SCHEMA_VERSION, Base, Layer, Meta, Model
+from app.store.schema import ADDITIVE_SINCE, SCHEMA_VERSION, Base, Layer, Meta, Model, Probe, new_probe_id
 
 
 #: How long a SQLite writer waits for another's lock before "database is locked" (Python's default is 5 s).
@@ -146,8 +146,13 @@ def _upgrade(engine: Engine, version: int) -> int:
                 if column.name not in present:
                     kind = column.type.compile(dialect=engine.dialect)
                     connection.execute(text(f'ALTER TABLE {table.name} ADD COLUMN "{column.name}" {kind}'))
+        for table in Base.metadata.sorted_tables:  # create_all makes the indexes of new tables only
+            for index in table.indexes:
+                index.create(connection, checkfirst=True)
         if version < 4:
             _rename_caffe_inception(session)
+        if version < 5:
+            _name_probes(session)
         session.get(Meta, "schema_version").value = str(SCHEMA_VERSION)
     return SCHEMA_VERSION
 
@@ -164,6 +169,12 @@ def _rename_caffe_inception(session: Session) -> None:
     mixed4a = session.scalar(select(Layer.channels).where(Layer.model_id == model.id, Layer.name == "mixed4a"))
     if mixed4a == 512:
         model.name = "inceptionv1_caffe"
+
+
+def _name_probes(session: Session) -> None:
+    """Schema 5: give every probe stored before it a random public id (its URL was its image's digest)."""
+    for probe in session.scalars(select(Probe).where(Probe.public_id.is_(None))):
+        probe.public_id = new_probe_id()
 
 
 def _schema_version(engine: Engine) -> int | None:

@@ -18,9 +18,10 @@ BLOB_COLUMNS = (
 )
 
 
-def referenced_keys(connection: Connection) -> set[str]:
+def referenced_keys(connection: Connection, probes: bool = True) -> set[str]:
+    """Every blob key a row points at (without users' probes' unless ``probes``)."""
     keys: set[str] = set()
-    for column in BLOB_COLUMNS:
+    for column in BLOB_COLUMNS if probes else [c for c in BLOB_COLUMNS if c.class_ not in (Probe, ProbeUnit)]:
         keys.update(key for (key,) in connection.execute(select(column).distinct()) if key)
     return keys
 
@@ -57,3 +58,25 @@ def remove_probes(store: Store, older_than_days: float, now: datetime) -> int:
         old = select(Probe.id).where(Probe.created_at < cutoff)
         session.execute(delete(ProbeUnit).where(ProbeUnit.probe_id.in_(old)))
         return session.execute(delete(Probe).where(Probe.created_at < cutoff)).rowcount
+
+
+def delete_probe(store: Store, public_id: str) -> bool:
+    """Delete one probe (its owner asked): its rows, then its images that no other row points at."""
+    with store.transaction() as session:
+        probe = session.scalar(select(Probe).where(Probe.public_id == public_id))
+        if probe is None:
+            return False
+        keys = {probe.image_key, *session.scalars(select(ProbeUnit.heatmap_key).where(ProbeUnit.probe_id == probe.id))}
+        session.execute(delete(ProbeUnit).where(ProbeUnit.probe_id == probe.id))
+        session.delete(probe)
+    with store.engine.connect() as connection:
+        still = {key for column in BLOB_COLUMNS for key in connection.scalars(select(column).where(column.in_(keys)))}
+    for key in keys - still:
+        store.blobs.remove(key)
+    return True
+
+
+def probe_blob(connection: Connection, key: str) -> bool:
+    """Whether ``key`` is a probe's image or heatmap (users' images: served only under the probe's own URL)."""
+    return (connection.scalar(select(Probe.id).where(Probe.image_key == key).limit(1)) is not None
+            or connection.scalar(select(ProbeUnit.id).where(ProbeUnit.heatmap_key == key).limit(1)) is not None)

@@ -8,6 +8,7 @@ and every run records its recipe, so any image can be reproduced.
 
 from __future__ import annotations
 
+import secrets
 from datetime import datetime
 from typing import Any
 
@@ -18,8 +19,9 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 #: added the probe tables, version 3 the layers' ``field_offset`` (a store of version 1 or 2 is
 #: upgraded in place when opened for writing; the catalog stage fills the new column), version 4
 #: renamed the BVLC GoogLeNet from ``inceptionv1`` to ``inceptionv1_caffe`` (issue 19: ``inceptionv1``
-#: is OpenAI Microscope's network, TensorFlow's inception5h).
-SCHEMA_VERSION = 4
+#: is OpenAI Microscope's network, TensorFlow's inception5h), version 5 gave probes a random
+#: ``public_id`` for their URLs (issue 20: a URL made of the image's digest can be derived from the image).
+SCHEMA_VERSION = 5
 #: Versions a writable open upgrades by creating the tables and nullable columns added since.
 ADDITIVE_SINCE = 1
 
@@ -205,6 +207,11 @@ class Edge(Base):
     run_id: Mapped[int] = mapped_column(ForeignKey("runs.id"))
 
 
+def new_probe_id() -> str:
+    """A probe's id in URLs: 128 random bits, URL-safe (22 characters)."""
+    return secrets.token_urlsafe(16)
+
+
 class Probe(Base):
     """A user's image run through a model once: its top classes (its units are `ProbeUnit` rows).
 
@@ -213,12 +220,16 @@ class Probe(Base):
     """
 
     __tablename__ = "probes"
-    __table_args__ = (UniqueConstraint("model_id", "sha256"),)
+    __table_args__ = (UniqueConstraint("model_id", "sha256"), Index("ix_probes_public_id", "public_id", unique=True),
+                      Index("ix_probes_image_key", "image_key"))
 
     id: Mapped[int] = mapped_column(primary_key=True)
     model_id: Mapped[int] = mapped_column(ForeignKey("models.id"))
-    #: SHA256 of the uploaded bytes: the probe's id in URLs.
+    #: SHA256 of the uploaded bytes: how a second upload of the same image finds this probe.
     sha256: Mapped[str] = mapped_column(String(64))
+    #: The probe's id in URLs: random (``secrets.token_urlsafe``), so nobody finds a probe from its image.
+    #: Nullable only for the additive upgrade, which fills it for the probes stored before version 5.
+    public_id: Mapped[str | None] = mapped_column(String(32))
     #: What the network saw: the centred square of the upload, resized to the input size.
     image_key: Mapped[str] = mapped_column(String(80))
     width: Mapped[int]
@@ -233,7 +244,7 @@ class ProbeUnit(Base):
     """One of a probe's top units in a layer: its maximum activation over the image and a heatmap."""
 
     __tablename__ = "probe_units"
-    __table_args__ = (Index("ix_probe_units_probe", "probe_id"),)
+    __table_args__ = (Index("ix_probe_units_probe", "probe_id"), Index("ix_probe_units_heatmap", "heatmap_key"))
 
     id: Mapped[int] = mapped_column(primary_key=True)
     probe_id: Mapped[int] = mapped_column(ForeignKey("probes.id", ondelete="CASCADE"))
