@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass
 
 from sqlalchemy import select
@@ -33,14 +32,10 @@ def catalog(store: Store, spec: ModelSpec, shard: tuple[int, int] = (0, 1), weig
     """
     if weights_sha256 is None and spec.weights is not None:  # a pinned checksum list names its weights
         weights_sha256 = Checksums.of(spec).digest
-    for attempt in range(5):
-        try:
+    for attempt in store.retrying(also=(IntegrityError,)):  # a lost race for the model row, or a lock
+        with attempt:
             return _catalog(store, spec, weights_sha256, shard)
-        except IntegrityError:
-            if attempt == 4:
-                raise
-            time.sleep(0.2 * (attempt + 1))
-    raise AssertionError("unreachable")
+    raise AssertionError("unreachable: the last attempt's error is raised")
 
 
 def _catalog(store: Store, spec: ModelSpec, weights: str | None, shard: tuple[int, int]) -> CatalogResult:

@@ -214,7 +214,8 @@ def _write(store: Store, model_id: int, pair: Pair, params: dict, rows: list[dic
     """Replace the pair's edges and record its run, in one transaction."""
     targets = [unit_ids[pair.target.name, index] for index in range(pair.target.channels)]
     sources = [unit_ids[pair.source.name, index] for index in range(pair.source.channels)]
-    with store.transaction() as session:
-        run = start_run(session, "circuits", model_id, params, weights_sha256=str(params["weights_sha256"]))
-        replace_rows(session, Edge, Edge.target_id, targets, rows, run, Edge.source_id.in_(sources))
-        finish_run(session, run)
+    for attempt in store.retrying():  # another writer (a worker) may hold the lock
+        with attempt, store.transaction() as session:
+            run = start_run(session, "circuits", model_id, params, weights_sha256=str(params["weights_sha256"]))
+            replace_rows(session, Edge, Edge.target_id, targets, rows, run, Edge.source_id.in_(sources))
+            finish_run(session, run)

@@ -406,24 +406,25 @@ def _write(
     in one transaction; the number of examples written."""
     examples, boxes = _examples(spec, statistics, config.layers)
     thumbnails, crop_keys = _cut_all(store, files, spec.input_size, boxes, config.workers, progress, failed)
-    with store.transaction() as session:
-        dataset = _dataset_row(session, root, str(recipe["dataset_fingerprint"]), len(files))
-        image_ids = _image_rows(session, dataset.id, files, thumbnails)
-        run = start_run(session, "examples", model_id, recipe, weights_sha256=str(recipe["weights_sha256"]))
-        unit_ids = stored_unit_ids(session, model_id, [layer.name for layer in config.layers])
-        rows = [
-            {
-                "unit_id": unit_ids[layer.name, unit], "kind": kind, "rank": rank, "image_id": image_ids[image],
-                "activation": round(value, 5), "y": y, "x": x,
-                "crop_key": crop_keys[image, spec.field_layer(layer, unit).position_box(y, x, spec.input_size)],
-            }
-            for layer, unit, kind, rank, image, y, x, value in examples
-            if image in thumbnails
-        ]
-        selected = list(unit_ids.values())
-        replace_rows(session, DatasetExample, DatasetExample.unit_id, selected, rows, run)
-        replace_rows(session, UnitStats, UnitStats.unit_id, selected, _stats_rows(statistics, unit_ids, dataset.id), run)
-        finish_run(session, run)
+    for attempt in store.retrying():  # another writer (a worker) may hold the lock
+        with attempt, store.transaction() as session:
+            dataset = _dataset_row(session, root, str(recipe["dataset_fingerprint"]), len(files))
+            image_ids = _image_rows(session, dataset.id, files, thumbnails)
+            run = start_run(session, "examples", model_id, recipe, weights_sha256=str(recipe["weights_sha256"]))
+            unit_ids = stored_unit_ids(session, model_id, [layer.name for layer in config.layers])
+            rows = [
+                {
+                    "unit_id": unit_ids[layer.name, unit], "kind": kind, "rank": rank, "image_id": image_ids[image],
+                    "activation": round(value, 5), "y": y, "x": x,
+                    "crop_key": crop_keys[image, spec.field_layer(layer, unit).position_box(y, x, spec.input_size)],
+                }
+                for layer, unit, kind, rank, image, y, x, value in examples
+                if image in thumbnails
+            ]
+            selected = list(unit_ids.values())
+            replace_rows(session, DatasetExample, DatasetExample.unit_id, selected, rows, run)
+            replace_rows(session, UnitStats, UnitStats.unit_id, selected, _stats_rows(statistics, unit_ids, dataset.id), run)
+            finish_run(session, run)
     return len(rows)
 
 

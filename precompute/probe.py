@@ -103,8 +103,8 @@ def run_probe(store: Store, spec: ModelSpec, net: torch.nn.Module, weights_sha25
         "top_classes": TOP_CLASSES, "heatmap": "activation / the unit's maximum on this image, at position centres",
         "heatmap_side": HEATMAP_SIDE,
     }
-    probe = Probe(sha256=sha256, public_id=public_id or new_probe_id(), image_key=image_key, width=image.width, height=image.height, classes=classes,
-                  recipe=recipe, created_at=datetime.now(UTC).replace(tzinfo=None))
+    probe = {"sha256": sha256, "public_id": public_id or new_probe_id(), "image_key": image_key, "width": image.width,
+             "height": image.height, "classes": classes, "recipe": recipe, "created_at": datetime.now(UTC).replace(tzinfo=None)}
     return _write(store, spec, probe, units, [layer.name for layer in main])
 
 
@@ -132,19 +132,20 @@ def _top_units(store: Store, layer: LayerSpec, values: torch.Tensor, side: int) 
     return units
 
 
-def _write(store: Store, spec: ModelSpec, probe: Probe, units: list[dict], layers: list[str]) -> bool:
+def _write(store: Store, spec: ModelSpec, probe: dict, units: list[dict], layers: list[str]) -> bool:
     try:
-        with store.transaction() as session:
-            model = catalogued_model(session, spec)
-            ids = unit_ids(session, model.id, layers)
-            probe.model_id = model.id
-            session.add(probe)
-            session.flush()
-            session.add_all([
-                ProbeUnit(probe_id=probe.id, unit_id=ids[row["layer"], row["unit"]], rank=row["rank"],
-                          activation=row["activation"], y=row["y"], x=row["x"], heatmap_key=row["heatmap_key"])
-                for row in units
-            ])
+        for attempt in store.retrying():  # a stage writing beside the worker may hold the lock
+            with attempt, store.transaction() as session:
+                model = catalogued_model(session, spec)
+                ids = unit_ids(session, model.id, layers)
+                row = Probe(**probe, model_id=model.id)
+                session.add(row)
+                session.flush()
+                session.add_all([
+                    ProbeUnit(probe_id=row.id, unit_id=ids[unit["layer"], unit["unit"]], rank=unit["rank"],
+                              activation=unit["activation"], y=unit["y"], x=unit["x"], heatmap_key=unit["heatmap_key"])
+                    for unit in units
+                ])
     except IntegrityError:
         return False  # another worker stored the same image first
     return True

@@ -198,20 +198,23 @@ def run_vis(
             todo.append(_Chunk(chunk.layer, chunk.technique, chunk.params, units))
     if not todo:
         return result
-    with store.transaction() as session:
-        run = start_run(session, "vis", model_id, {**_describe(config), "device": str(device)},
-                        weights_sha256=weights_sha256, seed=config.seed)
+    for attempt in store.retrying():  # another writer (a worker, or another shard) may hold the lock
+        with attempt, store.transaction() as session:
+            run = start_run(session, "vis", model_id, {**_describe(config), "device": str(device)},
+                            weights_sha256=weights_sha256, seed=config.seed)
     bar = progress_bar(total=sum(len(chunk.units) for chunk in todo), unit="unit", desc="vis", enabled=progress)
     for chunk in todo:
         rows = _render(net, spec, chunk, config, device, poll, store, ids)
-        with store.transaction() as session:
-            replace_rows(session, Artifact, Artifact.unit_id, [row["unit_id"] for row in rows], rows, run,
-                         Artifact.technique == chunk.technique)
+        for attempt in store.retrying():
+            with attempt, store.transaction() as session:
+                replace_rows(session, Artifact, Artifact.unit_id, [row["unit_id"] for row in rows], rows, run,
+                             Artifact.technique == chunk.technique)
         result.rendered += len(chunk.units)
         bar.update(len(chunk.units))
     bar.close()
-    with store.transaction() as session:
-        finish_run(session, run)
+    for attempt in store.retrying():
+        with attempt, store.transaction() as session:
+            finish_run(session, run)
     return result
 
 

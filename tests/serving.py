@@ -27,12 +27,12 @@ def free_port() -> int:
 
 
 @contextmanager
-def served(data_dir: Path) -> Iterator[str]:
-    """The server's base URL while it runs; it is stopped afterwards."""
+def served(data_dir: Path, **settings: str) -> Iterator[str]:
+    """The server's base URL while it runs (``settings``: MICROSCOPE_* variables); it is stopped afterwards."""
     port = free_port()
     process = subprocess.Popen(
         [sys.executable, "-m", "precompute.cli", "serve", "--data", str(data_dir), "--port", str(port)],
-        env={**os.environ, "PYTHONPATH": str(ROOT)}, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+        env={**os.environ, "PYTHONPATH": str(ROOT), **settings}, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
     )
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 60

@@ -201,3 +201,36 @@ def test_gc_leaves_young_blobs_and_temporary_files_and_refuses_beside_a_live_wor
     assert refused.returncode == 2 and "worker(s) are running" in refused.stderr
     queue.leave("filler")
     assert microscope("gc", "--data", str(settings.data_dir)).returncode == 0
+
+
+def test_a_transaction_that_meets_a_lock_runs_again_a_bounded_number_of_times(settings: Settings) -> None:
+    """SQLite's "database is locked" (a busy timeout passed, or a write after another writer's commit, which no
+    timeout waits for) runs the transaction again; other errors and a lock past the attempts are raised."""
+    from sqlalchemy.exc import OperationalError
+
+    from app.store.database import WRITE_ATTEMPTS
+
+    locked = OperationalError("INSERT ...", {}, Exception("database is locked"))
+    with Store.open(settings, create=True) as store:
+        runs = []
+        for attempt in store.retrying():
+            with attempt, store.transaction() as session:
+                runs.append(1)
+                session.add(Meta(key=f"try{len(runs)}", value="x"))
+                if len(runs) < 3:
+                    raise locked
+        with store.session() as session:  # only the run that got through committed
+            assert [m.key for m in session.scalars(select(Meta).where(Meta.key.like("try%")))] == ["try3"]
+        runs.clear()
+        with pytest.raises(OperationalError, match="database is locked"):
+            for attempt in store.retrying():
+                with attempt:
+                    runs.append(1)
+                    raise locked
+        assert len(runs) == WRITE_ATTEMPTS
+        with pytest.raises(ValueError):
+            for attempt in store.retrying():
+                with attempt:
+                    runs.append(1)
+                    raise ValueError("not a lock")
+        assert len(runs) == WRITE_ATTEMPTS + 1

@@ -8,9 +8,10 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from sqlalchemy import Engine, create_engine, event, inspect, select, text
-from sqlalchemy.exc import DBAPIError
+from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session, sessionmaker
+from tenacity import Retrying, retry_if_exception, retry_if_exception_type, stop_after_attempt, wait_random_exponential
 
 from app.errors import StoreError, StoreMissing
 from app.settings import Settings
@@ -20,6 +21,15 @@ from app.store.schema import ADDITIVE_SINCE, SCHEMA_VERSION, Base, Layer, Meta, 
 
 #: How long a SQLite writer waits for another's lock before "database is locked" (Python's default is 5 s).
 BUSY_SECONDS = 30
+#: Runs of one transaction before "database is locked" is an error.
+WRITE_ATTEMPTS = 4
+
+
+def _locked(error: BaseException) -> bool:
+    """SQLite's lock errors. The busy timeout does not cover them all: a transaction that read before
+    another writer committed cannot upgrade to a write lock ("database is locked" at once, in WAL mode)."""
+    return isinstance(error, OperationalError) and any(
+        words in str(error) for words in ("database is locked", "database is busy", "database table is locked"))
 
 
 def _sqlite_pragmas(dbapi_connection, _record) -> None:  # noqa: ANN001 - DB-API objects
@@ -101,6 +111,17 @@ class Store:
     def session(self) -> Iterator[Session]:
         with self._sessions() as session:
             yield session
+
+    def retrying(self, also: tuple[type[BaseException], ...] = ()) -> Retrying:
+        """Attempts at one transaction, each a fresh run of its block: a lock error (or one of ``also``)
+        runs it again, at most `WRITE_ATTEMPTS` times, then is raised::
+
+            for attempt in store.retrying():
+                with attempt, store.transaction() as session:
+                    ...
+        """
+        return Retrying(retry=retry_if_exception(_locked) | retry_if_exception_type(also), reraise=True,
+                        stop=stop_after_attempt(WRITE_ATTEMPTS), wait=wait_random_exponential(multiplier=0.2, max=5))
 
     @contextmanager
     def transaction(self) -> Iterator[Session]:

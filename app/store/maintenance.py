@@ -54,21 +54,24 @@ def collect_garbage(store: Store, grace_seconds: float = GRACE_SECONDS) -> Colle
 def remove_probes(store: Store, older_than_days: float, now: datetime) -> int:
     """Delete the probes made more than ``older_than_days`` ago (their blobs go with the next gc)."""
     cutoff = now - timedelta(days=older_than_days)
-    with store.transaction() as session:
-        old = select(Probe.id).where(Probe.created_at < cutoff)
-        session.execute(delete(ProbeUnit).where(ProbeUnit.probe_id.in_(old)))
-        return session.execute(delete(Probe).where(Probe.created_at < cutoff)).rowcount
+    for attempt in store.retrying():  # a worker runs this beside stages
+        with attempt, store.transaction() as session:
+            old = select(Probe.id).where(Probe.created_at < cutoff)
+            session.execute(delete(ProbeUnit).where(ProbeUnit.probe_id.in_(old)))
+            removed = session.execute(delete(Probe).where(Probe.created_at < cutoff)).rowcount
+    return removed
 
 
 def delete_probe(store: Store, public_id: str) -> bool:
     """Delete one probe (its owner asked): its rows, then its images that no other row points at."""
-    with store.transaction() as session:
-        probe = session.scalar(select(Probe).where(Probe.public_id == public_id))
-        if probe is None:
-            return False
-        keys = {probe.image_key, *session.scalars(select(ProbeUnit.heatmap_key).where(ProbeUnit.probe_id == probe.id))}
-        session.execute(delete(ProbeUnit).where(ProbeUnit.probe_id == probe.id))
-        session.delete(probe)
+    for attempt in store.retrying():
+        with attempt, store.transaction() as session:
+            probe = session.scalar(select(Probe).where(Probe.public_id == public_id))
+            if probe is None:
+                return False
+            keys = {probe.image_key, *session.scalars(select(ProbeUnit.heatmap_key).where(ProbeUnit.probe_id == probe.id))}
+            session.execute(delete(ProbeUnit).where(ProbeUnit.probe_id == probe.id))
+            session.delete(probe)
     with store.engine.connect() as connection:
         still = {key for column in BLOB_COLUMNS for key in connection.scalars(select(column).where(column.in_(keys)))}
     for key in keys - still:
