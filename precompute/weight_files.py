@@ -117,9 +117,10 @@ MAX_DOWNLOAD_BYTES = 500_000_000
 
 
 def download_to(url: str, target: Path, error: type[MicroscopeError], sha256: str | None = None,
-                limit: int = MAX_DOWNLOAD_BYTES) -> None:
+                limit: int = MAX_DOWNLOAD_BYTES, sha256_prefix: str | None = None) -> None:
     """``url`` into ``target``: read into a temporary file beside it (at most ``limit`` bytes), checked
-    against ``sha256`` where one is pinned, and only then renamed into place (else ``error``, nothing kept)."""
+    against ``sha256`` where one is pinned (or the start of it, ``sha256_prefix``, where only that is
+    published), and only then renamed into place (else ``error``, nothing kept)."""
     target.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.NamedTemporaryFile(dir=target.parent, delete=False) as partial:
         try:
@@ -136,9 +137,9 @@ def download_to(url: str, target: Path, error: type[MicroscopeError], sha256: st
                 raise
             raise error(f"could not download {url}: {failure}") from failure
     actual = file_sha256(Path(partial.name))
-    if sha256 is not None and actual != sha256:
+    if (sha256 is not None and actual != sha256) or (sha256_prefix is not None and not actual.startswith(sha256_prefix)):
         Path(partial.name).unlink()
-        raise error(f"{url}: sha256 {actual}, expected {sha256}")
+        raise error(f"{url}: sha256 {actual}, expected {sha256 or sha256_prefix + '...'}")
     os.replace(partial.name, target)
 
 

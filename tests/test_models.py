@@ -247,6 +247,7 @@ def test_torchvision_download_checks_the_hash_in_the_name(mirror, tiny_weights: 
     with pytest.raises(WeightsError, match="resnet50-11ad3fa6.pth"):
         fetch(f"{url}resnet50-11ad3fa6.pth", cache)
     assert not (cache / "resnet50-11ad3fa6.pth").exists()
+    assert [path.name for path in cache.iterdir()] == [f"tiny-{prefix}.pth"]  # no partial file left either
     monkeypatch.setenv("MICROSCOPE_WEIGHTS_MIRROR", url)
     assert mirrored("https://download.pytorch.org/models/resnet50-11ad3fa6.pth") == url + "resnet50-11ad3fa6.pth"
     with pytest.raises(WeightsError, match="could not download"):
