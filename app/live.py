@@ -29,7 +29,7 @@ from app.respond import json_response, respond
 from app.state import ServerState
 from app.views import ConnectionDep, StateDep, twin
 from app.store import Model, Probe, ProbeUnit
-from app.uploads import BadUpload, TooLarge, UploadLimits, check_image
+from app.uploads import BadUpload, TooLarge, UploadLimits, Unsupported, check_image
 
 router = APIRouter()
 
@@ -379,7 +379,7 @@ async def probe_upload(request: Request, model: str, state: StateDep) -> Respons
     200: {"description": "Probed already: the stored result's id and URLs"},
     409: {"description": "The same image's earlier probe is being deleted"},
     411: {"description": "No Content-Length"}, 413: {"description": "Over the byte or pixel limit"},
-    415: {"description": "Not a JPEG, PNG or WebP image"}, 503: {"description": "Queue full, or no queue"},
+    415: {"description": "Not an image/* body, or not a JPEG, PNG or WebP image"}, 503: {"description": "Queue full, or no queue"},
 }, openapi_extra={"requestBody": {"required": True, "content": {
     media: {"schema": {"type": "string", "format": "binary"}} for media in ("image/jpeg", "image/png", "image/webp")
 }}})
@@ -388,6 +388,10 @@ async def probe_api(request: Request, model: str, state: StateDep) -> Response:
 
     The probe's id is random: keep its URL (whoever holds it sees the result, and may DELETE it).
     """
+    kind = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if not kind.startswith("image/"):
+        raise Unsupported(f"send the image's bytes with Content-Type image/jpeg, image/png or image/webp, not "
+                          f"{kind or 'none'} (the upload form posts to {urls.probe_form(model)})")
     limits = UploadLimits.of(state.store.settings)
     data = await _body(request, limits.max_bytes)
     probe_id, job = await _submit_off_loop(request, state, model, data)

@@ -18,12 +18,12 @@ from pathlib import Path
 import httpx
 import pytest
 from PIL import Image
-from sqlalchemy import select
+from sqlalchemy import func, select
 
 from app import urls
 from app.jobs import JobQueue
 from app.settings import Settings
-from app.store import Artifact, Store
+from app.store import Artifact, Layer, Store, Unit
 from tests.conftest import ROOT
 from tests.live_processes import TINY_ARGS, running_worker
 from tests.serving import served
@@ -32,6 +32,7 @@ from tests.test_live import MODEL, copy_store
 from tests.tiny_model import FACTORY
 
 #: Two clients behind a proxy that names them (the only way to be two clients on loopback).
+PNG = {"content-type": "image/png"}
 PROXY = {"MICROSCOPE_TRUST_FORWARDED": "1", "MICROSCOPE_RATE_LIMIT": "10000/minute"}
 
 
@@ -56,10 +57,10 @@ def live(tiny_unrendered: Settings, tmp_path: Path) -> Settings:
 
 def test_a_flood_of_tiny_probes_from_one_client_leaves_room_for_another(live: Settings) -> None:
     with served(live.data_dir, **PROXY, MICROSCOPE_CLIENT_JOBS="10") as url, httpx.Client(base_url=url) as client:
-        answers = [client.post(urls.probes(MODEL), content=_tiny_png(i), headers={"x-forwarded-for": "203.0.113.1"})
+        answers = [client.post(urls.probes(MODEL), content=_tiny_png(i), headers={**PNG, "x-forwarded-for": "203.0.113.1"})
                    for i in range(60)]
         codes = [answer.status_code for answer in answers]
-        other = client.post(urls.probes(MODEL), content=_tiny_png(999), headers={"x-forwarded-for": "203.0.113.2"})
+        other = client.post(urls.probes(MODEL), content=_tiny_png(999), headers={**PNG, "x-forwarded-for": "203.0.113.2"})
     print(f"flood: client A sent 60 tiny PNGs: {codes.count(202)} queued, {codes.count(429)} refused (429); "
           f"client B then got {other.status_code}")
     assert codes.count(202) == 10 and codes.count(429) == 50
@@ -78,9 +79,9 @@ def test_refused_uploads_leave_no_bytes_in_the_queue(live: Settings) -> None:
     with served(live.data_dir, MICROSCOPE_QUEUE_LIMIT="2", MICROSCOPE_RATE_LIMIT="10000/minute") as url, \
             httpx.Client(base_url=url) as client:
         before = _upload_bytes_in_queue(live)
-        accepted = [client.post(urls.probes(MODEL), content=data) for data in photo[:2]]
+        accepted = [client.post(urls.probes(MODEL), content=data, headers=PNG) for data in photo[:2]]
         kept = _upload_bytes_in_queue(live)
-        refused = [client.post(urls.probes(MODEL), content=data) for data in big]
+        refused = [client.post(urls.probes(MODEL), content=data, headers=PNG) for data in big]
         after = _upload_bytes_in_queue(live)
     refused_bytes = sum(len(data) for data in big)
     print(f"refused uploads: {len(refused)} uploads of {refused_bytes:,} bytes answered "
@@ -94,7 +95,7 @@ def test_the_policy_off_and_renders_refuse_what_they_should(live: Settings) -> N
     seen = {}
     for policy in ("off", "renders", "all"):
         with served(live.data_dir, MICROSCOPE_LIVE=policy) as url, httpx.Client(base_url=url) as client:
-            seen[policy] = (client.post(render).status_code, client.post(probe, content=_tiny_png(len(policy))).status_code,
+            seen[policy] = (client.post(render).status_code, client.post(probe, content=_tiny_png(len(policy)), headers=PNG).status_code,
                             client.post(urls.render_layer(MODEL, "res2", json=True)).status_code,
                             client.get(urls.probe_form(MODEL)).status_code)
             page = client.get(urls.unit(MODEL, "res1", 3)).text
@@ -130,7 +131,7 @@ def test_headers_on_pages_json_blobs_and_probes(live: Settings) -> None:
         unit = client.get(urls.unit(MODEL, "res1", 0, json=True))
         responses = {"page": client.get(urls.unit(MODEL, "res1", 0)), "json": unit,
                      "blob": client.get(unit.json()["top_examples"][0]["crop_url"]), "404": client.get("/nope"),
-                     "probe answer": client.post(urls.probes(MODEL), content=_tiny_png(1))}
+                     "probe answer": client.post(urls.probes(MODEL), content=_tiny_png(1), headers=PNG)}
     for name, response in responses.items():
         policy = response.headers["content-security-policy"]
         assert "script-src 'self';" in policy and "frame-ancestors 'none'" in policy, name
@@ -144,7 +145,7 @@ def test_gc_and_a_precompute_stage_beside_a_filling_worker_lose_nothing(live: Se
     """A worker fills the store while gc runs again and again (forced past the heartbeat) and a vis stage
     writes the same SQLite file: every committed picture is still served, and nobody fails."""
     stage = [sys.executable, "-m", "precompute.cli", "precompute", "vis", "--data", str(live.data_dir), "--model", FACTORY,
-             "--weights", str(tiny_weights), "--device", "cpu", "--layers", "res2", "--batch", "4", "--steps", "24", "--size", "48"]
+             "--weights", str(tiny_weights), "--device", "cpu", "--layers", "res2", "--units", "all", "--batch", "4", "--steps", "24", "--size", "48"]
     gcs = []
     with running_worker(live, tiny_weights, "--model", FACTORY, "--fill") as worker:
         refused = microscope("gc", "--data", str(live.data_dir))
@@ -158,6 +159,8 @@ def test_gc_and_a_precompute_stage_beside_a_filling_worker_lose_nothing(live: Se
     worker_errors = worker.stderr.read().decode() if worker.stderr else ""
     with Store.open(live, readonly=True) as store, store.session() as session:
         keys = session.scalars(select(Artifact.blob_key)).all()
+        by_stage = session.scalar(select(func.count()).select_from(Artifact).join(Unit).join(Layer)
+                                  .where(Layer.name == "res2"))
     with served(live.data_dir) as url, httpx.Client(base_url=url) as client:
         missing = [key for key in keys if client.get(urls.blob(key)).status_code != 200]
     print(f"gc beside a filling worker: {len(gcs)} forced gc runs, removed "
@@ -167,4 +170,4 @@ def test_gc_and_a_precompute_stage_beside_a_filling_worker_lose_nothing(live: Se
     assert all(g.returncode == 0 for g in gcs), [g.stderr for g in gcs if g.returncode]
     assert beside.returncode == 0, stage_errors[-2000:]
     assert worker_alive and "Traceback" not in worker_errors and "failed" not in worker_errors, worker_errors[-2000:]
-    assert len(keys) > 16 and missing == []
+    assert by_stage == 16 and len(keys) > 16 and missing == []  # the stage's 16 and the worker's fill

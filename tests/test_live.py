@@ -38,6 +38,10 @@ TINY = Defaults(steps=4, early_steps=16, size=32)
 MODEL = "tiny"
 
 
+#: The probe API's body: an image's bytes, named by their type.
+JPEG = {"content-type": "image/jpeg"}
+
+
 def copy_store(source: Settings, target: Path) -> Settings:
     """A private copy of a session's store (the live tests write to theirs)."""
     shutil.copytree(source.data_dir, target, symlinks=True, ignore=shutil.ignore_patterns("queue.sqlite3*"))
@@ -343,7 +347,7 @@ def test_a_probe_from_upload_to_result_and_gc(client: TestClient, live: Settings
     assert answer.status_code == 202 and answer.json()["state"] == "queued"
     sha = answer.json()["id"]
     assert sha != hashlib.sha256(photo).hexdigest() and len(sha) == 22  # random: nobody finds it from the image
-    assert client.post(urls.probes(MODEL), content=photo).json()["id"] == sha  # waiting already: the same probe
+    assert client.post(urls.probes(MODEL), content=photo, headers=JPEG).json()["id"] == sha  # waiting already: the same probe
     waiting = client.get(urls.probe(MODEL, sha))
     assert waiting.status_code == 200 and "No worker is running" in waiting.text and "hx-trigger" in waiting.text
     refused = client.post(urls.probes(MODEL), content=b"GIF89a", headers={"content-type": "image/gif"})
@@ -385,7 +389,7 @@ def test_a_probe_from_upload_to_result_and_gc(client: TestClient, live: Settings
 def test_the_owner_deletes_a_probe_and_its_images(client: TestClient, live: Settings, spec: ModelSpec, net,  # noqa: ANN001
                                                  tiny_images: Path) -> None:
     photo = jpeg(tiny_images, 5)
-    probe_id = client.post(urls.probes(MODEL), content=photo).json()["id"]
+    probe_id = client.post(urls.probes(MODEL), content=photo, headers=JPEG).json()["id"]
     with Store.open(live) as store:
         worker(store, live, spec, net).run(until_idle=True)
     result = client.get(urls.probe(MODEL, probe_id, json=True)).json()
@@ -397,7 +401,7 @@ def test_the_owner_deletes_a_probe_and_its_images(client: TestClient, live: Sett
     assert gone.status_code == 202 and gone.json()["state"] == "deleted"
     assert client.get(urls.probe(MODEL, probe_id)).status_code == 410  # gone for everyone at once
     assert client.get(result["image_url"]).status_code == 404
-    assert client.post(urls.probes(MODEL), content=photo).status_code == 409  # until the worker has removed it
+    assert client.post(urls.probes(MODEL), content=photo, headers=JPEG).status_code == 409  # until the worker has removed it
     with Store.open(live) as store:
         worker(store, live, spec, net).run(until_idle=True)
         with store.session() as session:
@@ -417,14 +421,44 @@ def test_the_owner_deletes_a_probe_and_its_images(client: TestClient, live: Sett
     assert client.get(urls.probe(MODEL, fresh)).status_code == 404
 
 
+def test_uploads_are_checked_off_the_event_loop_and_a_known_image_is_not_decoded_again(
+        client: TestClient, live: Settings, spec: ModelSpec, net, tiny_images: Path, monkeypatch: pytest.MonkeyPatch) -> None:  # noqa: ANN001
+    import asyncio
+
+    import app.live
+
+    checks = []
+
+    def check(data: bytes, limits: UploadLimits):  # noqa: ANN202
+        try:
+            asyncio.get_running_loop()
+            checks.append("on the event loop")
+        except RuntimeError:
+            checks.append("in a thread")
+        return check_image(data, limits)
+
+    monkeypatch.setattr(app.live, "check_image", check)
+    photo = jpeg(tiny_images, 6)
+    assert client.post(urls.probes(MODEL), content=photo, headers=JPEG).status_code == 202
+    assert client.post(urls.probes(MODEL), content=photo, headers=JPEG).status_code == 202  # waiting: joined, not decoded
+    with Store.open(live) as store:
+        worker(store, live, spec, net).run(until_idle=True)
+    assert client.post(urls.probes(MODEL), content=photo, headers=JPEG).status_code == 200  # stored: answered from its digest
+    assert checks == ["in a thread"]
+    assert client.app.state.microscope.upload_checks.total_tokens == 4
+
+
 def test_bad_uploads_through_http_store_nothing(client: TestClient, live: Settings) -> None:
     before = JobQueue.for_store(live).pending_count(MODEL)
     truncated = _encoded(Image.new("RGB", (300, 200), "red"), "JPEG")[:300]
-    assert client.post(urls.probes(MODEL), content=truncated).status_code == 400
-    assert client.post(urls.probes(MODEL), content=b"").status_code == 400
-    assert client.post(urls.probes("nomodel"), content=truncated).status_code == 404
+    assert client.post(urls.probes(MODEL), content=truncated, headers=JPEG).status_code == 400
+    assert client.post(urls.probes(MODEL), content=b"", headers=JPEG).status_code == 400
+    assert client.post(urls.probes(MODEL), content=truncated).status_code == 415  # no type: not an image/* body
+    refused = client.post(urls.probes(MODEL), data={"image": "x"})  # what a cross-site form could send
+    assert refused.status_code == 415 and "Content-Type image/jpeg" in refused.json()["error"]
+    assert client.post(urls.probes("nomodel"), content=truncated, headers=JPEG).status_code == 404
     small = TestClient(create_app(dataclasses.replace(live, probe_max_bytes=1000)))
-    assert small.post(urls.probes(MODEL), content=b"x" * 5000).status_code == 413
+    assert small.post(urls.probes(MODEL), content=b"x" * 5000, headers=JPEG).status_code == 413
     photo = _encoded(Image.new("RGB", (64, 64), "blue"), "PNG")
     flood = [("image", (f"{i}.png", photo, "image/png")) for i in range(5)]
     assert client.post(urls.probe_form(MODEL), files=flood).status_code == 400
