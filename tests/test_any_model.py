@@ -80,8 +80,8 @@ def test_a_probe_of_the_tiny_model(tiny_store: Settings, tiny_images: Path, tiny
     sha = hashlib.sha256(photo).hexdigest()
     net = load(FACTORY, tiny_weights).net
     with Store.open(probed_store) as store:
-        assert run_probe(store, net.spec, net, "w", sha, photo, torch.device("cpu"))
-    page = TestClient(create_app(probed_store)).get(urls.probe("tiny", sha, json=True))
+        assert run_probe(store, net.spec, net, "w", sha, photo, torch.device("cpu"), public_id="tiny-probe")
+    page = TestClient(create_app(probed_store)).get(urls.probe("tiny", "tiny-probe", json=True))
     assert page.status_code == 200
     probed = page.json()
     assert [layer["name"] for layer in probed["layers"]] == ["stem_0", "mixed", "res1", "res2"]
