@@ -213,7 +213,7 @@ class ProbePage:
     message: str
     status_url: str
     poll: int | None
-    #: Where its owner deletes it (a POST from the page's button, or DELETE ``url``); None when probes are off.
+    #: Where its owner deletes it (a POST from the page's button, or DELETE ``json_url``); None when probes are off.
     delete_url: str | None = None
     sha256: str | None = None
     image_url: str | None = None
@@ -450,12 +450,12 @@ def _forget(state: ServerState, request: Request, model: str, probe_id: str) -> 
     queue.request_forget(model, probe_id, client=client_address(request, state.settings))
 
 
-@router.delete("/models/{model}/probes/{probe_id}", name="probe_forget", status_code=202,
+@router.delete("/models/{model}/probes/{probe_id}.json", name="probe_forget", status_code=202,
                dependencies=[Depends(guard_probes)], responses={
                    202: {"description": "Deleted for everyone from now on; a worker removes its rows and images"},
                    404: {"description": "No such probe"}})
 def probe_forget(request: Request, model: str, probe_id: str, state: StateDep) -> Response:
-    """Delete a probe: whoever holds its URL may (an id is its owner's secret). Its image goes too."""
+    """Delete a probe (DELETE its JSON URL): whoever holds its URL may (the id is its owner's secret). Its image goes too."""
     _forget(state, request, model, probe_id)
     return _private(json_response({"id": probe_id, "state": "deleted"}, 202))
 

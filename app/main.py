@@ -37,8 +37,8 @@ from app.views import router, suggestion_links
 
 
 def _wants_json(request: Request) -> bool:
-    """JSON twins and the probe API answer errors in JSON; pages, in HTML."""
-    return request.url.path.endswith((".json", "/probes"))
+    """JSON twins and the probe API (its POST and DELETE) answer errors in JSON; pages, in HTML."""
+    return request.url.path.endswith((".json", "/probes")) or request.method == "DELETE"
 
 
 class HeadAsGet:
@@ -100,8 +100,8 @@ def _openapi(app: FastAPI) -> dict:
             responses.pop("422", None)
             responses["400"] = {"description": "Malformed parameters", "content": error}
             responses["404"] = {"description": "No such model, layer, unit or page", "content": error}
-            if method == "post":  # the live features: the queue may be full or absent; uploads have limits
-                upload = "probes" in operation.get("operationId", "")
+            if method in ("post", "delete"):  # the live features: the queue may be full or absent; uploads have limits
+                upload = method == "post" and "probes" in operation.get("operationId", "")
                 for code, description in LIVE_ERRORS.items():
                     if upload or code in EVERY_POST:
                         responses[code] = {"description": description, "content": error}

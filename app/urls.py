@@ -72,7 +72,7 @@ def probes(model_name: str) -> str:
 
 
 def probe(model_name: str, probe_id: str, json: bool = False) -> str:
-    """A probe's result (GET), or DELETE it: ``probe_id`` is random, not the image's digest."""
+    """A probe's result (GET; DELETE the JSON one to delete it): ``probe_id`` is random, not the image's digest."""
     return f"/models/{quote(model_name)}/probes/{probe_id}{_suffix(json)}"
 
 
@@ -81,7 +81,7 @@ def probe_status(model_name: str, probe_id: str) -> str:
 
 
 def probe_delete(model_name: str, probe_id: str) -> str:
-    """POST (the page's button) to delete a probe; the API's DELETE goes to `probe`'s URL."""
+    """POST (the page's button) to delete a probe; the API's DELETE goes to `probe`'s JSON URL."""
     return f"/models/{quote(model_name)}/probes/{probe_id}/delete"
 
 

@@ -118,7 +118,7 @@ def test_a_post_without_the_token_or_from_another_origin_is_refused(live: Settin
                 "x-microscope-token": token, "referer": "https://evil.example/page"}).status_code,
             "the token, the server's own Origin": client.post(render, headers={"x-microscope-token": token,
                                                                                "origin": f"http://{host}"}).status_code,
-            "a DELETE without the token": client.delete(urls.probe(MODEL, "x" * 22)).status_code,
+            "a DELETE without the token": client.delete(urls.probe(MODEL, "x" * 22, True)).status_code,
         }
     print(f"token and Origin: {results}")
     assert results == {"no token": 403, "a wrong token": 403, "the token, another Origin": 403,

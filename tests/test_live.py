@@ -395,9 +395,10 @@ def test_the_owner_deletes_a_probe_and_its_images(client: TestClient, live: Sett
     result = client.get(urls.probe(MODEL, probe_id, json=True)).json()
     keys = [result["image_url"].split("/")[-1]] + [u["heatmap_url"].split("/")[-1] for l in result["layers"] for u in l["units"]]
     assert result["delete_url"] and 'action="' + result["delete_url"] in client.get(urls.probe(MODEL, probe_id)).text
-    assert client.delete(urls.probe(MODEL, "no-such-probe")).status_code == 404
-    assert client.delete(urls.probe(MODEL, probe_id), headers={"origin": "https://elsewhere.example"}).status_code == 403
-    gone = client.delete(urls.probe(MODEL, probe_id))
+    missing = client.delete(urls.probe(MODEL, "no-such-probe", True))
+    assert missing.status_code == 404 and "no probe" in missing.json()["error"]
+    assert client.delete(urls.probe(MODEL, probe_id, True), headers={"origin": "https://elsewhere.example"}).status_code == 403
+    gone = client.delete(urls.probe(MODEL, probe_id, True))
     assert gone.status_code == 202 and gone.json()["state"] == "deleted"
     assert client.get(urls.probe(MODEL, probe_id)).status_code == 410  # gone for everyone at once
     assert client.get(result["image_url"]).status_code == 404
