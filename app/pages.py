@@ -199,6 +199,22 @@ class Missing:
 
 
 @dataclass(frozen=True)
+class ConceptLabel:
+    """A class or WordNet ancestor shared by the unit's top examples: ``count`` of ``of`` of them fall under it
+    (``coverage``), ``lift`` times as often as among all the dataset's images (``base_rate``); ``score`` is
+    coverage x log2(lift)."""
+
+    concept: str
+    name: str
+    count: int
+    of: int
+    coverage: float
+    base_rate: float
+    lift: float
+    score: float
+
+
+@dataclass(frozen=True)
 class UnitPage:
     title: str
     unit: UnitRef
@@ -220,6 +236,10 @@ class UnitPage:
     #: Until the unit's channel visualization exists: where the page asks a worker for it (POST) and
     #: polls its status (GET).
     render_url: str | None = None
+    #: Concepts its top examples share (`app.zoo.concepts`), best first; empty with ``labelled`` true:
+    #: no clear concept; ``labelled`` false: the labels stage has not run on this layer.
+    labels: list[ConceptLabel] = field(default_factory=list)
+    labelled: bool = False
     kind: str = "unit"
 
 
@@ -467,6 +487,11 @@ def unit_page(catalog: Catalog, connection: Connection, model_name: str, layer_n
         missing.append(Missing("dataset examples", f"microscope precompute examples --model {model_name} --layers {layer_name}"))
     if not inputs and not outputs:
         missing.append(Missing("circuit weights", f"microscope precompute circuits --model {model_name}"))
+    runs = connection.execute(queries.labels_runs, {"model": model.id}).scalars()
+    labelled = any(params.get("layer") == layer_name for params in runs)
+    concepts = [ConceptLabel(*row) for row in connection.execute(queries.labels, {"unit": unit_id})]
+    if examples and not labelled:
+        missing.append(Missing("concept labels", f"microscope precompute labels --model {model_name} --layers {layer_name}"))
     label = layer.labels[index]
     title = f"{model_name} / {layer_name} / {index}" + (f" ({label})" if label else "")
     placeholder = None
@@ -487,6 +512,7 @@ def unit_page(catalog: Catalog, connection: Connection, model_name: str, layer_n
         stats=stats, inputs=inputs, outputs=outputs, same_unit=same_ref, missing=missing,
         render_url=(urls.render(model_name, layer_name, index)
                     if renders and THUMBNAIL_TECHNIQUE not in by_technique else None),
+        labels=concepts, labelled=labelled,
     )
 
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from sqlalchemy import bindparam, func, select
 
-from app.store import Artifact, Dataset, DatasetExample, DatasetImage, Edge, Run, UnitStats
+from app.store import Artifact, Dataset, DatasetExample, DatasetImage, Edge, Run, UnitLabel, UnitStats
 
 THUMBNAIL_TECHNIQUE = "channel"
 
@@ -65,3 +65,12 @@ run_params = select(Run.id, Run.params).where(Run.id.in_(bindparam("ids", expand
 examples_params = (
     select(Run.params).where(Run.stage == "examples", Run.finished_at.is_not(None)).order_by(Run.id.desc()).limit(1)
 )
+
+#: A unit's concept labels, best first.
+labels = select(UnitLabel.concept, UnitLabel.name, UnitLabel.count, UnitLabel.of, UnitLabel.coverage,
+                UnitLabel.base_rate, UnitLabel.lift, UnitLabel.score).where(
+    UnitLabel.unit_id == bindparam("unit")).order_by(UnitLabel.rank)
+
+#: The recipes of a model's finished labels runs (each names the layer it labelled).
+labels_runs = select(Run.params).where(Run.stage == "labels", Run.model_id == bindparam("model"),
+                                       Run.finished_at.is_not(None))

@@ -178,6 +178,37 @@ def precompute_examples(
     typer.echo(f"examples: {result.examples} examples of {len(config.layers)} layers from {result.images} images")
 
 
+@precompute_cli.command("labels")
+def precompute_labels(
+    model: ModelOption = DEFAULT_MODEL,
+    layers: LayersOption = "all",
+    images: ImagesOption = None,
+    shard: ShardOption = None,
+    names: NamesOption = None,
+    data: DataOption = None,
+    database_url: DatabaseOption = None,
+) -> None:
+    """Concept labels of every unit from the ImageNet classes of its top examples (runs no network)."""
+    from precompute.images import locate_images
+    from precompute.labels import run_labels
+    from precompute.models import build
+    from precompute.selection import parse_layers, parse_shard
+
+    root = locate_images(images)
+    spec = build(model, names).spec  # the layers only: labels need no weights
+    with Store.open(Settings.load(data, database_url)) as store:
+        result = run_labels(store, spec, root, parse_layers(spec, layers), parse_shard(shard))
+    typer.echo(_labels_line(result))
+
+
+def _labels_line(result: Any) -> str:
+    if not result.layers_labelled:
+        return f"labels: already computed for {result.layers_reused} layers with this recipe"
+    return (f"labels: {result.layers_labelled} layers labelled ({result.layers_reused} already stored): "
+            f"{result.units_labelled} units with a clear concept, {result.units_unclear} without; "
+            f"{len(result.concepts)} distinct concepts")
+
+
 @precompute_cli.command("vis")
 def precompute_vis(
     model: ModelOption = DEFAULT_MODEL,
@@ -273,6 +304,7 @@ def precompute_all(
     from precompute.catalog import catalog
     from precompute.examples import ExamplesConfig
     from precompute.images import locate_images
+    from precompute.labels import run_labels
     from precompute.vis import stale_configs
 
     root = locate_images(images)
@@ -286,6 +318,7 @@ def precompute_all(
         typer.echo("examples: " + ("already stored" if examples.reused else f"{examples.examples} stored"))
         for failure in examples.skipped:
             typer.echo(f"warning: skipped {failure}", err=True)
+        typer.echo(_labels_line(run_labels(stage.store, spec, root, spec.layers)))
         circuits = runner.circuits(spec.layers)
         typer.echo(f"circuits: {circuits.edges} edges written, {circuits.pairs_reused} layer pairs already stored")
         for config in renders:

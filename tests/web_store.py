@@ -12,6 +12,7 @@ from app.zoo import ModelSpec
 from precompute.catalog import catalog
 from precompute.circuits import run_circuits
 from precompute.examples import ExamplesConfig, run_examples
+from precompute.labels import run_labels
 from precompute.selection import parse_layers, units_per_layer
 from precompute.vis import VisConfig, run_vis
 from tests.conftest import link_sample
@@ -29,6 +30,7 @@ def build(root: Path, spec: ModelSpec, net: torch.nn.Module, images: Path, circu
         catalog(store, spec)
         layers = tuple(parse_layers(spec, EXAMPLE_LAYERS))
         run_examples(store, spec, net, "w", sample, ExamplesConfig(layers=layers, k=4, batch_size=8), cpu, progress=False)
+        run_labels(store, spec, sample, layers)
         run_circuits(store, spec, net, "w", parse_layers(spec, circuits), progress=False)
         shown = parse_layers(spec, "mixed3a,mixed3b")
         channel = VisConfig(layers=tuple(shown), units=units_per_layer(shown, "0:4", explicit=True),

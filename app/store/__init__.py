@@ -15,6 +15,7 @@ from app.store.schema import (
     ProbeUnit,
     Run,
     Unit,
+    UnitLabel,
     UnitStats,
 )
 
@@ -33,6 +34,7 @@ __all__ = [
     "Run",
     "Store",
     "Unit",
+    "UnitLabel",
     "UnitStats",
     "is_valid_key",
 ]

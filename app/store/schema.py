@@ -20,8 +20,9 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 #: upgraded in place when opened for writing; the catalog stage fills the new column), version 4
 #: renamed the BVLC GoogLeNet from ``inceptionv1`` to ``inceptionv1_caffe`` (issue 19: ``inceptionv1``
 #: is OpenAI Microscope's network, TensorFlow's inception5h), version 5 gave probes a random
-#: ``public_id`` for their URLs (issue 20: a URL made of the image's digest can be derived from the image).
-SCHEMA_VERSION = 5
+#: ``public_id`` for their URLs (issue 20: a URL made of the image's digest can be derived from the image),
+#: version 6 added the units' concept labels (``unit_labels``).
+SCHEMA_VERSION = 6
 #: Versions a writable open upgrades by creating the tables and nullable columns added since.
 ADDITIVE_SINCE = 1
 
@@ -204,6 +205,31 @@ class Edge(Base):
     #: The small spatial kernel, rows of numbers.
     kernel: Mapped[list[Any]]
     kernel_key: Mapped[str | None] = mapped_column(String(80))
+    run_id: Mapped[int] = mapped_column(ForeignKey("runs.id"))
+
+
+class UnitLabel(Base):
+    """One of a unit's concept labels (`app.zoo.concepts`): a class or WordNet ancestor its top examples share.
+
+    A unit labelled by a run and given no row has no clear concept; the run's recipe says which layer it covered.
+    """
+
+    __tablename__ = "unit_labels"
+    __table_args__ = (UniqueConstraint("unit_id", "rank"), Index("ix_unit_labels_concept", "concept"))
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    unit_id: Mapped[int] = mapped_column(ForeignKey("units.id"))
+    rank: Mapped[int]
+    #: The WordNet synset (``n02084071``) and its name (``dog``).
+    concept: Mapped[str] = mapped_column(String(16))
+    name: Mapped[str] = mapped_column(String(128))
+    #: ``count`` of the ``of`` top examples with a known class fall under it.
+    count: Mapped[int]
+    of: Mapped[int]
+    coverage: Mapped[float]
+    base_rate: Mapped[float]
+    lift: Mapped[float]
+    score: Mapped[float]
     run_id: Mapped[int] = mapped_column(ForeignKey("runs.id"))
 
 

@@ -1,0 +1,126 @@
+"""Concept labels: what the classes of a unit's top dataset examples share, through the WordNet hierarchy.
+
+A concept is an ImageNet class or any of its WordNet 3.0 ancestors ("dog",
+"bird", "wheeled vehicle"); the hierarchy is data (``imagenet_hierarchy.json``,
+made once by ``scripts/imagenet_hierarchy.py``). For a unit's top examples
+whose image has a known class (``n`` of them), a concept that ``count`` of them
+fall under is scored by two numbers a reader can check:
+
+- ``coverage`` = count / n, the share of the top examples it covers;
+- ``lift`` = coverage / base rate, how many times more often than among all the
+  dataset's images (the base rate) it appears;
+
+and ranked by ``score`` = coverage x log2(lift): bits of evidence, high for a
+concept both specific and covering (30 of 40 golden retrievers beats 40 of 40
+"dogs", which beats 40 of 40 "organisms").
+
+A label is clear when it covers at least `MIN_COUNT` examples and
+`MIN_COVERAGE` of them, at `MIN_LIFT` times its base rate; a unit without
+one has "no clear concept". Up to `LABELS` labels are kept, best first, none
+an ancestor or descendant of one kept before it (so "dog" is not followed by
+"canine" and "carnivore"). Torch-free: the server and the stage share it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import re
+from collections import Counter
+from collections.abc import Iterable
+from dataclasses import dataclass
+from functools import cache
+from pathlib import Path
+
+HIERARCHY_FILE = Path(__file__).with_name("imagenet_hierarchy.json")
+#: The rules (stored in each labels run's recipe).
+LABELS = 3
+MIN_COUNT = 4
+MIN_COVERAGE = 0.3
+MIN_LIFT = 2.0
+_SYNSET = re.compile(r"^n\d{8}$")
+
+
+@dataclass(frozen=True)
+class Label:
+    concept: str
+    name: str
+    count: int
+    #: Top examples with a known class.
+    of: int
+    coverage: float
+    base_rate: float
+    lift: float
+    score: float
+
+
+class Hierarchy:
+    def __init__(self, synsets: dict[str, dict], classes: list[str], digest: str) -> None:
+        self.names = {wnid: entry["name"] for wnid, entry in synsets.items()}
+        self.parents = {wnid: entry["parents"] for wnid, entry in synsets.items()}
+        self.classes = classes
+        #: The file's sha256 (part of the labels' recipe).
+        self.digest = digest
+
+    @classmethod
+    @cache
+    def load(cls, path: Path = HIERARCHY_FILE) -> Hierarchy:
+        data = path.read_bytes()
+        made = json.loads(data)
+        return cls(made["synsets"], made["classes"], hashlib.sha256(data).hexdigest())
+
+    @cache  # noqa: B019 - one hierarchy per process, loaded once
+    def ancestors(self, wnid: str) -> frozenset[str]:
+        """``wnid`` and every synset above it."""
+        found = {wnid}
+        for parent in self.parents.get(wnid, []):
+            found |= self.ancestors(parent)
+        return frozenset(found)
+
+    def concept_counts(self, classes: Iterable[str]) -> Counter[str]:
+        """How many of ``classes`` (one per image) fall under each concept; unknown classes count nowhere."""
+        counts: Counter[str] = Counter()
+        for wnid in classes:
+            if wnid in self.parents:
+                counts.update(self.ancestors(wnid))
+        return counts
+
+    def knows(self, wnid: str | None) -> bool:
+        return wnid is not None and wnid in self.parents
+
+
+def image_class(path: str) -> str | None:
+    """The ImageNet class (WordNet synset) an image's path names by its first folder, if any."""
+    head = path.split("/", 1)[0]
+    return head if "/" in path and _SYNSET.match(head) else None
+
+
+def label(top_classes: list[str | None], base: Counter[str], images: int, hierarchy: Hierarchy) -> list[Label]:
+    """Up to `LABELS` clear labels of a unit whose top examples' images have ``top_classes`` (None: unknown),
+    against ``base`` (images under each concept among the dataset's ``images`` with a known class)."""
+    known = [wnid for wnid in top_classes if hierarchy.knows(wnid)]
+    if not known or not images:
+        return []
+    candidates = []
+    for concept, count in hierarchy.concept_counts(known).items():
+        coverage, rate = count / len(known), base[concept] / images
+        lift = coverage / rate if rate else math.inf
+        if count >= MIN_COUNT and coverage >= MIN_COVERAGE and lift >= MIN_LIFT:
+            candidates.append(Label(concept, hierarchy.names[concept], count, len(known), round(coverage, 4),
+                                    round(rate, 5), round(lift, 3), round(coverage * math.log2(lift), 4)))
+    chosen: list[Label] = []
+    # Equal evidence names the most specific concept (the deepest: "golden retriever", not "mammal").
+    for candidate in sorted(candidates, key=lambda c: (-c.score, -len(hierarchy.ancestors(c.concept)), c.concept)):
+        related = any(candidate.concept in hierarchy.ancestors(kept.concept) or
+                      kept.concept in hierarchy.ancestors(candidate.concept) for kept in chosen)
+        if not related:
+            chosen.append(candidate)
+        if len(chosen) == LABELS:
+            break
+    return chosen
+
+
+def rules() -> dict[str, object]:
+    return {"labels": LABELS, "min_count": MIN_COUNT, "min_coverage": MIN_COVERAGE, "min_lift": MIN_LIFT,
+            "score": "coverage * log2(lift)", "hierarchy_sha256": Hierarchy.load().digest}

@@ -1,0 +1,104 @@
+"""Concept labels: the WordNet hierarchy file, the scoring, and the stage that labels every unit."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from fastapi.testclient import TestClient
+from PIL import Image
+from sqlalchemy import func, select
+
+from app import urls
+from app.main import create_app
+from app.settings import Settings
+from app.store import Store, UnitLabel
+from app.zoo.concepts import HIERARCHY_FILE, MIN_COUNT, MIN_COVERAGE, MIN_LIFT, Hierarchy, image_class, label
+from tests.conftest import ROOT
+
+WORDNET = Path("/usr/share/wordnet")
+GOLDEN, GOLDFISH = "n02099601", "n01443537"
+DOG = "n02084071"
+
+
+@pytest.fixture(scope="module")
+def hierarchy() -> Hierarchy:
+    return Hierarchy.load()
+
+
+def test_the_hierarchy_file_is_what_the_script_makes_of_wordnet(tmp_path: Path) -> None:
+    """Debian's wordnet-base (scripts/system-deps installs it): the committed file is reproducible."""
+    made = tmp_path / "hierarchy.json"
+    subprocess.run([sys.executable, str(ROOT / "scripts" / "imagenet_hierarchy.py"), "--wordnet", str(WORDNET),
+                    "--output", str(made)], check=True, capture_output=True)
+    assert made.read_bytes() == HIERARCHY_FILE.read_bytes()
+
+
+def test_the_hierarchy_reaches_the_concepts_readers_expect(hierarchy: Hierarchy) -> None:
+    assert len(hierarchy.classes) == 1000 and hierarchy.names[DOG] == "dog"
+    dogs = [wnid for wnid in hierarchy.classes if DOG in hierarchy.ancestors(wnid)]
+    assert len(dogs) == 118 and GOLDEN in dogs  # ImageNet's 118 dog classes
+    assert hierarchy.names["n01503061"] == "bird" and "n01503061" in hierarchy.ancestors("n01530575")  # a brambling
+    assert image_class(f"{GOLDEN}/photo.jpg") == GOLDEN and image_class("photo.jpg") is None
+
+
+def test_a_unit_whose_top_examples_are_all_of_one_class_is_labelled_with_it(hierarchy: Hierarchy) -> None:
+    base = hierarchy.concept_counts(hierarchy.classes)  # the sample: one image of each class
+    labels = label([GOLDEN] * 40, base, 1000, hierarchy)
+    assert [(l.name, l.count, l.of, l.coverage, l.lift) for l in labels] == [("golden retriever", 40, 40, 1.0, 1000.0)]
+    dogs = [wnid for wnid in hierarchy.classes if DOG in hierarchy.ancestors(wnid)][::3][:40]
+    assert [l.name for l in label(dogs, base, 1000, hierarchy)][:1] in (["dog"], ["hunting dog"], ["working dog"])
+    assert label(hierarchy.classes[::25], base, 1000, hierarchy) == []  # 40 unrelated classes: no clear concept
+    assert label([None] * 40, base, 1000, hierarchy) == []  # images without a class
+
+
+def _two_class_images(folder: Path) -> Path:
+    """20 reddish images of golden retrievers and 20 bluish of goldfish: a random network tells them apart."""
+    rng = np.random.default_rng(0)
+    for number in range(40):
+        wnid, colour = (GOLDEN, (200, 60, 40)) if number % 2 else (GOLDFISH, (30, 60, 200))
+        pixels = np.clip(np.array(colour) + rng.normal(0, 25, (64, 64, 3)), 0, 255).astype(np.uint8)
+        (folder / wnid).mkdir(parents=True, exist_ok=True)
+        Image.fromarray(pixels).save(folder / wnid / f"{number:03d}.jpg")
+    return folder
+
+
+def test_the_stage_labels_every_layer_and_a_rerun_reuses_them(tiny_net, tmp_path: Path) -> None:  # noqa: ANN001
+    from precompute.catalog import catalog
+    from precompute.examples import ExamplesConfig, run_examples
+    from precompute.labels import run_labels
+
+    images = _two_class_images(tmp_path / "images")
+    settings = Settings.load(tmp_path / "store")
+    spec = tiny_net.spec
+    with Store.open(settings, create=True) as store:
+        catalog(store, spec)
+        run_examples(store, spec, tiny_net, "w", images, ExamplesConfig(layers=tuple(spec.layers), k=8, batch_size=8),
+                     torch.device("cpu"), progress=False)
+        first = run_labels(store, spec, images, spec.layers)
+        again = run_labels(store, spec, images, spec.layers)
+        with store.session() as session:
+            rows = session.scalars(select(UnitLabel)).all()
+    assert first.layers_labelled == len(spec.layers) and again.layers_reused == len(spec.layers)
+    assert first.units_labelled + first.units_unclear == sum(layer.channels for layer in spec.layers)
+    assert first.units_labelled > 0 and {row.name for row in rows} <= {"golden retriever", "goldfish"}
+    assert all(r.count >= MIN_COUNT and r.coverage >= MIN_COVERAGE and r.lift >= MIN_LIFT for r in rows)
+    labelled = max(rows, key=lambda row: row.score)
+    client = TestClient(create_app(settings))
+    unit = client.get(f"/models/tiny/{_layer_of(settings, labelled.unit_id)}.json").json()
+    assert unit["labelled"] and unit["labels"][0]["name"] == labelled.name and unit["labels"][0]["lift"] == labelled.lift
+    page = client.get(f"/models/tiny/{_layer_of(settings, labelled.unit_id)}").text
+    assert "Its top examples share:" in page and f'<strong class="concept">{labelled.name}</strong>' in page
+
+
+def _layer_of(settings: Settings, unit_id: int) -> str:
+    from app.store import Layer, Unit
+
+    with Store.open(settings, readonly=True) as store, store.session() as session:
+        name, index = session.execute(select(Layer.name, Unit.index).join(Unit).where(Unit.id == unit_id)).one()
+    return f"{name}/{index}"
