@@ -256,11 +256,49 @@ class ExamplePage:
 
 
 @dataclass(frozen=True)
+class SearchResult:
+    label: str
+    url: str
+    #: Why it matched: ``unit``, ``model``, ``layer``, ``class`` (its class label) or ``concept`` (its concept label).
+    reason: str
+    #: The unit found, with its picture (None for a model or layer).
+    unit: UnitRef | None = None
+    #: A concept hit's score (coverage x log2 lift).
+    score: float | None = None
+
+
+@dataclass(frozen=True)
 class SearchPage:
     title: str
     query: str
-    results: list[UnitRef | dict[str, str]]
+    results: list[SearchResult]
+    #: Results over every page, this page's number (from 1), and the neighbours' URLs.
+    total: int = 0
+    page: int = 1
+    pages: int = 1
+    previous_url: str | None = None
+    next_url: str | None = None
     kind: str = "search"
+
+
+#: Search results per page.
+RESULTS_PER_PAGE = 50
+
+
+def search_page(catalog: Catalog, connection: Connection, query: str, hits: list[Any], page: int, json: bool) -> SearchPage:
+    """``hits`` (`app.search.Hit`) cut to ``page``, each unit with its picture; past the last page is a 404."""
+    pages = max(1, -(-len(hits) // RESULTS_PER_PAGE))
+    if page > pages:
+        raise NotFound(f"{query!r} has {len(hits)} results: {pages} pages, not {page}")
+    shown = hits[(page - 1) * RESULTS_PER_PAGE:page * RESULTS_PER_PAGE]
+    pictures = _thumbnails(connection, [hit.unit_id for hit in shown if hit.unit_id is not None])
+    results = [SearchResult(hit.label, hit.url, hit.reason, _ref(catalog, hit.unit_id, pictures) if hit.unit_id else None,
+                            hit.score) for hit in shown]
+    return SearchPage(
+        title=f"Search: {query}", query=query, results=results, total=len(hits), page=page, pages=pages,
+        previous_url=urls.search(query, json, page - 1) if page > 1 else None,
+        next_url=urls.search(query, json, page + 1) if page < pages else None,
+    )
 
 
 @dataclass(frozen=True)

@@ -43,9 +43,11 @@ def blob(key: str) -> str:
     return f"/blobs/{key}"
 
 
-def search(query: str = "", json: bool = False) -> str:
+def search(query: str = "", json: bool = False, page: int = 1) -> str:
     base = "/search.json" if json else "/search"
-    return f"{base}?{urlencode({'q': query})}" if query else base
+    if not query:
+        return base
+    return f"{base}?{urlencode({'q': query, **({'page': page} if page > 1 else {})})}"
 
 
 def static(path: str) -> str:

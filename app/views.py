@@ -19,7 +19,7 @@ from sqlalchemy import Connection
 from app import pages, urls
 from app.access import allows
 from app.errors import NotFound
-from app.respond import respond
+from app.respond import json_response, respond
 from app.search import search
 from app.state import ServerState
 from app.store.maintenance import probe_blob
@@ -166,10 +166,12 @@ async def example(request: Request, model: str, layer: str, unit: int, kind: str
 
 
 @router.get("/search.json", name="search_json")
-async def search_json(state: StateDep, connection: ConnectionDep, q: Annotated[str, Query(max_length=200)] = "") -> Any:
-    """Pages matching a query: ``mixed4c:447``, ``mixed4c 447``, a class or layer name."""
-    hits = search(state.catalog(connection), q)
-    return {"query": q, "results": [{"label": hit.label, "url": hit.url} for hit in hits]}
+async def search_json(state: StateDep, connection: ConnectionDep, q: Annotated[str, Query(max_length=200)] = "",
+                      page: Annotated[int, Query(ge=1, le=100_000)] = 1) -> Any:
+    """Pages matching a query: ``mixed4c:447``, ``mixed4c 447``, a class, a concept (``dog``) or a layer name;
+    50 results a page, units with their pictures."""
+    catalog = state.catalog(connection)
+    return json_response(pages.search_page(catalog, connection, q, search(catalog, q, connection), page, True))
 
 
 @router.get("/search", name="search", include_in_schema=False, response_class=Response)
@@ -178,15 +180,16 @@ async def search_page(
     q: Annotated[str, Query(max_length=200)] = "",
     model: Annotated[str | None, Query(max_length=64)] = None,
     layer: Annotated[str | None, Query(max_length=64)] = None,
+    page: Annotated[int, Query(ge=1, le=100_000)] = 1,
 ) -> Response:
     """Search; a layer page's jump box sends its model and layer with a bare unit number."""
     if layer and q.strip().isdigit():
         q = f"{model + ' ' if model else ''}{layer}:{q.strip()}"
-    hits = search(state.catalog(connection), q)
-    if len(hits) == 1:
+    catalog = state.catalog(connection)
+    hits = search(catalog, q, connection)
+    if len(hits) == 1 and page == 1:
         return RedirectResponse(hits[0].url, status_code=303)
-    page = pages.SearchPage(title=f"Search: {q}", query=q, results=[{"label": h.label, "url": h.url} for h in hits])
-    return respond(request, page, "search.html", json=False)
+    return respond(request, pages.search_page(catalog, connection, q, hits, page, False), "search.html", json=False)
 
 
 #: How long a presigned blob URL stays valid (``MICROSCOPE_BLOBS_REDIRECT=1``).

@@ -6,6 +6,7 @@ import re
 import subprocess
 import sys
 from collections.abc import Iterator
+from datetime import datetime
 from pathlib import Path
 
 import httpx
@@ -228,6 +229,57 @@ def test_search_lists_ambiguous_names_and_suggests_for_typos(client: httpx.Clien
     assert client.get(urls.search("mixed4c:9999")).status_code == 404
     jump = client.get("/search?q=12&model=inceptionv1_caffe&layer=mixed3b")
     assert jump.headers["location"] == "/models/inceptionv1_caffe/mixed3b/12"
+
+
+def test_search_puts_whole_words_first_shows_pictures_and_pages(client: httpx.Client) -> None:
+    dog = client.get(urls.search("dog", json=True)).json()
+    labels = [hit["label"] for hit in dog["results"]]
+    whole = [bool(re.search(r"\bdog\b", label.lower())) for label in labels]
+    assert whole[0] and whole == sorted(whole, reverse=True)  # "sled dog" before "hotdog"
+    assert any("hotdog" in label.lower() for label in labels)
+    assert all(hit["unit"]["url"] == hit["url"] for hit in dog["results"])
+    many = client.get(urls.search("e", json=True)).json()
+    assert many["total"] > 50 and len(many["results"]) == 50 and many["pages"] == -(-many["total"] // 50)
+    second = client.get(many["next_url"]).json()
+    assert second["page"] == 2 and second["previous_url"] and second["results"][0] != many["results"][0]
+    page = client.get(urls.search("e", page=2))
+    assert page.status_code == 200 and 'rel="prev"' in page.text and 'class="tile"' in page.text
+    assert client.get(urls.search("e", page=999)).status_code == 404
+
+
+def test_search_finds_units_by_their_concept_label(web_settings: Settings) -> None:
+    """A store whose unit carries a concept label: the concept (or one above it) finds it, with its score."""
+    import shutil
+    import tempfile
+
+    from sqlalchemy import delete, select
+
+    from app.store import Layer, Run, Store, Unit, UnitLabel
+    from app.zoo.concepts import Hierarchy
+
+    with tempfile.TemporaryDirectory() as folder:
+        copy = Settings.load(Path(folder) / "store")
+        shutil.copytree(web_settings.data_dir, copy.data_dir)
+        with Store.open(copy) as store, store.transaction() as session:
+            unit_id = session.scalar(select(Unit.id).join(Layer).where(Layer.name == "mixed3b", Unit.index == 5))
+            run = Run(stage="labels", model_id=session.scalar(select(Layer.model_id).where(Layer.name == "mixed3b")),
+                      code_version="test", params={"layer": "mixed3b"}, started_at=datetime(2026, 12, 1))
+            session.add(run)
+            hierarchy = Hierarchy.load()  # no other unit labelled a dog or anything under it
+            dogs = [wnid for wnid in hierarchy.names if "n02084071" in hierarchy.ancestors(wnid)]
+            session.execute(delete(UnitLabel).where(UnitLabel.concept.in_(dogs)))
+            session.execute(delete(UnitLabel).where(UnitLabel.unit_id == unit_id))
+            session.flush()
+            session.add(UnitLabel(unit_id=unit_id, rank=0, concept="n02087551", name="hound", count=12, of=40,
+                                  coverage=0.3, base_rate=0.019, lift=15.8, score=1.19, run_id=run.id))
+        client = TestClient(create_app(copy))
+        for query in ("hound", "dog", "Hunting dog"):
+            found = client.get(urls.search(query, json=True)).json()["results"]
+            concept = [hit for hit in found if hit["reason"] == "concept"]
+            assert [hit["url"] for hit in concept] == [urls.unit("inceptionv1_caffe", "mixed3b", 5)], query
+            assert concept[0]["score"] == 1.19 and "hound (12 of 40" in concept[0]["label"]
+        unit = client.get(urls.unit("inceptionv1_caffe", "mixed3b", 5)).text
+        assert '<strong class="concept">hound</strong> (12 of 40' in unit
 
 
 def test_openapi_lists_every_json_route(client: httpx.Client) -> None:
