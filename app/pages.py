@@ -7,6 +7,7 @@ JSON schema and the template's context).
 
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -15,6 +16,7 @@ from sqlalchemy import Connection
 from app import queries, urls
 from app.catalog import Catalog, LayerEntry, ModelEntry
 from app.errors import ModelNotHeld, NotFound
+from app.zoo.concepts import Hierarchy
 from app.zoo.registry import REGISTRY
 from app.store.summary import ModelCoverage
 from app.zoo.spec import Framing
@@ -47,6 +49,8 @@ class UnitRef:
     image_url: str | None
     #: Until the unit is rendered: the crop of its top dataset example, shown marked as such.
     placeholder_url: str | None = None
+    #: Its top concept label (`ConceptLabel`'s name), where it has a clear one.
+    concept: str | None = None
 
 
 @dataclass(frozen=True)
@@ -127,6 +131,10 @@ class LayerPage:
     missing_command: str | None
     #: POST here to queue every unit of the layer without a picture (None when all have one).
     render_url: str | None = None
+    #: The concept the units shown are filtered by (None: every unit), and the layer's concepts to filter by:
+    #: ``[{"name", "units", "url"}]``, commonest first.
+    label: str | None = None
+    concepts: list[dict[str, Any]] = field(default_factory=list)
     kind_of_page: str = "layer"
 
 
@@ -307,6 +315,7 @@ class _Pictures:
 
     images: dict[int, str]
     placeholders: dict[int, str]
+    concepts: dict[int, str] = field(default_factory=dict)
 
 
 def _thumbnails(connection: Connection, unit_ids: list[int]) -> _Pictures:
@@ -317,14 +326,15 @@ def _thumbnails(connection: Connection, unit_ids: list[int]) -> _Pictures:
     placeholders = {
         unit_id: urls.blob(key) for unit_id, key in connection.execute(queries.top_crops, {"ids": missing})
     } if missing else {}
-    return _Pictures(images, placeholders)
+    concepts = dict(connection.execute(queries.top_labels, {"ids": unit_ids}).all())
+    return _Pictures(images, placeholders, concepts)
 
 
 def _ref(catalog: Catalog, unit_id: int, pictures: _Pictures) -> UnitRef:
     model, layer, index = catalog.units[unit_id]
     label = catalog.models[model].layer(layer).labels[index]
     return UnitRef(model, layer, index, label, urls.unit(model, layer, index), pictures.images.get(unit_id),
-                   pictures.placeholders.get(unit_id))
+                   pictures.placeholders.get(unit_id), pictures.concepts.get(unit_id))
 
 
 def index_page(catalog: Catalog, counts: list[ModelCoverage]) -> IndexPage:
@@ -383,23 +393,35 @@ def not_held_page(error: ModelNotHeld) -> NotHeldPage:
 
 
 def layer_page(catalog: Catalog, connection: Connection, model: str, name: str, page: int,
-               renders: bool = True) -> LayerPage:
+               renders: bool = True, label: str | None = None) -> LayerPage:
     layer = catalog.model(model).layer(name)
-    pages = max(1, -(-layer.channels // UNITS_PER_PAGE))
+    labels = connection.execute(queries.layer_labels, {"ids": list(layer.unit_ids)}).all()
+    counts = Counter(concept_name for _, _, concept_name in labels)
+    concepts = [{"name": concept_name, "units": count, "url": urls.layer(model, name, label=concept_name)}
+                for concept_name, count in sorted(counts.items(), key=lambda item: (-item[1], item[0]))]
+    chosen = list(layer.unit_ids)
+    if label is not None:
+        hierarchy = Hierarchy.load()
+        named = {wnid for wnid, concept_name in hierarchy.names.items() if concept_name.lower() == label.lower()}
+        matching = {unit_id for unit_id, concept, _ in labels if hierarchy.ancestors(concept) & named}
+        chosen = [unit_id for unit_id in layer.unit_ids if unit_id in matching]
+        if not chosen:
+            raise NotFound(f"no unit of {model}/{name} is labelled {label!r}", tuple(c["name"] for c in concepts[:5]))
+    pages = max(1, -(-len(chosen) // UNITS_PER_PAGE))
     if not 1 <= page <= pages:
         raise NotFound(f"{model}/{name} has pages 1..{pages}, not {page}")
-    indices = range((page - 1) * UNITS_PER_PAGE, min(page * UNITS_PER_PAGE, layer.channels))
-    ids = [layer.unit_ids[i] for i in indices]
+    ids = chosen[(page - 1) * UNITS_PER_PAGE:page * UNITS_PER_PAGE]
     images = _thumbnails(connection, ids)
     rendered = connection.execute(queries.rendered_in, {"ids": list(layer.unit_ids)}).scalar_one()
     missing = None if rendered else f"microscope precompute vis --model {model} --layers {name} --units all"
     render_url = urls.render_layer(model, name) if renders and rendered < layer.channels else None
     return LayerPage(
-        title=f"{model} / {name}", model=model, model_url=urls.model(model), name=name, kind=layer.kind,
-        channels=layer.channels, url=urls.layer(model, name, page), json_url=urls.layer(model, name, page, json=True),
+        title=f"{model} / {name}" + (f": {label}" if label else ""), model=model, model_url=urls.model(model), name=name,
+        kind=layer.kind, channels=layer.channels, url=urls.layer(model, name, page, label=label),
+        json_url=urls.layer(model, name, page, json=True, label=label),
         units=[_ref(catalog, unit_id, images) for unit_id in ids], page=page, pages=pages,
-        next_url=urls.layer(model, name, page + 1) if page < pages else None, missing_command=missing,
-        render_url=render_url,
+        next_url=urls.layer(model, name, page + 1, label=label) if page < pages else None, missing_command=missing,
+        render_url=render_url, label=label, concepts=concepts,
     )
 
 

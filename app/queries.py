@@ -74,3 +74,11 @@ labels = select(UnitLabel.concept, UnitLabel.name, UnitLabel.count, UnitLabel.of
 #: The recipes of a model's finished labels runs (each names the layer it labelled).
 labels_runs = select(Run.params).where(Run.stage == "labels", Run.model_id == bindparam("model"),
                                        Run.finished_at.is_not(None))
+
+#: The top concept label of each unit (grids and tiles show it).
+top_labels = select(UnitLabel.unit_id, UnitLabel.name).where(
+    UnitLabel.unit_id.in_(bindparam("ids", expanding=True)), UnitLabel.rank == 0)
+
+#: The labels of a layer's units (any rank): the layer page's filter.
+layer_labels = select(UnitLabel.unit_id, UnitLabel.concept, UnitLabel.name).where(
+    UnitLabel.unit_id.in_(bindparam("ids", expanding=True)))

@@ -21,9 +21,11 @@ def model(name: str, json: bool = False) -> str:
     return f"/models/{quote(name)}{_suffix(json)}"
 
 
-def layer(model_name: str, layer_name: str, page: int = 1, json: bool = False) -> str:
+def layer(model_name: str, layer_name: str, page: int = 1, json: bool = False, label: str | None = None) -> str:
+    """A page of a layer's units; with ``label``, only those labelled with that concept (or one under it)."""
     url = f"/models/{quote(model_name)}/{quote(layer_name)}{_suffix(json)}"
-    return url if page == 1 else f"{url}?{urlencode({'page': page})}"
+    query = {**({"label": label} if label else {}), **({"page": page} if page != 1 else {})}
+    return f"{url}?{urlencode(query)}" if query else url
 
 
 def unit(model_name: str, layer_name: str, index: int, json: bool = False) -> str:

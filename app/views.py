@@ -125,13 +125,14 @@ def microscope_link(request: Request, state: ServerState, connection: Connection
 async def layer(
     request: Request, model: str, layer: str, state: StateDep, connection: ConnectionDep, json: bool,
     page: Annotated[int, Query(ge=1, le=100_000)] = 1,
+    label: Annotated[str | None, Query(max_length=128, description="Only units labelled with this concept, or one under it")] = None,
 ) -> Response:
-    """A page of a layer's units (htmx requests get only the grid, to append)."""
+    """A page of a layer's units (htmx requests get only the grid, to append); ``label`` filters by concept."""
     redirect = microscope_link(request, state, connection, model, layer, None, json)
     if redirect is not None:
         return redirect
     built = pages.layer_page(state.catalog(connection, model), connection, model, layer, page,
-                             renders=allows(state.settings, "renders"))
+                             renders=allows(state.settings, "renders"), label=label or None)
     return respond(request, built, "layer.html", json)
 
 

@@ -94,6 +94,18 @@ def test_the_stage_labels_every_layer_and_a_rerun_reuses_them(tiny_net, tmp_path
     assert unit["labelled"] and unit["labels"][0]["name"] == labelled.name and unit["labels"][0]["lift"] == labelled.lift
     page = client.get(f"/models/tiny/{_layer_of(settings, labelled.unit_id)}").text
     assert "Its top examples share:" in page and f'<strong class="concept">{labelled.name}</strong>' in page
+    # The layer page: its concepts to filter by, each tile's top concept, and the filter itself.
+    layer = _layer_of(settings, labelled.unit_id).split("/")[0]
+    whole = client.get(urls.layer("tiny", layer, json=True)).json()
+    assert labelled.name in [c["name"] for c in whole["concepts"]]
+    assert {u["concept"] for u in whole["units"]} - {None} <= {"golden retriever", "goldfish"}
+    kept = client.get(urls.layer("tiny", layer, json=True, label=labelled.name)).json()
+    with_it = {row.unit_id for row in rows if row.name == labelled.name}
+    in_layer = {u for u in with_it if _layer_of(settings, u).startswith(layer + "/")}
+    assert kept["label"] == labelled.name and 0 < len(kept["units"]) == len(in_layer)
+    assert client.get(urls.layer("tiny", layer, json=True, label="aircraft carrier")).status_code == 404
+    html = client.get(urls.layer("tiny", layer, label=labelled.name)).text
+    assert f"labelled {labelled.name}" in html and 'class="concept"' in html
 
 
 def _layer_of(settings: Settings, unit_id: int) -> str:
