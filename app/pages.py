@@ -81,6 +81,8 @@ class LayerSummary:
     with_examples: int
     with_circuits: int
     strip: list[UnitRef]
+    #: The layer's DeepDream image (Microscope's ``deep_dream``), once rendered.
+    deep_dream_url: str | None = None
 
 
 @dataclass(frozen=True)
@@ -135,6 +137,9 @@ class LayerPage:
     #: ``[{"name", "units", "url"}]``, commonest first.
     label: str | None = None
     concepts: list[dict[str, Any]] = field(default_factory=list)
+    #: The whole layer's DeepDream render (``image_url``, ``objective``, ``recipe``), or the command that makes it.
+    deep_dream: Visualization | None = None
+    deep_dream_command: str | None = None
     kind_of_page: str = "layer"
 
 
@@ -359,13 +364,14 @@ def model_page(catalog: Catalog, connection: Connection, name: str, counts: list
             layer = catalog.units[unit_id][1]
             if len(strips.setdefault(layer, [])) < STRIP:
                 strips[layer].append(_ref(catalog, unit_id, _Pictures({unit_id: urls.blob(key)}, {})))
+    dreams = {layer_id: urls.blob(key) for layer_id, key, _, _ in connection.execute(queries.layer_dreams)}
     layers = [
         LayerSummary(
             name=layer.name, kind=layer.kind, channels=layer.channels, url=urls.layer(name, layer.name),
             rendered=counts_by_layer[layer.name].rendered if layer.name in counts_by_layer else {},
             with_examples=counts_by_layer[layer.name].with_examples if layer.name in counts_by_layer else 0,
             with_circuits=counts_by_layer[layer.name].with_circuits if layer.name in counts_by_layer else 0,
-            strip=strips.get(layer.name, []),
+            strip=strips.get(layer.name, []), deep_dream_url=dreams.get(layer.id),
         )
         for layer in entry.layers
     ]
@@ -414,6 +420,10 @@ def layer_page(catalog: Catalog, connection: Connection, model: str, name: str, 
     images = _thumbnails(connection, ids)
     rendered = connection.execute(queries.rendered_in, {"ids": list(layer.unit_ids)}).scalar_one()
     missing = None if rendered else f"microscope precompute vis --model {model} --layers {name} --units all"
+    dream = next((Visualization("deep_dream", urls.blob(key), objective, recipe)
+                  for layer_id, key, objective, recipe in connection.execute(queries.layer_dreams) if layer_id == layer.id), None)
+    dream_command = (f"microscope precompute dream --model {model} --layers {name}"
+                     if dream is None and layer.kind != "logits" else None)
     render_url = urls.render_layer(model, name) if renders and rendered < layer.channels else None
     return LayerPage(
         title=f"{model} / {name}" + (f": {label}" if label else ""), model=model, model_url=urls.model(model), name=name,
@@ -421,7 +431,7 @@ def layer_page(catalog: Catalog, connection: Connection, model: str, name: str, 
         json_url=urls.layer(model, name, page, json=True, label=label),
         units=[_ref(catalog, unit_id, images) for unit_id in ids], page=page, pages=pages,
         next_url=urls.layer(model, name, page + 1, label=label) if page < pages else None, missing_command=missing,
-        render_url=render_url, label=label, concepts=concepts,
+        render_url=render_url, label=label, concepts=concepts, deep_dream=dream, deep_dream_command=dream_command,
     )
 
 

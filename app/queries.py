@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from sqlalchemy import bindparam, func, select
 
-from app.store import Artifact, Dataset, DatasetExample, DatasetImage, Edge, Run, UnitLabel, UnitStats
+from app.store import Artifact, Dataset, DatasetExample, DatasetImage, Edge, LayerArtifact, Run, UnitLabel, UnitStats
 
 THUMBNAIL_TECHNIQUE = "channel"
 
@@ -82,3 +82,7 @@ top_labels = select(UnitLabel.unit_id, UnitLabel.name).where(
 #: The labels of a layer's units (any rank): the layer page's filter.
 layer_labels = select(UnitLabel.unit_id, UnitLabel.concept, UnitLabel.name).where(
     UnitLabel.unit_id.in_(bindparam("ids", expanding=True)))
+
+#: Each layer's DeepDream render (Microscope's ``deep_dream``).
+layer_dreams = select(LayerArtifact.layer_id, LayerArtifact.blob_key, LayerArtifact.objective, LayerArtifact.recipe).where(
+    LayerArtifact.technique == "deep_dream")

@@ -96,10 +96,12 @@ async def model(request: Request, model: str, state: StateDep, connection: Conne
     return respond(request, page, "model.html", json)
 
 
-#: OpenAI Microscope's ``models.technique`` values and the section of a page each lands on. Microscope's
-#: DeepDream of a unit has no technique of its own here: it lands on the unit's visualizations.
+#: OpenAI Microscope's ``models.technique`` values and the section of a unit's page each lands on. Microscope's
+#: DeepDream of a unit has no technique of its own here: it lands on the unit's visualizations; on a layer,
+#: ``deep_dream`` lands on the layer's DeepDream (`LAYER_SECTIONS`).
 MICROSCOPE_SECTIONS = {"feature_vis": "visualizations", "deep_dream": "visualizations",
                        "dataset_examples": "examples"}
+LAYER_SECTIONS = {"deep_dream": "deep-dream"}
 
 
 def microscope_link(request: Request, state: ServerState, connection: Connection, model: str, layer: str,
@@ -115,8 +117,8 @@ def microscope_link(request: Request, state: ServerState, connection: Connection
     if name == layer and technique is None:
         return None
     url = urls.unit(model, name, unit, json) if unit is not None else urls.layer(model, name, json=json)
-    section = MICROSCOPE_SECTIONS.get(technique or "")
-    if section and unit is not None and not json:
+    section = (MICROSCOPE_SECTIONS if unit is not None else LAYER_SECTIONS).get(technique or "")
+    if section and not json:
         url += f"#{section}"
     return RedirectResponse(url, status_code=301)
 

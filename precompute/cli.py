@@ -246,6 +246,31 @@ def precompute_vis(
     typer.echo(f"vis: {result.rendered} images rendered, {result.skipped} already stored with this recipe")
 
 
+@precompute_cli.command("dream")
+def precompute_dream(
+    model: ModelOption = DEFAULT_MODEL,
+    layers: LayersOption = "main",
+    steps: Annotated[int, typer.Option(help="Optimization steps (Lucid: 512).")] = ON_DEMAND.steps,
+    size: Annotated[int, typer.Option(help="Image side in pixels.")] = ON_DEMAND.size,
+    seed: Annotated[int, typer.Option(help="Base seed; each layer's seed derives from it and the layer.")] = 0,
+    device: DeviceOption = "auto",
+    weights: WeightsOption = None,
+    names: NamesOption = None,
+    data: DataOption = None,
+    database_url: DatabaseOption = None,
+) -> None:
+    """DeepDream of each layer (Microscope's deep_dream): one render of the whole layer's squared activation."""
+    from precompute.dream import run_deep_dream
+    from precompute.selection import parse_layers
+    from precompute.vis import VisConfig
+
+    with _stage(model, weights, names, device, data, database_url) as stage:
+        chosen = tuple(parse_layers(stage.spec, layers))
+        config = VisConfig(layers=chosen, units={}, techniques=("channel",), steps=steps, size=size, batch=1, seed=seed)
+        result = run_deep_dream(stage.store, stage.spec, stage.net, stage.weights_sha256, chosen, config, stage.device)
+    typer.echo(f"deep dream: {result.rendered} layers rendered, {result.skipped} already stored with this recipe")
+
+
 @precompute_cli.command("circuits")
 def precompute_circuits(
     model: ModelOption = DEFAULT_MODEL,
@@ -290,7 +315,8 @@ def precompute_all(
     data: DataOption = None,
     database_url: DatabaseOption = None,
 ) -> None:
-    """The main job in one process (or on a Ray cluster): catalog, examples and circuits of every unit, a default set of renders.
+    """The main job in one process (or on a Ray cluster): catalog, examples, labels and circuits of every unit, a default
+    set of renders and a DeepDream of every main layer.
 
     Renders the channel technique for ``--vis-units`` of every main layer,
     every technique for those units of ``--vis-layer``, and the class logit
@@ -304,8 +330,9 @@ def precompute_all(
     from precompute.catalog import catalog
     from precompute.examples import ExamplesConfig
     from precompute.images import locate_images
+    from precompute.dream import run_deep_dream
     from precompute.labels import run_labels
-    from precompute.vis import stale_configs
+    from precompute.vis import VisConfig, stale_configs
 
     root = locate_images(images)
     with _stage(model, weights, names, device, data, database_url, create=True, ray=ray, tasks=tasks) as stage:
@@ -324,6 +351,10 @@ def precompute_all(
         for config in renders:
             rendered = runner.vis(config)
             typer.echo(f"vis: {rendered.rendered} rendered, {rendered.skipped} already stored")
+        main = tuple(layer for layer in spec.layers if layer.is_main)
+        dream_config = VisConfig(layers=main, units={}, techniques=("channel",), steps=steps, size=size, batch=1)
+        dreamt = run_deep_dream(stage.store, spec, stage.net, stage.weights_sha256, main, dream_config, stage.device)
+        typer.echo(f"deep dream: {dreamt.rendered} layers rendered, {dreamt.skipped} already stored")
         stale = stale_configs(stage.store, spec)
         for config in stale:
             runner.vis(config)

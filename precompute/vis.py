@@ -142,7 +142,7 @@ def recipe(config: VisConfig, layer: LayerSpec, technique: str, weights_sha256: 
     return digested(params)
 
 
-def _encode(images: np.ndarray) -> bytes:
+def encode_render(images: np.ndarray) -> bytes:
     """One image (1, H, W, 3), or four as a 2x2 grid with white gutters, as WebP."""
     if len(images) == DIVERSITY_IMAGES:
         side = images.shape[1]
@@ -243,7 +243,7 @@ def _render(net: Network, spec: ModelSpec, chunk: _Chunk, config: VisConfig, dev
     )
     pixels = (rendered.images.clamp(0, 1).permute(0, 2, 3, 1).numpy() * 255).round().astype(np.uint8)
     values = rendered.objective.reshape(len(units), copies).mean(dim=1).tolist()
-    keys = [store.blobs.put(_encode(pixels[i * copies:(i + 1) * copies]), "webp") for i in range(len(units))]
+    keys = [store.blobs.put(encode_render(pixels[i * copies:(i + 1) * copies]), "webp") for i in range(len(units))]
     store.blobs.flush()  # blobs are durable before any row points at them
     return [
         {

@@ -9,12 +9,12 @@ from datetime import datetime, timedelta
 from sqlalchemy import Connection, delete, select
 
 from app.store.database import Store
-from app.store.schema import Artifact, DatasetExample, DatasetImage, Edge, Probe, ProbeUnit
+from app.store.schema import Artifact, DatasetExample, DatasetImage, Edge, LayerArtifact, Probe, ProbeUnit
 
 #: Every column that holds a blob key.
 BLOB_COLUMNS = (
     Artifact.blob_key, DatasetExample.crop_key, DatasetImage.thumbnail_key, Edge.kernel_key,
-    Probe.image_key, ProbeUnit.heatmap_key,
+    LayerArtifact.blob_key, Probe.image_key, ProbeUnit.heatmap_key,
 )
 
 

@@ -21,7 +21,8 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 #: renamed the BVLC GoogLeNet from ``inceptionv1`` to ``inceptionv1_caffe`` (issue 19: ``inceptionv1``
 #: is OpenAI Microscope's network, TensorFlow's inception5h), version 5 gave probes a random
 #: ``public_id`` for their URLs (issue 20: a URL made of the image's digest can be derived from the image),
-#: version 6 added the units' concept labels (``unit_labels``).
+#: version 6 added the units' concept labels (``unit_labels``) and the layers' own renders (``layer_artifacts``:
+#: DeepDream).
 SCHEMA_VERSION = 6
 #: Versions a writable open upgrades by creating the tables and nullable columns added since.
 ADDITIVE_SINCE = 1
@@ -114,6 +115,22 @@ class Artifact(Base):
     technique: Mapped[str] = mapped_column(String(32))
     blob_key: Mapped[str] = mapped_column(String(80))
     #: Digest of the recipe: a rerun with the same recipe skips the unit.
+    recipe_sha256: Mapped[str] = mapped_column(String(64))
+    recipe: Mapped[dict[str, Any]]
+    objective: Mapped[float | None]
+    run_id: Mapped[int] = mapped_column(ForeignKey("runs.id"))
+
+
+class LayerArtifact(Base):
+    """A rendered image of a whole layer (``deep_dream``: its mean squared activation, Microscope's DeepDream)."""
+
+    __tablename__ = "layer_artifacts"
+    __table_args__ = (UniqueConstraint("layer_id", "technique"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    layer_id: Mapped[int] = mapped_column(ForeignKey("layers.id"))
+    technique: Mapped[str] = mapped_column(String(32))
+    blob_key: Mapped[str] = mapped_column(String(80))
     recipe_sha256: Mapped[str] = mapped_column(String(64))
     recipe: Mapped[dict[str, Any]]
     objective: Mapped[float | None]

@@ -128,8 +128,10 @@ def neuron(layer: str, units: int | Sequence[int]) -> Objective:
 
 
 def deepdream(layer: str) -> Objective:
-    """Mean squared activation of a whole layer (Mordvintsev et al.'s DeepDream)."""
-    return Objective(lambda a: a[layer].pow(2).flatten(1).mean(dim=1), frozenset({layer}), f"deepdream({layer})")
+    """Mean squared activation of a whole layer after its ReLU (Mordvintsev et al.'s DeepDream; Lucid's
+    ``objectives.deepdream`` squares the layer's ReLU output), with Lucid's redirected gradient."""
+    return Objective(lambda a: redirected_relu(a[layer]).pow(2).flatten(1).mean(dim=1), frozenset({layer}),
+                     f"deepdream({layer})")
 
 
 def diversity(layer: str, group: int) -> Objective:
