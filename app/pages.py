@@ -16,7 +16,7 @@ from sqlalchemy import Connection
 from app import queries, urls
 from app.catalog import Catalog, LayerEntry, ModelEntry
 from app.errors import ModelNotHeld, NotFound
-from app.zoo.concepts import Hierarchy
+from app.zoo.concepts import Hierarchy, Label
 from app.zoo.registry import REGISTRY
 from app.store.summary import ModelCoverage
 from app.zoo.spec import Framing
@@ -49,7 +49,7 @@ class UnitRef:
     image_url: str | None
     #: Until the unit is rendered: the crop of its top dataset example, shown marked as such.
     placeholder_url: str | None = None
-    #: Its top concept label (`ConceptLabel`'s name), where it has a clear one.
+    #: Its top concept label's name (`app.zoo.concepts.Label`), where it has a clear one.
     concept: str | None = None
 
 
@@ -212,22 +212,6 @@ class Missing:
 
 
 @dataclass(frozen=True)
-class ConceptLabel:
-    """A class or WordNet ancestor shared by the unit's top examples: ``count`` of ``of`` of them fall under it
-    (``coverage``), ``lift`` times as often as among all the dataset's images (``base_rate``); ``score`` is
-    coverage x log2(lift)."""
-
-    concept: str
-    name: str
-    count: int
-    of: int
-    coverage: float
-    base_rate: float
-    lift: float
-    score: float
-
-
-@dataclass(frozen=True)
 class UnitPage:
     title: str
     unit: UnitRef
@@ -251,7 +235,7 @@ class UnitPage:
     render_url: str | None = None
     #: Concepts its top examples share (`app.zoo.concepts`), best first; empty with ``labelled`` true:
     #: no clear concept; ``labelled`` false: the labels stage has not run on this layer.
-    labels: list[ConceptLabel] = field(default_factory=list)
+    labels: list[Label] = field(default_factory=list)
     labelled: bool = False
     kind: str = "unit"
 
@@ -559,7 +543,7 @@ def unit_page(catalog: Catalog, connection: Connection, model_name: str, layer_n
         missing.append(Missing("circuit weights", f"microscope precompute circuits --model {model_name}"))
     runs = connection.execute(queries.labels_runs, {"model": model.id}).scalars()
     labelled = any(params.get("layer") == layer_name for params in runs)
-    concepts = [ConceptLabel(*row) for row in connection.execute(queries.labels, {"unit": unit_id})]
+    concepts = [Label(*row) for row in connection.execute(queries.labels, {"unit": unit_id})]
     if examples and not labelled:
         missing.append(Missing("concept labels", f"microscope precompute labels --model {model_name} --layers {layer_name}"))
     label = layer.labels[index]

@@ -104,7 +104,19 @@ class Run(Base):
     finished_at: Mapped[datetime | None]
 
 
-class Artifact(Base):
+class _Render:
+    """What every rendered image's row holds: its technique, blob, recipe (and digest), objective and run."""
+
+    technique: Mapped[str] = mapped_column(String(32))
+    blob_key: Mapped[str] = mapped_column(String(80))
+    #: Digest of the recipe: a rerun with the same recipe skips the image.
+    recipe_sha256: Mapped[str] = mapped_column(String(64))
+    recipe: Mapped[dict[str, Any]]
+    objective: Mapped[float | None]
+    run_id: Mapped[int] = mapped_column(ForeignKey("runs.id"))
+
+
+class Artifact(_Render, Base):
     """A rendered image of one unit by one technique (feature visualization)."""
 
     __tablename__ = "artifacts"
@@ -112,16 +124,9 @@ class Artifact(Base):
 
     id: Mapped[int] = mapped_column(primary_key=True)
     unit_id: Mapped[int] = mapped_column(ForeignKey("units.id"))
-    technique: Mapped[str] = mapped_column(String(32))
-    blob_key: Mapped[str] = mapped_column(String(80))
-    #: Digest of the recipe: a rerun with the same recipe skips the unit.
-    recipe_sha256: Mapped[str] = mapped_column(String(64))
-    recipe: Mapped[dict[str, Any]]
-    objective: Mapped[float | None]
-    run_id: Mapped[int] = mapped_column(ForeignKey("runs.id"))
 
 
-class LayerArtifact(Base):
+class LayerArtifact(_Render, Base):
     """A rendered image of a whole layer (``deep_dream``: its mean squared activation, Microscope's DeepDream)."""
 
     __tablename__ = "layer_artifacts"
@@ -129,12 +134,6 @@ class LayerArtifact(Base):
 
     id: Mapped[int] = mapped_column(primary_key=True)
     layer_id: Mapped[int] = mapped_column(ForeignKey("layers.id"))
-    technique: Mapped[str] = mapped_column(String(32))
-    blob_key: Mapped[str] = mapped_column(String(80))
-    recipe_sha256: Mapped[str] = mapped_column(String(64))
-    recipe: Mapped[dict[str, Any]]
-    objective: Mapped[float | None]
-    run_id: Mapped[int] = mapped_column(ForeignKey("runs.id"))
 
 
 class Dataset(Base):

@@ -44,6 +44,10 @@ _SYNSET = re.compile(r"^n\d{8}$")
 
 @dataclass(frozen=True)
 class Label:
+    """A concept shared by a unit's top examples: ``count`` of ``of`` of them fall under it (``coverage``), ``lift``
+    times as often as among all the dataset's images (``base_rate``); ``score`` is coverage x log2(lift).
+    Also what unit pages show (their JSON)."""
+
     concept: str
     name: str
     count: int
