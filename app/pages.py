@@ -391,9 +391,8 @@ def layer_page(catalog: Catalog, connection: Connection, model: str, name: str, 
                 for concept_name, count in sorted(counts.items(), key=lambda item: (-item[1], item[0]))]
     chosen = list(layer.unit_ids)
     if label is not None:
-        hierarchy = Hierarchy.load()
-        named = {wnid for wnid, concept_name in hierarchy.names.items() if concept_name.lower() == label.lower()}
-        matching = {unit_id for unit_id, concept, _ in labels if hierarchy.ancestors(concept) & named}
+        under = Hierarchy.load().under(label)
+        matching = {unit_id for unit_id, concept, _ in labels if concept in under}
         chosen = [unit_id for unit_id in layer.unit_ids if unit_id in matching]
         if not chosen:
             raise NotFound(f"no unit of {model}/{name} is labelled {label!r}", tuple(c["name"] for c in concepts[:5]))
@@ -404,8 +403,8 @@ def layer_page(catalog: Catalog, connection: Connection, model: str, name: str, 
     images = _thumbnails(connection, ids)
     rendered = connection.execute(queries.rendered_in, {"ids": list(layer.unit_ids)}).scalar_one()
     missing = None if rendered else f"microscope precompute vis --model {model} --layers {name} --units all"
-    dream = next((Visualization("deep_dream", urls.blob(key), objective, recipe)
-                  for layer_id, key, objective, recipe in connection.execute(queries.layer_dreams) if layer_id == layer.id), None)
+    found = connection.execute(queries.layer_dream, {"layer": layer.id}).first()
+    dream = Visualization("deep_dream", urls.blob(found[0]), found[1], found[2]) if found else None
     dream_command = (f"microscope precompute dream --model {model} --layers {name}"
                      if dream is None and layer.kind != "logits" else None)
     render_url = urls.render_layer(model, name) if renders and rendered < layer.channels else None

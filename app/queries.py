@@ -86,3 +86,7 @@ layer_labels = select(UnitLabel.unit_id, UnitLabel.concept, UnitLabel.name).wher
 #: Each layer's DeepDream render (Microscope's ``deep_dream``).
 layer_dreams = select(LayerArtifact.layer_id, LayerArtifact.blob_key, LayerArtifact.objective, LayerArtifact.recipe).where(
     LayerArtifact.technique == "deep_dream")
+
+#: One layer's DeepDream render: its blob, objective and recipe.
+layer_dream = select(LayerArtifact.blob_key, LayerArtifact.objective, LayerArtifact.recipe).where(
+    LayerArtifact.technique == "deep_dream", LayerArtifact.layer_id == bindparam("layer"))

@@ -41,11 +41,9 @@ def _concept_hits(catalog: Catalog, connection: Connection | None, lowered: str)
     """Units whose concept label is the concept named ``lowered``, or one under it, best score first."""
     if connection is None:
         return []
-    hierarchy = Hierarchy.load()
-    named = {wnid for wnid, name in hierarchy.names.items() if name.lower() == lowered}
-    if not named:
+    under = Hierarchy.load().under(lowered)
+    if not under:
         return []
-    under = [wnid for wnid in hierarchy.names if hierarchy.ancestors(wnid) & named]
     rows = connection.execute(
         select(UnitLabel.unit_id, UnitLabel.name, UnitLabel.score, UnitLabel.count, UnitLabel.of)
         .where(UnitLabel.concept.in_(under)).order_by(UnitLabel.score.desc(), UnitLabel.unit_id)

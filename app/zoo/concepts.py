@@ -90,6 +90,11 @@ class Hierarchy:
                 counts.update(self.ancestors(wnid))
         return counts
 
+    def under(self, name: str) -> set[str]:
+        """Every synset that is a concept named ``name`` (any case; "crane" names two) or lies under one."""
+        named = {wnid for wnid, concept in self.names.items() if concept.lower() == name.lower()}
+        return {wnid for wnid in self.names if self.ancestors(wnid) & named} if named else set()
+
     def knows(self, wnid: str | None) -> bool:
         return wnid is not None and wnid in self.parents
 
