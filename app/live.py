@@ -9,35 +9,28 @@ until the worker's result is in the store.
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass, field
-from datetime import datetime
-from typing import Any
 
 import anyio.to_thread
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import RedirectResponse, Response
-from sqlalchemy import Connection, select
 from starlette.datastructures import UploadFile
 from starlette.formparsers import MultiPartException
 
-from app import pages, queries, urls
-from app.catalog import Catalog
+from app import queries, urls
 from app.errors import MicroscopeError, NotFound
-from app.access import TOKEN_COOKIE, allows, check_origin, check_policy, client_address, guard_probes, guard_renders, token_matches
+from app.access import TOKEN_COOKIE, check_origin, check_policy, client_address, guard_probes, guard_renders, token_matches
 from app.jobs import LAYER, JobQueue, JobState, QueueFull, TooManyJobs
+from app.live_pages import probe_page, render_status_page, stored_probe, worker_command
+from app.page_types import LayerRequest, LoginPage, ProbeForm
 from app.respond import json_response, respond
 from app.state import ServerState
 from app.views import ConnectionDep, StateDep, twin
-from app.store import Model, Probe, ProbeUnit
 from app.uploads import BadUpload, TooLarge, UploadLimits, Unsupported, check_image
 
 router = APIRouter()
 
 #: Units per job when a whole layer is queued.
 LAYER_BATCH = 8
-#: Seconds between status polls while a worker is on it, and while none is running.
-POLL_SECONDS = 1
-POLL_IDLE_SECONDS = 5
 #: Room for the multipart envelope around a form's image.
 FORM_OVERHEAD = 64 * 1024
 
@@ -53,56 +46,6 @@ class LengthRequired(BadUpload):
 # Renders on demand ---------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class RenderStatus:
-    """Where a unit's picture stands: ``rendered``, ``queued``, ``running``, ``none`` or ``off``."""
-
-    unit: pages.UnitRef
-    state: str
-    #: The job's place in the queue (1 is next) and how many wait.
-    position: int | None
-    pending: int
-    #: Workers with a recent heartbeat; with none, ``message`` gives the command that starts one.
-    workers: int
-    message: str
-    status_url: str
-    #: Seconds until the page asks again (none once the picture is in, or with no queue).
-    poll: int | None
-    kind: str = "render-status"
-
-
-def worker_command(state: ServerState) -> str:
-    return f"microscope worker --data {state.store.settings.data_dir} --fill"
-
-
-def _render_status(state: ServerState, connection: Connection, catalog: Catalog, model: str, layer: str, index: int,
-                   job: JobState | None = None) -> RenderStatus:
-    unit_id = catalog.model(model).layer(layer).unit_id(index)
-    pictures = pages._thumbnails(connection, [unit_id])
-    ref = pages._ref(catalog, unit_id, pictures)
-    status_url = urls.render(model, layer, index)
-    queue = state.queue()
-    if ref.image_url is not None:
-        return RenderStatus(ref, "rendered", None, 0, 0, "rendered", status_url, None)
-    if queue is None:
-        return RenderStatus(ref, "off", None, 0, 0, "Rendering on demand is off: the server has no job queue "
-                            "(its store directory is read-only; set MICROSCOPE_QUEUE).", status_url, None)
-    job = job or queue.state(JobQueue.render_key(model, layer, [index]))
-    workers = len(queue.live_workers())
-    if job.state == "none":
-        message = "Not queued."
-    elif job.state == "running":
-        message = "Rendering now; the picture appears here when it is done."
-    elif job.state == "failed":
-        message = f"Rendering failed: {job.message}"
-    else:
-        message = f"Queued for rendering: {job.position} of {job.pending} waiting."
-    if not workers:
-        message += f" No worker is running, so nothing will render until one starts: {worker_command(state)}"
-    poll = (POLL_SECONDS if workers else POLL_IDLE_SECONDS) if job.state not in ("none", "failed") else None
-    return RenderStatus(ref, job.state, job.position, job.pending, workers, message, status_url, poll)
-
-
 def _require_queue(state: ServerState) -> JobQueue:
     queue = state.queue()
     if queue is None:
@@ -115,7 +58,7 @@ def render_status(request: Request, model: str, layer: str, unit: int, state: St
                   json: bool) -> Response:
     """Whether a unit's picture is rendered, queued (and where) or waiting for a worker."""
     catalog = state.catalog(connection, model)
-    return respond(request, _render_status(state, connection, catalog, model, layer, unit), "_render_status.html", json)
+    return respond(request, render_status_page(state, connection, catalog, model, layer, unit), "_render_status.html", json)
 
 
 @twin("/models/{model}/{layer}/{unit:int}/render", "render_request", methods=("POST",), on=router, status_code=202,
@@ -125,22 +68,11 @@ def render_request(request: Request, model: str, layer: str, unit: int, state: S
                    json: bool) -> Response:
     """Queue a unit's render (joining the same request if it waits already); answers its status."""
     catalog = state.catalog(connection, model)
-    status = _render_status(state, connection, catalog, model, layer, unit)
+    status = render_status_page(state, connection, catalog, model, layer, unit)
     if status.state == "none":
         job = _require_queue(state).request_render(model, layer, [unit], client=client_address(request, state.settings))
-        status = _render_status(state, connection, catalog, model, layer, unit, job)
+        status = render_status_page(state, connection, catalog, model, layer, unit, job)
     return respond(request, status, "_render_status.html", json, 200 if status.state == "rendered" else 202)
-
-
-@dataclass(frozen=True)
-class LayerRequest:
-    model: str
-    layer: str
-    #: Units without a picture that are now queued (or were already), in jobs of `LAYER_BATCH`.
-    queued: int
-    missing: int
-    message: str
-    kind: str = "layer-request"
 
 
 @twin("/models/{model}/{layer}/render", "render_layer", methods=("POST",), on=router, status_code=202,
@@ -172,66 +104,6 @@ def render_layer(request: Request, model: str, layer: str, state: StateDep, conn
 # Probes --------------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class ProbeForm:
-    title: str
-    model: str
-    action: str
-    api: str
-    max_bytes: int
-    max_pixels: int
-    kind: str = "probe-form"
-
-
-@dataclass(frozen=True)
-class ProbedUnit:
-    unit: pages.UnitRef
-    rank: int
-    activation: float
-    y: int
-    x: int
-    heatmap_url: str
-
-
-@dataclass(frozen=True)
-class ProbedLayer:
-    name: str
-    url: str
-    units: list[ProbedUnit]
-
-
-@dataclass(frozen=True)
-class ProbePage:
-    title: str
-    model: str
-    #: The probe's id in its URLs (random, not derived from the image).
-    id: str
-    url: str
-    json_url: str
-    #: ``done``, or the job's state (``queued``, ``running``, ``failed``) while the worker has not finished.
-    state: str
-    message: str
-    status_url: str
-    poll: int | None
-    #: Where its owner deletes it (a POST from the page's button, or DELETE ``json_url``); None when probes are off.
-    delete_url: str | None = None
-    sha256: str | None = None
-    image_url: str | None = None
-    width: int | None = None
-    height: int | None = None
-    created_at: datetime | None = None
-    classes: list[dict[str, Any]] = field(default_factory=list)
-    layers: list[ProbedLayer] = field(default_factory=list)
-    recipe: dict[str, Any] = field(default_factory=dict)
-    kind: str = "probe"
-
-
-class ProbeGone(NotFound):
-    """Its owner deleted it (the worker is removing it, or has)."""
-
-    status_code = 410
-
-
 class ProbeBeingDeleted(MicroscopeError):
     status_code = 409
 
@@ -243,59 +115,6 @@ PRIVATE = {"Cache-Control": "private, no-store"}
 def _private(response: Response) -> Response:
     response.headers.update(PRIVATE)
     return response
-
-
-def _probe_page(state: ServerState, connection: Connection, catalog: Catalog, model: str, probe_id: str) -> ProbePage:
-    entry = catalog.model(model)
-    queue = state.queue()
-    if queue is not None and queue.forgotten(probe_id):
-        raise ProbeGone(f"the probe {probe_id} was deleted")
-    base = {"model": model, "id": probe_id, "url": urls.probe(model, probe_id), "json_url": urls.probe(model, probe_id, True),
-            "status_url": urls.probe_status(model, probe_id), "title": f"{model}: probe {probe_id[:8]}",
-            "delete_url": urls.probe_delete(model, probe_id) if allows(state.settings, "probes") else None}
-    row = _stored(connection, model, public_id=probe_id)
-    if row is None:
-        key = queue.probe_of(probe_id) if queue is not None else None
-        job = queue.state(key) if queue is not None and key is not None else JobState("none")
-        if job.state == "none":
-            raise NotFound(f"no probe {probe_id!r} of {model}: upload the image at {urls.probe_form(model)}")
-        workers = len(queue.live_workers()) if queue is not None else 0
-        if job.state == "failed":
-            return ProbePage(**base, state="failed", message=f"The probe failed: {job.message}", poll=None)
-        message = ("The network is looking at your image." if job.state == "running"
-                   else f"Queued: {job.position} of {job.pending} waiting.")
-        if not workers:
-            message += f" No worker is running, so nothing will happen until one starts: {worker_command(state)}"
-        return ProbePage(**base, state=job.state, message=message, poll=POLL_SECONDS if workers else POLL_IDLE_SECONDS)
-    probe = row
-    logits = next((layer.name for layer in entry.layers if layer.kind == "logits"), None)
-    classes = [{**c, "url": urls.unit(model, logits, c["index"]) if logits else None} for c in probe.classes]
-    rows = connection.execute(
-        select(ProbeUnit.unit_id, ProbeUnit.rank, ProbeUnit.activation, ProbeUnit.y, ProbeUnit.x, ProbeUnit.heatmap_key)
-        .where(ProbeUnit.probe_id == probe.id).order_by(ProbeUnit.id)
-    ).all()
-    pictures = pages._thumbnails(connection, [row[0] for row in rows])
-    by_layer: dict[str, list[ProbedUnit]] = {}
-    for unit_id, rank, activation, y, x, key in rows:
-        ref = pages._ref(catalog, unit_id, pictures)
-        heatmap = urls.probe_image(model, probe_id, key)
-        by_layer.setdefault(ref.layer, []).append(ProbedUnit(ref, rank, activation, y, x, heatmap))
-    layers = [ProbedLayer(layer.name, urls.layer(model, layer.name), sorted(by_layer[layer.name], key=lambda u: u.rank))
-              for layer in entry.layers if layer.name in by_layer]
-    return ProbePage(**base, state="done", message="done", poll=None, sha256=probe.sha256,
-                     image_url=urls.probe_image(model, probe_id, probe.image_key), width=probe.width,
-                     height=probe.height, created_at=probe.created_at, classes=classes, layers=layers,
-                     recipe=probe.recipe)
-
-
-def _stored(connection: Connection, model: str, *, sha256: str | None = None, public_id: str | None = None) -> Any:
-    """The stored probe's row (by the image's digest, or by its id), or None."""
-    found = Probe.sha256 == sha256 if sha256 is not None else Probe.public_id == public_id
-    return connection.execute(
-        select(Probe.id, Probe.public_id, Probe.sha256, Probe.image_key, Probe.width, Probe.height, Probe.created_at,
-               Probe.classes, Probe.recipe)
-        .join(Model, Probe.model_id == Model.id).where(Model.name == model, found)
-    ).first()
 
 
 @router.get("/models/{model}/probe", name="probe_form", include_in_schema=False)
@@ -341,7 +160,7 @@ def _submit(state: ServerState, model: str, data: bytes, client: str) -> tuple[s
     sha256 = hashlib.sha256(data).hexdigest()
     with state.engine.connect() as connection:
         state.catalog(connection, model).model(model)
-        row = _stored(connection, model, sha256=sha256)
+        row = stored_probe(connection, model, sha256=sha256)
     if row is not None:
         if queue.forgotten(row.public_id):
             raise ProbeBeingDeleted("this image's earlier probe is being deleted: upload it again in a moment")
@@ -414,13 +233,13 @@ def probe(request: Request, model: str, probe_id: str, state: StateDep, connecti
           json: bool) -> Response:
     """A probe's result: the image, its top classes, each main layer's top units with heatmaps."""
     catalog = state.catalog(connection, model)
-    return _private(respond(request, _probe_page(state, connection, catalog, model, probe_id), "probe.html", json))
+    return _private(respond(request, probe_page(state, connection, catalog, model, probe_id), "probe.html", json))
 
 
 @router.get("/models/{model}/probes/{probe_id}/status", name="probe_status", include_in_schema=False)
 def probe_status(request: Request, model: str, probe_id: str, state: StateDep, connection: ConnectionDep) -> Response:
     """Polled by a waiting probe page: the page reloads itself (htmx) once the result is stored."""
-    page = _probe_page(state, connection, state.catalog(connection, model), model, probe_id)
+    page = probe_page(state, connection, state.catalog(connection, model), model, probe_id)
     if page.state == "done":
         return Response(status_code=200, headers={"HX-Refresh": "true", **PRIVATE})
     return _private(respond(request, page, "_probe_status.html", json=False))
@@ -429,12 +248,12 @@ def probe_status(request: Request, model: str, probe_id: str, state: StateDep, c
 @router.get("/models/{model}/probes/{probe_id}/images/{key}", name="probe_image", include_in_schema=False)
 def probe_image(model: str, probe_id: str, key: str, state: StateDep, connection: ConnectionDep) -> Response:
     """One of a probe's pictures, to whoever holds the probe's URL: never cached by others, never a redirect."""
-    page_row = _stored(connection, model, public_id=probe_id)
+    page_row = stored_probe(connection, model, public_id=probe_id)
     queue = state.queue()
     if page_row is None or (queue is not None and queue.forgotten(probe_id)):
         raise NotFound(f"no probe {probe_id!r} of {model}")
     mine = key == page_row.image_key or connection.scalar(
-        select(ProbeUnit.id).where(ProbeUnit.probe_id == page_row.id, ProbeUnit.heatmap_key == key).limit(1)) is not None
+        queries.probe_heatmap, {"probe": page_row.id, "key": key}) is not None
     if not mine or not state.blobs.has_key(key):
         raise NotFound(f"the probe {probe_id} has no image {key!r}")
     return Response(state.blobs.get(key), media_type=state.media_type(key), headers=PRIVATE)
@@ -444,7 +263,7 @@ def _forget(state: ServerState, request: Request, model: str, probe_id: str) -> 
     queue = _require_queue(state)
     with state.engine.connect() as connection:
         state.catalog(connection, model).model(model)
-        stored = _stored(connection, model, public_id=probe_id) is not None
+        stored = stored_probe(connection, model, public_id=probe_id) is not None
     if not stored and queue.probe_of(probe_id) is None:
         raise NotFound(f"no probe {probe_id!r} of {model}")
     queue.request_forget(model, probe_id, client=client_address(request, state.settings))
@@ -468,18 +287,7 @@ def probe_delete(request: Request, model: str, probe_id: str, state: StateDep) -
     return RedirectResponse(urls.probe_form(model), status_code=303)
 
 
-
 # Login (the token, for browsers) ---------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class LoginPage:
-    title: str
-    #: Where to go once logged in (a path on this server).
-    next: str
-    required: bool
-    message: str = ""
-    kind: str = "login"
 
 
 def _local_path(target: str) -> str:

@@ -26,19 +26,14 @@ from starlette.exceptions import HTTPException
 
 from app import urls
 from app.errors import MicroscopeError, ModelNotHeld, NotFound
-from app.pages import not_held_page
+from app.browse import not_held_page
 from app.headers import SecurityHeaders
-from app.respond import html_error, json_response, respond
+from app.respond import error_response, respond, wants_json
 from app.settings import Settings
 from app.state import ServerState
 from app.store import Store
 from app.live import router as live_router
 from app.views import router, suggestion_links
-
-
-def _wants_json(request: Request) -> bool:
-    """JSON twins and the probe API (its POST and DELETE) answer errors in JSON; pages, in HTML."""
-    return request.url.path.endswith((".json", "/probes")) or request.method == "DELETE"
 
 
 class HeadAsGet:
@@ -165,11 +160,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @app.exception_handler(MicroscopeError)
     def microscope_error(request: Request, error: MicroscopeError) -> Response:
         if isinstance(error, ModelNotHeld):
-            return respond(request, not_held_page(error), "not_held.html", _wants_json(request), error.status_code)
-        suggestions = suggestion_links(error) if isinstance(error, NotFound) else []
-        if _wants_json(request):
-            return json_response({"error": str(error), "suggestions": suggestions}, error.status_code)
-        return html_error(request, str(error), suggestions, error.status_code)
+            return respond(request, not_held_page(error), "not_held.html", wants_json(request), error.status_code)
+        return error_response(request, str(error), suggestion_links(error) if isinstance(error, NotFound) else [],
+                              error.status_code)
 
     @app.exception_handler(HTTPException)
     def http_error(request: Request, error: HTTPException) -> Response:
@@ -179,15 +172,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         if error.status_code == 405:
             # Allow names every method of the path (RFC 9110, 15.5.6), not only the first route's.
             headers = {**(headers or {}), "Allow": _allowed(request.url.path)}
-        if _wants_json(request):
-            return json_response({"error": message, "suggestions": suggestions}, error.status_code, headers)
-        return html_error(request, message, suggestions, error.status_code, headers)
+        return error_response(request, message, suggestions, error.status_code, headers)
 
     @app.exception_handler(RequestValidationError)
     def invalid_request(request: Request, error: RequestValidationError) -> Response:
         message = "; ".join(f"{'.'.join(str(p) for p in e['loc'][1:])}: {e['msg']}" for e in error.errors())
-        if _wants_json(request):
-            return json_response({"error": message, "suggestions": []}, 400)
-        return html_error(request, message, [], 400)
+        return error_response(request, message, [], 400)
 
     return app

@@ -8,7 +8,8 @@ from __future__ import annotations
 
 from sqlalchemy import bindparam, func, select
 
-from app.store import Artifact, Dataset, DatasetExample, DatasetImage, Edge, LayerArtifact, Run, UnitLabel, UnitStats
+from app.store import (Artifact, Dataset, DatasetExample, DatasetImage, Edge, LayerArtifact, Model, Probe, ProbeUnit, Run,
+                       UnitLabel, UnitStats, UnitTuning)
 
 THUMBNAIL_TECHNIQUE = "channel"
 
@@ -90,3 +91,42 @@ layer_dreams = select(LayerArtifact.layer_id, LayerArtifact.blob_key, LayerArtif
 #: One layer's DeepDream render: its blob, objective and recipe.
 layer_dream = select(LayerArtifact.blob_key, LayerArtifact.objective, LayerArtifact.recipe).where(
     LayerArtifact.technique == "deep_dream", LayerArtifact.layer_id == bindparam("layer"))
+
+#: A unit's tuning rows (every family), with the run each came from.
+tuning = select(UnitTuning.family, UnitTuning.responses, UnitTuning.preferred, UnitTuning.figures,
+                UnitTuning.selectivity, UnitTuning.run_id).where(UnitTuning.unit_id == bindparam("unit"))
+
+#: One unit's row of one family.
+tuning_row = select(UnitTuning.responses, UnitTuning.preferred, UnitTuning.figures, UnitTuning.run_id).where(
+    UnitTuning.unit_id == bindparam("unit"), UnitTuning.family == bindparam("family"))
+
+#: A layer's units' rows of one family, most selective first.
+family = (select(UnitTuning.unit_id, UnitTuning.preferred, UnitTuning.figures, UnitTuning.selectivity, UnitTuning.run_id)
+          .where(UnitTuning.unit_id.in_(bindparam("ids", expanding=True)), UnitTuning.family == bindparam("family"))
+          .order_by(UnitTuning.selectivity.desc(), UnitTuning.unit_id))
+
+#: The recipes of a model's finished tuning runs (each names the layer it tuned).
+tuning_runs = select(Run.id, Run.params).where(Run.stage == "tuning", Run.model_id == bindparam("model"),
+                                               Run.finished_at.is_not(None))
+
+#: One run's recipe.
+run_recipe = select(Run.params).where(Run.id == bindparam("run"))
+
+#: The families a unit has rows of.
+tuned_families = select(UnitTuning.family).where(UnitTuning.unit_id == bindparam("unit"))
+
+# Probes ------------------------------------------------------------------------------------------
+
+_probe = (select(Probe.id, Probe.public_id, Probe.sha256, Probe.image_key, Probe.width, Probe.height, Probe.created_at,
+                 Probe.classes, Probe.recipe).join(Model, Probe.model_id == Model.id))
+#: A model's stored probe by its image's digest, and by its (random) public id.
+probe_by_sha256 = _probe.where(Model.name == bindparam("model"), Probe.sha256 == bindparam("sha256"))
+probe_by_id = _probe.where(Model.name == bindparam("model"), Probe.public_id == bindparam("public_id"))
+
+#: A probe's strongest units per layer, in the order the worker stored them.
+probe_units = (select(ProbeUnit.unit_id, ProbeUnit.rank, ProbeUnit.activation, ProbeUnit.y, ProbeUnit.x,
+                      ProbeUnit.heatmap_key).where(ProbeUnit.probe_id == bindparam("probe")).order_by(ProbeUnit.id))
+
+#: Whether a blob is one of a probe's heatmaps.
+probe_heatmap = select(ProbeUnit.id).where(ProbeUnit.probe_id == bindparam("probe"),
+                                           ProbeUnit.heatmap_key == bindparam("key")).limit(1)

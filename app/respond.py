@@ -29,6 +29,20 @@ def respond(request: Request, page: Any, template: str, json: bool, status_code:
     return response
 
 
+def wants_json(request: Request) -> bool:
+    """JSON twins and the probe API (its POST and DELETE) answer errors in JSON; pages, in HTML."""
+    return request.url.path.endswith((".json", "/probes")) or request.method == "DELETE"
+
+
+def error_response(request: Request, message: str, suggestions: list[dict[str, str]], status_code: int,
+                   headers: Mapping[str, str] | None = None) -> Response:
+    """Every error the server answers (its three handlers' alike): ``{"error", "suggestions"}`` as JSON where
+    JSON was asked for, else the error page."""
+    if wants_json(request):
+        return json_response({"error": message, "suggestions": suggestions}, status_code, headers)
+    return html_error(request, message, suggestions, status_code, headers)
+
+
 def html_error(request: Request, message: str, suggestions: list[dict[str, str]], status_code: int,
                headers: Mapping[str, str] | None = None) -> HTMLResponse:
     templates: Jinja2Templates = request.app.state.templates

@@ -96,3 +96,19 @@ def probe_image(model_name: str, probe_id: str, key: str) -> str:
 
 def login(next_path: str | None = None) -> str:
     return f"/login?{urlencode({'next': next_path})}" if next_path else "/login"
+
+
+def tuning_family(model_name: str, layer_name: str, family: str, json: bool = False) -> str:
+    """A layer's units ranked by selectivity to one stimulus family (``curves``, ``lines``, ... ``joint``)."""
+    return f"/models/{quote(model_name)}/{quote(layer_name)}/tuning/{quote(family)}{_suffix(json)}"
+
+
+def tuning_plot(model_name: str, layer_name: str, index: int, family: str, small: bool = False) -> str:
+    """A unit's tuning plot of one family (SVG)."""
+    url = f"/models/{quote(model_name)}/{quote(layer_name)}/{index}/tuning/{quote(family)}.svg"
+    return f"{url}?small=1" if small else url
+
+
+def tuning_stimulus(model_name: str, layer_name: str, index: int, family: str) -> str:
+    """A unit's preferred stimulus of one family (PNG, drawn from the tuning run's recipe)."""
+    return f"/models/{quote(model_name)}/{quote(layer_name)}/{index}/tuning/{quote(family)}.png"

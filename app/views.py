@@ -16,7 +16,7 @@ from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import FileResponse, RedirectResponse, Response
 from sqlalchemy import Connection
 
-from app import pages, urls
+from app import browse, tuning, urls
 from app.access import allows
 from app.errors import NotFound
 from app.respond import json_response, respond
@@ -82,7 +82,7 @@ def _bind(view: Callable[..., Any], json: bool) -> Callable[..., Any]:
 @twin("/", "index")
 async def index(request: Request, state: StateDep, connection: ConnectionDep, json: bool) -> Response:
     """The models in the store, with coverage."""
-    page = pages.index_page(state.catalog(connection), state.coverage(connection))
+    page = browse.index_page(state.catalog(connection), state.coverage(connection))
     return respond(request, page, "index.html", json)
 
 
@@ -91,7 +91,7 @@ async def model(request: Request, model: str, state: StateDep, connection: Conne
     """A model's layers in network order, with coverage per technique and a strip of visualizations."""
     queue = state.queue()
     filling = bool(queue is not None and queue.live_workers())
-    page = pages.model_page(state.catalog(connection, model), connection, model, state.coverage(connection), filling,
+    page = browse.model_page(state.catalog(connection, model), connection, model, state.coverage(connection), filling,
                             probes=allows(state.settings, "probes"))
     return respond(request, page, "model.html", json)
 
@@ -133,7 +133,7 @@ async def layer(
     redirect = microscope_link(request, state, connection, model, layer, None, json)
     if redirect is not None:
         return redirect
-    built = pages.layer_page(state.catalog(connection, model), connection, model, layer, page,
+    built = browse.layer_page(state.catalog(connection, model), connection, model, layer, page,
                              renders=allows(state.settings, "renders"), label=label or None)
     return respond(request, built, "layer.html", json)
 
@@ -145,16 +145,53 @@ async def unit(request: Request, model: str, layer: str, unit: int, state: State
     redirect = microscope_link(request, state, connection, model, layer, unit, json)
     if redirect is not None:
         return redirect
-    page = pages.unit_page(state.catalog(connection, model), connection, model, layer, unit,
+    page = browse.unit_page(state.catalog(connection, model), connection, model, layer, unit,
                            renders=allows(state.settings, "renders"))
     return respond(request, page, "unit.html", json)
+
+
+@twin("/models/{model}/{layer}/tuning/{family}", "tuning_family")
+async def tuning_family(request: Request, model: str, layer: str, family: str, state: StateDep,
+                        connection: ConnectionDep, json: bool) -> Response:
+    """A layer's units ranked by selectivity to one stimulus family, the most selective on a circle by their
+    preferred orientation; the JSON lists every unit's ``unit``, ``selectivity`` and ``preferred`` parameters."""
+    page = tuning.family_page(state.catalog(connection, model), connection, model, layer, family)
+    return respond(request, page, "family.html", json)
+
+
+#: Plots and stimuli change only with their run (a rerun is a new ETag): cached for a day, then revalidated.
+TUNING_CACHE = "public, max-age=86400"
+
+
+def _cached(request: Request, body: bytes, etag: str, media_type: str) -> Response:
+    headers = {"Cache-Control": TUNING_CACHE, "ETag": etag}
+    if request.headers.get("if-none-match") == etag:
+        return Response(status_code=304, headers=headers)
+    return Response(body, media_type=media_type, headers=headers)
+
+
+@router.get("/models/{model}/{layer}/{unit:int}/tuning/{family}.svg", name="tuning_plot", include_in_schema=False)
+def tuning_plot(request: Request, model: str, layer: str, unit: int, family: str, state: StateDep,
+                small: Annotated[bool, Query()] = False) -> Response:
+    """A unit's tuning plot (SVG, drawn by matplotlib; a sync view: drawing takes tens of milliseconds)."""
+    with state.engine.connect() as connection:
+        svg, etag = tuning.plot(state.catalog(connection, model), connection, model, layer, unit, family, small)
+    return _cached(request, svg, etag, "image/svg+xml")
+
+
+@router.get("/models/{model}/{layer}/{unit:int}/tuning/{family}.png", name="tuning_stimulus", include_in_schema=False)
+def tuning_stimulus(request: Request, model: str, layer: str, unit: int, family: str, state: StateDep) -> Response:
+    """A unit's preferred stimulus of a family, drawn from the tuning run's recipe (no stimulus is stored)."""
+    with state.engine.connect() as connection:
+        png, etag = tuning.stimulus(state.catalog(connection, model), connection, model, layer, unit, family)
+    return _cached(request, png, etag, "image/png")
 
 
 @twin("/models/{model}/{layer}/{unit:int}/{direction}/{other}", "connections")
 async def connections(request: Request, model: str, layer: str, unit: int, direction: str, other: str,
                       state: StateDep, connection: ConnectionDep, json: bool) -> Response:
     """One group of a unit's circuit in full: its inputs from (or outputs to) one layer, strongest first."""
-    page = pages.connections_page(state.catalog(connection, model), connection, model, layer, unit, direction, other)
+    page = browse.connections_page(state.catalog(connection, model), connection, model, layer, unit, direction, other)
     return respond(request, page, "connections.html", json)
 
 
@@ -164,7 +201,7 @@ async def example(request: Request, model: str, layer: str, unit: int, kind: str
     """One dataset example: the whole image with the unit's receptive field marked."""
     if kind not in ("top", "bottom"):
         raise NotFound(f"examples are 'top' or 'bottom', not {kind!r}")
-    page = pages.example_page(state.catalog(connection, model), connection, model, layer, unit, kind, rank)
+    page = browse.example_page(state.catalog(connection, model), connection, model, layer, unit, kind, rank)
     return respond(request, page, "example.html", json)
 
 
@@ -174,7 +211,7 @@ async def search_json(state: StateDep, connection: ConnectionDep, q: Annotated[s
     """Pages matching a query: ``mixed4c:447``, ``mixed4c 447``, a class, a concept (``dog``) or a layer name;
     50 results a page, units with their pictures."""
     catalog = state.catalog(connection)
-    return json_response(pages.search_page(catalog, connection, q, search(catalog, q, connection), page, True))
+    return json_response(browse.search_page(catalog, connection, q, search(catalog, q, connection), page, True))
 
 
 @router.get("/search", name="search", include_in_schema=False, response_class=Response)
@@ -192,7 +229,7 @@ async def search_page(
     hits = search(catalog, q, connection)
     if len(hits) == 1 and page == 1:
         return RedirectResponse(hits[0].url, status_code=303)
-    return respond(request, pages.search_page(catalog, connection, q, hits, page, False), "search.html", json=False)
+    return respond(request, browse.search_page(catalog, connection, q, hits, page, False), "search.html", json=False)
 
 
 #: How long a presigned blob URL stays valid (``MICROSCOPE_BLOBS_REDIRECT=1``).

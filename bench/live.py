@@ -99,6 +99,7 @@ def fill_throughput(weights: Path | None, batch: int) -> dict[str, object]:
     from app.zoo import get_model
     from precompute.catalog import catalog
     from precompute.devices import pick_device
+    from precompute.stage import Stage
     from precompute.vis import on_demand_config, run_vis
     from precompute.weight_files import locate
     from precompute.models.bvlc import load_network
@@ -112,7 +113,7 @@ def fill_throughput(weights: Path | None, batch: int) -> dict[str, object]:
         for layer in spec.main_layers:
             config = on_demand_config(layer, range(batch), batch=batch)
             started = time.perf_counter()
-            run_vis(store, spec, net.to(device), checksums.digest, config, device, progress=False)
+            run_vis(Stage(store, net.to(device), checksums.digest, device, progress=False), config)
             per_layer[layer.name] = (time.perf_counter() - started) / batch
     hours = sum(per_layer[layer.name] * layer.channels for layer in spec.main_layers) / 3600
     units = sum(layer.channels for layer in spec.main_layers)

@@ -43,6 +43,7 @@ from app.store.algorithms import ALGORITHMS
 from app.zoo import LayerSpec, ModelSpec
 from precompute.models.base import Network, Piece
 from precompute.runs import catalogued_model, digested, finished_recipes, finish_run, progress_bar, replace_rows, share, start_run, unit_ids
+from precompute.stage import Stage
 
 TOP = 50
 #: Colour of the strongest positive and negative weights (ColorBrewer RdBu ends).
@@ -153,22 +154,16 @@ class CircuitsResult:
     edges: int = 0
 
 
-def run_circuits(
-    store: Store,
-    spec: ModelSpec,
-    net: Network,
-    weights_sha256: str,
-    layers: Sequence[LayerSpec],
-    progress: bool = True,
-    shard: tuple[int, int] = (0, 1),
-) -> CircuitsResult:
+def run_circuits(stage: Stage, layers: Sequence[LayerSpec]) -> CircuitsResult:
     """Write every pair whose target is in ``layers``; shard i of n takes the pairs i, i+n, i+2n, ..."""
+    store, spec, net, weights_sha256 = stage.store, stage.spec, stage.net.cpu(), stage.weights_sha256
     result = CircuitsResult()
     with store.session() as session:
         model = catalogued_model(session, spec)
         done = finished_recipes(session, "circuits")
         ids = unit_ids(session, model.id)
-    for pair in progress_bar(share(pairs(spec, layers), shard), desc="circuits", unit="pair", enabled=progress):
+    for pair in progress_bar(share(pairs(spec, layers), stage.shard), desc="circuits", unit="pair",
+                             enabled=stage.progress):
         expanded = expand(net, pair)
         params = recipe(net, expanded, weights_sha256)
         if params["recipe_sha256"] in done:

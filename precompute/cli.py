@@ -10,9 +10,8 @@ from __future__ import annotations
 import json
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any, Optional
+from typing import TYPE_CHECKING, Annotated, Any, Optional
 
 import typer
 
@@ -23,6 +22,12 @@ from app.settings import Settings
 from app.store import Store
 from app.zoo import DEFAULT_MODEL
 from precompute.recipes import ON_DEMAND, Defaults
+
+#: The tuning stage's families (`precompute.tuning.ALL_FAMILIES`, named here so that --help needs no torch).
+ALL_TUNING = ("curves", "lines", "edges", "gratings", "colours", "joint")
+
+if TYPE_CHECKING:
+    from precompute.cluster import Runner
 
 commands = typer.Typer()
 precompute_cli = typer.Typer(help="Offline stages that fill the store (need torch).", no_args_is_help=True)
@@ -72,20 +77,6 @@ TasksOption = Annotated[int, typer.Option(
     "--tasks", min=0, help="With --ray: tasks per stage (0: one per CPU of the cluster, or per GPU for CUDA).")]
 
 
-@dataclass(frozen=True)
-class _Stage:
-    store: Store
-    net: Any
-    weights_sha256: str
-    device: Any
-    #: Runs the stages here, or on the Ray cluster named by ``--ray``.
-    runner: Any
-
-    @property
-    def spec(self) -> Any:
-        return self.net.spec
-
-
 def _load(model: str, weights: Path | None, names: Path | None) -> Any:
     """The checked network of ``model``; a note on weights that are not the published ones goes to stderr."""
     from precompute.models import load
@@ -99,8 +90,8 @@ def _load(model: str, weights: Path | None, names: Path | None) -> Any:
 @contextmanager
 def _stage(model: str, weights: Path | None, names: Path | None, device: str, data: Path | None,
            database_url: str | None, create: bool = False, ray: str | None = None, tasks: int = 0,
-           shard: str | None = None) -> Iterator[_Stage]:
-    """An open store and the checked network on its device: what every model-running stage starts from.
+           shard: str | None = None) -> Iterator[Runner]:
+    """The stage context (an open store, the checked network on its device, its shard) and where its stages run.
 
     With ``ray``, the model is checked here on the CPU (the driver needs no GPU) and the stages run on the
     cluster, each task opening the same model and store.
@@ -108,6 +99,7 @@ def _stage(model: str, weights: Path | None, names: Path | None, device: str, da
     from precompute.cluster import Cluster, Runner, source
     from precompute.devices import pick_device
     from precompute.selection import parse_shard
+    from precompute.stage import Stage
 
     if ray and shard:
         raise MicroscopeError("--ray runs every shard itself: leave out --shard")
@@ -117,8 +109,7 @@ def _stage(model: str, weights: Path | None, names: Path | None, device: str, da
         net = loaded.net.to(target)
         cluster = Cluster(ray, tasks) if ray else None
         where = source(model, weights, names, device, store.settings) if ray else None
-        runner = Runner(store, net, loaded.weights_sha256, target, cluster, where, parse_shard(shard))
-        yield _Stage(store, net, loaded.weights_sha256, target, runner)
+        yield Runner(Stage(store, net, loaded.weights_sha256, target, parse_shard(shard)), cluster, where)
 
 
 @precompute_cli.command("catalog")
@@ -160,10 +151,11 @@ def precompute_examples(
     from precompute.selection import parse_layers
 
     root = locate_images(images)
-    with _stage(model, weights, names, device, data, database_url, ray=ray, tasks=tasks, shard=shard) as stage:
+    with _stage(model, weights, names, device, data, database_url, ray=ray, tasks=tasks, shard=shard) as runner:
+        stage = runner.stage
         config = ExamplesConfig(layers=tuple(parse_layers(stage.spec, layers)), k=k, batch_size=batch,
                                 workers=workers, checkpoint_every=checkpoint_every)
-        result = stage.runner.examples(root, config)
+        result = runner.examples(root, config)
     for message in result.messages:
         typer.echo(f"{'note' if result.waiting else 'warning'}: {message}", err=True)
     if result.waiting:
@@ -235,14 +227,15 @@ def precompute_vis(
 
     if precision not in ("auto", "fp32", "bf16"):
         raise MicroscopeError(f"--precision {precision!r}: choose auto, fp32 or bf16")
-    with _stage(model, weights, names, device, data, database_url, ray=ray, tasks=tasks, shard=shard) as stage:
+    with _stage(model, weights, names, device, data, database_url, ray=ray, tasks=tasks, shard=shard) as runner:
+        stage = runner.stage
         chosen = parse_layers(stage.spec, layers)
         config = VisConfig(
             layers=tuple(chosen), units=units_per_layer(chosen, units, explicit=layers not in ("all", "main")),
             techniques=tuple(t.strip() for t in techniques.split(",") if t.strip()), steps=steps, size=size,
             batch=batch, seed=seed, precision=precision,  # type: ignore[arg-type]
         )
-        result = stage.runner.vis(config)
+        result = runner.vis(config)
     typer.echo(f"vis: {result.rendered} images rendered, {result.skipped} already stored with this recipe")
 
 
@@ -264,11 +257,67 @@ def precompute_dream(
     from precompute.selection import parse_layers
     from precompute.vis import VisConfig
 
-    with _stage(model, weights, names, device, data, database_url) as stage:
+    with _stage(model, weights, names, device, data, database_url) as runner:
+        stage = runner.stage
         chosen = tuple(parse_layers(stage.spec, layers))
         config = VisConfig(layers=chosen, units={}, techniques=("channel",), steps=steps, size=size, batch=1, seed=seed)
-        result = run_deep_dream(stage.store, stage.spec, stage.net, stage.weights_sha256, chosen, config, stage.device)
+        result = run_deep_dream(stage, chosen, config)
     typer.echo(f"deep dream: {result.rendered} layers rendered, {result.skipped} already stored with this recipe")
+
+
+@precompute_cli.command("tuning")
+def precompute_tuning(
+    model: ModelOption = DEFAULT_MODEL,
+    layers: LayersOption = "main",
+    families: Annotated[str, typer.Option(help="Comma-separated: curves, lines, edges, gratings, colours, joint.")] = ",".join(ALL_TUNING),
+    images: ImagesOption = None,
+    joint_examples: Annotated[int, typer.Option(min=1, help="Top examples rotated per unit (joint tuning).")] = 3,
+    joint_everywhere: Annotated[bool, typer.Option(
+        "--joint-everywhere",
+        help="Joint tuning on every layer, also where the receptive field is (nearly) the whole input: there the "
+             "crop is the photo, and it takes 24 full forward passes per unit.")] = False,
+    batch: Annotated[int, typer.Option(min=1, help="Stimuli per forward pass.")] = 64,
+    device: DeviceOption = "auto",
+    shard: ShardOption = None,
+    ray: RayOption = None,
+    tasks: TasksOption = 0,
+    weights: WeightsOption = None,
+    names: NamesOption = None,
+    data: DataOption = None,
+    database_url: DatabaseOption = None,
+) -> None:
+    """Tuning curves of every unit: responses to lines, edges, curves, gratings and colours drawn on its receptive
+    field, and to its top example rotated (joint tuning); forward passes only, resumable by layer."""
+    from precompute.selection import parse_layers
+    from precompute.tuning import TuningConfig
+
+    root = _joint_images(images, families)
+    with _stage(model, weights, names, device, data, database_url, ray=ray, tasks=tasks, shard=shard) as runner:
+        config = TuningConfig(layers=tuple(parse_layers(runner.stage.spec, layers)),
+                              families=tuple(f.strip() for f in families.split(",") if f.strip()), batch=batch,
+                              joint_examples=joint_examples, images=root, joint_everywhere=joint_everywhere)
+        result = runner.tuning(config)
+    for note in result.notes:
+        typer.echo(f"note: {note}", err=True)
+    typer.echo(_tuning_line(result))
+
+
+def _joint_images(images: Path | None, families: str = "joint") -> str | None:
+    """The image folder joint tuning reads top examples from (None: the store's latest examples dataset)."""
+    if images is None or "joint" not in families:
+        return None
+    from precompute.images import locate_images
+
+    return str(locate_images(images).resolve())
+
+
+def _tuning_line(result: Any) -> str:
+    if not result.layers_tuned:
+        return f"tuning: already computed for {result.layers_reused} layers with this recipe"
+    slowest = sorted(result.seconds.items(), key=lambda item: -item[1])[:3]
+    return (f"tuning: {result.units} units of {result.layers_tuned} layers in {sum(result.seconds.values()):.0f} s "
+            f"({result.layers_reused} already stored; slowest: "
+            + ", ".join(f"{name} {seconds:.0f} s" for name, seconds in slowest) + ")")
 
 
 @precompute_cli.command("circuits")
@@ -286,8 +335,9 @@ def precompute_circuits(
     """Strongest input and output weights of every unit (expanded across blocks); resumable by layer pair."""
     from precompute.selection import parse_layers
 
-    with _stage(model, weights, names, "cpu", data, database_url, ray=ray, tasks=tasks, shard=shard) as stage:
-        result = stage.runner.circuits(parse_layers(stage.spec, layers))
+    with _stage(model, weights, names, "cpu", data, database_url, ray=ray, tasks=tasks, shard=shard) as runner:
+        stage = runner.stage
+        result = runner.circuits(parse_layers(stage.spec, layers))
     typer.echo(f"circuits: {result.edges} edges in {result.pairs_written} layer pairs written, "
                f"{result.pairs_reused} already stored")
 
@@ -307,6 +357,9 @@ def precompute_all(
     ] = ON_DEMAND.early_steps,
     size: Annotated[int, typer.Option(help="Image side of the default renders.")] = ON_DEMAND.size,
     batch: Annotated[int, typer.Option(help="Images per batch (examples and renders).")] = 16,
+    tuning: Annotated[bool, typer.Option(
+        "--tuning/--no-tuning",
+        help="Tuning curves of every main layer's units (scripts/main leaves them to its worker: --no-tuning).")] = True,
     device: DeviceOption = "auto",
     ray: RayOption = None,
     tasks: TasksOption = 0,
@@ -316,7 +369,7 @@ def precompute_all(
     database_url: DatabaseOption = None,
 ) -> None:
     """The main job in one process (or on a Ray cluster): catalog, examples, labels and circuits of every unit, a default
-    set of renders and a DeepDream of every main layer.
+    set of renders, a DeepDream and the tuning curves of every main layer.
 
     Renders the channel technique for ``--vis-units`` of every main layer,
     every technique for those units of ``--vis-layer``, and the class logit
@@ -332,11 +385,13 @@ def precompute_all(
     from precompute.images import locate_images
     from precompute.dream import run_deep_dream
     from precompute.labels import run_labels
+    from precompute.tuning import TuningConfig
     from precompute.vis import VisConfig, stale_configs
 
     root = locate_images(images)
-    with _stage(model, weights, names, device, data, database_url, create=True, ray=ray, tasks=tasks) as stage:
-        spec, runner = stage.spec, stage.runner
+    with _stage(model, weights, names, device, data, database_url, create=True, ray=ray, tasks=tasks) as runner:
+        stage = runner.stage
+        spec = stage.spec
         renders = _default_renders(spec, stage.net.logits_layer, vis_layer, vis_units, vis_class,
                                    Defaults(steps, early_steps, size), batch)
         added = catalog(stage.store, spec, weights_sha256=stage.weights_sha256)
@@ -353,8 +408,11 @@ def precompute_all(
             typer.echo(f"vis: {rendered.rendered} rendered, {rendered.skipped} already stored")
         main = tuple(layer for layer in spec.layers if layer.is_main)
         dream_config = VisConfig(layers=main, units={}, techniques=("channel",), steps=steps, size=size, batch=1)
-        dreamt = run_deep_dream(stage.store, spec, stage.net, stage.weights_sha256, main, dream_config, stage.device)
+        dreamt = run_deep_dream(stage, main, dream_config)
         typer.echo(f"deep dream: {dreamt.rendered} layers rendered, {dreamt.skipped} already stored")
+        if tuning:
+            tuned = runner.tuning(TuningConfig(layers=main, images=str(root.resolve())))
+            typer.echo(_tuning_line(tuned))
         stale = stale_configs(stage.store, spec)
         for config in stale:
             runner.vis(config)
@@ -411,6 +469,8 @@ def worker(
     model: ModelOption = DEFAULT_MODEL,
     fill: Annotated[bool, typer.Option("--fill", help="When no request waits, render every unit still missing.")] = False,
     fill_batch: Annotated[int, typer.Option(min=1, help="Units rendered together by the fill.")] = 4,
+    tune: Annotated[bool, typer.Option(
+        "--tune/--no-tune", help="With --fill: first the tuning curves of every main layer still without them.")] = True,
     steps: Annotated[int, typer.Option(help="Steps of on-demand renders (the main job's recipe).")] = ON_DEMAND.steps,
     early_steps: Annotated[int, typer.Option(help="Steps for the stem's conv layers.")] = ON_DEMAND.early_steps,
     size: Annotated[int, typer.Option(help="Image side of on-demand renders.")] = ON_DEMAND.size,
@@ -436,10 +496,11 @@ def worker(
         _yield_cpu()  # before torch is imported and starts its threads: they inherit it
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     logging.getLogger("huey").setLevel(logging.WARNING)
-    with _stage(model, weights, names, device, data, database_url) as stage:
+    with _stage(model, weights, names, device, data, database_url) as runner:
+        stage = runner.stage
         spec = stage.spec
         queue = JobQueue.for_store(stage.store.settings)
-        running = Worker(stage.store, queue, spec, stage.net, stage.weights_sha256, stage.device, fill=fill,
+        running = Worker(stage.quiet(), queue, fill=fill, tune=tune,
                          fill_batch=fill_batch, defaults=Defaults(steps, early_steps, size))
         signal.signal(signal.SIGTERM, lambda *_: running.stop())
         typer.echo(f"worker {running.name}: {spec.name} on {stage.device}, queue {queue.location}"

@@ -23,11 +23,20 @@ from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from functools import cache
 from pathlib import Path
-from typing import Any
+from collections.abc import Callable
+
+import torch
 
 from app.errors import MicroscopeError
 from app.settings import Settings
 from app.store import Store
+from app.zoo import LayerSpec
+from precompute.circuits import CircuitsResult
+from precompute.examples import ExamplesConfig, ExamplesResult
+from precompute.models.base import Network
+from precompute.stage import Stage
+from precompute.tuning import TuningConfig, TuningResult
+from precompute.vis import VisConfig, VisResult
 
 #: Retries of a task whose worker died or that hit a transient error.
 RETRIES = 3
@@ -47,12 +56,74 @@ class Source:
 
 
 @dataclass(frozen=True)
+class ExamplesWork:
+    config: ExamplesConfig
+    #: The image root, absolute (every node reads the same path).
+    root: str
+
+
+@dataclass(frozen=True)
+class CircuitsWork:
+    layers: tuple[str, ...]
+
+
+#: A task's work: what one stage's shard is given.
+Work = ExamplesWork | CircuitsWork | VisConfig | TuningConfig
+#: What a task returns: a stage's result, or an examples part (serialized statistics; None when stored).
+Part = CircuitsResult | VisResult | TuningResult | bytes | None
+
+
+def _examples(stage: Stage, work: Work) -> Part:
+    from precompute.examples import examples_part
+
+    assert isinstance(work, ExamplesWork)
+    return examples_part(stage, Path(work.root), work.config)
+
+
+def _circuits(stage: Stage, work: Work) -> Part:
+    from precompute.circuits import run_circuits
+
+    assert isinstance(work, CircuitsWork)
+    return run_circuits(stage, [stage.spec.layer(name) for name in work.layers])
+
+
+def _vis(stage: Stage, work: Work) -> Part:
+    from precompute.vis import run_vis
+
+    assert isinstance(work, VisConfig)
+    return run_vis(stage, work)
+
+
+def _tuning(stage: Stage, work: Work) -> Part:
+    from precompute.tuning import run_tuning
+
+    assert isinstance(work, TuningConfig)
+    return run_tuning(stage, work)
+
+
+@dataclass(frozen=True)
+class StageTask:
+    """How a stage's shard runs in a task: the function, and whether it wants the GPU."""
+
+    run: Callable[[Stage, Work], Part]
+    gpu: bool
+
+
+#: Every stage a cluster runs, by name: the one table the tasks dispatch from.
+STAGES: dict[str, StageTask] = {
+    "examples": StageTask(_examples, gpu=True),
+    "circuits": StageTask(_circuits, gpu=False),  # weights only: the CPU
+    "vis": StageTask(_vis, gpu=True),
+    "tuning": StageTask(_tuning, gpu=True),
+}
+
+
+@dataclass(frozen=True)
 class Task:
     source: Source
-    #: "examples", "circuits" or "vis".
+    #: A key of `STAGES`.
     stage: str
-    #: The stage's work: the layer names (circuits), a `VisConfig`, or an `ExamplesConfig` and image root.
-    work: Any
+    work: Work
     shard: tuple[int, int]
 
 
@@ -64,7 +135,7 @@ class Refused:
 
 
 @cache
-def _opened(model: str, weights: str | None, names: str | None, device: str) -> Any:
+def _opened(model: str, weights: str | None, names: str | None, device: str) -> tuple[Network, str, torch.device]:
     """The checked network on its device, loaded once per worker process."""
     from precompute.devices import pick_device
     from precompute.models import load
@@ -74,7 +145,7 @@ def _opened(model: str, weights: str | None, names: str | None, device: str) -> 
     return loaded.net.to(target), loaded.weights_sha256, target
 
 
-def run_task(task: Task) -> Any:
+def run_task(task: Task) -> Part | Refused:
     """One shard of one stage, in a Ray worker: what the driver collects (a result, an examples part, or why
     the input was refused)."""
     from precompute.runs import report_progress_to_driver
@@ -86,24 +157,11 @@ def run_task(task: Task) -> Any:
         return Refused(str(error))
 
 
-def _run(task: Task) -> Any:
-    source = task.source
-    net, digest, device = _opened(source.model, source.weights, source.names,
-                                  "cpu" if task.stage == "circuits" else source.device)
+def _run(task: Task) -> Part:
+    source, entry = task.source, STAGES[task.stage]
+    net, digest, device = _opened(source.model, source.weights, source.names, source.device if entry.gpu else "cpu")
     with Store.open(source.settings) as store:
-        if task.stage == "circuits":
-            from precompute.circuits import run_circuits
-
-            return run_circuits(store, net.spec, net, digest, [net.spec.layer(name) for name in task.work],
-                                shard=task.shard)
-        if task.stage == "vis":
-            from precompute.vis import run_vis
-
-            return run_vis(store, net.spec, net, digest, task.work, device, shard=task.shard)
-        from precompute.examples import examples_part
-
-        config, root = task.work
-        return examples_part(store, net.spec, net, digest, Path(root), config, device, task.shard, progress=True)
+        return entry.run(Stage(store, net, digest, device, task.shard, progress=True), task.work)
 
 
 @dataclass(frozen=True)
@@ -141,12 +199,12 @@ class Cluster:
             return self.tasks
         return max(1, int(ray.cluster_resources().get("GPU" if gpu else "CPU", 1)))
 
-    def run(self, source: Source, stage: str, work: Any) -> list[Any]:
+    def run(self, source: Source, stage: str, work: Work) -> list[Part]:
         """The stage's shards as tasks, results in shard order; a failure is raised with the task's message."""
         import ray
 
         self.connect()
-        gpu = stage != "circuits" and self.uses_gpu(source.device)
+        gpu = STAGES[stage].gpu and self.uses_gpu(source.device)
         count = self.count(gpu)
         remote = ray.remote(run_task).options(num_cpus=1, num_gpus=1 if gpu else 0, max_retries=RETRIES,
                                               retry_exceptions=True)
@@ -154,7 +212,7 @@ class Cluster:
         return _gather(refs, stage)
 
 
-def _gather(refs: Sequence[Any], stage: str) -> list[Any]:
+def _gather(refs: Sequence[object], stage: str) -> list[Part]:
     import ray
     from ray.exceptions import RayError, RayTaskError
 
@@ -183,39 +241,46 @@ def source(model: str, weights: Path | None, names: Path | None, device: str, se
 class Runner:
     """The model-running stages, here in this process or as a cluster's tasks: the commands call these."""
 
-    store: Store
-    net: Any
-    weights_sha256: str
-    device: Any
+    stage: Stage
     cluster: Cluster | None = None
     source: Source | None = None
-    #: This process's part, without a cluster (``--shard i/n``).
-    shard: tuple[int, int] = (0, 1)
 
-    def examples(self, root: Path, config: Any) -> Any:
+    def _tasks(self, name: str, work: Work) -> list[Part] | None:
+        """The shards' parts from the cluster, or None to run here."""
+        if self.cluster is None or self.source is None:
+            return None
+        return self.cluster.run(self.source, name, work)
+
+    def examples(self, root: Path, config: ExamplesConfig) -> ExamplesResult:
         from precompute.examples import run_examples, write_examples
 
-        spec = self.net.spec
-        if self.cluster is None or self.source is None:
-            return run_examples(self.store, spec, self.net.to(self.device), self.weights_sha256, root, config,
-                                self.device, shard=self.shard)
-        parts = self.cluster.run(self.source, "examples", (config, str(root.resolve())))
-        return write_examples(self.store, spec, self.weights_sha256, root, config, self.device, parts)
+        parts = self._tasks("examples", ExamplesWork(config, str(root.resolve())))
+        if parts is None:
+            return run_examples(self.stage, root, config)
+        return write_examples(self.stage, root, config, [part for part in parts if part is None or isinstance(part, bytes)])
 
-    def circuits(self, layers: Sequence[Any]) -> Any:
-        from precompute.circuits import CircuitsResult, run_circuits
+    def circuits(self, layers: Sequence[LayerSpec]) -> CircuitsResult:
+        from precompute.circuits import run_circuits
 
-        if self.cluster is None or self.source is None:
-            return run_circuits(self.store, self.net.spec, self.net.cpu(), self.weights_sha256, layers,
-                                shard=self.shard)
-        results = self.cluster.run(self.source, "circuits", [layer.name for layer in layers])
-        return CircuitsResult(*(sum(getattr(r, name) for r in results) for name in ("pairs_written", "pairs_reused", "edges")))
+        results = self._tasks("circuits", CircuitsWork(tuple(layer.name for layer in layers)))
+        if results is None:
+            return run_circuits(self.stage, layers)
+        done = [result for result in results if isinstance(result, CircuitsResult)]
+        return CircuitsResult(*(sum(getattr(r, name) for r in done) for name in ("pairs_written", "pairs_reused", "edges")))
 
-    def vis(self, config: Any) -> Any:
-        from precompute.vis import VisResult, run_vis
+    def vis(self, config: VisConfig) -> VisResult:
+        from precompute.vis import run_vis
 
-        if self.cluster is None or self.source is None:
-            return run_vis(self.store, self.net.spec, self.net.to(self.device), self.weights_sha256, config,
-                           self.device, shard=self.shard)
-        results = self.cluster.run(self.source, "vis", config)
-        return VisResult(sum(r.rendered for r in results), sum(r.skipped for r in results))
+        results = self._tasks("vis", config)
+        if results is None:
+            return run_vis(self.stage, config)
+        done = [result for result in results if isinstance(result, VisResult)]
+        return VisResult(sum(r.rendered for r in done), sum(r.skipped for r in done))
+
+    def tuning(self, config: TuningConfig) -> TuningResult:
+        from precompute.tuning import run_tuning
+
+        results = self._tasks("tuning", config)
+        if results is None:
+            return run_tuning(self.stage, config)
+        return TuningResult.total([result for result in results if isinstance(result, TuningResult)])

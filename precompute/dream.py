@@ -16,14 +16,14 @@ import numpy as np
 import torch
 from sqlalchemy import select
 
-from app.store import Layer, LayerArtifact, Store
-from app.zoo import LayerSpec, ModelSpec
-from precompute.models.base import Network
+from app.store import Layer, LayerArtifact
+from app.zoo import LayerSpec
 from precompute.optvis import objectives
 from precompute.optvis.param import PARAMETERIZATIONS
 from precompute.optvis.render import render
 from precompute.optvis.transform import STANDARD
 from precompute.runs import catalogued_model, digested, finish_run, progress_bar, replace_rows, start_run
+from precompute.stage import Stage
 from precompute.vis import VisConfig, encode_render, recipe, unit_seed
 
 DEEP_DREAM = "deep_dream"
@@ -43,9 +43,9 @@ def dream_recipe(config: VisConfig, layer: LayerSpec, weights_sha256: str, devic
     return digested(params)
 
 
-def run_deep_dream(store: Store, spec: ModelSpec, net: Network, weights_sha256: str, layers: Sequence[LayerSpec],
-                   config: VisConfig, device: torch.device, progress: bool = True) -> DreamResult:
+def run_deep_dream(stage: Stage, layers: Sequence[LayerSpec], config: VisConfig) -> DreamResult:
     """Render each of ``layers``' DeepDream image (logits have none) unless it is stored with the same recipe."""
+    store, spec, net, weights_sha256, device = stage.store, stage.spec, stage.net, stage.weights_sha256, stage.device
     with store.session() as session:
         model_id = catalogued_model(session, spec).id
         layer_ids = dict(session.execute(select(Layer.name, Layer.id).where(Layer.model_id == model_id)).all())
@@ -65,7 +65,7 @@ def run_deep_dream(store: Store, spec: ModelSpec, net: Network, weights_sha256: 
         with attempt, store.transaction() as session:
             run = start_run(session, "vis", model_id, {"technique": DEEP_DREAM, "layers": [layer.name for layer, _ in todo]},
                             weights_sha256=weights_sha256, seed=config.seed)
-    bar = progress_bar(total=len(todo), unit="layer", desc="deep dream", enabled=progress)
+    bar = progress_bar(total=len(todo), unit="layer", desc="deep dream", enabled=stage.progress)
     for layer, params in todo:
         seed = unit_seed(config.seed, layer.name, 0, DEEP_DREAM)
         rendered = render(net, objectives.deepdream(layer.name), PARAMETERIZATIONS["fourier"](config.size), [seed],

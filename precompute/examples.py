@@ -43,6 +43,7 @@ from precompute.models.base import Network
 from precompute.ranking import HISTOGRAM_EDGES, RunningStatistics
 from precompute.runs import catalogued_model, digested, finish_run, finished_recipes, progress_bar, replace_rows, share, start_run
 from precompute.runs import unit_ids as stored_unit_ids
+from precompute.stage import Stage
 
 THUMBNAIL_SIZE = 320
 CROP_SIZE = 128
@@ -123,23 +124,14 @@ def _recipe(spec: ModelSpec, weights: str, dataset: str, config: ExamplesConfig)
     })
 
 
-def run_examples(
-    store: Store,
-    spec: ModelSpec,
-    net: Network,
-    weights_sha256: str,
-    root: Path,
-    config: ExamplesConfig,
-    device: torch.device,
-    progress: bool = True,
-    shard: tuple[int, int] = (0, 1),
-) -> ExamplesResult:
+def run_examples(stage: Stage, root: Path, config: ExamplesConfig) -> ExamplesResult:
     """One pass over the images under ``root``; shard i of n takes batches i, i+n, ... and the last shard
     to finish merges and writes."""
-    plan = _plan(store, spec, weights_sha256, root, config, shard)
+    store, spec, shard = stage.store, stage.spec, stage.shard
+    plan = _plan(store, spec, stage.weights_sha256, root, config, shard)
     if plan.result.reused:
         return plan.result
-    statistics, skipped = _stream(net, spec, plan, shard, config, device, progress)
+    statistics, skipped = _stream(stage.net, spec, plan, shard, config, stage.device, stage.progress)
     if shard[1] > 1:
         # Each shard's result is exact for its images, and the top-k of the union is the top-k of the
         # shards' top-k lists, so merging loses nothing.
@@ -148,38 +140,32 @@ def run_examples(
             plan.result.messages.append(waiting)
             plan.result.waiting = True
             return plan.result
-        saved = [torch.load(path, map_location=device, weights_only=True) for path in plan.partials.all]
-        statistics, skipped = _merge(spec, config, device, saved)
-    return _finish(store, spec, plan, statistics, skipped, config, progress)
+        saved = [torch.load(path, map_location=stage.device, weights_only=True) for path in plan.partials.all]
+        statistics, skipped = _merge(spec, config, stage.device, saved)
+    return _finish(store, spec, plan, statistics, skipped, config, stage.progress)
 
 
-def examples_part(
-    store: Store, spec: ModelSpec, net: Network, weights_sha256: str, root: Path, config: ExamplesConfig,
-    device: torch.device, shard: tuple[int, int], progress: bool = False,
-) -> bytes | None:
+def examples_part(stage: Stage, root: Path, config: ExamplesConfig) -> bytes | None:
     """Shard i of n's pass, returned instead of merged through a shared folder (a cluster's task): its exact
     statistics and unreadable files, serialized; None when the recipe is already stored."""
-    plan = _plan(store, spec, weights_sha256, root, config, shard)
+    plan = _plan(stage.store, stage.spec, stage.weights_sha256, root, config, stage.shard)
     if plan.result.reused:
         return None
-    statistics, skipped = _stream(net, spec, plan, shard, config, device, progress)
+    statistics, skipped = _stream(stage.net, stage.spec, plan, stage.shard, config, stage.device, stage.progress)
     out = io.BytesIO()
     torch.save({"statistics": statistics.state_dict(), "skipped": skipped}, out)
     return out.getvalue()
 
 
-def write_examples(
-    store: Store, spec: ModelSpec, weights_sha256: str, root: Path, config: ExamplesConfig, device: torch.device,
-    parts: Sequence[bytes | None], progress: bool = True,
-) -> ExamplesResult:
+def write_examples(stage: Stage, root: Path, config: ExamplesConfig, parts: Sequence[bytes | None]) -> ExamplesResult:
     """Every shard's part (from `examples_part`) merged, exactly, and written as one pass would be."""
-    plan = _plan(store, spec, weights_sha256, root, config, (0, len(parts)))
+    plan = _plan(stage.store, stage.spec, stage.weights_sha256, root, config, (0, len(parts)))
     if plan.result.reused or any(part is None for part in parts):
         plan.result.reused = True
         return plan.result
-    saved = [torch.load(io.BytesIO(part), map_location=device, weights_only=True) for part in parts if part]
-    statistics, skipped = _merge(spec, config, device, saved)
-    return _finish(store, spec, plan, statistics, skipped, config, progress)
+    saved = [torch.load(io.BytesIO(part), map_location=stage.device, weights_only=True) for part in parts if part]
+    statistics, skipped = _merge(stage.spec, config, stage.device, saved)
+    return _finish(stage.store, stage.spec, plan, statistics, skipped, config, stage.progress)
 
 
 @dataclass

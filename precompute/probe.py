@@ -26,6 +26,7 @@ from app.uploads import UploadLimits, check_image
 from app.zoo import LayerSpec, ModelSpec
 from precompute.examples import PREPROCESSING, input_transform
 from precompute.runs import catalogued_model, unit_ids
+from precompute.stage import Stage
 
 TOP_CLASSES = 5
 TOP_UNITS = 8
@@ -75,10 +76,11 @@ def heatmaps(maps: torch.Tensor, layer: LayerSpec, input_size: int, side: int = 
     return encoded
 
 
-def run_probe(store: Store, spec: ModelSpec, net: torch.nn.Module, weights_sha256: str, sha256: str, data: bytes,
-              device: torch.device, limits: UploadLimits | None = None, public_id: str | None = None) -> bool:
+def run_probe(stage: Stage, sha256: str, data: bytes, limits: UploadLimits | None = None,
+              public_id: str | None = None) -> bool:
     """Compute and store the probe of ``data`` under ``public_id`` (drawn here when None, as for a job queued
     before probes had ids); False when it was stored already (or by another worker)."""
+    store, spec, net, weights_sha256, device = stage.store, stage.spec, stage.net, stage.weights_sha256, stage.device
     if stored(store, spec, sha256):
         return False
     check_image(data, limits or UploadLimits.of(store.settings))  # the server checked it; a worker trusts no queue

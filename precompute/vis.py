@@ -33,6 +33,7 @@ from precompute.optvis.render import LEARNING_RATE, STEPS, Precision, render, re
 from precompute.optvis.transform import STANDARD
 from precompute.recipes import ON_DEMAND, Defaults
 from precompute.runs import catalogued_model, digested, finish_run, progress_bar, replace_rows, share, start_run, unit_ids
+from precompute.stage import Stage
 
 #: ``pixels`` is the channel objective in the pixel basis: the comparison that motivates the
 #: Fourier basis (Olah et al. 2017, "Feature Visualization", preconditioning); every other
@@ -170,28 +171,19 @@ class _Chunk:
         return DIVERSITY_IMAGES if self.technique == "diversity" else 1
 
 
-def run_vis(
-    store: Store,
-    spec: ModelSpec,
-    net: Network,
-    weights_sha256: str,
-    config: VisConfig,
-    device: torch.device,
-    progress: bool = True,
-    shard: tuple[int, int] = (0, 1),
-    poll: Callable[[], None] | None = None,
-) -> VisResult:
+def run_vis(stage: Stage, config: VisConfig, poll: Callable[[], None] | None = None) -> VisResult:
     """Render the chosen units; shard i of n takes chunks i, i+n, ... of the full list (stored or not).
 
     ``poll`` goes to `render` (a worker serves waiting requests there).
     """
+    store, spec, net, weights_sha256, device = stage.store, stage.spec, stage.net, stage.weights_sha256, stage.device
     with store.session() as session:
         model_id = catalogued_model(session, spec).id
         ids = unit_ids(session, model_id, [layer.name for layer in config.layers])
         stored = {tuple(row) for row in session.execute(select(Artifact.unit_id, Artifact.technique, Artifact.recipe_sha256))}
     result = VisResult()
     todo = []
-    for chunk in share(_chunks(config, weights_sha256, device), shard):
+    for chunk in share(_chunks(config, weights_sha256, device), stage.shard):
         units = [u for u in chunk.units if (ids[chunk.layer.name, u], chunk.technique, chunk.params["recipe_sha256"]) not in stored]
         result.skipped += len(chunk.units) - len(units)
         if units:
@@ -202,7 +194,7 @@ def run_vis(
         with attempt, store.transaction() as session:
             run = start_run(session, "vis", model_id, {**_describe(config), "device": str(device)},
                             weights_sha256=weights_sha256, seed=config.seed)
-    bar = progress_bar(total=sum(len(chunk.units) for chunk in todo), unit="unit", desc="vis", enabled=progress)
+    bar = progress_bar(total=sum(len(chunk.units) for chunk in todo), unit="unit", desc="vis", enabled=stage.progress)
     for chunk in todo:
         rows = _render(net, spec, chunk, config, device, poll, store, ids)
         for attempt in store.retrying():

@@ -23,8 +23,6 @@ import time
 import uuid
 from dataclasses import dataclass, field
 
-import torch
-
 from app.errors import MicroscopeError
 from app.jobs import HANDLERS, HEARTBEAT_SECONDS, MAX_ATTEMPTS, JobQueue
 from app.store import Store
@@ -33,6 +31,7 @@ from app.store.schema import new_probe_id
 from app.zoo import LayerSpec, ModelSpec
 from precompute.probe import run_probe
 from precompute.recipes import ON_DEMAND, Defaults
+from precompute.stage import Stage
 from precompute.vis import missing_units, on_demand_config, recipe, run_vis
 
 log = logging.getLogger("microscope.worker")
@@ -53,13 +52,11 @@ class WorkerStats:
 
 @dataclass
 class Worker:
-    store: Store
+    stage: Stage
     queue: JobQueue
-    spec: ModelSpec
-    net: torch.nn.Module
-    weights_sha256: str
-    device: torch.device
     fill: bool = False
+    #: With ``fill``: first the tuning curves of every main layer still without them (`precompute.tuning`).
+    tune: bool = True
     fill_batch: int = 4
     defaults: Defaults = ON_DEMAND
     name: str = field(default_factory=lambda: f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}")
@@ -67,7 +64,16 @@ class Worker:
     doing: str = "idle"
     _serving: bool = False
     _complete: set[str] = field(default_factory=set)
+    _tuned: set[str] = field(default_factory=set)
     _stop: threading.Event = field(default_factory=threading.Event)
+
+    @property
+    def store(self) -> Store:
+        return self.stage.store
+
+    @property
+    def spec(self) -> ModelSpec:
+        return self.stage.spec
 
     def run(self, max_jobs: int | None = None, until_idle: bool = False) -> WorkerStats:
         """Serve jobs (and fill) until stopped, ``max_jobs`` are done, or, with ``until_idle``, nothing is left."""
@@ -168,10 +174,10 @@ class Worker:
     def render(self, model: str, layer: str, units: list[int], technique: str) -> None:
         spec = self._spec(model)
         config = on_demand_config(spec.layer(layer), units, technique, self.defaults, batch=len(units))
-        run_vis(self.store, spec, self.net, self.weights_sha256, config, self.device, progress=False)
+        run_vis(self.stage, config)
 
     def probe(self, model: str, sha256: str, probe_id: str | None) -> None:
-        spec = self._spec(model)
+        self._spec(model)  # this worker runs that model
         key = JobQueue.probe_key(model, sha256)
         if probe_id is not None and self.queue.forgotten(probe_id):
             self._forgotten(key, probe_id)  # deleted by its owner while it waited
@@ -180,7 +186,7 @@ class Worker:
         if data is None:
             raise MicroscopeError("its image is no longer in the queue: upload it again")
         probe_id = probe_id or new_probe_id()
-        run_probe(self.store, spec, self.net, self.weights_sha256, sha256, data, self.device, public_id=probe_id)
+        run_probe(self.stage, sha256, data, public_id=probe_id)
         if self.queue.forgotten(probe_id):  # deleted while it ran (a forget job on another worker found no row)
             delete_probe(self.store, probe_id)
             self._forgotten(key, probe_id)
@@ -214,14 +220,42 @@ class Worker:
         rest = [layer for layer in self.spec.layers if not layer.is_main and layer.kind != "logits"]
         return main + rest
 
+    def tune_one(self) -> bool:
+        """Tune the next main layer without tuning curves (with this recipe); False when every one has them."""
+        from precompute.tuning import TuningConfig, run_tuning
+
+        claimed = self.queue.claimed()
+        for layer in self.spec.main_layers:
+            key = f"tune:{self.spec.name}:{layer.name}"
+            if layer.name in self._tuned or key in claimed or not self.queue.claim(self.name, key):
+                continue  # done, or another worker tunes it
+            self.doing = key
+            try:
+                result = run_tuning(self.stage, TuningConfig(layers=(layer,)), poll=self.between_steps)
+            except MicroscopeError as error:  # its input is wrong (no catalog, say): the worker goes on rendering
+                log.warning("tuning %s failed: %s", layer.name, error)
+                self._tuned.add(layer.name)
+                self.queue.done(key)
+                continue
+            finally:
+                self.doing = "idle"
+            self.queue.done(key)
+            self._tuned.add(layer.name)
+            if result.layers_tuned:
+                log.info("tuned %s in %.0f s", layer.name, result.seconds[layer.name])
+                return True
+        return False
+
     def fill_one(self) -> bool:
-        """Render the next batch of missing units; False when the whole model is rendered."""
+        """Tune or render the next missing part; False when the whole model is tuned and rendered."""
+        if self.tune and self.tune_one():
+            return True
         claimed = self.queue.claimed()
         for layer in self.fill_order():
             if layer.name in self._complete:
                 continue
             config = on_demand_config(layer, [0], "channel", self.defaults)
-            digest = recipe(config, layer, "channel", self.weights_sha256, self.device)["recipe_sha256"]
+            digest = recipe(config, layer, "channel", self.stage.weights_sha256, self.stage.device)["recipe_sha256"]
             missing = missing_units(self.store, self.spec, layer, "channel", digest)
             if not missing:
                 self._complete.add(layer.name)
@@ -234,8 +268,7 @@ class Worker:
                 self.doing = key
                 try:
                     config = on_demand_config(layer, units, "channel", self.defaults, batch=len(units))
-                    result = run_vis(self.store, self.spec, self.net, self.weights_sha256, config, self.device,
-                                     progress=False, poll=self.between_steps)
+                    result = run_vis(self.stage, config, poll=self.between_steps)
                 finally:
                     self.doing = "idle"
                 self.queue.done(key)

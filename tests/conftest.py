@@ -113,14 +113,14 @@ def tiny_unrendered(tmp_path_factory: pytest.TempPathFactory, tiny_net, tiny_ima
     from precompute.catalog import catalog
     from precompute.circuits import run_circuits
     from precompute.examples import ExamplesConfig, run_examples
+    from precompute.stage import Stage
 
     settings = Settings.load(tmp_path_factory.mktemp("tiny-unrendered"))
     spec, cpu = tiny_net.spec, torch.device("cpu")
     with Store.open(settings, create=True) as store:
         catalog(store, spec)
-        run_examples(store, spec, tiny_net, "w", tiny_images, ExamplesConfig(layers=tuple(spec.layers), k=4, batch_size=8),
-                     cpu, progress=False)
-        run_circuits(store, spec, tiny_net, "w", spec.layers, progress=False)
+        run_examples(Stage(store, tiny_net, "w", cpu, progress=False), tiny_images, ExamplesConfig(layers=tuple(spec.layers), k=4, batch_size=8))
+        run_circuits(Stage(store, tiny_net, "w", torch.device("cpu"), progress=False), spec.layers)
     return settings
 
 

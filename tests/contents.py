@@ -5,7 +5,8 @@ from __future__ import annotations
 from sqlalchemy import select
 
 from app.settings import Settings
-from app.store import Artifact, DatasetExample, DatasetImage, Edge, Layer, Probe, ProbeUnit, Store, Unit, UnitStats
+from app.store import (Artifact, DatasetExample, DatasetImage, Edge, Layer, Probe, ProbeUnit, Store, Unit, UnitStats,
+                       UnitTuning)
 from app.store.maintenance import referenced_keys
 
 
@@ -29,7 +30,10 @@ def contents(settings: Settings) -> dict[str, list[tuple]]:
         probe_units = sorted((sha, names[u], rank, round(a, 3), y, x, key) for sha, u, rank, a, y, x, key in connection.execute(
             select(Probe.sha256, ProbeUnit.unit_id, ProbeUnit.rank, ProbeUnit.activation, ProbeUnit.y, ProbeUnit.x,
                    ProbeUnit.heatmap_key).join(Probe, ProbeUnit.probe_id == Probe.id)))
+        tuning = sorted((names[u], family, str(preferred), round(selectivity, 3)) for u, family, preferred, selectivity
+                        in connection.execute(select(UnitTuning.unit_id, UnitTuning.family, UnitTuning.preferred,
+                                                     UnitTuning.selectivity)))
         referenced = referenced_keys(connection)
         blobs = store.blobs.keys()
     return {"units": sorted(names.values()), "edges": edges, "examples": examples, "images": images, "stats": stats,
-            "artifacts": artifacts, "probes": probes, "probe_units": probe_units, "referenced": sorted(referenced), "blobs": sorted(blobs)}
+            "artifacts": artifacts, "probes": probes, "probe_units": probe_units, "tuning": tuning, "referenced": sorted(referenced), "blobs": sorted(blobs)}

@@ -23,7 +23,7 @@ from sqlalchemy import func, select
 from app import urls
 from app.jobs import JobQueue
 from app.settings import Settings
-from app.store import Artifact, Layer, Store, Unit
+from app.store import Artifact, Layer, Store, Unit, UnitTuning
 from tests.conftest import ROOT
 from tests.live_processes import TINY_ARGS, running_worker
 from tests.serving import served
@@ -161,6 +161,7 @@ def test_gc_and_a_precompute_stage_beside_a_filling_worker_lose_nothing(live: Se
         keys = session.scalars(select(Artifact.blob_key)).all()
         by_stage = session.scalar(select(func.count()).select_from(Artifact).join(Unit).join(Layer)
                                   .where(Layer.name == "res2"))
+        tuned = session.scalar(select(func.count()).select_from(UnitTuning))
     with served(live.data_dir) as url, httpx.Client(base_url=url) as client:
         missing = [key for key in keys if client.get(urls.blob(key)).status_code != 200]
     print(f"gc beside a filling worker: {len(gcs)} forced gc runs, removed "
@@ -170,4 +171,5 @@ def test_gc_and_a_precompute_stage_beside_a_filling_worker_lose_nothing(live: Se
     assert all(g.returncode == 0 for g in gcs), [g.stderr for g in gcs if g.returncode]
     assert beside.returncode == 0, stage_errors[-2000:]
     assert worker_alive and "Traceback" not in worker_errors and "failed" not in worker_errors, worker_errors[-2000:]
-    assert by_stage == 16 and len(keys) > 16 and missing == []  # the stage's 16 and the worker's fill
+    # The stage's 16, and the worker's fill beside it: tuning curves first, then renders.
+    assert by_stage == 16 and (tuned or len(keys) > 16) and missing == []

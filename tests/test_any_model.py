@@ -71,6 +71,8 @@ def test_a_probe_of_the_tiny_model(tiny_store: Settings, tiny_images: Path, tiny
 
     import torch
 
+    from precompute.stage import Stage
+
     from precompute.models import load
     from precompute.probe import run_probe
     from tests.test_live import copy_store
@@ -80,7 +82,7 @@ def test_a_probe_of_the_tiny_model(tiny_store: Settings, tiny_images: Path, tiny
     sha = hashlib.sha256(photo).hexdigest()
     net = load(FACTORY, tiny_weights).net
     with Store.open(probed_store) as store:
-        assert run_probe(store, net.spec, net, "w", sha, photo, torch.device("cpu"), public_id="tiny-probe")
+        assert run_probe(Stage(store, net, "w", torch.device("cpu"), progress=False), sha, photo, public_id="tiny-probe")
     page = TestClient(create_app(probed_store)).get(urls.probe("tiny", "tiny-probe", json=True))
     assert page.status_code == 200
     probed = page.json()

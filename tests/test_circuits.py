@@ -16,6 +16,7 @@ from app.zoo import ModelSpec
 from precompute.catalog import catalog
 from precompute.circuits import expand, pairs, run_circuits, select_edges
 from precompute.models.inceptionv1 import InceptionV1
+from precompute.stage import Stage
 
 
 def _linear_block(net: InceptionV1, spec: ModelSpec, block: str, x: torch.Tensor) -> torch.Tensor:
@@ -88,7 +89,7 @@ def _raw(weights_dir: Path, name: str) -> np.ndarray:
 def test_stored_inputs_are_the_strongest_by_l2_from_the_raw_weight_files(store: Store, spec: ModelSpec, net, weights_dir: Path) -> None:  # noqa: ANN001
     """Independently of the network and kernel code: numpy on the raw files, top 50 by L2 norm."""
     catalog(store, spec)
-    run_circuits(store, spec, net, "w", [spec.layer("mixed3b"), spec.layer("mixed3b_3x3")], progress=False)
+    run_circuits(Stage(store, net, "w", torch.device("cpu"), progress=False), [spec.layer("mixed3b"), spec.layer("mixed3b_3x3")])
     one_by_one = _raw(weights_dir, "inception_3b/1x1")[:, :, 0, 0]  # mixed3a -> mixed3b units 0..127
     bottleneck = _raw(weights_dir, "inception_3b/3x3_reduce")[:, :, 0, 0]
     spatial = _raw(weights_dir, "inception_3b/3x3")
@@ -133,10 +134,10 @@ def test_ranking_by_norm_keeps_kernels_whose_parts_cancel(net, spec: ModelSpec) 
 def test_circuits_stage_fills_and_resumes(store: Store, spec: ModelSpec, net) -> None:  # noqa: ANN001
     catalog(store, spec)
     chosen = [spec.layer(name) for name in ("conv2d1", "mixed3a_3x3", "mixed3a", "softmax2")]
-    first = run_circuits(store, spec, net, "test-weights", chosen, progress=False)
+    first = run_circuits(Stage(store, net, "test-weights", torch.device("cpu"), progress=False), chosen)
     # conv2d1, mixed3a_3x3, mixed3a and its indirect pair from conv2d1, softmax2
     assert (first.pairs_written, first.pairs_reused) == (5, 0) and first.edges > 0
-    again = run_circuits(store, spec, net, "test-weights", chosen, progress=False)
+    again = run_circuits(Stage(store, net, "test-weights", torch.device("cpu"), progress=False), chosen)
     assert (again.pairs_written, again.pairs_reused) == (0, 5)
     with store.session() as session:
         assert session.scalar(select(func.count()).select_from(Edge)) == first.edges

@@ -18,6 +18,7 @@ from precompute.catalog import catalog
 from precompute import images
 from precompute.examples import ExamplesConfig, run_examples
 from precompute.images import list_images
+from precompute.stage import Stage
 from tests.serving import serve_folder
 from tests.test_examples import stored_examples
 
@@ -43,7 +44,7 @@ def _run(tiny_net, source: Path, data: Path):  # noqa: ANN001, ANN202
     with Store.open(Settings.load(data), create=True) as store:
         catalog(store, spec)
         config = ExamplesConfig(layers=tuple(spec.layers), k=4, batch_size=8)
-        return run_examples(store, spec, tiny_net, "w", source, config, torch.device("cpu"), progress=False)
+        return run_examples(Stage(store, tiny_net, "w", torch.device("cpu"), progress=False), source, config)
 
 
 def test_shards_give_the_examples_the_folder_gives(tiny_net, tiny_images: Path, tmp_path: Path) -> None:  # noqa: ANN001

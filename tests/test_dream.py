@@ -15,6 +15,7 @@ from app.settings import Settings
 from app.store import LayerArtifact, Store
 from precompute.dream import DEEP_DREAM, run_deep_dream
 from precompute.optvis import objectives
+from precompute.stage import Stage
 from precompute.vis import VisConfig
 from tests.test_live import copy_store
 
@@ -33,8 +34,8 @@ def test_each_layer_dreams_once_and_the_pages_show_it(tiny_unrendered: Settings,
     before = client.get(urls.layer("tiny", "res1", json=True)).json()
     assert before["deep_dream"] is None and before["deep_dream_command"] == "microscope precompute dream --model tiny --layers res1"
     with Store.open(settings) as store:
-        first = run_deep_dream(store, spec, tiny_net, "w", layers, config, torch.device("cpu"), progress=False)
-        again = run_deep_dream(store, spec, tiny_net, "w", layers, config, torch.device("cpu"), progress=False)
+        first = run_deep_dream(Stage(store, tiny_net, "w", torch.device("cpu"), progress=False), layers, config)
+        again = run_deep_dream(Stage(store, tiny_net, "w", torch.device("cpu"), progress=False), layers, config)
         with store.session() as session:
             rows = session.scalars(select(LayerArtifact)).all()
         image = Image.open(store.blobs.local_path(rows[0].blob_key))

@@ -20,6 +20,7 @@ from app.zoo import ModelSpec
 from precompute.catalog import catalog
 from precompute.examples import ExamplesConfig, input_transform, run_examples
 from precompute.images import read_rgb
+from precompute.stage import Stage
 from tests.conftest import ROOT, link_sample
 from tests.test_cli import microscope
 
@@ -48,7 +49,7 @@ def stored_examples(settings: Settings, image: InstrumentedAttribute = DatasetIm
 def test_top_examples_are_the_true_maxima(store: Store, spec: ModelSpec, net, sample: Path) -> None:  # noqa: ANN001
     catalog(store, spec)
     config = ExamplesConfig(layers=(spec.layer("mixed3a"),), k=5, batch_size=7)
-    result = run_examples(store, spec, net, "w", sample, config, torch.device("cpu"), progress=False)
+    result = run_examples(Stage(store, net, "w", torch.device("cpu"), progress=False), sample, config)
     assert result.examples == 256 * 5 * 2 and not result.skipped
     files = sorted(sample.glob("*/*.jpg"))
     images = torch.stack([input_transform(spec)(read_rgb(path)) for path in files])
@@ -109,7 +110,7 @@ def test_unreadable_images_are_skipped_and_listed(store: Store, spec: ModelSpec,
     (sample / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 truncated")
     (sample / "empty.png").write_bytes(b"")
     config = ExamplesConfig(layers=(spec.layer("conv2d1"),), k=3, batch_size=16)
-    result = run_examples(store, spec, net, "w", sample, config, torch.device("cpu"), progress=False)
+    result = run_examples(Stage(store, net, "w", torch.device("cpu"), progress=False), sample, config)
     assert sorted(Path(failure.split(":")[0]).name for failure in result.skipped) == ["broken.jpg", "empty.png"]
     assert result.examples == 64 * 3 * 2
     with store.session() as session:
@@ -134,7 +135,7 @@ def test_tiny_and_extreme_images_get_examples_and_exact_crops(store: Store, spec
     strip.save(folder / "strip.jpg")
     catalog(store, spec)
     config = ExamplesConfig(layers=(spec.layer("conv2d1"), spec.layer("mixed3a")), k=3, batch_size=2)
-    result = run_examples(store, spec, net, "w", folder, config, torch.device("cpu"), progress=False)
+    result = run_examples(Stage(store, net, "w", torch.device("cpu"), progress=False), folder, config)
     assert not result.skipped and result.examples == (64 + 256) * 3 * 2
     with store.session() as session:
         rows = session.execute(
@@ -178,11 +179,11 @@ def test_examples_are_framed_not_squashed(spec: ModelSpec) -> None:
 def test_a_moved_dataset_is_reported_and_kept(store: Store, spec: ModelSpec, net, sample: Path, tmp_path: Path) -> None:  # noqa: ANN001
     catalog(store, spec)
     config = ExamplesConfig(layers=(spec.layer("conv2d1"),), k=2, batch_size=16)
-    run_examples(store, spec, net, "w", sample, config, torch.device("cpu"), progress=False)
+    run_examples(Stage(store, net, "w", torch.device("cpu"), progress=False), sample, config)
     moved = tmp_path / "elsewhere" / "sample"
     moved.parent.mkdir()
     sample.rename(moved)
-    result = run_examples(store, spec, net, "w", moved, config, torch.device("cpu"), progress=False)
+    result = run_examples(Stage(store, net, "w", torch.device("cpu"), progress=False), moved, config)
     assert result.reused and "moved" in result.messages[0]
     with store.session() as session:
         assert session.scalar(select(func.count()).select_from(DatasetExample)) == 64 * 2 * 2

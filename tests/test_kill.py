@@ -37,6 +37,7 @@ def stages(sample: Path, weights: Path) -> list[list[str]]:
         ["precompute", "circuits", "--layers", "all", *common],
         ["precompute", "vis", "--layers", "mixed,res1", "--units", "0:6", "--steps", "40", "--size", "48", "--batch", "2",
          *common],
+        ["precompute", "tuning", "--layers", "stem_0,mixed,res1,res2", "--batch", "8", "--images", str(sample), *common],
     ]
 
 

@@ -72,14 +72,14 @@ def test_the_stage_labels_every_layer_and_a_rerun_reuses_them(tiny_net, tmp_path
     from precompute.catalog import catalog
     from precompute.examples import ExamplesConfig, run_examples
     from precompute.labels import run_labels
+    from precompute.stage import Stage
 
     images = _two_class_images(tmp_path / "images")
     settings = Settings.load(tmp_path / "store")
     spec = tiny_net.spec
     with Store.open(settings, create=True) as store:
         catalog(store, spec)
-        run_examples(store, spec, tiny_net, "w", images, ExamplesConfig(layers=tuple(spec.layers), k=8, batch_size=8),
-                     torch.device("cpu"), progress=False)
+        run_examples(Stage(store, tiny_net, "w", torch.device("cpu"), progress=False), images, ExamplesConfig(layers=tuple(spec.layers), k=8, batch_size=8))
         first = run_labels(store, spec, images, spec.layers)
         again = run_labels(store, spec, images, spec.layers)
         with store.session() as session:

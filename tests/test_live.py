@@ -30,6 +30,7 @@ from app.zoo import ModelSpec
 from precompute.optvis.render import resolve_precision
 from precompute.recipes import Defaults
 from precompute.vis import on_demand_config, run_vis
+from precompute.stage import Stage
 from precompute.worker import Worker
 from tests.test_cli import microscope
 
@@ -65,7 +66,9 @@ def net(tiny_net):  # noqa: ANN001, ANN201
 
 
 def worker(store: Store, settings: Settings, spec: ModelSpec, net, **options) -> Worker:  # noqa: ANN001
-    return Worker(store, JobQueue.for_store(settings), spec, net, "w", torch.device("cpu"), defaults=TINY, **options)
+    assert net.spec == spec
+    return Worker(Stage(store, net, "w", torch.device("cpu"), progress=False), JobQueue.for_store(settings), defaults=TINY,
+                  **options)
 
 
 def artifact_keys(settings: Settings, layer: str) -> dict[int, tuple[str, str]]:
@@ -260,13 +263,12 @@ def test_a_unit_rendered_on_demand_is_the_unit_precompute_renders(live: Settings
         assert stats.jobs == 1
         # precompute vis with the same recipe, over a batch that includes unit 5: it skips it.
         config = on_demand_config(spec.layer("stem_0"), range(4, 8), defaults=TINY, batch=4)
-        result = run_vis(store, spec, net, "w", config, torch.device("cpu"), progress=False)
+        result = run_vis(Stage(store, net, "w", torch.device("cpu"), progress=False), config)
         assert (result.rendered, result.skipped) == (3, 1)
     alone = artifact_keys(live, "stem_0")[5]
     other = copy_store(tiny_unrendered, tmp_path / "batched")
     with Store.open(other) as store:
-        run_vis(store, spec, net, "w", on_demand_config(spec.layer("stem_0"), range(4, 8), defaults=TINY, batch=4),
-                torch.device("cpu"), progress=False)
+        run_vis(Stage(store, net, "w", torch.device("cpu"), progress=False), on_demand_config(spec.layer("stem_0"), range(4, 8), defaults=TINY, batch=4))
     batched = artifact_keys(other, "stem_0")[5]
     assert alone[1] == batched[1]  # the same recipe digest
     if resolve_precision("auto", torch.device("cpu")) == "bf16":
@@ -275,11 +277,43 @@ def test_a_unit_rendered_on_demand_is_the_unit_precompute_renders(live: Settings
         assert alone[0] == batched[0]
 
 
+def test_fill_tunes_every_main_layer_first_and_serves_requests_between_passes(live: Settings, spec: ModelSpec,
+                                                                             net) -> None:  # noqa: ANN001
+    from sqlalchemy import select
+
+    from app.store import UnitTuning
+
+    queue = JobQueue.for_store(live)
+    with Store.open(live) as store:
+        running = worker(store, live, spec, net, fill=True, fill_batch=4)
+        served = []
+        original = running.serve_one
+
+        def serve_and_record() -> bool:
+            took = original()
+            if took and running.doing.startswith("tune:"):
+                served.append(running.doing)
+            return took
+
+        running.serve_one = serve_and_record  # type: ignore[method-assign]
+        queue.request_render(MODEL, "mixed", [9])
+        assert running.fill_one()  # the first main layer's tuning, during which the waiting request is served
+        assert served == ["tune:tiny:stem_0"] and 9 in set(artifact_keys(live, "mixed"))
+        while running.tune_one():
+            pass
+        with store.session() as session:
+            tuned = {row for row in session.scalars(select(UnitTuning.unit_id))}
+        assert len(tuned) == sum(layer.channels for layer in spec.main_layers)
+        assert not queue.claimed()
+        again = worker(store, live, spec, net, fill=True, tune=True)
+        assert not again.tune_one()  # another worker finds every layer tuned with this recipe
+
+
 def test_fill_renders_main_layers_first_and_serves_requests_between_steps(live: Settings, spec: ModelSpec,
                                                                            net) -> None:  # noqa: ANN001
     queue = JobQueue.for_store(live)
     with Store.open(live) as store:
-        running = worker(store, live, spec, net, fill=True, fill_batch=4)
+        running = worker(store, live, spec, net, fill=True, fill_batch=4, tune=False)
         assert [layer.name for layer in running.fill_order()[:3]] == ["stem_0", "mixed", "res1"]
         served = []
         original = running.serve_one
@@ -511,8 +545,8 @@ def test_a_heatmap_puts_each_position_at_its_receptive_fields_centre(spec: Model
 def test_two_workers_fill_different_batches(live: Settings, spec: ModelSpec, net) -> None:  # noqa: ANN001
     queue = JobQueue.for_store(live)
     with Store.open(live) as store:
-        first = worker(store, live, spec, net, fill=True, fill_batch=4)
-        second = worker(store, live, spec, net, fill=True, fill_batch=4)
+        first = worker(store, live, spec, net, fill=True, fill_batch=4, tune=False)
+        second = worker(store, live, spec, net, fill=True, fill_batch=4, tune=False)
         first.queue.beat(first.name, "filling")
         assert queue.claim(first.name, "fill:tiny:stem_0:0-3")  # the first is busy with units 0-3
         assert second.fill_one()

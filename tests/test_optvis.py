@@ -20,6 +20,7 @@ from precompute.optvis import objectives, param
 from precompute.optvis.render import render, resolve_precision
 from precompute.optvis.transform import LUCENT, NONE, STANDARD, Transforms
 from precompute.selection import parse_layers, units_per_layer
+from precompute.stage import Stage
 from precompute.vis import GUTTER, VisConfig, run_vis, stale_configs, unit_seed
 from tests.test_cli import microscope
 
@@ -174,7 +175,7 @@ def _config(spec: ModelSpec, **overrides: object) -> VisConfig:
 def test_vis_stage_stores_images_with_recipes_and_skips_them_after(store: Store, spec: ModelSpec, net) -> None:  # noqa: ANN001
     catalog(store, spec)
     cpu = torch.device("cpu")
-    first = run_vis(store, spec, net, "w", _config(spec), cpu, progress=False)
+    first = run_vis(Stage(store, net, "w", cpu, progress=False), _config(spec))
     assert (first.rendered, first.skipped) == (8, 0)
     with store.session() as session:
         artifacts = session.scalars(select(Artifact)).all()
@@ -188,9 +189,9 @@ def test_vis_stage_stores_images_with_recipes_and_skips_them_after(store: Store,
     assert pixels.shape == (2 * 32 + GUTTER, 2 * 32 + GUTTER, 3)  # four images with a white gutter between
     assert pixels[:, 32 + 1:32 + GUTTER - 1].min() >= 245 and pixels[32 + 1:32 + GUTTER - 1].min() >= 245
     assert recipe["unit_seeds"][0] == unit_seed(0, recipe["layer"], recipe["batch_units"][0], recipe["technique"])
-    again = run_vis(store, spec, net, "w", _config(spec), cpu, progress=False)
+    again = run_vis(Stage(store, net, "w", cpu, progress=False), _config(spec))
     assert (again.rendered, again.skipped) == (0, 8)
-    changed = run_vis(store, spec, net, "w", _config(spec, steps=3, techniques=("channel",)), cpu, progress=False)
+    changed = run_vis(Stage(store, net, "w", cpu, progress=False), _config(spec, steps=3, techniques=("channel",)))
     assert (changed.rendered, changed.skipped) == (4, 0)
     with store.session() as session:
         assert session.scalar(select(func.count()).select_from(Artifact)) == 8
@@ -199,7 +200,7 @@ def test_vis_stage_stores_images_with_recipes_and_skips_them_after(store: Store,
 def test_images_of_an_older_algorithm_are_rendered_again_with_their_settings(store: Store, spec: ModelSpec, net) -> None:  # noqa: ANN001
     catalog(store, spec)
     cpu = torch.device("cpu")
-    run_vis(store, spec, net, "w", _config(spec, techniques=("channel",)), cpu, progress=False)
+    run_vis(Stage(store, net, "w", cpu, progress=False), _config(spec, techniques=("channel",)))
     assert stale_configs(store, spec) == []
     with store.transaction() as session:
         old = session.scalars(select(Artifact)).all()[:3]
@@ -213,7 +214,7 @@ def test_images_of_an_older_algorithm_are_rendered_again_with_their_settings(sto
     assert sum(counts["vis"] for counts in listed.values()) == 3  # what `microscope info` lists
     assert all(config.steps == 2 and config.size == 32 for config in stale)
     for config in stale:
-        assert run_vis(store, spec, net, "w", config, cpu, progress=False).rendered >= 1
+        assert run_vis(Stage(store, net, "w", cpu, progress=False), config).rendered >= 1
     assert stale_configs(store, spec) == []
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import io
+import math
 import re
 import subprocess
 import sys
@@ -10,8 +12,10 @@ from datetime import datetime
 from pathlib import Path
 
 import httpx
+import numpy as np
 import pytest
 from fastapi.testclient import TestClient
+from PIL import Image
 
 from app import urls
 from app.main import create_app
@@ -362,3 +366,72 @@ def test_a_link_to_microscopes_inceptionv1_says_what_it_is_and_what_is_held(clie
 
 def test_the_model_page_shows_the_registry_notes(client: httpx.Client) -> None:
     assert client.get(urls.model("inceptionv1_caffe", json=True)).json()["notes"] == []
+
+
+def test_unit_pages_have_a_tuning_section_with_plots_stimuli_and_numbers(client: httpx.Client) -> None:
+    page, data = _both(client, urls.unit("inceptionv1_caffe", "mixed3b", 0), urls.unit("inceptionv1_caffe", "mixed3b", 0, json=True))
+    tuning = data["tuning"]
+    assert tuning["computed"] and "counterclockwise" in tuning["conventions"] and tuning["placement"]["field"] == 91
+    by = {family["family"]: family for family in tuning["families"]}
+    assert list(by) == ["curves", "lines"]
+    curves = by["curves"]
+    assert set(curves["preferred"]) == {"orientation", "radius", "polarity"}
+    assert [axis["name"] for axis in curves["axes"]] == ["orientation", "radius", "polarity"]
+    assert len(curves["responses"]) == 24 and len(curves["responses"][0]) == 4 and len(curves["responses"][0][0]) == 2
+    assert {"peak_over_mean", "resultant_length", "half_width", "curve_over_line", "drive"} <= set(curves["figures"])
+    assert 'id="tuning"' in page.text and curves["plot_url"] in page.text and curves["stimulus_url"] in page.text
+    svg = client.get(curves["plot_url"])
+    assert svg.status_code == 200 and svg.headers["content-type"] == "image/svg+xml" and b"<svg" in svg.content
+    assert b"preferred" in svg.content and b"radius (receptive fields)" in svg.content  # labelled, no hovering
+    again = client.get(curves["plot_url"], headers={"If-None-Match": svg.headers["etag"]})
+    assert again.status_code == 304
+    stimulus = client.get(curves["stimulus_url"])
+    assert stimulus.headers["content-type"] == "image/png"
+    picture = np.asarray(Image.open(io.BytesIO(stimulus.content)))
+    assert picture.shape[:2] == (96, 96) and picture.std() > 5  # a drawn curve, not a blank
+    # Joint tuning where the receptive field fits inside the input: conv2d1 has every family.
+    page, data = _both(client, urls.unit("inceptionv1_caffe", "conv2d1", 3), urls.unit("inceptionv1_caffe", "conv2d1", 3, json=True))
+    joint = data["tuning"]["families"]
+    assert "Joint tuning" in page.text and all(f["plot_url"] in page.text for f in joint)
+    assert [f["family"] for f in joint] == ["curves", "lines", "edges", "gratings", "colours", "joint"]
+    assert len(joint[-1]["responses"]) == 24 and joint[-1]["stimulus_url"] is None
+    assert b"rotation of its top example" in client.get(joint[-1]["plot_url"]).content
+
+
+def test_a_unit_without_tuning_says_it_is_coming_and_how(client: httpx.Client) -> None:
+    page, data = _both(client, urls.unit("inceptionv1_caffe", "mixed3a", 0), urls.unit("inceptionv1_caffe", "mixed3a", 0, json=True))
+    assert data["tuning"]["computed"] is False
+    assert "precompute tuning --model inceptionv1_caffe --layers mixed3a" in data["tuning"]["command"]
+    assert "still coming" in page.text
+    assert client.get(urls.tuning_plot("inceptionv1_caffe", "mixed3a", 0, "curves")).status_code == 404
+
+
+def test_a_family_page_ranks_the_layers_units_and_lays_them_out_by_orientation(client: httpx.Client) -> None:
+    page, data = _both(client, urls.tuning_family("inceptionv1_caffe", "mixed3b", "curves"),
+                       urls.tuning_family("inceptionv1_caffe", "mixed3b", "curves", json=True))
+    units = data["units"]
+    assert len(units) == 480 and len({u["unit"] for u in units}) == 480
+    assert [u["selectivity"] for u in units] == sorted((u["selectivity"] for u in units), reverse=True)
+    assert all({"orientation", "radius"} <= set(u["preferred"]) for u in units)
+    assert data["family"]["axes"][0]["name"] == "orientation" and "counterclockwise" in data["conventions"]
+    placed = [u for u in units if u["at"]]
+    assert len(placed) == 48 and all(0 <= x <= 100 and 0 <= y <= 100 for x, y in (u["at"] for u in placed))
+    best = units[0]
+    # On the circle at its preferred orientation (y up, so 90 degrees is above the centre).
+    x, y = best["at"]
+    angle = math.degrees(math.atan2(50 - y, x - 50)) % 360
+    assert abs((angle - best["preferred"]["orientation"] + 180) % 360 - 180) < 1
+    assert page.text.count('class="family-unit"') == 48 and urls.unit("inceptionv1_caffe", "mixed3b", best["unit"]) in page.text
+    lines = client.get(urls.tuning_family("inceptionv1_caffe", "mixed3b", "lines", json=True)).json()
+    assert all(set(u["preferred"]) == {"orientation", "polarity"} for u in lines["units"])
+
+
+@pytest.mark.parametrize(("family", "status", "text"), [
+    ("curve", 404, "curves"),  # a typo: the suggestion
+    ("gratings", 404, "precompute tuning"),  # not computed for this layer: the command
+    ("curves%3Bdrop", 404, "no tuning family"),
+])
+def test_family_pages_refuse_unknown_or_missing_families(client: httpx.Client, family: str, status: int, text: str) -> None:
+    for json in (True, False):
+        response = client.get(f"/models/inceptionv1_caffe/mixed3b/tuning/{family}{'.json' if json else ''}")
+        assert response.status_code == status and text in response.text

@@ -72,6 +72,25 @@ def tiny() -> Tiny:
     return Tiny()
 
 
+class Detectors(nn.Module):
+    """One 15x15 convolution whose kernels tests write by hand (an edge, a line, a curve detector), then a
+    classifier: the tuning tests' model (``tests.tiny_model:detectors``)."""
+
+    def __init__(self, units: int = 4, classes: int = 10) -> None:
+        super().__init__()
+        self.detect = nn.Conv2d(3, units, 15, 1, 7)
+        self.relu = nn.ReLU()
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Linear(units, classes)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.fc(torch.flatten(self.pool(self.relu(self.detect(x))), 1))
+
+
+def detectors() -> Detectors:
+    return Detectors()
+
+
 def synthetic_images(folder: Path, count: int, seed: int = 0) -> Path:
     """``count`` seeded JPEGs (smooth colour fields with stripes, of varied sizes and shapes) under ``folder``,
     in synset-like subfolders, so tests of the stages need no shared images."""

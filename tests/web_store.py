@@ -14,6 +14,8 @@ from precompute.circuits import run_circuits
 from precompute.examples import ExamplesConfig, run_examples
 from precompute.labels import run_labels
 from precompute.selection import parse_layers, units_per_layer
+from precompute.stage import Stage
+from precompute.tuning import TuningConfig, run_tuning
 from precompute.vis import VisConfig, run_vis
 from tests.conftest import link_sample
 
@@ -29,14 +31,17 @@ def build(root: Path, spec: ModelSpec, net: torch.nn.Module, images: Path, circu
     with Store.open(settings, create=True) as store:
         catalog(store, spec)
         layers = tuple(parse_layers(spec, EXAMPLE_LAYERS))
-        run_examples(store, spec, net, "w", sample, ExamplesConfig(layers=layers, k=4, batch_size=8), cpu, progress=False)
+        run_examples(Stage(store, net, "w", cpu, progress=False), sample, ExamplesConfig(layers=layers, k=4, batch_size=8))
         run_labels(store, spec, sample, layers)
-        run_circuits(store, spec, net, "w", parse_layers(spec, circuits), progress=False)
+        run_circuits(Stage(store, net, "w", torch.device("cpu"), progress=False), parse_layers(spec, circuits))
         shown = parse_layers(spec, "mixed3a,mixed3b")
         channel = VisConfig(layers=tuple(shown), units=units_per_layer(shown, "0:4", explicit=True),
                             techniques=("channel",), steps=2, size=32, batch=8, precision="fp32")
-        run_vis(store, spec, net, "w", channel, cpu, progress=False)
+        run_vis(Stage(store, net, "w", cpu, progress=False), channel)
         every = VisConfig(layers=(spec.layer("mixed3b"),), units={"mixed3b": range(0, 1)},
                           techniques=("neuron", "negative", "diversity"), steps=2, size=32, batch=4, precision="fp32")
-        run_vis(store, spec, net, "w", every, cpu, progress=False)
+        run_vis(Stage(store, net, "w", cpu, progress=False), every)
+        stage = Stage(store, net, "w", cpu, progress=False)
+        run_tuning(stage, TuningConfig(layers=(spec.layer("conv2d1"),), images=str(sample)))  # every family
+        run_tuning(stage, TuningConfig(layers=(spec.layer("mixed3b"),), families=("curves", "lines")))
     return settings

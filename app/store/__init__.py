@@ -17,6 +17,7 @@ from app.store.schema import (
     Run,
     Unit,
     UnitLabel,
+    UnitTuning,
     UnitStats,
 )
 
@@ -37,6 +38,7 @@ __all__ = [
     "Store",
     "Unit",
     "UnitLabel",
+    "UnitTuning",
     "UnitStats",
     "is_valid_key",
 ]

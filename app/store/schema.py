@@ -22,8 +22,8 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 #: is OpenAI Microscope's network, TensorFlow's inception5h), version 5 gave probes a random
 #: ``public_id`` for their URLs (issue 20: a URL made of the image's digest can be derived from the image),
 #: version 6 added the units' concept labels (``unit_labels``) and the layers' own renders (``layer_artifacts``:
-#: DeepDream).
-SCHEMA_VERSION = 6
+#: DeepDream), version 7 the units' tuning curves (``unit_tuning``).
+SCHEMA_VERSION = 7
 #: Versions a writable open upgrades by creating the tables and nullable columns added since.
 ADDITIVE_SINCE = 1
 
@@ -298,3 +298,24 @@ class ProbeUnit(Base):
     x: Mapped[int]
     #: The unit's activation over the image (transparent where it is at or below zero), a PNG.
     heatmap_key: Mapped[str] = mapped_column(String(80))
+
+
+class UnitTuning(Base):
+    """A unit's responses to one stimulus family (`app.stimuli`), or to its top examples rotated (``joint``).
+
+    ``responses`` is the family's array (axes in `app.stimuli.FAMILIES` order, pooled axes reduced; ``joint``:
+    one per rotation); ``preferred`` names the parameters of the largest; ``figures`` holds the selectivity
+    figures; ``selectivity`` is the one the family page ranks by.
+    """
+
+    __tablename__ = "unit_tuning"
+    __table_args__ = (UniqueConstraint("unit_id", "family"), Index("ix_unit_tuning_family", "family", "selectivity"))
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    unit_id: Mapped[int] = mapped_column(ForeignKey("units.id"))
+    family: Mapped[str] = mapped_column(String(16))
+    responses: Mapped[list[Any]]
+    preferred: Mapped[dict[str, Any]]
+    figures: Mapped[dict[str, Any]]
+    selectivity: Mapped[float]
+    run_id: Mapped[int] = mapped_column(ForeignKey("runs.id"))

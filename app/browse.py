@@ -1,8 +1,10 @@
-"""One function per page builds its data; templates and the JSON twins read the same objects.
+"""The browsing pages' builders: models, layers, units, circuits, examples and search.
 
 Every builder takes the in-memory `Catalog`, a database connection and the
-path's parameters, and returns a typed page (a dataclass whose fields are the
-JSON schema and the template's context).
+path's parameters, and returns a typed page (`app.page_types`: the dataclass
+whose fields are the JSON schema and the template's context). `pictures` and
+`unit_ref` are how every area shows a unit (its render, else its top
+example's crop, and its top concept).
 """
 
 from __future__ import annotations
@@ -16,6 +18,10 @@ from sqlalchemy import Connection
 from app import queries, urls
 from app.catalog import Catalog, LayerEntry, ModelEntry
 from app.errors import ModelNotHeld, NotFound
+from app.page_types import (
+    UnitRef, ModelSummary, IndexPage, LayerSummary, ModelPage, NotHeldPage, LayerPage, Visualization, Example, Connection_, ConnectionGroup, ConnectionsPage, Missing, UnitPage, ExamplePage, SearchResult, SearchPage,
+)
+from app.tuning import layer_families, unit_tuning
 from app.zoo.concepts import Hierarchy, Label
 from app.zoo.registry import REGISTRY
 from app.store.summary import ModelCoverage
@@ -37,247 +43,6 @@ SHOWN = 6
 SHOWN_BRANCH = 3
 
 
-@dataclass(frozen=True)
-class UnitRef:
-    """A unit as other pages show it: where it is, what it is called, its picture if rendered."""
-
-    model: str
-    layer: str
-    index: int
-    label: str | None
-    url: str
-    image_url: str | None
-    #: Until the unit is rendered: the crop of its top dataset example, shown marked as such.
-    placeholder_url: str | None = None
-    #: Its top concept label's name (`app.zoo.concepts.Label`), where it has a clear one.
-    concept: str | None = None
-
-
-@dataclass(frozen=True)
-class ModelSummary:
-    name: str
-    title: str
-    url: str
-    json_url: str
-    layers: int
-    units: int
-    rendered_units: int
-
-
-@dataclass(frozen=True)
-class IndexPage:
-    title: str
-    models: list[ModelSummary]
-    kind: str = "index"
-
-
-@dataclass(frozen=True)
-class LayerSummary:
-    name: str
-    kind: str
-    channels: int
-    url: str
-    rendered: dict[str, int]
-    with_examples: int
-    with_circuits: int
-    strip: list[UnitRef]
-    #: The layer's DeepDream image (Microscope's ``deep_dream``), once rendered.
-    deep_dream_url: str | None = None
-
-
-@dataclass(frozen=True)
-class ModelPage:
-    title: str
-    name: str
-    description: str
-    url: str
-    json_url: str
-    layers: list[LayerSummary]
-    commands: list[str]
-    probe_url: str | None
-    #: A worker is running: the coverage table refreshes itself as it fills the model in.
-    filling: bool = False
-    #: What a reader should know about these weights (the registry's notes: a dropped output, a dequantized file).
-    notes: list[str] = field(default_factory=list)
-    kind: str = "model"
-
-
-@dataclass(frozen=True)
-class NotHeldPage:
-    """A link to a model Microscope knows but this store does not hold (a 404 that says what it is)."""
-
-    title: str
-    error: str
-    name: str
-    description: str
-    #: The store's models, each with a line on how it relates to the one asked for where the registry says.
-    held: list[dict[str, str]]
-    command: str
-    kind: str = "not_held"
-
-
-@dataclass(frozen=True)
-class LayerPage:
-    title: str
-    model: str
-    model_url: str
-    name: str
-    kind: str
-    channels: int
-    url: str
-    json_url: str
-    units: list[UnitRef]
-    page: int
-    pages: int
-    next_url: str | None
-    missing_command: str | None
-    #: POST here to queue every unit of the layer without a picture (None when all have one).
-    render_url: str | None = None
-    #: The concept the units shown are filtered by (None: every unit), and the layer's concepts to filter by:
-    #: ``[{"name", "units", "url"}]``, commonest first.
-    label: str | None = None
-    concepts: list[dict[str, Any]] = field(default_factory=list)
-    #: The whole layer's DeepDream render (``image_url``, ``objective``, ``recipe``), or the command that makes it.
-    deep_dream: Visualization | None = None
-    deep_dream_command: str | None = None
-    kind_of_page: str = "layer"
-
-
-@dataclass(frozen=True)
-class Visualization:
-    technique: str
-    image_url: str
-    objective: float | None
-    recipe: dict[str, Any]
-
-
-@dataclass(frozen=True)
-class Example:
-    kind: str
-    rank: int
-    activation: float
-    image: str
-    crop_url: str
-    url: str
-    y: int
-    x: int
-
-
-@dataclass(frozen=True)
-class Connection_:
-    """A circuit edge seen from one end: the unit at the other end and the weight between."""
-
-    unit: UnitRef
-    weight: float
-    norm: float
-    kind: str
-    kernel: list[Any]
-    kernel_url: str | None
-
-
-@dataclass(frozen=True)
-class ConnectionGroup:
-    """A unit's connections to one other layer, strongest (largest L2 norm) first, each with its sign."""
-
-    layer: str
-    layer_kind: str
-    #: "indirect" when expanded through the main layer between, else "direct" (kernels may be expanded).
-    kind: str
-    edges: list[Connection_]
-    #: How many connections the group has; ``edges`` may hold only the strongest few.
-    total: int
-    #: The group in full (an htmx fragment and its JSON twin), when ``edges`` is cut short.
-    more_url: str | None
-    #: The largest norm in the group (scales the strength bars).
-    strongest: float
-    #: An approximation these weights carry (an LRN taken as the identity), from their recipe.
-    note: str | None = None
-
-
-@dataclass(frozen=True)
-class ConnectionsPage:
-    """One group of a unit's connections in full: what a unit page's "more" loads."""
-
-    title: str
-    unit: UnitRef
-    direction: str
-    group: ConnectionGroup
-    kind: str = "connections"
-
-
-@dataclass(frozen=True)
-class Missing:
-    what: str
-    command: str
-
-
-@dataclass(frozen=True)
-class UnitPage:
-    title: str
-    unit: UnitRef
-    json_url: str
-    model_url: str
-    layer_url: str
-    layer_kind: str
-    previous_url: str | None
-    next_url: str | None
-    visualizations: list[Visualization]
-    top_examples: list[Example]
-    bottom_examples: list[Example]
-    stats: dict[str, Any] | None
-    inputs: list[ConnectionGroup]
-    outputs: list[ConnectionGroup]
-    #: The same unit seen in its block output or branch layer.
-    same_unit: UnitRef | None
-    missing: list[Missing] = field(default_factory=list)
-    #: Until the unit's channel visualization exists: where the page asks a worker for it (POST) and
-    #: polls its status (GET).
-    render_url: str | None = None
-    #: Concepts its top examples share (`app.zoo.concepts`), best first; empty with ``labelled`` true:
-    #: no clear concept; ``labelled`` false: the labels stage has not run on this layer.
-    labels: list[Label] = field(default_factory=list)
-    labelled: bool = False
-    kind: str = "unit"
-
-
-@dataclass(frozen=True)
-class ExamplePage:
-    title: str
-    unit: UnitRef
-    example: Example
-    image_url: str
-    #: The receptive field of the example's position, in percent of the image (left, top, width, height).
-    box: tuple[float, float, float, float]
-    dataset: str
-    kind: str = "example"
-
-
-@dataclass(frozen=True)
-class SearchResult:
-    label: str
-    url: str
-    #: Why it matched: ``unit``, ``model``, ``layer``, ``class`` (its class label) or ``concept`` (its concept label).
-    reason: str
-    #: The unit found, with its picture (None for a model or layer).
-    unit: UnitRef | None = None
-    #: A concept hit's score (coverage x log2 lift).
-    score: float | None = None
-
-
-@dataclass(frozen=True)
-class SearchPage:
-    title: str
-    query: str
-    results: list[SearchResult]
-    #: Results over every page, this page's number (from 1), and the neighbours' URLs.
-    total: int = 0
-    page: int = 1
-    pages: int = 1
-    previous_url: str | None = None
-    next_url: str | None = None
-    kind: str = "search"
-
-
 #: Search results per page.
 RESULTS_PER_PAGE = 50
 
@@ -288,8 +53,8 @@ def search_page(catalog: Catalog, connection: Connection, query: str, hits: list
     if page > pages:
         raise NotFound(f"{query!r} has {len(hits)} results: {pages} pages, not {page}")
     shown = hits[(page - 1) * RESULTS_PER_PAGE:page * RESULTS_PER_PAGE]
-    pictures = _thumbnails(connection, [hit.unit_id for hit in shown if hit.unit_id is not None])
-    results = [SearchResult(hit.label, hit.url, hit.reason, _ref(catalog, hit.unit_id, pictures) if hit.unit_id else None,
+    found = pictures(connection, [hit.unit_id for hit in shown if hit.unit_id is not None])
+    results = [SearchResult(hit.label, hit.url, hit.reason, unit_ref(catalog, hit.unit_id, found) if hit.unit_id else None,
                             hit.score) for hit in shown]
     return SearchPage(
         title=f"Search: {query}", query=query, results=results, total=len(hits), page=page, pages=pages,
@@ -299,7 +64,7 @@ def search_page(catalog: Catalog, connection: Connection, query: str, hits: list
 
 
 @dataclass(frozen=True)
-class _Pictures:
+class Pictures:
     """What stands for each unit in grids and circuits: its render, else its top example's crop."""
 
     images: dict[int, str]
@@ -307,23 +72,24 @@ class _Pictures:
     concepts: dict[int, str] = field(default_factory=dict)
 
 
-def _thumbnails(connection: Connection, unit_ids: list[int]) -> _Pictures:
+def pictures(connection: Connection, unit_ids: list[int]) -> Pictures:
     if not unit_ids:
-        return _Pictures({}, {})
+        return Pictures({}, {})
     images = {unit_id: urls.blob(key) for unit_id, key in connection.execute(queries.thumbnails, {"ids": unit_ids})}
     missing = [unit_id for unit_id in unit_ids if unit_id not in images]
     placeholders = {
         unit_id: urls.blob(key) for unit_id, key in connection.execute(queries.top_crops, {"ids": missing})
     } if missing else {}
     concepts = dict(connection.execute(queries.top_labels, {"ids": unit_ids}).all())
-    return _Pictures(images, placeholders, concepts)
+    return Pictures(images, placeholders, concepts)
 
 
-def _ref(catalog: Catalog, unit_id: int, pictures: _Pictures) -> UnitRef:
+def unit_ref(catalog: Catalog, unit_id: int, shown: Pictures) -> UnitRef:
+    """A unit as grids, circuits, search and probes show it, its picture from ``shown`` (`pictures`)."""
     model, layer, index = catalog.units[unit_id]
     label = catalog.models[model].layer(layer).labels[index]
-    return UnitRef(model, layer, index, label, urls.unit(model, layer, index), pictures.images.get(unit_id),
-                   pictures.placeholders.get(unit_id), pictures.concepts.get(unit_id))
+    return UnitRef(model, layer, index, label, urls.unit(model, layer, index), shown.images.get(unit_id),
+                   shown.placeholders.get(unit_id), shown.concepts.get(unit_id))
 
 
 def index_page(catalog: Catalog, counts: list[ModelCoverage]) -> IndexPage:
@@ -347,7 +113,7 @@ def model_page(catalog: Catalog, connection: Connection, name: str, counts: list
         if unit_id in catalog.units and catalog.units[unit_id][0] == name:
             layer = catalog.units[unit_id][1]
             if len(strips.setdefault(layer, [])) < STRIP:
-                strips[layer].append(_ref(catalog, unit_id, _Pictures({unit_id: urls.blob(key)}, {})))
+                strips[layer].append(unit_ref(catalog, unit_id, Pictures({unit_id: urls.blob(key)}, {})))
     dreams = {layer_id: urls.blob(key) for layer_id, key, _, _ in connection.execute(queries.layer_dreams)}
     layers = [
         LayerSummary(
@@ -400,7 +166,7 @@ def layer_page(catalog: Catalog, connection: Connection, model: str, name: str, 
     if not 1 <= page <= pages:
         raise NotFound(f"{model}/{name} has pages 1..{pages}, not {page}")
     ids = chosen[(page - 1) * UNITS_PER_PAGE:page * UNITS_PER_PAGE]
-    images = _thumbnails(connection, ids)
+    images = pictures(connection, ids)
     rendered = connection.execute(queries.rendered_in, {"ids": list(layer.unit_ids)}).scalar_one()
     missing = None if rendered else f"microscope precompute vis --model {model} --layers {name} --units all"
     found = connection.execute(queries.layer_dream, {"layer": layer.id}).first()
@@ -412,9 +178,10 @@ def layer_page(catalog: Catalog, connection: Connection, model: str, name: str, 
         title=f"{model} / {name}" + (f": {label}" if label else ""), model=model, model_url=urls.model(model), name=name,
         kind=layer.kind, channels=layer.channels, url=urls.layer(model, name, page, label=label),
         json_url=urls.layer(model, name, page, json=True, label=label),
-        units=[_ref(catalog, unit_id, images) for unit_id in ids], page=page, pages=pages,
+        units=[unit_ref(catalog, unit_id, images) for unit_id in ids], page=page, pages=pages,
         next_url=urls.layer(model, name, page + 1, label=label) if page < pages else None, missing_command=missing,
         render_url=render_url, label=label, concepts=concepts, deep_dream=dream, deep_dream_command=dream_command,
+        tuning=layer_families(connection, model, layer),
     )
 
 
@@ -446,13 +213,13 @@ def _connections(
         shown = SHOWN_BRANCH if model_entry.layer(group[1]).kind == "branch" else SHOWN
         if not cut or counts[group] <= shown:
             visible.append((row, other))
-    images = _thumbnails(connection, [other for _, other in visible])
+    images = pictures(connection, [other for _, other in visible])
     model, layer, index = catalog.units[unit_id]
     inputs: dict[str, list[Connection_]] = {}
     outputs: dict[str, list[Connection_]] = {}
     group_notes: dict[tuple[bool, str], str | None] = {}
     for (source, target, weight, norm, kind, kernel, key, run), other in visible:
-        edge = Connection_(_ref(catalog, other, images), weight, norm, kind, kernel, urls.blob(key) if key else None)
+        edge = Connection_(unit_ref(catalog, other, images), weight, norm, kind, kernel, urls.blob(key) if key else None)
         (inputs if target == unit_id else outputs).setdefault(edge.unit.layer, []).append(edge)
         group_notes[target == unit_id, edge.unit.layer] = notes.get(run)
 
@@ -527,7 +294,7 @@ def unit_page(catalog: Catalog, connection: Connection, model_name: str, layer_n
     same_ref = None
     if same is not None:
         same_id = model.layer(same[0]).unit_ids[same[1]]
-        same_ref = _ref(catalog, same_id, _thumbnails(connection, [same_id]))
+        same_ref = unit_ref(catalog, same_id, pictures(connection, [same_id]))
     missing = []
     absent = [t for t in CORE_TECHNIQUES if t not in by_technique]
     if absent:
@@ -565,7 +332,7 @@ def unit_page(catalog: Catalog, connection: Connection, model_name: str, layer_n
         stats=stats, inputs=inputs, outputs=outputs, same_unit=same_ref, missing=missing,
         render_url=(urls.render(model_name, layer_name, index)
                     if renders and THUMBNAIL_TECHNIQUE not in by_technique else None),
-        labels=concepts, labelled=labelled,
+        labels=concepts, labelled=labelled, tuning=unit_tuning(catalog, connection, model_name, layer_name, index),
     )
 
 

@@ -1,0 +1,426 @@
+"""The pages' data: one frozen dataclass per page and part of a page, in one module because they are the JSON schema.
+
+A builder (`app.browse`, `app.live_pages`, `app.tuning`) returns one of
+these; `app.respond.respond` serializes it as the JSON twin or hands it to
+the page's template as ``page``: the two never drift apart.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from app.stimuli import CONVENTIONS
+from app.zoo.concepts import Label
+
+# Browsing: models, layers, units, circuits, examples, search ----------------------------------------
+
+
+@dataclass(frozen=True)
+class UnitRef:
+    """A unit as other pages show it: where it is, what it is called, its picture if rendered."""
+
+    model: str
+    layer: str
+    index: int
+    label: str | None
+    url: str
+    image_url: str | None
+    #: Until the unit is rendered: the crop of its top dataset example, shown marked as such.
+    placeholder_url: str | None = None
+    #: Its top concept label's name (`app.zoo.concepts.Label`), where it has a clear one.
+    concept: str | None = None
+
+
+@dataclass(frozen=True)
+class ModelSummary:
+    name: str
+    title: str
+    url: str
+    json_url: str
+    layers: int
+    units: int
+    rendered_units: int
+
+
+@dataclass(frozen=True)
+class IndexPage:
+    title: str
+    models: list[ModelSummary]
+    kind: str = "index"
+
+
+@dataclass(frozen=True)
+class LayerSummary:
+    name: str
+    kind: str
+    channels: int
+    url: str
+    rendered: dict[str, int]
+    with_examples: int
+    with_circuits: int
+    strip: list[UnitRef]
+    #: The layer's DeepDream image (Microscope's ``deep_dream``), once rendered.
+    deep_dream_url: str | None = None
+
+
+@dataclass(frozen=True)
+class ModelPage:
+    title: str
+    name: str
+    description: str
+    url: str
+    json_url: str
+    layers: list[LayerSummary]
+    commands: list[str]
+    probe_url: str | None
+    #: A worker is running: the coverage table refreshes itself as it fills the model in.
+    filling: bool = False
+    #: What a reader should know about these weights (the registry's notes: a dropped output, a dequantized file).
+    notes: list[str] = field(default_factory=list)
+    kind: str = "model"
+
+
+@dataclass(frozen=True)
+class NotHeldPage:
+    """A link to a model Microscope knows but this store does not hold (a 404 that says what it is)."""
+
+    title: str
+    error: str
+    name: str
+    description: str
+    #: The store's models, each with a line on how it relates to the one asked for where the registry says.
+    held: list[dict[str, str]]
+    command: str
+    kind: str = "not_held"
+
+
+@dataclass(frozen=True)
+class LayerPage:
+    title: str
+    model: str
+    model_url: str
+    name: str
+    kind: str
+    channels: int
+    url: str
+    json_url: str
+    units: list[UnitRef]
+    page: int
+    pages: int
+    next_url: str | None
+    missing_command: str | None
+    #: POST here to queue every unit of the layer without a picture (None when all have one).
+    render_url: str | None = None
+    #: The concept the units shown are filtered by (None: every unit), and the layer's concepts to filter by:
+    #: ``[{"name", "units", "url"}]``, commonest first.
+    label: str | None = None
+    concepts: list[dict[str, Any]] = field(default_factory=list)
+    #: The whole layer's DeepDream render (``image_url``, ``objective``, ``recipe``), or the command that makes it.
+    deep_dream: Visualization | None = None
+    deep_dream_command: str | None = None
+    #: The layer's tuning family pages (`app.tuning`), by family, where the tuning stage has run on it.
+    tuning: dict[str, str] = field(default_factory=dict)
+    kind_of_page: str = "layer"
+
+
+@dataclass(frozen=True)
+class Visualization:
+    technique: str
+    image_url: str
+    objective: float | None
+    recipe: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class Example:
+    kind: str
+    rank: int
+    activation: float
+    image: str
+    crop_url: str
+    url: str
+    y: int
+    x: int
+
+
+@dataclass(frozen=True)
+class Connection_:
+    """A circuit edge seen from one end: the unit at the other end and the weight between."""
+
+    unit: UnitRef
+    weight: float
+    norm: float
+    kind: str
+    kernel: list[Any]
+    kernel_url: str | None
+
+
+@dataclass(frozen=True)
+class ConnectionGroup:
+    """A unit's connections to one other layer, strongest (largest L2 norm) first, each with its sign."""
+
+    layer: str
+    layer_kind: str
+    #: "indirect" when expanded through the main layer between, else "direct" (kernels may be expanded).
+    kind: str
+    edges: list[Connection_]
+    #: How many connections the group has; ``edges`` may hold only the strongest few.
+    total: int
+    #: The group in full (an htmx fragment and its JSON twin), when ``edges`` is cut short.
+    more_url: str | None
+    #: The largest norm in the group (scales the strength bars).
+    strongest: float
+    #: An approximation these weights carry (an LRN taken as the identity), from their recipe.
+    note: str | None = None
+
+
+@dataclass(frozen=True)
+class ConnectionsPage:
+    """One group of a unit's connections in full: what a unit page's "more" loads."""
+
+    title: str
+    unit: UnitRef
+    direction: str
+    group: ConnectionGroup
+    kind: str = "connections"
+
+
+@dataclass(frozen=True)
+class Missing:
+    what: str
+    command: str
+
+
+@dataclass(frozen=True)
+class UnitPage:
+    title: str
+    unit: UnitRef
+    json_url: str
+    model_url: str
+    layer_url: str
+    layer_kind: str
+    previous_url: str | None
+    next_url: str | None
+    visualizations: list[Visualization]
+    top_examples: list[Example]
+    bottom_examples: list[Example]
+    stats: dict[str, Any] | None
+    inputs: list[ConnectionGroup]
+    outputs: list[ConnectionGroup]
+    #: The same unit seen in its block output or branch layer.
+    same_unit: UnitRef | None
+    missing: list[Missing] = field(default_factory=list)
+    #: Until the unit's channel visualization exists: where the page asks a worker for it (POST) and
+    #: polls its status (GET).
+    render_url: str | None = None
+    #: Concepts its top examples share (`app.zoo.concepts`), best first; empty with ``labelled`` true:
+    #: no clear concept; ``labelled`` false: the labels stage has not run on this layer.
+    labels: list[Label] = field(default_factory=list)
+    labelled: bool = False
+    #: Its responses to parametric stimuli and to its top example rotated (`app.tuning`).
+    tuning: TuningSection | None = None
+    kind: str = "unit"
+
+
+@dataclass(frozen=True)
+class ExamplePage:
+    title: str
+    unit: UnitRef
+    example: Example
+    image_url: str
+    #: The receptive field of the example's position, in percent of the image (left, top, width, height).
+    box: tuple[float, float, float, float]
+    dataset: str
+    kind: str = "example"
+
+
+@dataclass(frozen=True)
+class SearchResult:
+    label: str
+    url: str
+    #: Why it matched: ``unit``, ``model``, ``layer``, ``class`` (its class label) or ``concept`` (its concept label).
+    reason: str
+    #: The unit found, with its picture (None for a model or layer).
+    unit: UnitRef | None = None
+    #: A concept hit's score (coverage x log2 lift).
+    score: float | None = None
+
+
+@dataclass(frozen=True)
+class SearchPage:
+    title: str
+    query: str
+    results: list[SearchResult]
+    #: Results over every page, this page's number (from 1), and the neighbours' URLs.
+    total: int = 0
+    page: int = 1
+    pages: int = 1
+    previous_url: str | None = None
+    next_url: str | None = None
+    kind: str = "search"
+
+
+# Live: renders on demand, probes, login ----------------------------------------------------
+
+
+@dataclass(frozen=True)
+class RenderStatus:
+    """Where a unit's picture stands: ``rendered``, ``queued``, ``running``, ``none`` or ``off``."""
+
+    unit: UnitRef
+    state: str
+    #: The job's place in the queue (1 is next) and how many wait.
+    position: int | None
+    pending: int
+    #: Workers with a recent heartbeat; with none, ``message`` gives the command that starts one.
+    workers: int
+    message: str
+    status_url: str
+    #: Seconds until the page asks again (none once the picture is in, or with no queue).
+    poll: int | None
+    kind: str = "render-status"
+
+
+@dataclass(frozen=True)
+class LayerRequest:
+    model: str
+    layer: str
+    #: Units without a picture that are now queued (or were already), in jobs of `LAYER_BATCH`.
+    queued: int
+    missing: int
+    message: str
+    kind: str = "layer-request"
+
+
+@dataclass(frozen=True)
+class ProbeForm:
+    title: str
+    model: str
+    action: str
+    api: str
+    max_bytes: int
+    max_pixels: int
+    kind: str = "probe-form"
+
+
+@dataclass(frozen=True)
+class ProbedUnit:
+    unit: UnitRef
+    rank: int
+    activation: float
+    y: int
+    x: int
+    heatmap_url: str
+
+
+@dataclass(frozen=True)
+class ProbedLayer:
+    name: str
+    url: str
+    units: list[ProbedUnit]
+
+
+@dataclass(frozen=True)
+class ProbePage:
+    title: str
+    model: str
+    #: The probe's id in its URLs (random, not derived from the image).
+    id: str
+    url: str
+    json_url: str
+    #: ``done``, or the job's state (``queued``, ``running``, ``failed``) while the worker has not finished.
+    state: str
+    message: str
+    status_url: str
+    poll: int | None
+    #: Where its owner deletes it (a POST from the page's button, or DELETE ``json_url``); None when probes are off.
+    delete_url: str | None = None
+    sha256: str | None = None
+    image_url: str | None = None
+    width: int | None = None
+    height: int | None = None
+    created_at: datetime | None = None
+    classes: list[dict[str, Any]] = field(default_factory=list)
+    layers: list[ProbedLayer] = field(default_factory=list)
+    recipe: dict[str, Any] = field(default_factory=dict)
+    kind: str = "probe"
+
+
+@dataclass(frozen=True)
+class LoginPage:
+    title: str
+    #: Where to go once logged in (a path on this server).
+    next: str
+    required: bool
+    message: str = ""
+    kind: str = "login"
+
+
+# Tuning ------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Tuning:
+    """One family of a unit's tuning."""
+
+    family: str
+    title: str
+    preferred: dict[str, float]
+    figures: dict[str, Any]
+    selectivity: float
+    #: The response array: axes as ``axes`` lists them (``joint``: one value per rotation).
+    responses: list[Any]
+    axes: list[dict[str, Any]]
+    plot_url: str
+    #: The preferred stimulus, drawn by the server (None for joint tuning: its stimulus is the top example).
+    stimulus_url: str | None
+    family_url: str
+
+
+@dataclass(frozen=True)
+class TuningSection:
+    """A unit page's Tuning section: computed, or what is still coming and its command."""
+
+    computed: bool
+    families: list[Tuning] = field(default_factory=list)
+    conventions: str = CONVENTIONS
+    #: Where the stimuli were drawn: the canvas, the position read and the receptive field (`app.stimuli.Placement`).
+    placement: dict[str, Any] | None = None
+    command: str | None = None
+
+
+@dataclass(frozen=True)
+class FamilyUnit:
+    unit: int
+    url: str
+    image_url: str | None
+    label: str | None
+    selectivity: float
+    #: The preferred parameters by name (curves: ``orientation``, ``radius``, ``polarity``).
+    preferred: dict[str, float]
+    figures: dict[str, Any]
+    plot_url: str
+    stimulus_url: str | None
+    #: Where it sits on the page's circle (percent of the circle's box), for the first `ON_CIRCLE` units.
+    at: tuple[float, float] | None = None
+
+
+@dataclass(frozen=True)
+class FamilyPage:
+    title: str
+    model: str
+    layer: str
+    family: dict[str, Any]
+    conventions: str
+    #: Every tuned unit of the layer, most selective first.
+    units: list[FamilyUnit]
+    model_url: str
+    layer_url: str
+    json_url: str
+    #: The layer's other family pages.
+    families: dict[str, str]
+    #: How ``selectivity`` is computed.
+    selectivity: str
+    kind: str = "family"

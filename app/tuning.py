@@ -1,0 +1,160 @@
+"""What the tuning stage stored, as pages: a unit's Tuning section, a layer's family pages, plots and stimuli.
+
+A unit's section lists each family's preferred parameters and selectivity
+figures, with its plot (`app.plots`) and its preferred stimulus, which the
+server redraws from the stored recipe (`app.stimuli`: the stage stores no
+stimulus image). A family page ranks a layer's units by selectivity to one
+family and lays the most selective out on a circle by their preferred
+orientation (the Curve Detectors article's figure of the curve family).
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+from typing import Any
+
+import numpy as np
+from PIL import Image
+from sqlalchemy import Connection
+
+from app import queries, urls
+from app.catalog import Catalog, LayerEntry
+from app.errors import NotFound
+from app.page_types import FamilyPage, FamilyUnit, Tuning, TuningSection
+from app.stimuli import CONVENTIONS, FAMILIES, Placement, draw
+
+JOINT = "joint"
+#: Every family a page may name, in the order the unit page shows them.
+FAMILY_NAMES = ("curves", "lines", "edges", "gratings", "colours", JOINT)
+TITLES = {**{name: family.title for name, family in FAMILIES.items()}, JOINT: "Joint tuning (its top example, rotated)"}
+#: Units laid out on a family page's circle (the rest are in its table).
+ON_CIRCLE = 48
+#: Side of a drawn preferred stimulus, in pixels.
+STIMULUS_SIDE = 96
+
+
+SELECTIVITY = ("resultant length of the orientation (hue) tuning at the preferred other parameters, times the drive "
+               "(peak response over the top dataset example's activation, at most 1); for curves also times the "
+               "curve's share of the curve and line peaks; joint tuning: the resultant length over rotations")
+
+
+def _axes(family: str) -> list[dict[str, Any]]:
+    if family == JOINT:
+        return [{"name": "rotation", "values": list(range(0, 360, 15)), "unit": "degrees counterclockwise"}]
+    return FAMILIES[family].describe()["axes"]
+
+
+def _check_family(family: str) -> None:
+    if family not in FAMILY_NAMES:
+        import difflib
+
+        raise NotFound(f"no tuning family {family!r} (families: {', '.join(FAMILY_NAMES)})",
+                       tuple(difflib.get_close_matches(family, FAMILY_NAMES, n=2, cutoff=0.5)))
+
+
+def unit_tuning(catalog: Catalog, connection: Connection, model: str, layer: str, index: int) -> TuningSection:
+    """A unit's Tuning section (every family the stage stored for it)."""
+    entry = catalog.model(model).layer(layer)
+    rows = connection.execute(queries.tuning, {"unit": entry.unit_id(index)}).all()
+    if not rows:
+        return TuningSection(False, command=f"microscope precompute tuning --model {model} --layers {layer}")
+    order = {name: n for n, name in enumerate(FAMILY_NAMES)}
+    families = [
+        Tuning(family, TITLES[family], preferred, figures, selectivity, responses, _axes(family),
+               urls.tuning_plot(model, layer, index, family),
+               urls.tuning_stimulus(model, layer, index, family) if family != JOINT else None,
+               urls.tuning_family(model, layer, family))
+        for family, responses, preferred, figures, selectivity, _ in sorted(rows, key=lambda row: order.get(row[0], 99))
+    ]
+    recipe = connection.execute(queries.run_recipe, {"run": rows[0][5]}).scalar() or {}
+    return TuningSection(True, families, placement=recipe.get("placement"))
+
+
+def layer_families(connection: Connection, model: str, layer: LayerEntry) -> dict[str, str]:
+    """The family pages of a layer, by family (its first unit's rows stand for the layer: one run writes them all)."""
+    stored = set(connection.execute(queries.tuned_families, {"unit": layer.unit_ids[0]}).scalars()) if layer.unit_ids else set()
+    return {name: urls.tuning_family(model, layer.name, name) for name in FAMILY_NAMES if name in stored}
+
+
+def family_page(catalog: Catalog, connection: Connection, model: str, layer: str, family: str) -> FamilyPage:
+    _check_family(family)
+    entry = catalog.model(model).layer(layer)
+    by_id = {unit_id: index for index, unit_id in enumerate(entry.unit_ids)}
+    rows = connection.execute(queries.family, {"ids": list(entry.unit_ids), "family": family}).all()
+    if not rows:
+        raise NotFound(f"{model}/{layer} has no {family} tuning yet: "
+                       f"microscope precompute tuning --model {model} --layers {layer}")
+    pictures = dict(connection.execute(queries.thumbnails, {"ids": [row[0] for row in rows[:ON_CIRCLE]]}).all())
+    angle = _axes(family)[0]["name"]
+    places = _circle([row[1][angle] for row in rows[:ON_CIRCLE]], 360 if family not in ("lines", "gratings") else 180)
+    units = [
+        FamilyUnit(by_id[unit_id], urls.unit(model, layer, by_id[unit_id]),
+                   urls.blob(pictures[unit_id]) if unit_id in pictures else None, entry.labels[by_id[unit_id]],
+                   selectivity, preferred, figures, urls.tuning_plot(model, layer, by_id[unit_id], family, small=True),
+                   urls.tuning_stimulus(model, layer, by_id[unit_id], family) if family != JOINT else None,
+                   places[rank] if rank < len(places) else None)
+        for rank, (unit_id, preferred, figures, selectivity, _) in enumerate(rows)
+    ]
+    return FamilyPage(
+        title=f"{model} / {layer} / {TITLES[family]}", model=model, layer=layer,
+        family={"name": family, "title": TITLES[family], "axes": _axes(family)}, conventions=CONVENTIONS,
+        units=units, model_url=urls.model(model), layer_url=urls.layer(model, layer),
+        json_url=urls.tuning_family(model, layer, family, json=True),
+        families={name: urls.tuning_family(model, layer, name) for name in FAMILY_NAMES}, selectivity=SELECTIVITY,
+    )
+
+
+def _circle(angles: list[float], period: int) -> list[tuple[float, float]]:
+    """Places on a circle (percent of a square box, y down) at each angle (y up); units that share an angle
+    go on successive rings."""
+    seen: dict[float, int] = {}
+    places = []
+    for angle in angles:
+        ring = seen.get(angle, 0)
+        seen[angle] = ring + 1
+        theta = math.radians(angle * 360 / period)
+        radius = 42 - 11 * (ring % 3)
+        places.append((round(50 + radius * math.cos(theta), 2), round(50 - radius * math.sin(theta), 2)))
+    return places
+
+
+def _row(catalog: Catalog, connection: Connection, model: str, layer: str, index: int, family: str) -> Any:
+    _check_family(family)
+    entry = catalog.model(model).layer(layer)
+    row = connection.execute(queries.tuning_row, {"unit": entry.unit_id(index), "family": family}).first()
+    if row is None:
+        raise NotFound(f"{model}/{layer}/{index} has no {family} tuning yet")
+    return row
+
+
+def plot(catalog: Catalog, connection: Connection, model: str, layer: str, index: int, family: str,
+         small: bool) -> tuple[bytes, str]:
+    """The SVG of a unit's ``family`` plot, and its ETag (its run's: a row never changes under its run)."""
+    from app.plots import tuning_svg  # matplotlib: loaded with the first plot, not with the server
+
+    responses, preferred, _, run_id = _row(catalog, connection, model, layer, index, family)
+    svg = tuning_svg(family, json.dumps(responses), json.dumps(preferred, sort_keys=True), small)
+    return svg, f'"{run_id}-{family}-{index}-{int(small)}"'
+
+
+def stimulus(catalog: Catalog, connection: Connection, model: str, layer: str, index: int, family: str) -> tuple[bytes, str]:
+    """A unit's preferred stimulus of ``family`` as PNG, drawn from the recipe of the run that found it."""
+    if family == JOINT:
+        raise NotFound("joint tuning's stimulus is the unit's top example (see its dataset examples)")
+    _, preferred, _, run_id = _row(catalog, connection, model, layer, index, family)
+    recipe = connection.execute(queries.run_recipe, {"run": run_id}).scalar() or {}
+    where = Placement(**{k: v for k, v in recipe["placement"].items() if k != "centre"},
+                      centre=recipe["placement"]["centre"][0])
+    kind = FAMILIES[family]
+    params = dict(preferred)
+    if kind.pooled is not None:  # the phase a grating was pooled over: draw its first
+        params[kind.pooled.name] = kind.pooled.values[0]
+    pixels = draw(kind, [params], where)[0]
+    image = Image.fromarray((np.clip(pixels, 0, 1) * 255).round().astype(np.uint8))
+    image = image.resize((STIMULUS_SIDE, STIMULUS_SIDE), Image.Resampling.NEAREST if where.canvas < STIMULUS_SIDE
+                         else Image.Resampling.LANCZOS)
+    out = io.BytesIO()
+    image.save(out, format="PNG", optimize=True)
+    return out.getvalue(), f'"{run_id}-{family}-{index}-stimulus"'

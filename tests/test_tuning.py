@@ -1,0 +1,184 @@
+"""The tuning stage: stimuli drawn where they should be, hand-written detectors tuned to what they detect."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from sqlalchemy import select
+
+from app.settings import Settings
+from app.stimuli import FAMILIES, Placement, draw
+from app.store import Store, Unit, UnitTuning
+from app.zoo import get_model
+from precompute.catalog import catalog
+from precompute.models import load
+from precompute.stage import Stage
+from precompute.tuning import (ROTATIONS, TuningConfig, family_figures, half_width, joint_responses, placement,
+                               responses, resultant, run_tuning)
+
+DETECTORS = "tests.tiny_model:detectors"
+SIDE = 15
+CURVE_RADIUS = 0.5  # receptive fields
+
+
+def _kernel_grid() -> tuple[np.ndarray, np.ndarray]:
+    """Pixel offsets from the kernel's centre, x right and y up (the stimuli's convention)."""
+    ys, xs = np.mgrid[0:SIDE, 0:SIDE].astype(np.float64)
+    return xs - SIDE // 2, SIDE // 2 - ys
+
+
+def _zero_mean(kernel: np.ndarray) -> np.ndarray:
+    return kernel - kernel.mean()
+
+
+def _edge(direction: float) -> np.ndarray:
+    """Positive on the side ``direction`` degrees points to, negative behind: an edge detector."""
+    x, y = _kernel_grid()
+    along = x * math.cos(math.radians(direction)) + y * math.sin(math.radians(direction))
+    return np.tanh(along / 1.5)
+
+
+def _line(orientation: float) -> np.ndarray:
+    x, y = _kernel_grid()
+    distance = np.abs(x * math.sin(math.radians(orientation)) - y * math.cos(math.radians(orientation)))
+    return _zero_mean((distance < 1.2).astype(float))
+
+
+def _curve(orientation: float, radius: float) -> np.ndarray:
+    """A light arc of the circle whose centre lies ``radius`` behind the kernel's centre (``orientation``)."""
+    x, y = _kernel_grid()
+    theta = math.radians(orientation)
+    vx, vy = x + radius * math.cos(theta), y + radius * math.sin(theta)
+    ring = np.abs(np.hypot(vx, vy) - radius) < 1.2
+    facing = (vx * math.cos(theta) + vy * math.sin(theta)) > 0  # the half of the circle the arc is on
+    return _zero_mean((ring & facing).astype(float))
+
+
+@pytest.fixture(scope="module")
+def detectors(tmp_path_factory: pytest.TempPathFactory):  # noqa: ANN201
+    """The detectors model with hand-written kernels: edge at 0 degrees, edge at 90, line at 45, curve at 90."""
+    from precompute.models import seeded_state_dict
+
+    state = seeded_state_dict(DETECTORS, 0)
+    kernels = [_edge(0), _edge(90), _line(45), _curve(90, CURVE_RADIUS * SIDE)]
+    weight = torch.tensor(np.stack([np.stack([k] * 3) for k in kernels]), dtype=torch.float32)
+    key = next(name for name in state if name.endswith("detect.weight"))
+    state[key] = weight
+    state[key.replace("weight", "bias")] = torch.zeros(len(kernels))
+    path = tmp_path_factory.mktemp("detectors") / "detectors.pt"
+    torch.save(state, path)
+    return load(DETECTORS, path).net
+
+
+def test_stimuli_are_centred_on_the_receptive_field_of_a_corner_position() -> None:
+    spec = get_model("inceptionv1_caffe")
+    layer = spec.layer("mixed3a")
+    where = placement(spec, layer)
+    for y, x in ((0, 0), (layer.size - 1, layer.size - 1), (0, layer.size - 1)):
+        centre_x, centre_y = layer.offset + x * layer.stride, layer.offset + y * layer.stride
+        pad = layer.receptive_field
+        # Drawn on a canvas big enough to hold the whole disk, the stimulus' centre of mass is the field's centre
+        # and the same stimulus drawn on the input is that canvas' crop.
+        colour = FAMILIES["colours"]
+        big = draw(colour, colour.params()[:1], where, canvas=spec.input_size + 2 * pad,
+                   centre=(centre_x + pad, centre_y + pad))[0]
+        weight = np.abs(big - 0.5).sum(axis=2)
+        ys, xs = np.nonzero(weight)
+        assert np.average(xs, weights=weight[ys, xs]) - pad == pytest.approx(centre_x, abs=0.05)
+        assert np.average(ys, weights=weight[ys, xs]) - pad == pytest.approx(centre_y, abs=0.05)
+        assert 2 * xs.min() <= 2 * (centre_x + pad) - layer.receptive_field + 2
+        small = draw(colour, colour.params()[:1], where, canvas=spec.input_size, centre=(centre_x, centre_y))[0]
+        np.testing.assert_allclose(small, big[pad:pad + spec.input_size, pad:pad + spec.input_size], atol=1e-6)
+    # The stage's own placement: the position read is the one whose field the stimuli are centred on.
+    assert where.centre == layer.offset + where.position * layer.stride
+    assert where.canvas <= spec.input_size and where.field == layer.receptive_field
+
+
+def test_placement_clips_fields_wider_than_the_input() -> None:
+    spec = get_model("inceptionv1_caffe")
+    where = placement(spec, spec.layer("mixed5b"))
+    assert where.canvas == spec.input_size and where.field == spec.input_size
+    assert abs(where.centre - spec.input_size / 2) <= spec.layer("mixed5b").stride
+
+
+def test_curves_follow_the_stated_convention() -> None:
+    """A curve of orientation 90 is an arc whose midpoint is the centre and whose circle lies below it (y up)."""
+    where = Placement(canvas=41, position=20, centre=20.0, field=41.0, stroke=1.5)
+    arc = draw(FAMILIES["curves"], [{"orientation": 90.0, "radius": 0.25, "polarity": 1.0}], where)[0, ..., 0]
+    rows, columns = np.nonzero(arc > 0.75)
+    assert arc[20, 20] > 0.9  # the midpoint
+    assert rows.max() > 22 and rows.min() >= 19  # the arc bends down from the midpoint: image rows grow downwards
+    assert abs(columns.mean() - 20) < 0.5
+    line = draw(FAMILIES["lines"], [{"orientation": 45.0, "polarity": -1.0}], where)[0, ..., 0]
+    assert line[10, 30] < 0.1 and line[30, 10] < 0.1 and line[10, 10] == pytest.approx(0.5)  # up and to the right
+    edge = draw(FAMILIES["edges"], [{"orientation": 0.0}], where)[0, ..., 0]
+    assert edge[20, 30] > 0.9 and edge[20, 10] < 0.1  # dark to light along +x
+
+
+def test_hand_written_detectors_prefer_what_they_detect(detectors) -> None:  # noqa: ANN001
+    spec, cpu = detectors.spec, torch.device("cpu")
+    layer = spec.layer("detect")
+    edges = responses(detectors, spec, layer, FAMILIES["edges"], cpu)
+    assert FAMILIES["edges"].angle.values[int(edges[:, 0].argmax())] == 0
+    assert FAMILIES["edges"].angle.values[int(edges[:, 1].argmax())] == 90
+    lines = responses(detectors, spec, layer, FAMILIES["lines"], cpu)
+    figures = family_figures(FAMILIES["lines"], lines[..., 2], top=None)
+    assert figures["preferred"] == {"orientation": 45.0, "polarity": 1.0}
+    curves = responses(detectors, spec, layer, FAMILIES["curves"], cpu)
+    curve = family_figures(FAMILIES["curves"], curves[..., 3], top=None, lines=lines[..., 3])
+    assert curve["preferred"]["orientation"] == 90 and curve["preferred"]["radius"] == CURVE_RADIUS
+    assert curve["preferred"]["polarity"] == 1.0
+    assert curve["figures"]["curve_over_line"] > 1  # it answers its curve more than any line
+    # The edge detector's orientation tuning is sharp and one-sided: a resultant length well above a flat curve's.
+    edge = family_figures(FAMILIES["edges"], edges[:, 0], top=None)
+    assert edge["figures"]["resultant_length"] > 0.5 and edge["figures"]["half_width"] < 90
+    assert edge["selectivity"] > family_figures(FAMILIES["edges"], edges[:, 2], top=None)["selectivity"]
+
+
+def test_joint_tuning_of_a_curve_detector_peaks_unrotated(detectors) -> None:  # noqa: ANN001
+    spec, cpu = detectors.spec, torch.device("cpu")
+    layer = spec.layer("detect")
+    where = placement(spec, layer)
+    # Its "top example": a photo-sized image with its curve at (x 60, y 50).
+    image = draw(FAMILIES["curves"], [{"orientation": 90.0, "radius": CURVE_RADIUS, "polarity": 1.0}], where,
+                 canvas=spec.input_size, centre=(60.0, 50.0))[0]
+    example = torch.from_numpy(image).permute(2, 0, 1)
+    curve = joint_responses(detectors, spec, layer, [(3, example, 50, 60)], cpu)[3]
+    assert len(curve) == len(ROTATIONS) and int(curve.argmax()) == 0
+    assert curve[0] > curve[len(ROTATIONS) // 2]  # upside down, it no longer fits
+
+
+def test_figures() -> None:
+    angles = np.arange(0, 360, 15.0)
+    flat = np.ones(24)
+    assert resultant(flat, angles, 360) == pytest.approx(0, abs=1e-9) and half_width(flat, 15) is None
+    peaked = np.maximum(np.cos(np.radians(angles - 90)), 0)
+    assert resultant(peaked, angles, 360) > 0.7
+    assert half_width(peaked, 15) == pytest.approx(60, abs=1)
+    # Orientations (period 180): 0 and 180 degrees are the same orientation.
+    assert resultant(np.array([1.0, 0, 0, 0, 0, 0]), np.arange(0, 180, 30.0), 180) == pytest.approx(1)
+
+
+def test_the_stage_stores_every_unit_and_reuses_its_recipe(detectors, tmp_path: Path) -> None:  # noqa: ANN001
+    spec = detectors.spec
+    with Store.open(Settings.load(tmp_path), create=True) as store:
+        catalog(store, spec)
+        stage = Stage(store, detectors, "w", torch.device("cpu"), progress=False)
+        config = TuningConfig(layers=(spec.layer("detect"),), families=("lines", "edges", "curves"))
+        first = run_tuning(stage, config)
+        again = run_tuning(stage, config)
+        assert (first.layers_tuned, first.units, again.layers_tuned, again.layers_reused) == (1, 4, 0, 1)
+        with store.session() as session:
+            rows = session.execute(select(Unit.index, UnitTuning.family, UnitTuning.preferred, UnitTuning.responses)
+                                   .join(Unit, Unit.id == UnitTuning.unit_id)).all()
+        assert len(rows) == 4 * 3
+        by = {(index, family): (preferred, values) for index, family, preferred, values in rows}
+        assert by[0, "edges"][0] == {"orientation": 0.0}
+        assert by[3, "curves"][0]["orientation"] == 90.0 and by[3, "curves"][0]["radius"] == CURVE_RADIUS
+        assert np.asarray(by[3, "curves"][1]).shape == FAMILIES["curves"].shape
+        other = run_tuning(stage.part((1, 2)), config)  # shard 1 of 2 of one layer: nothing to do
+        assert other.layers_tuned == other.layers_reused == 0
