@@ -80,7 +80,7 @@ def main() -> None:
         print("|---|---|---|---|---|---|---|---|")
         for index, selectivity, preferred, figures in curves[:10]:
             print(f"| {index} | {selectivity:.3f} | {preferred['orientation']:g} | {preferred['radius']:g} | "
-                  f"{'light' if preferred['polarity'] > 0 else 'dark'} | {figures.get('curve_over_line')} | "
+                  f"{'light' if preferred['polarity'] > 0 else 'dark'} | {figures.get('curve_over_line') or 'lines <= 0'} | "
                   f"{figures['resultant_length']:.2f} | {figures.get('drive')} |")
         sectors = Counter(int(preferred["orientation"] // 45) * 45 for _, _, preferred, _ in curves[:30])
         print("mixed3b's 30 most curve-selective units by preferred orientation (45-degree sectors): "
