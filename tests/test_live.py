@@ -277,6 +277,21 @@ def test_a_unit_rendered_on_demand_is_the_unit_precompute_renders(live: Settings
         assert alone[0] == batched[0]
 
 
+def _served_during(running: Worker, prefix: str) -> list[str]:
+    """What ``running`` was doing (its fill's key, starting with ``prefix``) each time it served a request."""
+    served: list[str] = []
+    original = running.serve_one
+
+    def serve_and_record() -> bool:
+        took = original()
+        if took and running.doing.startswith(prefix):
+            served.append(running.doing)
+        return took
+
+    running.serve_one = serve_and_record  # type: ignore[method-assign]
+    return served
+
+
 def test_fill_tunes_every_main_layer_first_and_serves_requests_between_passes(live: Settings, spec: ModelSpec,
                                                                              net) -> None:  # noqa: ANN001
     from sqlalchemy import select
@@ -286,16 +301,7 @@ def test_fill_tunes_every_main_layer_first_and_serves_requests_between_passes(li
     queue = JobQueue.for_store(live)
     with Store.open(live) as store:
         running = worker(store, live, spec, net, fill=True, fill_batch=4)
-        served = []
-        original = running.serve_one
-
-        def serve_and_record() -> bool:
-            took = original()
-            if took and running.doing.startswith("tune:"):
-                served.append(running.doing)
-            return took
-
-        running.serve_one = serve_and_record  # type: ignore[method-assign]
+        served = _served_during(running, "tune:")
         queue.request_render(MODEL, "mixed", [9])
         assert running.fill_one()  # the first main layer's tuning, during which the waiting request is served
         assert served == ["tune:tiny:stem_0"] and 9 in set(artifact_keys(live, "mixed"))
@@ -315,16 +321,7 @@ def test_fill_renders_main_layers_first_and_serves_requests_between_steps(live: 
     with Store.open(live) as store:
         running = worker(store, live, spec, net, fill=True, fill_batch=4, tune=False)
         assert [layer.name for layer in running.fill_order()[:3]] == ["stem_0", "mixed", "res1"]
-        served = []
-        original = running.serve_one
-
-        def serve_and_record() -> bool:
-            took = original()
-            if took and running.doing.startswith("fill:"):
-                served.append(running.doing)
-            return took
-
-        running.serve_one = serve_and_record  # type: ignore[method-assign]
+        served = _served_during(running, "fill:")
         queue.request_render(MODEL, "mixed", [7])
         assert running.serve_one()  # the request first
         queue.request_render(MODEL, "mixed", [8])
