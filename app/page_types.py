@@ -386,7 +386,8 @@ class TuningSection:
     computed: bool
     families: list[Tuning] = field(default_factory=list)
     conventions: str = CONVENTIONS
-    #: Where the stimuli were drawn: the canvas, the position read and the receptive field (`app.stimuli.Placement`).
+    #: Where its stimuli were drawn: the canvas, the position read and the receptive field (`app.stimuli.Placement`;
+    #: a block output's unit has its branch's), and the run of units that share it.
     placement: dict[str, Any] | None = None
     command: str | None = None
 

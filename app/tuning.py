@@ -69,7 +69,7 @@ def unit_tuning(catalog: Catalog, connection: Connection, model: str, layer: str
         for family, responses, preferred, figures, selectivity, _ in sorted(rows, key=lambda row: order.get(row[0], 99))
     ]
     recipe = connection.execute(queries.run_recipe, {"run": rows[0][5]}).scalar() or {}
-    return TuningSection(True, families, placement=recipe.get("placement"))
+    return TuningSection(True, families, placement=_placement(recipe, index))
 
 
 def layer_families(connection: Connection, model: str, layer: LayerEntry) -> dict[str, str]:
@@ -120,6 +120,11 @@ def _circle(angles: list[float], period: int) -> list[tuple[float, float]]:
     return places
 
 
+def _placement(recipe: dict[str, Any], index: int) -> dict[str, Any] | None:
+    """Where the tuning run drew unit ``index``'s stimuli (a block output's unit has its branch's field)."""
+    return next((dict(p) for p in recipe.get("placements", []) if p["units"][0] <= index < p["units"][1]), None)
+
+
 def _row(catalog: Catalog, connection: Connection, model: str, layer: str, index: int, family: str) -> Any:
     _check_family(family)
     entry = catalog.model(model).layer(layer)
@@ -145,8 +150,11 @@ def stimulus(catalog: Catalog, connection: Connection, model: str, layer: str, i
         raise NotFound("joint tuning's stimulus is the unit's top example (see its dataset examples)")
     _, preferred, _, run_id = _row(catalog, connection, model, layer, index, family)
     recipe = connection.execute(queries.run_recipe, {"run": run_id}).scalar() or {}
-    where = Placement(**{k: v for k, v in recipe["placement"].items() if k != "centre"},
-                      centre=recipe["placement"]["centre"][0])
+    drawn = _placement(recipe, index)
+    if drawn is None:
+        raise NotFound(f"the tuning run of {model}/{layer} does not say where unit {index}'s stimuli were drawn")
+    where = Placement(canvas=drawn["canvas"], position=drawn["position"], centre=drawn["centre"][0],
+                      field=drawn["field"], stroke=drawn["stroke"])
     kind = FAMILIES[family]
     params = dict(preferred)
     if kind.pooled is not None:  # the phase a grating was pooled over: draw its first

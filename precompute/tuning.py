@@ -84,7 +84,10 @@ def tuning_recipe(spec: ModelSpec, layer: LayerSpec, config: TuningConfig, weigh
     families = [name for name in config.families if name != JOINT]
     params: dict = {
         "algorithm": TUNING_ALGORITHM, "layer": layer.name, "weights_sha256": weights_sha256,
-        "input_size": spec.input_size, "placement": placement(spec, layer).describe(),
+        "input_size": spec.input_size,
+        # Where each run of units' stimuli are drawn (a block output's units have their branch's field).
+        "placements": [{"units": [part.units.start, part.units.stop], **part.placement.describe()}
+                       for part in field_groups(spec, layer)],
         "families": [FAMILIES[name].describe() for name in families],
         "response": "pre-ReLU activation at the placement's position, largest over it and its 8 neighbours; "
                     "figures on the rectified responses",
@@ -99,6 +102,30 @@ def tuning_recipe(spec: ModelSpec, layer: LayerSpec, config: TuningConfig, weigh
 
 def placement(spec: ModelSpec, layer: LayerSpec) -> Placement:
     return Placement.of(layer.receptive_field, layer.stride, layer.offset, spec.input_size)
+
+
+@dataclass(frozen=True)
+class FieldGroup:
+    """A run of a layer's units that share a receptive field: a block output's branch, else the whole layer."""
+
+    units: range
+    #: The layer whose geometry those units have (the branch, for a block output's units).
+    geometry: LayerSpec
+    placement: Placement
+
+
+def field_groups(spec: ModelSpec, layer: LayerSpec) -> list[FieldGroup]:
+    """The layer's units by the receptive field they have, in unit order (a mixed layer's unit has its branch's,
+    as its dataset examples do)."""
+    branches = [spec.layer(name) for name in layer.inputs] if layer.kind == "mixed" else []
+    if not branches or sum(b.channels for b in branches) != layer.channels or any(
+            (b.stride, b.offset) != (layer.stride, layer.offset) for b in branches):
+        return [FieldGroup(range(layer.channels), layer, placement(spec, layer))]
+    groups, start = [], 0
+    for branch in branches:
+        groups.append(FieldGroup(range(start, start + branch.channels), branch, placement(spec, branch)))
+        start += branch.channels
+    return groups
 
 
 def run_tuning(stage: Stage, config: TuningConfig, poll: Callable[[], None] | None = None) -> TuningResult:
@@ -163,8 +190,22 @@ def _read(net: torch.nn.Module, layer: LayerSpec, images: Tensor, position: int)
 @torch.no_grad()
 def responses(net: torch.nn.Module, spec: ModelSpec, layer: LayerSpec, family: Family, device: torch.device,
               batch: int = 64, poll: Callable[[], None] | None = None) -> np.ndarray:
-    """The layer's responses to ``family``: shape ``family.shape + (units,)``, pooled axes reduced by their largest."""
-    where = placement(spec, layer)
+    """The layer's responses to ``family``: shape ``family.shape + (units,)``, pooled axes reduced by their largest;
+    each unit's to the stimuli drawn on its own receptive field (`field_groups`: a pass per distinct field)."""
+    values = None
+    done: dict[Placement, np.ndarray] = {}
+    for group in field_groups(spec, layer):
+        if group.placement not in done:
+            done[group.placement] = _responses(net, layer, family, group.placement, device, batch, poll)
+        drawn = done[group.placement]
+        if values is None:
+            values = np.empty_like(drawn)
+        values[..., group.units.start:group.units.stop] = drawn[..., group.units.start:group.units.stop]
+    return values
+
+
+def _responses(net: torch.nn.Module, layer: LayerSpec, family: Family, where: Placement, device: torch.device,
+               batch: int, poll: Callable[[], None] | None) -> np.ndarray:
     params = family.params()
     out = []
     for start in range(0, len(params), batch):
@@ -243,15 +284,27 @@ def joint_responses(net: torch.nn.Module, spec: ModelSpec, layer: LayerSpec,
                     examples: Sequence[tuple[int, Tensor, int, int]], device: torch.device,
                     batch: int = 64, poll: Callable[[], None] | None = None) -> dict[int, np.ndarray]:
     """Each unit's response to each rotation of its examples (averaged over them): ``examples`` pairs a unit's
-    index with one example (the input image, and the position it fired at); several units share a pass."""
-    where = placement(spec, layer)
+    index with one example (the input image, and the position it fired at); units of one receptive field share
+    a pass, each cut and read on its own field (`field_groups`)."""
+    out: dict[int, np.ndarray] = {}
+    for group in field_groups(spec, layer):
+        mine = [example for example in examples if example[0] in group.units]
+        if mine:
+            out.update(_joint_responses(net, layer, group, mine, device, batch, poll))
+    return out
+
+
+def _joint_responses(net: torch.nn.Module, layer: LayerSpec, group: FieldGroup,
+                     examples: Sequence[tuple[int, Tensor, int, int]], device: torch.device, batch: int,
+                     poll: Callable[[], None] | None) -> dict[int, np.ndarray]:
+    where = group.placement
     per_pass = max(1, batch // len(ROTATIONS))
     sums: dict[int, Tensor] = {}
     counts: dict[int, int] = {}
     turns = len(ROTATIONS)
     for start in range(0, len(examples), per_pass):
         chunk = examples[start:start + per_pass]
-        images = torch.cat([rotated_crops(image, layer, where, y, x) for _, image, y, x in chunk])
+        images = torch.cat([rotated_crops(image, group.geometry, where, y, x) for _, image, y, x in chunk])
         read = _read(net, layer, images.to(device), where.position).float().cpu()
         for number, (unit, *_) in enumerate(chunk):
             values = read[number * turns:(number + 1) * turns, unit]

@@ -182,3 +182,15 @@ def test_the_stage_stores_every_unit_and_reuses_its_recipe(detectors, tmp_path: 
         assert np.asarray(by[3, "curves"][1]).shape == FAMILIES["curves"].shape
         other = run_tuning(stage.part((1, 2)), config)  # shard 1 of 2 of one layer: nothing to do
         assert other.layers_tuned == other.layers_reused == 0
+
+
+def test_a_block_outputs_units_are_tuned_on_their_branchs_field() -> None:
+    from precompute.tuning import field_groups
+
+    spec = get_model("inceptionv1_caffe")
+    groups = field_groups(spec, spec.layer("mixed3b"))
+    assert [(g.units.start, g.units.stop, g.geometry.name, g.placement.field) for g in groups] == [
+        (0, 128, "mixed3b_1x1", 59), (128, 320, "mixed3b_3x3", 75), (320, 416, "mixed3b_5x5", 91),
+        (416, 480, "mixed3b_pool_reduce", 75)]
+    assert all(g.placement.centre == spec.layer("mixed3b").offset + g.placement.position * 8 for g in groups)
+    assert [g.geometry.name for g in field_groups(spec, spec.layer("conv2d2"))] == ["conv2d2"]

@@ -371,7 +371,11 @@ def test_the_model_page_shows_the_registry_notes(client: httpx.Client) -> None:
 def test_unit_pages_have_a_tuning_section_with_plots_stimuli_and_numbers(client: httpx.Client) -> None:
     page, data = _both(client, urls.unit("inceptionv1_caffe", "mixed3b", 0), urls.unit("inceptionv1_caffe", "mixed3b", 0, json=True))
     tuning = data["tuning"]
-    assert tuning["computed"] and "counterclockwise" in tuning["conventions"] and tuning["placement"]["field"] == 91
+    assert tuning["computed"] and "counterclockwise" in tuning["conventions"]
+    # A block output's unit is tuned on its branch's receptive field: unit 0 is in mixed3b_1x1, unit 400 in 5x5.
+    assert tuning["placement"]["field"] == 59 and tuning["placement"]["units"] == [0, 128]
+    wide = client.get(urls.unit("inceptionv1_caffe", "mixed3b", 400, json=True)).json()["tuning"]["placement"]
+    assert wide["field"] == 91 and wide["units"] == [320, 416]
     by = {family["family"]: family for family in tuning["families"]}
     assert list(by) == ["curves", "lines"]
     curves = by["curves"]
