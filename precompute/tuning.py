@@ -34,7 +34,7 @@ from app.store import Dataset, DatasetExample, DatasetImage, Run, Store, UnitTun
 from app.stimuli import CONVENTIONS, FAMILIES, GREY, Family, Placement, draw
 from app.zoo import LayerSpec, ModelSpec
 from precompute.examples import input_transform
-from precompute.images import list_images, load_rgb
+from precompute.images import ImageFile, list_images, load_rgb
 from precompute.runs import catalogued_model, digested, finish_run, finished_recipes, progress_bar, replace_rows, share, start_run, unit_ids
 from precompute.stage import Stage
 
@@ -143,12 +143,12 @@ def run_tuning(stage: Stage, config: TuningConfig, poll: Callable[[], None] | No
     if dataset is None:
         result.notes.append("no examples of these images in the store: joint tuning left out, and no drive "
                             "(run `microscope precompute examples` first, or pass --images)")
-    files = {file.path: file for file in list_images(Path(dataset.root))} if dataset else {}
+    files = _images(dataset, result)
     wide: list[str] = []
     for layer in progress_bar(share(config.layers, stage.shard), desc="tuning", unit="layer", enabled=stage.progress):
         started = time.monotonic()
-        mine = replace(config, families=_families(spec, layer, config, dataset is not None))
-        if JOINT in config.families and JOINT not in mine.families and dataset is not None:
+        mine = replace(config, families=_families(spec, layer, config, bool(files)))
+        if JOINT in config.families and JOINT not in mine.families and files:
             wide.append(layer.name)
         with store.session() as session:
             ids = unit_ids(session, model_id, [layer.name])
@@ -166,6 +166,17 @@ def run_tuning(stage: Stage, config: TuningConfig, poll: Callable[[], None] | No
         result.notes.append(f"joint tuning left out of {', '.join(wide)}: their receptive fields fill the input "
                             "(--joint-everywhere computes it there too)")
     return result
+
+
+def _images(dataset: Dataset | None, result: TuningResult) -> dict[str, ImageFile]:
+    """The examples' images by path (joint tuning cuts them); none, with a note, where the folder is gone."""
+    if dataset is None:
+        return {}
+    try:
+        return {file.path: file for file in list_images(Path(dataset.root))}
+    except (MicroscopeError, OSError) as error:
+        result.notes.append(f"joint tuning left out: the examples' images cannot be read ({error})")
+        return {}
 
 
 def _families(spec: ModelSpec, layer: LayerSpec, config: TuningConfig, examples: bool) -> tuple[str, ...]:

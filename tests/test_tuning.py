@@ -194,3 +194,26 @@ def test_a_block_outputs_units_are_tuned_on_their_branchs_field() -> None:
         (416, 480, "mixed3b_pool_reduce", 75)]
     assert all(g.placement.centre == spec.layer("mixed3b").offset + g.placement.position * 8 for g in groups)
     assert [g.geometry.name for g in field_groups(spec, spec.layer("conv2d2"))] == ["conv2d2"]
+
+
+def test_a_store_whose_images_are_gone_is_tuned_without_joint_tuning(tiny_settings: Settings, tiny_net,  # noqa: ANN001
+                                                                    tmp_path: Path) -> None:
+    from sqlalchemy import delete, update
+
+    from app.store import Dataset, Run
+    from tests.test_live import copy_store
+
+    settings = copy_store(tiny_settings, tmp_path / "store")
+    with Store.open(settings) as store:
+        with store.transaction() as session:
+            assert session.scalar(select(UnitTuning.id).where(UnitTuning.family == "joint").limit(1))  # precompute all's
+            session.execute(delete(UnitTuning))
+            session.execute(delete(Run).where(Run.stage == "tuning"))
+            session.execute(update(Dataset).values(root=str(tmp_path / "moved away")))
+        stage = Stage(store, tiny_net, "w", torch.device("cpu"), progress=False)
+        result = run_tuning(stage, TuningConfig(layers=(tiny_net.spec.layer("stem_0"),), families=("lines", "joint")))
+        assert result.layers_tuned == 1 and any("cannot be read" in note for note in result.notes)
+        with store.session() as session:
+            families = set(session.scalars(select(UnitTuning.family)))
+            recipe = session.scalars(select(Run.params).where(Run.stage == "tuning")).one()
+        assert families == {"lines"} and "joint" not in recipe  # the recipe says what was computed
