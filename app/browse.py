@@ -2,15 +2,13 @@
 
 Every builder takes the in-memory `Catalog`, a database connection and the
 path's parameters, and returns a typed page (`app.page_types`: the dataclass
-whose fields are the JSON schema and the template's context). `pictures` and
-`unit_ref` are how every area shows a unit (its render, else its top
-example's crop, and its top concept).
+whose fields are the JSON schema and the template's context); units appear
+as `app.refs` shows them everywhere.
 """
 
 from __future__ import annotations
 
 from collections import Counter
-from dataclasses import dataclass, field
 from typing import Any
 
 from sqlalchemy import Connection
@@ -21,6 +19,7 @@ from app.errors import ModelNotHeld, NotFound
 from app.page_types import (
     UnitRef, ModelSummary, IndexPage, LayerSummary, ModelPage, NotHeldPage, LayerPage, Visualization, Example, Connection_, ConnectionGroup, ConnectionsPage, Missing, UnitPage, ExamplePage, SearchResult, SearchPage,
 )
+from app.refs import Pictures, pictures, unit_ref
 from app.tuning import layer_families, unit_tuning
 from app.zoo.concepts import Hierarchy, Label
 from app.zoo.registry import REGISTRY
@@ -61,35 +60,6 @@ def search_page(catalog: Catalog, connection: Connection, query: str, hits: list
         previous_url=urls.search(query, json, page - 1) if page > 1 else None,
         next_url=urls.search(query, json, page + 1) if page < pages else None,
     )
-
-
-@dataclass(frozen=True)
-class Pictures:
-    """What stands for each unit in grids and circuits: its render, else its top example's crop."""
-
-    images: dict[int, str]
-    placeholders: dict[int, str]
-    concepts: dict[int, str] = field(default_factory=dict)
-
-
-def pictures(connection: Connection, unit_ids: list[int]) -> Pictures:
-    if not unit_ids:
-        return Pictures({}, {})
-    images = {unit_id: urls.blob(key) for unit_id, key in connection.execute(queries.thumbnails, {"ids": unit_ids})}
-    missing = [unit_id for unit_id in unit_ids if unit_id not in images]
-    placeholders = {
-        unit_id: urls.blob(key) for unit_id, key in connection.execute(queries.top_crops, {"ids": missing})
-    } if missing else {}
-    concepts = dict(connection.execute(queries.top_labels, {"ids": unit_ids}).all())
-    return Pictures(images, placeholders, concepts)
-
-
-def unit_ref(catalog: Catalog, unit_id: int, shown: Pictures) -> UnitRef:
-    """A unit as grids, circuits, search and probes show it, its picture from ``shown`` (`pictures`)."""
-    model, layer, index = catalog.units[unit_id]
-    label = catalog.models[model].layer(layer).labels[index]
-    return UnitRef(model, layer, index, label, urls.unit(model, layer, index), shown.images.get(unit_id),
-                   shown.placeholders.get(unit_id), shown.concepts.get(unit_id))
 
 
 def index_page(catalog: Catalog, counts: list[ModelCoverage]) -> IndexPage:

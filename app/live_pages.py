@@ -8,7 +8,7 @@ from sqlalchemy import Connection
 
 from app import queries, urls
 from app.access import allows
-from app.browse import pictures, unit_ref
+from app.refs import pictures, unit_ref
 from app.catalog import Catalog
 from app.errors import NotFound
 from app.jobs import JobQueue, JobState

@@ -397,6 +397,8 @@ class FamilyUnit:
     unit: int
     url: str
     image_url: str | None
+    #: Until it is rendered: its top dataset example's crop (shown marked as such).
+    placeholder_url: str | None
     label: str | None
     selectivity: float
     #: The preferred parameters by name (curves: ``orientation``, ``radius``, ``polarity``).

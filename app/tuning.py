@@ -23,6 +23,7 @@ from app import queries, urls
 from app.catalog import Catalog, LayerEntry
 from app.errors import NotFound
 from app.page_types import FamilyPage, FamilyUnit, Tuning, TuningSection
+from app.refs import pictures
 from app.stimuli import CONVENTIONS, FAMILIES, Placement, draw
 
 JOINT = "joint"
@@ -86,12 +87,12 @@ def family_page(catalog: Catalog, connection: Connection, model: str, layer: str
     if not rows:
         raise NotFound(f"{model}/{layer} has no {family} tuning yet: "
                        f"microscope precompute tuning --model {model} --layers {layer}")
-    pictures = dict(connection.execute(queries.thumbnails, {"ids": [row[0] for row in rows[:ON_CIRCLE]]}).all())
+    shown = pictures(connection, [row[0] for row in rows[:ON_CIRCLE]])
     angle = _axes(family)[0]["name"]
     places = _circle([row[1][angle] for row in rows[:ON_CIRCLE]], 360 if family not in ("lines", "gratings") else 180)
     units = [
         FamilyUnit(by_id[unit_id], urls.unit(model, layer, by_id[unit_id]),
-                   urls.blob(pictures[unit_id]) if unit_id in pictures else None, entry.labels[by_id[unit_id]],
+                   shown.images.get(unit_id), shown.placeholders.get(unit_id), entry.labels[by_id[unit_id]],
                    selectivity, preferred, figures, urls.tuning_plot(model, layer, by_id[unit_id], family, small=True),
                    urls.tuning_stimulus(model, layer, by_id[unit_id], family) if family != JOINT else None,
                    places[rank] if rank < len(places) else None)
@@ -114,8 +115,9 @@ def _circle(angles: list[float], period: int) -> list[tuple[float, float]]:
     for angle in angles:
         ring = seen.get(angle, 0)
         seen[angle] = ring + 1
-        theta = math.radians(angle * 360 / period)
-        radius = 42 - 11 * (ring % 3)
+        # Four rings inwards; a fifth unit of one angle goes back out, a few degrees aside.
+        theta = math.radians(angle * 360 / period + 6 * (ring // 4))
+        radius = 44 - 10 * (ring % 4)
         places.append((round(50 + radius * math.cos(theta), 2), round(50 - radius * math.sin(theta), 2)))
     return places
 

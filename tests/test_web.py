@@ -420,6 +420,8 @@ def test_a_family_page_ranks_the_layers_units_and_lays_them_out_by_orientation(c
     assert data["family"]["axes"][0]["name"] == "orientation" and "counterclockwise" in data["conventions"]
     placed = [u for u in units if u["at"]]
     assert len(placed) == 48 and all(0 <= x <= 100 and 0 <= y <= 100 for x, y in (u["at"] for u in placed))
+    assert len({tuple(u["at"]) for u in placed}) == 48  # no two on one spot
+    assert all(u["image_url"] or u["placeholder_url"] for u in placed)  # a render, else its top example marked
     best = units[0]
     # On the circle at its preferred orientation (y up, so 90 degrees is above the centre).
     x, y = best["at"]
