@@ -21,12 +21,10 @@ from matplotlib.figure import Figure  # noqa: E402
 
 import numpy as np  # noqa: E402
 
-from app.stimuli import FAMILIES  # noqa: E402
+from app.stimuli import FAMILIES, JOINT, ROTATIONS  # noqa: E402
 
 #: Text stays text (smaller files, selectable); the page's font shows it.
 matplotlib.rcParams.update({"svg.fonttype": "none", "font.size": 8, "axes.titlesize": 8})
-JOINT = "joint"
-ROTATIONS = tuple(range(0, 360, 15))
 #: Figure side in inches (at 100 dpi: 240 px); ``small`` plots are the family pages'.
 SIDE = 2.4
 SMALL = 1.3

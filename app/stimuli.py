@@ -82,6 +82,11 @@ def _angles(step: int, period: int) -> tuple[float, ...]:
     return tuple(float(angle) for angle in range(0, period, step))
 
 
+#: Joint tuning ("Zoom In"): a unit's top examples rotated, every 15 degrees counterclockwise.
+JOINT = "joint"
+ROTATIONS = tuple(float(angle) for angle in range(0, 360, 15))
+ROTATION = Axis("rotation", ROTATIONS, "degrees counterclockwise", 360)
+
 POLARITY = Axis("polarity", (1.0, -1.0), "1: light on grey, -1: dark on grey")
 FAMILIES: dict[str, Family] = {family.name: family for family in (
     Family("lines", "Lines", (Axis("orientation", _angles(15, 180), "degrees", 180), POLARITY)),
@@ -95,6 +100,8 @@ FAMILIES: dict[str, Family] = {family.name: family for family in (
                                   Axis("saturation", (1 / 3, 2 / 3, 1.0), "fraction"),
                                   Axis("brightness", (1 / 3, 2 / 3, 1.0), "fraction"))),
 )}
+#: Every family the tuning stage computes, in order: the stimulus families, then joint tuning.
+TUNING_FAMILIES = (*FAMILIES, JOINT)
 
 
 @dataclass(frozen=True)
@@ -125,6 +132,11 @@ class Placement:
     def describe(self) -> dict:
         return {"canvas": self.canvas, "position": self.position, "centre": [self.centre, self.centre],
                 "field": self.field, "stroke": round(self.stroke, 3)}
+
+    @classmethod
+    def described(cls, recipe: dict) -> Placement:
+        """The placement a recipe's `describe` recorded (the server redraws stimuli from it)."""
+        return cls(recipe["canvas"], recipe["position"], recipe["centre"][0], recipe["field"], recipe["stroke"])
 
 
 def draw(family: Family, params: list[dict[str, float]], placement: Placement, canvas: int | None = None,

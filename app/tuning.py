@@ -24,9 +24,8 @@ from app.catalog import Catalog, LayerEntry
 from app.errors import NotFound
 from app.page_types import FamilyPage, FamilyUnit, Tuning, TuningSection
 from app.refs import pictures
-from app.stimuli import CONVENTIONS, FAMILIES, Placement, draw
+from app.stimuli import CONVENTIONS, FAMILIES, JOINT, ROTATION, Placement, draw
 
-JOINT = "joint"
 #: Every family a page may name, in the order the unit page shows them.
 FAMILY_NAMES = ("curves", "lines", "edges", "gratings", "colours", JOINT)
 TITLES = {**{name: family.title for name, family in FAMILIES.items()}, JOINT: "Joint tuning (its top example, rotated)"}
@@ -43,7 +42,7 @@ SELECTIVITY = ("resultant length of the orientation (hue) tuning at the preferre
 
 def _axes(family: str) -> list[dict[str, Any]]:
     if family == JOINT:
-        return [{"name": "rotation", "values": list(range(0, 360, 15)), "unit": "degrees counterclockwise"}]
+        return [{"name": ROTATION.name, "values": list(ROTATION.values), "unit": ROTATION.unit}]
     return FAMILIES[family].describe()["axes"]
 
 
@@ -155,8 +154,7 @@ def stimulus(catalog: Catalog, connection: Connection, model: str, layer: str, i
     drawn = _placement(recipe, index)
     if drawn is None:
         raise NotFound(f"the tuning run of {model}/{layer} does not say where unit {index}'s stimuli were drawn")
-    where = Placement(canvas=drawn["canvas"], position=drawn["position"], centre=drawn["centre"][0],
-                      field=drawn["field"], stroke=drawn["stroke"])
+    where = Placement.described(drawn)
     kind = FAMILIES[family]
     params = dict(preferred)
     if kind.pooled is not None:  # the phase a grating was pooled over: draw its first

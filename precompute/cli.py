@@ -19,12 +19,11 @@ from app.cli import DatabaseOption, DataOption
 from app.cli import main as run_command
 from app.errors import MicroscopeError
 from app.settings import Settings
+from app.stimuli import TUNING_FAMILIES
 from app.store import Store
 from app.zoo import DEFAULT_MODEL
 from precompute.recipes import ON_DEMAND, Defaults
 
-#: The tuning stage's families (`precompute.tuning.ALL_FAMILIES`, named here so that --help needs no torch).
-ALL_TUNING = ("curves", "lines", "edges", "gratings", "colours", "joint")
 
 if TYPE_CHECKING:
     from precompute.cluster import Runner
@@ -269,7 +268,7 @@ def precompute_dream(
 def precompute_tuning(
     model: ModelOption = DEFAULT_MODEL,
     layers: LayersOption = "main",
-    families: Annotated[str, typer.Option(help="Comma-separated: curves, lines, edges, gratings, colours, joint.")] = ",".join(ALL_TUNING),
+    families: Annotated[str, typer.Option(help="Comma-separated: lines, edges, curves, gratings, colours, joint.")] = ",".join(TUNING_FAMILIES),
     images: ImagesOption = None,
     joint_examples: Annotated[int, typer.Option(min=1, help="Top examples rotated per unit (joint tuning).")] = 3,
     joint_everywhere: Annotated[bool, typer.Option(

@@ -19,11 +19,10 @@ task returns it and the driver fails with its message.
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from functools import cache
 from pathlib import Path
-from collections.abc import Callable
 
 import torch
 
@@ -31,12 +30,12 @@ from app.errors import MicroscopeError
 from app.settings import Settings
 from app.store import Store
 from app.zoo import LayerSpec
-from precompute.circuits import CircuitsResult
-from precompute.examples import ExamplesConfig, ExamplesResult
+from precompute.circuits import CircuitsResult, run_circuits
+from precompute.examples import ExamplesConfig, ExamplesResult, examples_part, run_examples, write_examples
 from precompute.models.base import Network
 from precompute.stage import Stage
-from precompute.tuning import TuningConfig, TuningResult
-from precompute.vis import VisConfig, VisResult
+from precompute.tuning import TuningConfig, TuningResult, run_tuning
+from precompute.vis import VisConfig, VisResult, run_vis
 
 #: Retries of a task whose worker died or that hit a transient error.
 RETRIES = 3
@@ -74,29 +73,21 @@ Part = CircuitsResult | VisResult | TuningResult | bytes | None
 
 
 def _examples(stage: Stage, work: Work) -> Part:
-    from precompute.examples import examples_part
-
     assert isinstance(work, ExamplesWork)
     return examples_part(stage, Path(work.root), work.config)
 
 
 def _circuits(stage: Stage, work: Work) -> Part:
-    from precompute.circuits import run_circuits
-
     assert isinstance(work, CircuitsWork)
     return run_circuits(stage, [stage.spec.layer(name) for name in work.layers])
 
 
 def _vis(stage: Stage, work: Work) -> Part:
-    from precompute.vis import run_vis
-
     assert isinstance(work, VisConfig)
     return run_vis(stage, work)
 
 
 def _tuning(stage: Stage, work: Work) -> Part:
-    from precompute.tuning import run_tuning
-
     assert isinstance(work, TuningConfig)
     return run_tuning(stage, work)
 
@@ -252,16 +243,12 @@ class Runner:
         return self.cluster.run(self.source, name, work)
 
     def examples(self, root: Path, config: ExamplesConfig) -> ExamplesResult:
-        from precompute.examples import run_examples, write_examples
-
         parts = self._tasks("examples", ExamplesWork(config, str(root.resolve())))
         if parts is None:
             return run_examples(self.stage, root, config)
         return write_examples(self.stage, root, config, [part for part in parts if part is None or isinstance(part, bytes)])
 
     def circuits(self, layers: Sequence[LayerSpec]) -> CircuitsResult:
-        from precompute.circuits import run_circuits
-
         results = self._tasks("circuits", CircuitsWork(tuple(layer.name for layer in layers)))
         if results is None:
             return run_circuits(self.stage, layers)
@@ -269,8 +256,6 @@ class Runner:
         return CircuitsResult(*(sum(getattr(r, name) for r in done) for name in ("pairs_written", "pairs_reused", "edges")))
 
     def vis(self, config: VisConfig) -> VisResult:
-        from precompute.vis import run_vis
-
         results = self._tasks("vis", config)
         if results is None:
             return run_vis(self.stage, config)
@@ -278,8 +263,6 @@ class Runner:
         return VisResult(sum(r.rendered for r in done), sum(r.skipped for r in done))
 
     def tuning(self, config: TuningConfig) -> TuningResult:
-        from precompute.tuning import run_tuning
-
         results = self._tasks("tuning", config)
         if results is None:
             return run_tuning(self.stage, config)

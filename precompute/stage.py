@@ -35,9 +35,5 @@ class Stage:
     def part(self, shard: tuple[int, int]) -> Stage:
         return replace(self, shard=shard)
 
-    def on(self, device: torch.device) -> Stage:
-        """The same stage with the network on ``device`` (circuits run on the CPU)."""
-        return replace(self, net=self.net.to(device), device=device)
-
     def quiet(self) -> Stage:
         return replace(self, progress=False)

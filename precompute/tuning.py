@@ -31,7 +31,7 @@ from torchvision.transforms import v2
 
 from app.errors import MicroscopeError
 from app.store import Dataset, DatasetExample, DatasetImage, Run, Store, UnitTuning
-from app.stimuli import CONVENTIONS, FAMILIES, GREY, Family, Placement, draw
+from app.stimuli import CONVENTIONS, FAMILIES, GREY, JOINT, ROTATIONS, TUNING_FAMILIES, Family, Placement, draw
 from app.zoo import LayerSpec, ModelSpec
 from precompute.examples import input_transform
 from precompute.images import ImageFile, list_images, load_rgb
@@ -39,11 +39,7 @@ from precompute.runs import catalogued_model, digested, finish_run, finished_rec
 from precompute.stage import Stage
 
 TUNING_ALGORITHM = 1
-#: Joint tuning's rotations, in degrees counterclockwise.
-ROTATIONS = tuple(float(angle) for angle in range(0, 360, 15))
-JOINT = "joint"
-#: Every family the stage computes, in order.
-ALL_FAMILIES = (*FAMILIES, JOINT)
+ALL_FAMILIES = TUNING_FAMILIES
 
 
 @dataclass(frozen=True)
@@ -333,11 +329,11 @@ def _tune_layer(stage: Stage, layer: LayerSpec, config: TuningConfig, ids: dict[
     arrays = {name: responses(net, spec, layer, FAMILIES[name], device, config.batch, poll)
               for name in config.families if name != JOINT}
     joint = _joint(stage, layer, ids, examples, files, poll) if examples is not None and JOINT in config.families else {}
+    lines = arrays.get("lines")
     rows = []
     for unit in range(layer.channels):
         unit_id = ids[layer.name, unit]
         top = examples.top.get(unit_id) if examples else None
-        lines = arrays.get("lines")
         for name, values in arrays.items():
             figures = family_figures(FAMILIES[name], values[..., unit], top,
                                      lines[..., unit] if name == "curves" and lines is not None else None)
