@@ -19,12 +19,14 @@ from app.errors import ModelNotHeld, NotFound
 from app.page_types import (
     UnitRef, ModelSummary, IndexPage, LayerSummary, ModelPage, NotHeldPage, LayerPage, Visualization, Example, Connection_, ConnectionGroup, ConnectionsPage, Missing, UnitPage, ExamplePage, SearchResult, SearchPage,
 )
+from app.directions import derived_over, factorization, made_of, matches, part_of
+from app.modules import modules_sections
 from app.refs import Pictures, pictures, unit_ref
 from app.tuning import layer_families, unit_tuning
 from app.zoo.concepts import Hierarchy, Label
 from app.zoo.registry import REGISTRY
 from app.store.summary import ModelCoverage
-from app.zoo.spec import Framing
+from app.zoo.spec import DERIVED_KINDS, Framing
 
 #: Shown in this order; ``pixels`` (the channel in the pixel basis) stands beside ``channel`` for comparison.
 TECHNIQUES = ("channel", "pixels", "neuron", "negative", "diversity")
@@ -152,7 +154,19 @@ def layer_page(catalog: Catalog, connection: Connection, model: str, name: str, 
         next_url=urls.layer(model, name, page + 1, label=label) if page < pages else None, missing_command=missing,
         render_url=render_url, label=label, concepts=concepts, deep_dream=dream, deep_dream_command=dream_command,
         tuning=layer_families(connection, model, layer),
+        factorization=factorization(connection, catalog.model(model), layer),
+        derived=derived_over(connection, catalog.model(model), layer),
+        derived_commands=_factor_commands(connection, catalog.model(model), layer),
+        modules=modules_sections(catalog, connection, catalog.model(model), layer.id),
     )
+
+
+def _factor_commands(connection: Connection, model: ModelEntry, layer: LayerEntry) -> list[str]:
+    """The factors commands for a main layer with a spatial map and no derived layer over it yet."""
+    if layer.kind not in ("conv", "mixed", "residual") or derived_over(connection, model, layer):
+        return []
+    return [f"microscope precompute factors --model {model.name} --layers {layer.name} --method {method}"
+            for method in ("nmf", "sae")]
 
 
 def _examples(connection: Connection, catalog: Catalog, unit_id: int) -> list[Example]:
@@ -275,7 +289,8 @@ def unit_page(catalog: Catalog, connection: Connection, model_name: str, layer_n
         ))
     if not examples:
         missing.append(Missing("dataset examples", f"microscope precompute examples --model {model_name} --layers {layer_name}"))
-    if not inputs and not outputs:
+    derived = layer.kind in DERIVED_KINDS
+    if not inputs and not outputs and not derived:  # a direction has no circuit weights of its own
         missing.append(Missing("circuit weights", f"microscope precompute circuits --model {model_name}"))
     runs = connection.execute(queries.labels_runs, {"model": model.id}).scalars()
     labelled = any(params.get("layer") == layer_name for params in runs)
@@ -303,6 +318,10 @@ def unit_page(catalog: Catalog, connection: Connection, model_name: str, layer_n
         render_url=(urls.render(model_name, layer_name, index)
                     if renders and THUMBNAIL_TECHNIQUE not in by_technique else None),
         labels=concepts, labelled=labelled, tuning=unit_tuning(catalog, connection, model_name, layer_name, index),
+        made_of=made_of(catalog, connection, unit_id) if derived else [],
+        factorization=factorization(connection, model, layer) if derived else None,
+        part_of=[] if derived else part_of(catalog, connection, model, unit_id),
+        matches=matches(catalog, connection, unit_id),
     )
 
 

@@ -122,6 +122,13 @@ class LayerPage:
     deep_dream_command: str | None = None
     #: The layer's tuning family pages (`app.tuning`), by family, where the tuning stage has run on it.
     tuning: dict[str, str] = field(default_factory=dict)
+    #: A derived layer's factorization; a base layer's derived layers (``{"name", "method", "url"}``).
+    factorization: FactorSummary | None = None
+    derived: list[dict[str, Any]] = field(default_factory=list)
+    #: Where a main layer has no derived layer yet: the commands that make them.
+    derived_commands: list[str] = field(default_factory=list)
+    #: The modules of the layer with the main layer before it and with the one after (`app.modules`).
+    modules: list[ModulesSection] = field(default_factory=list)
     kind_of_page: str = "layer"
 
 
@@ -221,6 +228,13 @@ class UnitPage:
     labelled: bool = False
     #: Its responses to parametric stimuli and to its top example rotated (`app.tuning`).
     tuning: TuningSection | None = None
+    #: A direction's base units with the largest weights in it, and its layer's factorization.
+    made_of: list[Weighted] = field(default_factory=list)
+    factorization: FactorSummary | None = None
+    #: A base unit's directions in each derived layer over its layer (with its polysemanticity there).
+    part_of: list[PartOf] = field(default_factory=list)
+    #: Its nearest units in other models of the store (`precompute.match`), by correlation, best first.
+    matches: list[Weighted] = field(default_factory=list)
     kind: str = "unit"
 
 
@@ -427,3 +441,73 @@ class FamilyPage:
     #: How ``selectivity`` is computed.
     selectivity: str
     kind: str = "family"
+
+
+# Directions as units: NMF groups and dictionary features (`app.directions`) -------------------------
+
+
+@dataclass(frozen=True)
+class Weighted:
+    """A unit and its weight in a direction (a direction's "made of", or a unit's "part of")."""
+
+    unit: UnitRef
+    weight: float
+
+
+@dataclass(frozen=True)
+class FactorSummary:
+    """A derived layer's factorization: what it is over, its figures and recipe, and its arrays to download."""
+
+    layer: str
+    url: str
+    method: str
+    base: str
+    base_url: str
+    components: int
+    figures: dict[str, Any]
+    recipe: dict[str, Any]
+    arrays_url: str
+
+
+@dataclass(frozen=True)
+class PartOf:
+    """The directions of one derived layer a base unit weighs most in, and how polysemantic it reads there:
+    ``features`` directions put a large weight on it, ``effective`` is the participation ratio of their shares
+    of its activity (`app.store.UnitMixture`)."""
+
+    layer: str
+    url: str
+    method: str
+    features: int | None
+    effective: float | None
+    threshold: float | None
+    directions: list[Weighted]
+
+
+@dataclass(frozen=True)
+class Module:
+    """One module of a layer pair: its units (both layers), the share of its weight inside, its strongest edges."""
+
+    number: int
+    units: list[UnitRef]
+    total: int
+    inside: float
+    edges: list[dict[str, Any]]
+
+
+@dataclass(frozen=True)
+class ModulesSection:
+    """A layer pair's modules (`app.store.LayerModules`): how clusterable it is against its shuffles, and each module."""
+
+    source: str
+    target: str
+    source_url: str
+    target_url: str
+    ncut: float
+    shuffled: list[float]
+    shuffled_mean: float
+    better: float
+    modules: list[Module]
+    #: The strongest weights between two modules: ``{"modules": [a, b], "weight"}``.
+    between: list[dict[str, Any]]
+    recipe: dict[str, Any]

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 from sqlalchemy import bindparam, func, select
 
-from app.store import (Artifact, Dataset, DatasetExample, DatasetImage, Edge, LayerArtifact, Model, Probe, ProbeUnit, Run,
-                       UnitLabel, UnitStats, UnitTuning)
+from app.store import (Artifact, Dataset, DatasetExample, DatasetImage, DirectionWeight, Edge, Factorization, LayerArtifact, LayerModules,
+                       Model, Probe, ProbeUnit, Run, UnitLabel, UnitMatch, UnitMixture, UnitStats, UnitTuning)
 
 THUMBNAIL_TECHNIQUE = "channel"
 
@@ -130,3 +130,41 @@ probe_units = (select(ProbeUnit.unit_id, ProbeUnit.rank, ProbeUnit.activation, P
 #: Whether a blob is one of a probe's heatmaps.
 probe_heatmap = select(ProbeUnit.id).where(ProbeUnit.probe_id == bindparam("probe"),
                                            ProbeUnit.heatmap_key == bindparam("key")).limit(1)
+
+#: Factorizations (issue 22): a derived layer's, the derived layers over a base layer, weights both ways.
+factorization = (
+    select(Factorization.method, Factorization.components, Factorization.blob_key, Factorization.figures,
+           Factorization.recipe, Factorization.base_layer_id)
+    .where(Factorization.layer_id == bindparam("layer"))
+)
+derived_layers = (
+    select(Factorization.layer_id, Factorization.method).where(Factorization.base_layer_id == bindparam("layer"))
+    .order_by(Factorization.method, Factorization.layer_id)
+)
+made_of = (
+    select(DirectionWeight.unit_id, DirectionWeight.weight).where(
+        DirectionWeight.direction_id == bindparam("unit"), DirectionWeight.in_direction.is_not(None))
+    .order_by(DirectionWeight.in_direction)
+)
+part_of = (
+    select(DirectionWeight.direction_id, DirectionWeight.weight).where(
+        DirectionWeight.unit_id == bindparam("unit"), DirectionWeight.in_unit.is_not(None))
+    .order_by(DirectionWeight.in_unit)
+)
+mixtures = (
+    select(Factorization.layer_id, Factorization.method, UnitMixture.features, UnitMixture.effective)
+    .join(Factorization, UnitMixture.factorization_id == Factorization.id)
+    .where(UnitMixture.unit_id == bindparam("unit"))
+)
+
+layer_modules = (
+    select(LayerModules.source_id, LayerModules.target_id, LayerModules.ncut, LayerModules.shuffled, LayerModules.better,
+           LayerModules.modules, LayerModules.between, LayerModules.recipe)
+    .where((LayerModules.source_id == bindparam("layer")) | (LayerModules.target_id == bindparam("layer")))
+    .order_by(LayerModules.target_id)
+)
+
+matches = (
+    select(UnitMatch.other_id, UnitMatch.correlation).where(UnitMatch.unit_id == bindparam("unit"))
+    .order_by(UnitMatch.rank)
+)

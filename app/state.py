@@ -14,7 +14,7 @@ from app.access import Limiter
 from app.catalog import Catalog
 from app.settings import Settings
 from app.jobs import JobQueue
-from app.store import Artifact, Run, Store
+from app.store import Artifact, Layer, Run, Store
 from app.store.blobs import is_valid_key, media_type
 from app.store.summary import ModelCoverage, coverage
 
@@ -49,6 +49,7 @@ class ServerState:
 
     store: Store
     _catalog: Catalog | None = None
+    _catalog_version: tuple | None = None
     _coverage: tuple[tuple[int | None, int], list[ModelCoverage]] | None = None
     _lock: threading.Lock = field(default_factory=threading.Lock)
     _queue: JobQueue | None | bool = False
@@ -88,10 +89,14 @@ class ServerState:
         return media_type(key)
 
     def catalog(self, connection: Connection, model: str | None = None) -> Catalog:
-        """The catalog, reloaded when a model is asked for that it does not hold (catalogued since)."""
+        """The catalog, reloaded when a model is asked for that it does not hold (catalogued since) or the layers
+        changed (a factors stage added or refitted a derived layer: one aggregate over the small layers table)."""
+        version = tuple(connection.execute(select(func.count(Layer.id), func.max(Layer.id), func.sum(Layer.channels))).one())
         with self._lock:
-            if self._catalog is None or (model is not None and model not in self._catalog.models):
+            if (self._catalog is None or version != self._catalog_version
+                    or (model is not None and model not in self._catalog.models)):
                 self._catalog = Catalog.load(connection)
+                self._catalog_version = version
             return self._catalog
 
     def coverage(self, connection: Connection) -> list[ModelCoverage]:

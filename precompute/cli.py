@@ -105,7 +105,9 @@ def _stage(model: str, weights: Path | None, names: Path | None, device: str, da
     loaded = _load(model, weights, names)
     with Store.open(Settings.load(data, database_url), create=create) as store:
         target = pick_device("cpu" if ray else device)
-        net = loaded.net.to(target)
+        from precompute.models.derived import with_factors
+
+        net = with_factors(store, loaded.net.to(target), target)  # the store's derived layers, as layers
         cluster = Cluster(ray, tasks) if ray else None
         where = source(model, weights, names, device, store.settings) if ray else None
         yield Runner(Stage(store, net, loaded.weights_sha256, target, parse_shard(shard)), cluster, where)
@@ -319,6 +321,108 @@ def _tuning_line(result: Any) -> str:
             + ", ".join(f"{name} {seconds:.0f} s" for name, seconds in slowest) + ")")
 
 
+@precompute_cli.command("factors")
+def precompute_factors(
+    model: ModelOption = DEFAULT_MODEL,
+    layers: Annotated[str, typer.Option("--layers", help="Comma-separated layers (default: mixed3b and mixed4c where "
+                                        "the model has them, else two main layers a third and two thirds in).")] = "",
+    method: Annotated[str, typer.Option(help="nmf (Building Blocks' groups) or sae (a top-k sparse dictionary).")] = "nmf",
+    groups: Annotated[int, typer.Option(min=1, help="NMF: directions per layer.")] = 32,
+    expansion: Annotated[int, typer.Option(min=1, help="SAE: dictionary features per unit of the layer.")] = 8,
+    k: Annotated[int, typer.Option("--k", min=1, help="SAE: features active per position.")] = 32,
+    samples: Annotated[int, typer.Option(min=100, help="Positions sampled over the images.")] = 200_000,
+    steps: Annotated[int, typer.Option(min=1, help="SAE: training steps.")] = 3000,
+    accuracy: Annotated[bool, typer.Option("--accuracy/--no-accuracy", help=(
+        "Score the network with the layer replaced by its reconstruction (two passes over a labelled dataset)."))] = True,
+    images: ImagesOption = None,
+    device: DeviceOption = "auto",
+    weights: WeightsOption = None,
+    names: NamesOption = None,
+    data: DataOption = None,
+    database_url: DatabaseOption = None,
+) -> None:
+    """Directions as units: NMF groups or a sparse dictionary of each layer's activations over the images, stored as
+    a derived layer (``mixed4c_nmf``, ``mixed3b_sae``) with its figures, then its examples and labels; resumable."""
+    from precompute.factors import FactorsConfig, default_layers, run_factors
+    from precompute.images import locate_images
+    from precompute.selection import parse_layers
+
+    root = locate_images(images)
+    with _stage(model, weights, names, device, data, database_url) as runner:
+        stage = runner.stage
+        chosen = tuple(parse_layers(stage.spec, layers)) if layers else tuple(default_layers(stage.spec))
+        config = FactorsConfig(layers=chosen, method=method, groups=groups, expansion=expansion, k=k, samples=samples,
+                               steps=steps, accuracy=accuracy)
+        result = run_factors(stage, root, config)
+    for note in result.notes:
+        typer.echo(f"note: {note}", err=True)
+    for name, figures in result.figures.items():
+        shown = ", ".join(f"{key} {value}" for key, value in figures.items())
+        typer.echo(f"{name}: {shown} ({result.seconds[name]:.0f} s)")
+    typer.echo(f"factors: {result.layers_factored} layers factored, {result.layers_reused} already stored")
+
+
+@precompute_cli.command("modules")
+def precompute_modules(
+    model: ModelOption = DEFAULT_MODEL,
+    layers: LayersOption = "main",
+    modules: Annotated[int, typer.Option(min=2, help="Clusters per layer pair.")] = 8,
+    shuffles: Annotated[int, typer.Option(min=1, help="Shuffles of the weights the clustering is compared with.")] = 20,
+    weights: WeightsOption = None,
+    names: NamesOption = None,
+    data: DataOption = None,
+    database_url: DatabaseOption = None,
+) -> None:
+    """Modules: the units of each pair of adjacent main layers clustered by the weights between them (spectral
+    clustering), against the same weights shuffled (Filan et al.'s clusterability test); resumable by pair."""
+    from precompute.modules import ModulesConfig, run_modules
+    from precompute.selection import parse_layers
+
+    with _stage(model, weights, names, "cpu", data, database_url) as runner:
+        stage = runner.stage
+        result = run_modules(stage, ModulesConfig(layers=tuple(parse_layers(stage.spec, layers)), modules=modules,
+                                                  shuffles=shuffles))
+    for name, figures in result.figures.items():
+        typer.echo(f"{name}: normalized cut {figures['ncut']}, shuffled {figures['shuffled_mean']} ± "
+                   f"{figures['shuffled_std']}, shuffles that cluster better {figures['better']:.0%}")
+    typer.echo(f"modules: {result.pairs_clustered} layer pairs clustered, {result.pairs_reused} already stored "
+               f"({result.seconds:.0f} s)")
+
+
+@precompute_cli.command("match")
+def precompute_match(
+    models: Annotated[str, typer.Option("--models", help="Two models, comma-separated (both catalogued in the store).")],
+    weights: Annotated[str, typer.Option("--weights", help="Their weights, comma-separated in the same order (empty: "
+                                         "the default place).")] = "",
+    names: Annotated[str, typer.Option("--names", help="Their names files, comma-separated (empty: none).")] = "",
+    images: ImagesOption = None,
+    device: DeviceOption = "auto",
+    data: DataOption = None,
+    database_url: DatabaseOption = None,
+) -> None:
+    """Universality: each unit's 5 nearest units in the other model, by the correlation of their pooled activations
+    over the same images (both ways)."""
+    from precompute.devices import pick_device
+    from precompute.images import locate_images
+    from precompute.match import run_match
+
+    chosen = [name.strip() for name in models.split(",") if name.strip()]
+    if len(chosen) != 2:
+        raise MicroscopeError(f"--models takes two models, not {models!r}")
+    paths = (weights.split(",") + ["", ""])[:2]
+    described = (names.split(",") + ["", ""])[:2]
+    root = locate_images(images)
+    loaded = [_load(model, Path(path) if path else None, Path(name) if name else None)
+              for model, path, name in zip(chosen, paths, described)]
+    target = pick_device(device)
+    with Store.open(Settings.load(data, database_url)) as store:
+        result = run_match(store, (loaded[0].net.to(target), loaded[1].net.to(target)),
+                           (loaded[0].weights_sha256, loaded[1].weights_sha256), root, target)
+    shown = ", ".join(f"{layer} {fraction:.0%}" for layer, fraction in result.matched.items())
+    typer.echo(f"match: {result.matches} matches of {result.units} units stored ({result.seconds:.0f} s); units of "
+               f"{loaded[0].net.spec.name} with a match of correlation >= 0.5: {shown}")
+
+
 @precompute_cli.command("circuits")
 def precompute_circuits(
     model: ModelOption = DEFAULT_MODEL,
@@ -395,12 +499,13 @@ def precompute_all(
                                    Defaults(steps, early_steps, size), batch)
         added = catalog(stage.store, spec, weights_sha256=stage.weights_sha256)
         typer.echo(f"catalog: {added.layers_added} layers, {added.units_added} units added")
-        examples = runner.examples(root, ExamplesConfig(layers=spec.layers, batch_size=batch * 2))
+        trained = tuple(layer for layer in spec.layers if not layer.is_derived)  # derived ones: `precompute factors`
+        examples = runner.examples(root, ExamplesConfig(layers=trained, batch_size=batch * 2))
         typer.echo("examples: " + ("already stored" if examples.reused else f"{examples.examples} stored"))
         for failure in examples.skipped:
             typer.echo(f"warning: skipped {failure}", err=True)
-        typer.echo(_labels_line(run_labels(stage.store, spec, root, spec.layers)))
-        circuits = runner.circuits(spec.layers)
+        typer.echo(_labels_line(run_labels(stage.store, spec, root, trained)))
+        circuits = runner.circuits(trained)
         typer.echo(f"circuits: {circuits.edges} edges written, {circuits.pairs_reused} layer pairs already stored")
         for config in renders:
             rendered = runner.vis(config)
@@ -470,6 +575,10 @@ def worker(
     fill_batch: Annotated[int, typer.Option(min=1, help="Units rendered together by the fill.")] = 4,
     tune: Annotated[bool, typer.Option(
         "--tune/--no-tune", help="With --fill: first the tuning curves of every main layer still without them.")] = True,
+    factor: Annotated[bool, typer.Option(
+        "--factor/--no-factor", help="With --fill: then NMF groups and a sparse dictionary of two layers (mixed3b and "
+                                     "mixed4c where the model has them; `precompute factors`' defaults).")] = True,
+    factor_steps: Annotated[int, typer.Option(min=1, help="Training steps of the worker's dictionaries.")] = 3000,
     steps: Annotated[int, typer.Option(help="Steps of on-demand renders (the main job's recipe).")] = ON_DEMAND.steps,
     early_steps: Annotated[int, typer.Option(help="Steps for the stem's conv layers.")] = ON_DEMAND.early_steps,
     size: Annotated[int, typer.Option(help="Image side of on-demand renders.")] = ON_DEMAND.size,
@@ -499,7 +608,8 @@ def worker(
         stage = runner.stage
         spec = stage.spec
         queue = JobQueue.for_store(stage.store.settings)
-        running = Worker(stage.quiet(), queue, fill=fill, tune=tune,
+        running = Worker(stage.quiet(), queue, fill=fill, tune=tune, factor=factor,
+                         factor_settings={"steps": factor_steps},
                          fill_batch=fill_batch, defaults=Defaults(steps, early_steps, size))
         signal.signal(signal.SIGTERM, lambda *_: running.stop())
         typer.echo(f"worker {running.name}: {spec.name} on {stage.device}, queue {queue.location}"

@@ -33,6 +33,7 @@ from app.zoo import LayerSpec
 from precompute.circuits import CircuitsResult, run_circuits
 from precompute.examples import ExamplesConfig, ExamplesResult, examples_part, run_examples, write_examples
 from precompute.models.base import Network
+from precompute.models.derived import with_factors
 from precompute.stage import Stage
 from precompute.tuning import TuningConfig, TuningResult, run_tuning
 from precompute.vis import VisConfig, VisResult, run_vis
@@ -152,7 +153,8 @@ def _run(task: Task) -> Part:
     source, entry = task.source, STAGES[task.stage]
     net, digest, device = _opened(source.model, source.weights, source.names, source.device if entry.gpu else "cpu")
     with Store.open(source.settings) as store:
-        return entry.run(Stage(store, net, digest, device, task.shard, progress=True), task.work)
+        return entry.run(Stage(store, with_factors(store, net, device), digest, device, task.shard, progress=True),
+                         task.work)
 
 
 @dataclass(frozen=True)

@@ -117,6 +117,8 @@ def _recipe(spec: ModelSpec, weights: str, dataset: str, config: ExamplesConfig)
         "weights_sha256": weights,
         "dataset_fingerprint": dataset,
         "layers": [layer.name for layer in config.layers],
+        **({"factorizations": {layer.name: layer.factorization for layer in config.layers if layer.factorization}}
+           if any(layer.factorization for layer in config.layers) else {}),
         "k": config.k,
         "input": PREPROCESSING.format(size=spec.input_size),
         "batch_size": config.batch_size,
@@ -421,6 +423,8 @@ def _examples(spec: ModelSpec, statistics: RunningStatistics, layers: Sequence[L
     for layer in layers:
         stats = statistics.statistics(layer)
         for kind, ranking, sign in (("top", stats.top, 1.0), ("bottom", stats.bottom, -1.0)):
+            if kind == "bottom" and layer.is_derived:
+                continue  # a direction is read through a ReLU (NMF codes are never negative): no negative examples
             values, images, positions = (t.cpu().tolist() for t in (ranking.values, ranking.images, ranking.positions))
             for unit in range(layer.channels):
                 for rank, (value, image, position) in enumerate(zip(values[unit], images[unit], positions[unit])):

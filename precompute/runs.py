@@ -32,7 +32,7 @@ from sqlalchemy import ColumnElement, delete, insert, select
 from sqlalchemy.orm import InstrumentedAttribute, Session
 
 from app.errors import StoreError
-from app.store import Layer, Model, Run, Unit
+from app.store import Dataset, Layer, Model, Run, Store, Unit
 from app.zoo import ModelSpec
 
 #: Ids per ``IN (...)`` list and rows per insert: well under SQLite's and PostgreSQL's parameter limits.
@@ -176,3 +176,11 @@ def _counted(iterable: Iterable[T], bar: Any) -> Iterator[T]:
             bar.update(1)
     finally:
         bar.close()
+
+
+def stored_dataset_root(store: Store) -> Path | None:
+    """The folder of the latest dataset the examples stage read, where it is still there (the worker's images)."""
+    with store.session() as session:
+        dataset = session.scalars(select(Dataset).order_by(Dataset.id.desc())).first()
+        root = Path(dataset.root) if dataset is not None else None
+    return root if root is not None and root.exists() else None

@@ -89,6 +89,8 @@ def tuning_recipe(spec: ModelSpec, layer: LayerSpec, config: TuningConfig, weigh
                     "figures on the rectified responses",
         "conventions": CONVENTIONS,
     }
+    if layer.factorization:
+        params["factorization"] = layer.factorization
     # The drive (each family's peak over the top example's activation) reads the examples too.
     params["examples_recipes"] = sorted(examples)
     if JOINT in config.families:

@@ -95,7 +95,12 @@ def parameterization_of(technique: str) -> str:
     return "pixels" if technique == "pixels" else "fourier"
 
 
-def objective_for(technique: str, layer: LayerSpec, units: Sequence[int], diversity_layer: str) -> Objective:
+def objective_for(technique: str, layer: LayerSpec, units: Sequence[int], diversity_layer: str,
+                  vectors: torch.Tensor | None = None) -> Objective:
+    """The objective of ``technique`` for ``units``; a derived layer's units (``vectors``: their directions over
+    the base layer) are scored by Lucid's direction objective on the base layer."""
+    if layer.is_derived:
+        return _direction_objective(technique, layer.inputs[0], vectors)
     if technique in ("channel", "pixels"):
         return objectives.channel(layer.name, list(units))
     if technique == "neuron":
@@ -108,7 +113,23 @@ def objective_for(technique: str, layer: LayerSpec, units: Sequence[int], divers
     )
 
 
+def _direction_objective(technique: str, base: str, vectors: torch.Tensor | None) -> Objective:
+    if vectors is None:
+        raise MicroscopeError(f"a direction over {base} is rendered from its vectors: the network has none")
+    if technique in ("channel", "pixels"):
+        return objectives.direction(base, vectors)
+    if technique == "neuron":
+        return objectives.direction(base, vectors, neuron=True)
+    if technique == "negative":
+        return -objectives.direction(base, vectors)
+    repeated = vectors.repeat_interleave(DIVERSITY_IMAGES, dim=0)
+    return objectives.direction(base, repeated) - DIVERSITY_WEIGHT * objectives.diversity(base, group=DIVERSITY_IMAGES)
+
+
 def _activation(technique: str, layer: LayerSpec) -> str:
+    if layer.is_derived:
+        where = "at the centre position" if technique == "neuron" else "averaged over positions"
+        return f"Lucid's direction objective on {layer.inputs[0]} after its ReLU, {where} (the {layer.kind} direction)"
     if layer.kind == "logits":
         return "logit"
     return "pre-ReLU" if technique == "negative" else "ReLU (Lucid's redirected gradient)"
@@ -137,6 +158,8 @@ def recipe(config: VisConfig, layer: LayerSpec, technique: str, weights_sha256: 
         "precision": resolve_precision(config.precision, device),
         "weights_sha256": weights_sha256,
     }
+    if layer.factorization:
+        params["factorization"] = layer.factorization
     if technique == "diversity":
         params.update(diversity_images=DIVERSITY_IMAGES, diversity_weight=DIVERSITY_WEIGHT,
                       diversity="Lucid: L2-normalized Gram matrices after ReLU, sum over pairs / group size")
@@ -228,8 +251,9 @@ def _render(net: Network, spec: ModelSpec, chunk: _Chunk, config: VisConfig, dev
     """Render a chunk; its images go to the blob store, its rows are returned."""
     layer, technique, units, copies = chunk.layer, chunk.technique, chunk.units, chunk.copies
     seeds = [unit_seed(config.seed, layer.name, unit, technique, copy) for unit in units for copy in range(copies)]
+    vectors = net.direction_vectors(layer.name, units) if layer.is_derived else None  # type: ignore[operator]
     rendered = render(
-        net, objective_for(technique, layer, units, spec.spatial_source(layer).name),
+        net, objective_for(technique, layer, units, spec.spatial_source(layer).name, vectors),
         PARAMETERIZATIONS[chunk.params["parameterization"]](config.size), seeds, STANDARD,
         steps=config.steps, device=device, learning_rate=config.learning_rate, precision=config.precision, poll=poll,
     )

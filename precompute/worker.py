@@ -21,7 +21,7 @@ import socket
 import threading
 import time
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from app.errors import MicroscopeError
 from app.jobs import HANDLERS, HEARTBEAT_SECONDS, MAX_ATTEMPTS, JobQueue
@@ -39,6 +39,8 @@ log = logging.getLogger("microscope.worker")
 #: Seconds between looks at an empty queue (and between recoveries of dead workers' jobs).
 IDLE_SECONDS = 0.1
 RECOVER_SECONDS = 10.0
+#: The tuning families of derived layers (their thousands of features skip joint tuning's rotated photos).
+DERIVED_FAMILIES = ("lines", "edges", "curves")
 #: How often an idle worker removes probes past their age (MICROSCOPE_PROBE_DAYS).
 EXPIRE_SECONDS = 3600.0
 
@@ -57,6 +59,10 @@ class Worker:
     fill: bool = False
     #: With ``fill``: first the tuning curves of every main layer still without them (`precompute.tuning`).
     tune: bool = True
+    #: With ``fill``: then NMF groups and a sparse dictionary of the default layers (`precompute.factors`), with
+    #: these `FactorsConfig` settings.
+    factor: bool = True
+    factor_settings: dict = field(default_factory=dict)
     fill_batch: int = 4
     defaults: Defaults = ON_DEMAND
     name: str = field(default_factory=lambda: f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}")
@@ -65,6 +71,7 @@ class Worker:
     _serving: bool = False
     _complete: set[str] = field(default_factory=set)
     _tuned: set[str] = field(default_factory=set)
+    _factored: set[str] = field(default_factory=set)
     _stop: threading.Event = field(default_factory=threading.Event)
 
     @property
@@ -173,6 +180,9 @@ class Worker:
 
     def render(self, model: str, layer: str, units: list[int], technique: str) -> None:
         spec = self._spec(model)
+        if layer not in spec.layer_names:  # a derived layer factored since this worker started
+            self.refresh_layers()
+            spec = self.spec
         config = on_demand_config(spec.layer(layer), units, technique, self.defaults, batch=len(units))
         run_vis(self.stage, config)
 
@@ -212,26 +222,74 @@ class Worker:
             raise MicroscopeError(f"this worker runs {self.spec.name}, not {model}")
         return self.spec
 
+    def refresh_layers(self) -> None:
+        """Take in the derived layers the store holds now (`precompute.models.derived`)."""
+        from precompute.models.derived import with_factors
+
+        self.stage = replace(self.stage, net=with_factors(self.store, self.stage.net, self.stage.device))
+
     # Fill ---------------------------------------------------------------------------------
 
     def fill_order(self) -> list[LayerSpec]:
-        """Every main layer in network order (the Circuits thread's early vision first), then the branches."""
+        """Every main layer in network order (the Circuits thread's early vision first), the derived layers,
+        then the branches."""
         main = list(self.spec.main_layers)
-        rest = [layer for layer in self.spec.layers if not layer.is_main and layer.kind != "logits"]
-        return main + rest
+        derived = [layer for layer in self.spec.layers if layer.is_derived]
+        rest = [layer for layer in self.spec.layers if not layer.is_main and not layer.is_derived and layer.kind != "logits"]
+        return main + derived + rest
+
+    def factor_one(self) -> bool:
+        """NMF groups, then a dictionary, of the next default layer without them (with this recipe); False when
+        every one has them. Needs the dataset the examples stage read (its images are sampled again)."""
+        from precompute.factors import FactorsConfig, default_layers, run_factors
+        from precompute.models.derived import base_network
+        from precompute.runs import stored_dataset_root
+
+        claimed = self.queue.claimed()
+        root = stored_dataset_root(self.store)
+        for method in ("nmf", "sae"):
+            for layer in default_layers(base_network(self.stage.net).spec):
+                key = f"factor:{self.spec.name}:{layer.name}:{method}"
+                if key in self._factored or key in claimed or not self.queue.claim(self.name, key):
+                    continue
+                self.doing = key
+                try:
+                    if root is None:
+                        raise MicroscopeError("no dataset in the store: run the examples stage first")
+                    config = FactorsConfig(layers=(layer,), method=method, **self.factor_settings)
+                    result = run_factors(self.stage.quiet(), root, config, poll=self.between_steps)
+                except MicroscopeError as error:  # its input is wrong: the worker goes on rendering
+                    log.warning("factoring %s (%s) failed: %s", layer.name, method, error)
+                    result = None
+                finally:
+                    self.doing = "idle"
+                self.queue.done(key)
+                self._factored.add(key)
+                self._tuned.discard(f"{layer.name}_{method}")  # its directions are new: tune them again
+                self.refresh_layers()
+                self._complete.clear()
+                if result is not None and result.layers_factored:
+                    log.info("factored %s (%s) in %.0f s", layer.name, method, sum(result.seconds.values()))
+                    return True
+        return False
 
     def tune_one(self) -> bool:
-        """Tune the next main layer without tuning curves (with this recipe); False when every one has them."""
+        """Tune the next main layer without tuning curves (with this recipe), then the next derived layer (lines,
+        edges and curves: a dictionary's features beside the neurons on the family pages); False when every one
+        has them."""
         from precompute.tuning import TuningConfig, run_tuning
 
         claimed = self.queue.claimed()
-        for layer in self.spec.main_layers:
+        plan = [(layer, TuningConfig(layers=(layer,))) for layer in self.spec.main_layers]
+        plan += [(layer, TuningConfig(layers=(layer,), families=DERIVED_FAMILIES))
+                 for layer in self.spec.layers if layer.is_derived]
+        for layer, config in plan:
             key = f"tune:{self.spec.name}:{layer.name}"
             if layer.name in self._tuned or key in claimed or not self.queue.claim(self.name, key):
                 continue  # done, or another worker tunes it
             self.doing = key
             try:
-                result = run_tuning(self.stage, TuningConfig(layers=(layer,)), poll=self.between_steps)
+                result = run_tuning(self.stage, config, poll=self.between_steps)
             except MicroscopeError as error:  # its input is wrong (no catalog, say): the worker goes on rendering
                 log.warning("tuning %s failed: %s", layer.name, error)
                 self._tuned.add(layer.name)
@@ -249,6 +307,10 @@ class Worker:
     def fill_one(self) -> bool:
         """Tune or render the next missing part; False when the whole model is tuned and rendered."""
         if self.tune and self.tune_one():
+            return True
+        if self.factor and self.factor_one():
+            return True
+        if self.tune and self.tune_one():  # the derived layers just factored
             return True
         claimed = self.queue.claimed()
         for layer in self.fill_order():

@@ -5,8 +5,8 @@ from __future__ import annotations
 from sqlalchemy import select
 
 from app.settings import Settings
-from app.store import (Artifact, DatasetExample, DatasetImage, Edge, Layer, Probe, ProbeUnit, Store, Unit, UnitStats,
-                       UnitTuning)
+from app.store import (Artifact, DatasetExample, DatasetImage, DirectionWeight, Edge, Factorization, Layer, Probe, ProbeUnit,
+                       Store, Unit, UnitMixture, UnitStats, UnitTuning)
 from app.store.maintenance import referenced_keys
 
 
@@ -33,7 +33,18 @@ def contents(settings: Settings) -> dict[str, list[tuple]]:
         tuning = sorted((names[u], family, str(preferred), round(selectivity, 3)) for u, family, preferred, selectivity
                         in connection.execute(select(UnitTuning.unit_id, UnitTuning.family, UnitTuning.preferred,
                                                      UnitTuning.selectivity)))
+        layers = {layer_id: name for layer_id, name in connection.execute(select(Layer.id, Layer.name))}
+        factorizations = sorted((layers[layer], method, components, key, str(figures)) for layer, method, components, key, figures
+                                in connection.execute(select(Factorization.layer_id, Factorization.method,
+                                                             Factorization.components, Factorization.blob_key,
+                                                             Factorization.figures)))
+        weights = sorted((names[d], names[u], round(w, 4), a, b) for d, u, w, a, b in connection.execute(
+            select(DirectionWeight.direction_id, DirectionWeight.unit_id, DirectionWeight.weight,
+                   DirectionWeight.in_direction, DirectionWeight.in_unit)))
+        mixtures = sorted((names[u], features, round(effective, 2)) for u, features, effective in connection.execute(
+            select(UnitMixture.unit_id, UnitMixture.features, UnitMixture.effective)))
         referenced = referenced_keys(connection)
         blobs = store.blobs.keys()
     return {"units": sorted(names.values()), "edges": edges, "examples": examples, "images": images, "stats": stats,
-            "artifacts": artifacts, "probes": probes, "probe_units": probe_units, "tuning": tuning, "referenced": sorted(referenced), "blobs": sorted(blobs)}
+            "artifacts": artifacts, "probes": probes, "probe_units": probe_units, "tuning": tuning, "factorizations": factorizations,
+            "direction_weights": weights, "mixtures": mixtures, "referenced": sorted(referenced), "blobs": sorted(blobs)}

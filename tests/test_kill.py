@@ -38,6 +38,10 @@ def stages(sample: Path, weights: Path) -> list[list[str]]:
         ["precompute", "vis", "--layers", "mixed,res1", "--units", "0:6", "--steps", "40", "--size", "48", "--batch", "2",
          *common],
         ["precompute", "tuning", "--layers", "stem_0,mixed,res1,res2", "--batch", "8", "--images", str(sample), *common],
+        ["precompute", "factors", "--layers", "mixed,res1", "--method", "nmf", "--groups", "4", "--samples", "3000",
+         "--images", str(sample), *common],
+        ["precompute", "factors", "--layers", "mixed", "--method", "sae", "--expansion", "2", "--steps", "1200",
+         "--samples", "3000", "--images", str(sample), *common],
     ]
 
 

@@ -67,6 +67,7 @@ def net(tiny_net):  # noqa: ANN001, ANN201
 
 def worker(store: Store, settings: Settings, spec: ModelSpec, net, **options) -> Worker:  # noqa: ANN001
     assert net.spec == spec
+    options.setdefault("factor", False)  # the factors' own test turns it on (tests/test_factors.py)
     return Worker(Stage(store, net, "w", torch.device("cpu"), progress=False), JobQueue.for_store(settings), defaults=TINY,
                   **options)
 
@@ -331,6 +332,34 @@ def test_fill_renders_main_layers_first_and_serves_requests_between_steps(live: 
     assert sorted(rendered) == [0, 1, 2, 3]
     assert {7, 8} <= set(artifact_keys(live, "mixed"))
     assert queue.pending_count(MODEL) == 0 and not queue.claimed()
+
+
+def test_fill_factors_two_layers_then_renders_their_directions_and_serves_requests_between_steps(
+        live: Settings, spec: ModelSpec, net) -> None:  # noqa: ANN001
+    """After the tuning, the fill computes NMF groups and a dictionary of two layers (issue 22: the main command's
+    worker does), each with its examples; a request waiting meanwhile is served; then the directions are rendered."""
+    from app.store import Factorization
+
+    queue = JobQueue.for_store(live)
+    with Store.open(live) as store:
+        running = worker(store, live, spec, net, fill=True, fill_batch=4, tune=False, factor=True,
+                         factor_settings={"steps": 60, "samples": 2000, "batch": 128, "examples": 4, "image_batch": 8,
+                                          "expansion": 2, "groups": 4})
+        served = _served_during(running, "factor:")
+        queue.request_render(MODEL, "mixed", [5])
+        assert running.fill_one()
+        assert served == ["factor:tiny:mixed:nmf"] and 5 in set(artifact_keys(live, "mixed"))
+        while running.factor_one():
+            pass
+        with store.session() as session:
+            made = set(session.scalars(select(Layer.name).join(Factorization, Factorization.layer_id == Layer.id)))
+        assert made == {"mixed_nmf", "res1_nmf", "mixed_sae", "res1_sae"}
+        assert {"mixed_nmf", "mixed_sae"} <= set(running.spec.layer_names)
+        derived = [layer.name for layer in running.fill_order() if layer.is_derived]
+        assert running.fill_order().index(spec.layer("res2")) < running.fill_order().index(running.spec.layer(derived[0]))
+        queue.request_render(MODEL, "res1_sae", [3])  # a direction's page asks for its render
+        assert running.serve_one() and 3 in set(artifact_keys(live, "res1_sae"))
+        assert not queue.claimed()
 
 
 # The pages ---------------------------------------------------------------------------------

@@ -91,6 +91,66 @@ def detectors() -> Detectors:
     return Detectors()
 
 
+#: The two directions `TwoDirections`' ``mix`` layer is made of: non-negative unit vectors, 0.3 apart in cosine.
+DIRECTIONS = (
+    (0.6, 0.5, 0.4, 0.3, 0.3, 0.2, 0.1, 0.0),
+    (0.0, 0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.7),
+)
+
+
+class TwoDirections(nn.Module):
+    """A layer built from two known directions (the factors tests' model, ``tests.tiny_model:two_directions``).
+
+    ``maps`` makes two non-negative maps that never overlap (where the image is redder than green, and
+    where it is greener than red); ``mix`` writes each into 8 units along its direction of `DIRECTIONS`,
+    so every activation vector of ``mix`` is ``a1 * d1 + a2 * d2`` with at most one of a1, a2 non-zero.
+    """
+
+    def __init__(self, classes: int = 1000) -> None:
+        super().__init__()
+        import math
+
+        self.maps = nn.Conv2d(3, 2, 4, stride=4, bias=False)
+        self.mix = nn.Conv2d(2, 8, 1, bias=False)
+        self.relu = nn.ReLU()
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Linear(8, classes)
+        with torch.no_grad():
+            self.maps.weight.zero_()
+            self.maps.weight[0, 0], self.maps.weight[0, 1] = 1 / 16, -1 / 16
+            self.maps.weight[1, 0], self.maps.weight[1, 1] = -1 / 16, 1 / 16
+            for i, direction in enumerate(DIRECTIONS):
+                norm = math.sqrt(sum(v * v for v in direction))
+                self.mix.weight[:, i, 0, 0] = torch.tensor([v / norm for v in direction])
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.fc(torch.flatten(self.pool(self.relu(self.mix(self.relu(self.maps(x))))), 1))
+
+
+def two_directions() -> TwoDirections:
+    return TwoDirections()
+
+
+class Blocks(nn.Module):
+    """Two convolutions, the second grouped in two: the weights between them are block-diagonal (the modules
+    test's model, ``tests.tiny_model:blocks``)."""
+
+    def __init__(self, classes: int = 1000) -> None:
+        super().__init__()
+        self.first = nn.Conv2d(3, 8, 3, padding=1)
+        self.second = nn.Conv2d(8, 8, 3, padding=1, groups=2)
+        self.relu = nn.ReLU()
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Linear(8, classes)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.fc(torch.flatten(self.pool(self.relu(self.second(self.relu(self.first(x))))), 1))
+
+
+def blocks() -> Blocks:
+    return Blocks()
+
+
 def synthetic_images(folder: Path, count: int, seed: int = 0) -> Path:
     """``count`` seeded JPEGs (smooth colour fields with stripes, of varied sizes and shapes) under ``folder``,
     in synset-like subfolders, so tests of the stages need no shared images."""

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 from typing import Any
 
-ALGORITHMS: dict[str, int] = {"vis": 3, "examples": 3, "circuits": 2}
+ALGORITHMS: dict[str, int] = {"vis": 3, "examples": 3, "circuits": 2, "factors": 1}
 
 
 def is_stale(stage: str, recipe: dict[str, Any] | None) -> bool:

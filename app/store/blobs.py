@@ -30,7 +30,8 @@ from pathlib import Path
 
 from app.errors import StoreError
 
-EXTENSIONS = {"webp": "image/webp", "png": "image/png", "jpg": "image/jpeg"}
+#: ``npz``: a factorization's arrays (`app.store.Factorization`), served for download as they are.
+EXTENSIONS = {"webp": "image/webp", "png": "image/png", "jpg": "image/jpeg", "npz": "application/octet-stream"}
 _KEY = re.compile(r"^[0-9a-f]{64}\.(" + "|".join(EXTENSIONS) + r")$")
 
 

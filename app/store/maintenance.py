@@ -9,11 +9,11 @@ from datetime import datetime, timedelta
 from sqlalchemy import Connection, delete, select
 
 from app.store.database import Store
-from app.store.schema import Artifact, DatasetExample, DatasetImage, Edge, LayerArtifact, Probe, ProbeUnit
+from app.store.schema import Artifact, DatasetExample, DatasetImage, Edge, Factorization, LayerArtifact, Probe, ProbeUnit
 
 #: Every column that holds a blob key.
 BLOB_COLUMNS = (
-    Artifact.blob_key, DatasetExample.crop_key, DatasetImage.thumbnail_key, Edge.kernel_key,
+    Artifact.blob_key, DatasetExample.crop_key, DatasetImage.thumbnail_key, Edge.kernel_key, Factorization.blob_key,
     LayerArtifact.blob_key, Probe.image_key, ProbeUnit.heatmap_key,
 )
 

@@ -22,8 +22,10 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 #: is OpenAI Microscope's network, TensorFlow's inception5h), version 5 gave probes a random
 #: ``public_id`` for their URLs (issue 20: a URL made of the image's digest can be derived from the image),
 #: version 6 added the units' concept labels (``unit_labels``) and the layers' own renders (``layer_artifacts``:
-#: DeepDream), version 7 the units' tuning curves (``unit_tuning``).
-SCHEMA_VERSION = 7
+#: DeepDream), version 7 the units' tuning curves (``unit_tuning``), version 8 the derived layers' factorizations
+#: (``factorizations``, ``direction_weights``, ``unit_mixtures``) and the modules of layer pairs (``layer_modules``) and
+#: the units' nearest units in other models (``unit_matches``: issue 22).
+SCHEMA_VERSION = 8
 #: Versions a writable open upgrades by creating the tables and nullable columns added since.
 ADDITIVE_SINCE = 1
 
@@ -318,4 +320,107 @@ class UnitTuning(Base):
     preferred: Mapped[dict[str, Any]]
     figures: Mapped[dict[str, Any]]
     selectivity: Mapped[float]
+    run_id: Mapped[int] = mapped_column(ForeignKey("runs.id"))
+
+
+class Factorization(Base):
+    """A derived layer (kind ``nmf`` or ``sae``): directions over its base layer's units, and how well they fit.
+
+    ``blob_key`` names the arrays (an ``.npz``: NMF's ``components``; a dictionary's ``encoder``,
+    ``encoder_bias``, ``decoder``, ``decoder_bias``, ``scale``) the precompute stages read the
+    directions from; ``figures`` are the fit's own numbers (reconstruction error, unexplained
+    variance, active and dead features, accuracy with the layer replaced by its reconstruction).
+    """
+
+    __tablename__ = "factorizations"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    layer_id: Mapped[int] = mapped_column(ForeignKey("layers.id"), unique=True)
+    base_layer_id: Mapped[int] = mapped_column(ForeignKey("layers.id"))
+    method: Mapped[str] = mapped_column(String(8))
+    components: Mapped[int]
+    blob_key: Mapped[str] = mapped_column(String(80))
+    recipe_sha256: Mapped[str] = mapped_column(String(64))
+    recipe: Mapped[dict[str, Any]]
+    figures: Mapped[dict[str, Any]]
+    run_id: Mapped[int] = mapped_column(ForeignKey("runs.id"))
+
+
+class DirectionWeight(Base):
+    """A base unit's weight in a direction (an NMF component, a dictionary atom): "made of" and "part of".
+
+    Kept where the weight is among the direction's largest (``in_direction`` rank) or among the
+    unit's largest over the layer's directions (``in_unit`` rank), so both lists read from rows.
+    """
+
+    __tablename__ = "direction_weights"
+    __table_args__ = (UniqueConstraint("direction_id", "unit_id"), Index("ix_direction_weights_unit", "unit_id"))
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    direction_id: Mapped[int] = mapped_column(ForeignKey("units.id"))
+    unit_id: Mapped[int] = mapped_column(ForeignKey("units.id"))
+    weight: Mapped[float]
+    in_direction: Mapped[int | None]
+    in_unit: Mapped[int | None]
+    run_id: Mapped[int] = mapped_column(ForeignKey("runs.id"))
+
+
+class UnitMixture(Base):
+    """How polysemantic a base unit reads in one derived layer: how many of its directions it is made of.
+
+    ``features`` counts the directions whose unit-norm vector puts at least the recipe's threshold on
+    the unit; ``effective`` is the participation ratio of the directions' shares of the unit's
+    reconstructed activity over the dataset (1: one feature explains it; n: n features equally).
+    """
+
+    __tablename__ = "unit_mixtures"
+    __table_args__ = (UniqueConstraint("unit_id", "factorization_id"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    unit_id: Mapped[int] = mapped_column(ForeignKey("units.id"))
+    factorization_id: Mapped[int] = mapped_column(ForeignKey("factorizations.id", ondelete="CASCADE"))
+    features: Mapped[int]
+    effective: Mapped[float]
+    run_id: Mapped[int] = mapped_column(ForeignKey("runs.id"))
+
+
+class LayerModules(Base):
+    """The units of two adjacent main layers clustered by the strength of the weights between them (issue 22).
+
+    ``modules``: one entry per module, ``{"units": {layer: [index, ...]}, "inside": share of its weight that
+    stays inside, "edges": its strongest inside connections [[source, target, norm]]}``; ``between``: the
+    modules' summed weights, module by module; ``ncut`` the clustering's normalized cut, ``shuffled`` the same
+    clustering's on the weights shuffled within the pair, and ``better`` the fraction of shuffles that cluster
+    better (a lower cut: Filan et al.'s clusterability test).
+    """
+
+    __tablename__ = "layer_modules"
+    __table_args__ = (UniqueConstraint("source_id", "target_id"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    source_id: Mapped[int] = mapped_column(ForeignKey("layers.id"))
+    target_id: Mapped[int] = mapped_column(ForeignKey("layers.id"))
+    count: Mapped[int]
+    ncut: Mapped[float]
+    shuffled: Mapped[list[Any]]
+    better: Mapped[float]
+    modules: Mapped[list[Any]]
+    between: Mapped[list[Any]]
+    recipe_sha256: Mapped[str] = mapped_column(String(64))
+    recipe: Mapped[dict[str, Any]]
+    run_id: Mapped[int] = mapped_column(ForeignKey("runs.id"))
+
+
+class UnitMatch(Base):
+    """One of a unit's nearest units in another model: the correlation of their activations over the same images,
+    spatially pooled (issue 22's universality; `precompute.match`). ``rank`` 0 is the best match."""
+
+    __tablename__ = "unit_matches"
+    __table_args__ = (UniqueConstraint("unit_id", "other_id"), Index("ix_unit_matches_unit", "unit_id", "rank"))
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    unit_id: Mapped[int] = mapped_column(ForeignKey("units.id"))
+    other_id: Mapped[int] = mapped_column(ForeignKey("units.id"))
+    rank: Mapped[int]
+    correlation: Mapped[float]
     run_id: Mapped[int] = mapped_column(ForeignKey("runs.id"))

@@ -15,8 +15,12 @@ from app.errors import UnknownLayer
 
 #: conv: a convolution on the network's trunk; mixed: a block's concatenated branches; residual: a
 #: block's sum of its paths (identity and convolutions); branch: a convolution inside a block;
-#: linear: a fully connected layer; logits: the classifier's output.
-LayerKind = Literal["conv", "mixed", "residual", "branch", "linear", "logits"]
+#: linear: a fully connected layer; logits: the classifier's output; nmf and sae: directions in
+#: another layer's activation space (issue 22: NMF groups, sparse dictionary features).
+LayerKind = Literal["conv", "mixed", "residual", "branch", "linear", "logits", "nmf", "sae"]
+
+#: Kinds of derived layers: each unit is a direction over its base layer's units (``inputs[0]``).
+DERIVED_KINDS: frozenset[str] = frozenset({"nmf", "sae"})
 
 #: Kinds whose units are counted as "main" units (the 5,808 of InceptionV1): the trunk, which
 #: every path from the input to the output crosses.
@@ -62,14 +66,35 @@ class LayerSpec:
     block: str | None = None
     #: Max pools between the input layer's activations and this layer's convolution, in order.
     pools: tuple[Pool, ...] = ()
+    #: A derived layer's factorization (its recipe's digest): every recipe made from its directions names it.
+    factorization: str | None = None
 
     @property
     def is_main(self) -> bool:
         return self.kind in MAIN_KINDS
 
+    @property
+    def is_derived(self) -> bool:
+        """Its units are directions over ``inputs[0]``'s (`derived_layer`)."""
+        return self.kind in DERIVED_KINDS
+
     def position_box(self, y: int, x: int, image_size: int) -> tuple[int, int, int, int]:
         """The receptive field of position (y, x) as (left, top, right, bottom), clipped to the image."""
         return position_box(self.offset, self.stride, self.receptive_field, y, x, image_size)
+
+
+def derived_name(base: str, method: str) -> str:
+    """The name of the derived layer of ``method`` over ``base``: ``mixed4c_nmf``, ``mixed3b_sae``."""
+    return f"{base}_{method}"
+
+
+def derived_layer(base: LayerSpec, method: str, components: int) -> LayerSpec:
+    """The layer of ``components`` directions over ``base``: its geometry, one unit per direction."""
+    if method not in DERIVED_KINDS:
+        raise ValueError(f"unknown factorization {method!r}")
+    return LayerSpec(name=derived_name(base.name, method), channels=components, kind=method,  # type: ignore[arg-type]
+                     size=base.size, stride=base.stride, receptive_field=base.receptive_field, offset=base.offset,
+                     inputs=(base.name,))
 
 
 def position_box(offset: int, stride: int, receptive_field: int, y: int, x: int,
@@ -190,7 +215,8 @@ class ModelSpec:
         return self.classes[unit].name if layer.kind == "logits" and unit < len(self.classes) else None
 
     def spatial_source(self, layer: LayerSpec) -> LayerSpec:
-        """The nearest layer at or before ``layer`` with a spatial map (fully connected layers have none)."""
-        while layer.kind in ("linear", "logits") and layer.inputs:
+        """The nearest layer at or before ``layer`` with a spatial map (fully connected layers have none); a
+        derived layer's is its base's."""
+        while (layer.kind in ("linear", "logits") or layer.is_derived) and layer.inputs:
             layer = self.layer(layer.inputs[0])
         return layer

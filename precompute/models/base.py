@@ -25,6 +25,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
+from app.errors import MicroscopeError
 from app.zoo import LayerSpec, ModelSpec
 from precompute.kernels import Kernel
 
@@ -88,6 +89,11 @@ class Network(nn.Module):
     def approximation(self, source: LayerSpec, target: LayerSpec, indirect: bool) -> str | None:
         """What a pair's weights hide beyond the stand-ins everyone uses, if anything."""
         return None
+
+    def spliced(self, layer: str, edit: Callable[[Tensor], Tensor]) -> Callable[[Tensor], Tensor]:
+        """Logits of RGB images with ``layer``'s output (after its ReLU, what the next layers read) replaced by
+        ``edit`` of it: how a factorization's reconstruction is scored (issue 22)."""
+        raise MicroscopeError(f"{self.spec.name}'s network cannot splice a layer's output (a traced network can)")
 
     def wanted(self, layers: Iterable[str] | None) -> set[str]:
         """The layer names asked for, checked (`UnknownLayer` suggests the nearest)."""

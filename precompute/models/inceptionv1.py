@@ -10,12 +10,13 @@ applied inside the module.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from app.errors import MicroscopeError
 from app.zoo import LayerSpec, ModelSpec
 from app.zoo.inceptionv1 import POOLED_BLOCKS
 from precompute.kernels import Kernel
@@ -95,9 +96,11 @@ def _max_pool(x: Tensor) -> Tensor:
 class _Capture:
     """Collects the requested activations (or hands them to a sink) and says when the rest can be skipped."""
 
-    def __init__(self, wanted: set[str], sink: Sink | None) -> None:
+    def __init__(self, wanted: set[str], sink: Sink | None,
+                 edits: Mapping[str, Callable[[Tensor], Tensor]] | None = None) -> None:
         self.wanted = wanted
         self.sink = sink
+        self.edits = edits or {}
         self.found: dict[str, Tensor] = {}
         self.seen = 0
 
@@ -109,6 +112,11 @@ class _Capture:
             self.found[name] = value
         else:
             self.sink(name, value)
+
+    def flowing(self, name: str, output: Tensor) -> Tensor:
+        """A layer's output after its ReLU, as the next layers read it: edited where `InceptionV1.spliced` says."""
+        edit = self.edits.get(name)
+        return output if edit is None else edit(output)
 
     @property
     def done(self) -> bool:
@@ -133,7 +141,7 @@ class Inception(nn.Module):
         )
         pre = torch.cat(outputs, dim=1)
         capture.add(self.name, pre)
-        return F.relu(pre)
+        return capture.flowing(self.name, F.relu(pre))
 
     def _branch(self, capture: _Capture):  # noqa: ANN202 - a small closure
         def run(suffix: str, x: Tensor) -> Tensor:
@@ -190,14 +198,22 @@ class InceptionV1(Network):
         With a ``sink``, each activation goes to it the moment it is computed
         (while it is still in cache) and none is kept: the result is empty.
         """
-        capture = _Capture(self.wanted(layers), sink)
+        return self._run(images, _Capture(self.wanted(layers), sink))
+
+    def spliced(self, layer: str, edit: Callable[[Tensor], Tensor]) -> Callable[[Tensor], Tensor]:
+        """Logits with ``layer``'s output after its ReLU replaced by ``edit`` of it (see `Network.spliced`)."""
+        if self.spec.layer(layer).kind not in ("conv", "mixed"):
+            raise MicroscopeError(f"only a trunk layer's output can be spliced, not {layer}'s")
+        return lambda images: self._run(images, _Capture({self.logits_name}, None, {layer: edit}))[self.logits_name]
+
+    def _run(self, images: Tensor, capture: _Capture) -> dict[str, Tensor]:
         x = self.preprocess(images)
         for name in ("conv2d0", "conv2d1", "conv2d2"):
             pre = self.convs[name](x)
             capture.add(name, pre)
             if capture.done:
                 return capture.found
-            x = F.relu(pre)
+            x = capture.flowing(name, F.relu(pre))
             if name == "conv2d0":
                 x = self.lrn0(_max_pool(x))
             elif name == "conv2d2":

@@ -10,20 +10,20 @@ from __future__ import annotations
 
 import json
 from collections import OrderedDict
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor, fx, nn
 from torchvision.models.feature_extraction import create_feature_extractor
 
 from app.errors import MicroscopeError, WeightsError
 from app.zoo.inceptionv1 import imagenet_classes, inception5h_classes
 from app.zoo.spec import ClassLabel, LayerSpec, ModelSpec
 from precompute.models.base import Network, Piece, Sink
-from precompute.models.graph import Naming, Traced, Unit, derive_layers, trace
+from precompute.models.graph import Naming, Traced, Unit, derive_layers, is_pass, trace
 from precompute.models.linear import linear_map
 from precompute.weight_files import file_sha256
 
@@ -124,6 +124,24 @@ class TracedNetwork(Network):
             else:
                 sink(name, value)
         return found
+
+    def spliced(self, layer: str, edit: Callable[[Tensor], Tensor]) -> Callable[[Tensor], Tensor]:
+        """The module's graph, copied, with ``edit`` applied where ``layer``'s output flows on: a block's
+        concatenation, else the ReLU after the layer's value (or the value, where no ReLU follows)."""
+        unit = self._units[layer]
+        flow = unit.node
+        if not unit.parts:
+            relus = [user for user in flow.users if is_pass(self._traced, user)]
+            flow = relus[0] if len(relus) == 1 and len(flow.users) == 1 else flow
+        graph = fx.Graph()
+        copied: dict[fx.Node, fx.Node] = {}
+        graph.output(graph.graph_copy(self._traced.graph, copied))
+        at = copied[flow]
+        with graph.inserting_after(at):
+            edited = graph.call_function(edit, (at,))
+        at.replace_all_uses_with(edited, delete_user_cb=lambda user: user is not edited)
+        module = fx.GraphModule(self.module, graph)
+        return lambda images: module(self.preprocess(images))
 
     def _value_paths(self, name: str) -> list[str]:
         unit = self._units[name]

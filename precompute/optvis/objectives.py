@@ -127,6 +127,25 @@ def neuron(layer: str, units: int | Sequence[int]) -> Objective:
     return Objective(score, frozenset({layer}), f"neuron({layer}, {units})")
 
 
+def direction(layer: str, vectors: Tensor, neuron: bool = False, relu: bool = True) -> Objective:
+    """Lucid's ``direction``: the dot product of a layer's output (after its ReLU) with a direction, averaged
+    over positions (``neuron``: at the centre only, Lucid's ``direction_neuron``); one direction per batch
+    element, rows of ``vectors`` (B, C) or one row for the whole batch (issue 22: NMF groups and dictionary
+    features render through their base layer)."""
+
+    def score(activations: Activations) -> Tensor:
+        activation = activations[layer]
+        output = redirected_relu(activation) if relu else activation
+        along = torch.einsum("bchw,bc->bhw", output.float(), vectors.to(output.device).float().expand(len(output), -1))
+        if neuron:
+            height, width = along.shape[-2:]
+            return along[:, height // 2, width // 2]
+        return along.flatten(1).mean(dim=1)
+
+    kind = "neuron" if neuron else ""
+    return Objective(score, frozenset({layer}), f"direction{kind}({layer}, {len(vectors)} directions)")
+
+
 def deepdream(layer: str) -> Objective:
     """Mean squared activation of a whole layer after its ReLU (Mordvintsev et al.'s DeepDream; Lucid's
     ``objectives.deepdream`` squares the layer's ReLU output), with Lucid's redirected gradient."""

@@ -1,0 +1,310 @@
+"""Directions as units (issue 22): NMF and the dictionary recover known directions; a direction is a unit to every stage."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from fastapi.testclient import TestClient
+from sqlalchemy import func, select
+
+from app.main import create_app
+from app.settings import Settings
+from app.store import DatasetExample, DatasetImage, DirectionWeight, Factorization, Layer, Store, Unit, UnitMixture
+from precompute.catalog import catalog
+from precompute.examples import input_transform
+from precompute.factors import FactorsConfig, run_factors
+from precompute.images import load_rgb, list_images
+from precompute.models import load, seeded_state_dict
+from precompute.models.derived import Factored, NMFCode, with_factors
+from precompute.optvis.param import PARAMETERIZATIONS
+from precompute.optvis.render import render
+from precompute.optvis.transform import STANDARD
+from precompute.stage import Stage
+from precompute.vis import objective_for
+from tests.tiny_model import DIRECTIONS, synthetic_images
+
+MODEL = "tests.tiny_model:two_directions"
+CPU = torch.device("cpu")
+
+
+@pytest.fixture(scope="module")
+def two(tmp_path_factory: pytest.TempPathFactory):  # noqa: ANN201
+    path = tmp_path_factory.mktemp("two") / "two.pt"
+    torch.save(seeded_state_dict(MODEL, 0), path)
+    return load(MODEL, path).net
+
+
+@pytest.fixture(scope="module")
+def images(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return synthetic_images(tmp_path_factory.mktemp("two-images"), 40, seed=3)
+
+
+def _truth() -> torch.Tensor:
+    return torch.nn.functional.normalize(torch.tensor(DIRECTIONS), dim=1)
+
+
+def _best_cosines(found: torch.Tensor) -> list[float]:
+    """For each true direction, the largest cosine with a found one."""
+    cosines = _truth() @ torch.nn.functional.normalize(found.float(), dim=1).T
+    return cosines.max(dim=1).values.tolist()
+
+
+def _factored(two, images: Path, tmp_path: Path, **options) -> tuple[Settings, Store, Stage]:  # noqa: ANN001
+    settings = Settings.load(tmp_path / "data")
+    store = Store.open(settings, create=True)
+    catalog(store, two.spec)
+    stage = Stage(store, two, "w", CPU, progress=False)
+    config = FactorsConfig(layers=(two.spec.layer("mix"),), samples=4000, accuracy=False, examples=8, image_batch=8,
+                           **options)
+    run_factors(stage, images, config)
+    return settings, store, Stage(store, with_factors(store, two, CPU), "w", CPU, progress=False)
+
+
+def test_nmf_and_the_dictionary_recover_the_layers_two_directions(two, images: Path, tmp_path: Path) -> None:  # noqa: ANN001
+    settings, store, stage = _factored(two, images, tmp_path, method="nmf", groups=2)
+    stage_sae = None
+    try:
+        net = stage.net
+        assert isinstance(net, Factored) and net.spec.layer("mix_nmf").channels == 2
+        assert min(_best_cosines(net.codes["mix_nmf"].components)) >= 0.9
+        run_factors(stage, images, FactorsConfig(layers=(two.spec.layer("mix"),), method="sae", expansion=2, k=1,
+                                                 samples=4000, steps=1500, batch=256, accuracy=False, examples=8,
+                                                 image_batch=8))
+        stage_sae = with_factors(store, two, CPU)
+        atoms = stage_sae.codes["mix_sae"].decoder
+        print(f"best cosines: NMF {_best_cosines(net.codes['mix_nmf'].components)}, dictionary {_best_cosines(atoms)}")
+        assert min(_best_cosines(atoms)) >= 0.9
+        with store.session() as session:
+            figures = dict(session.execute(select(Layer.name, Factorization.figures)
+                                           .join(Layer, Factorization.layer_id == Layer.id)).all())
+        assert figures["mix_nmf"]["unexplained_variance"] < 0.05 and figures["mix_sae"]["unexplained_variance"] < 0.2
+        assert 0 <= figures["mix_sae"]["dead_fraction"] <= 1 and figures["mix_sae"]["active_per_position"] <= 1
+    finally:
+        store.close()
+
+
+def test_the_code_is_the_nmf_solution_scikit_learn_finds(two) -> None:  # noqa: ANN001
+    from sklearn.decomposition import NMF
+
+    rng = np.random.default_rng(0)
+    components = rng.uniform(0, 1, (4, 12)).astype(np.float32)
+    rows = (rng.exponential(1, (300, 4)) @ components).astype(np.float32)
+    model = NMF(n_components=4, init="custom", max_iter=1000, tol=1e-8)
+    model.fit(rows, W=np.full((300, 4), 0.5, np.float32), H=components)  # fitting starts from the truth
+    theirs = model.transform(rows)
+    code = NMFCode(torch.from_numpy(model.components_.astype(np.float32)))
+    ours = code.solve(torch.from_numpy(rows)).numpy()
+    error = lambda w: np.linalg.norm(rows - w @ model.components_) / np.linalg.norm(rows)  # noqa: E731
+    assert error(ours) <= error(theirs) + 1e-3
+
+
+def test_a_directions_examples_are_the_positions_where_it_is_strongest(two, images: Path, tmp_path: Path) -> None:  # noqa: ANN001
+    settings, store, stage = _factored(two, images, tmp_path, method="nmf", groups=2)
+    try:
+        with store.session() as session:
+            rows = session.execute(
+                select(Unit.index, DatasetExample.rank, DatasetExample.activation, DatasetExample.y, DatasetExample.x,
+                       DatasetImage.path, DatasetExample.kind)
+                .join(Unit, DatasetExample.unit_id == Unit.id).join(Layer, Unit.layer_id == Layer.id)
+                .join(DatasetImage, DatasetExample.image_id == DatasetImage.id).where(Layer.name == "mix_nmf")
+            ).all()
+        assert rows and {kind for *_, kind in rows} == {"top"}  # NMF codes are never negative: no bottom examples
+        files = {file.path: file for file in list_images(images)}
+        transform = input_transform(two.spec)
+        maxima = {}
+        for path, file in files.items():
+            with torch.no_grad():
+                codes = stage.net(transform(load_rgb(file))[None], ("mix_nmf",))["mix_nmf"][0]
+            maxima[path] = codes
+        for unit, rank, activation, y, x, path, _ in rows:
+            codes = maxima[path][unit]
+            assert codes[y, x].item() == pytest.approx(activation, rel=1e-3, abs=1e-4)
+            assert codes.max().item() == pytest.approx(activation, rel=1e-3, abs=1e-4)  # its strongest position
+            if rank == 0:  # and no other image has a stronger one
+                assert all(other[unit].max().item() <= activation + 1e-4 for other in maxima.values())
+    finally:
+        store.close()
+
+
+def test_a_directions_render_increases_its_objective(two, images: Path, tmp_path: Path) -> None:  # noqa: ANN001
+    settings, store, stage = _factored(two, images, tmp_path, method="nmf", groups=2)
+    try:
+        layer = stage.spec.layer("mix_nmf")
+        vectors = stage.net.direction_vectors("mix_nmf", [0, 1])
+        objective = objective_for("channel", layer, [0, 1], "mix", vectors)
+        assert objective.layers == {"mix"}  # Lucid's direction objective, on the base layer
+        scores = [render(stage.net, objective, PARAMETERIZATIONS["fourier"](32), [1, 2], STANDARD, steps=steps,
+                         device=CPU).objective for steps in (1, 24)]
+        assert (scores[1] > scores[0]).all(), scores
+    finally:
+        store.close()
+
+
+def test_a_new_factorization_replaces_the_old_and_what_was_made_from_it(two, images: Path, tmp_path: Path) -> None:  # noqa: ANN001
+    settings, store, stage = _factored(two, images, tmp_path, method="nmf", groups=2)
+    try:
+        run_factors(stage, images, FactorsConfig(layers=(two.spec.layer("mix"),), method="nmf", groups=3,
+                                                 samples=4000, accuracy=False, examples=8, image_batch=8))
+        with store.session() as session:
+            layer = session.scalar(select(Layer).where(Layer.name == "mix_nmf"))
+            units = session.scalars(select(Unit.index).where(Unit.layer_id == layer.id)).all()
+            factorizations = session.scalar(select(func.count()).select_from(Factorization))
+            examples = session.execute(select(Unit.index, func.count()).select_from(DatasetExample)
+                                       .join(Unit, DatasetExample.unit_id == Unit.id)
+                                       .where(Unit.layer_id == layer.id).group_by(Unit.index)).all()
+            weights = session.scalar(select(func.count()).select_from(DirectionWeight))
+            mixtures = session.scalar(select(func.count()).select_from(UnitMixture))
+        assert (layer.channels, sorted(units), factorizations) == (3, [0, 1, 2], 1)
+        assert sorted(index for index, _ in examples) == [0, 1, 2]
+        assert weights == 3 * 8 and mixtures == 8  # one set of weights and mixtures: the new factorization's
+    finally:
+        store.close()
+
+
+def test_the_reconstruction_is_scored_by_the_network_with_the_layer_spliced(two, images: Path, tmp_path: Path) -> None:  # noqa: ANN001
+    labelled = tmp_path / "labelled"
+    for number, file in enumerate(list_images(images)[:20]):
+        target = labelled / two.spec.classes[number % 10].synset / Path(file.path).name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(file.full_path, target)
+    x = torch.rand(2, 3, two.spec.input_size, two.spec.input_size)
+    with torch.no_grad():
+        assert torch.allclose(two.spliced("mix", lambda a: a)(x), two.logits(x))
+        assert not torch.allclose(two.spliced("mix", torch.zeros_like)(x), two.logits(x))
+    settings = Settings.load(tmp_path / "data")
+    with Store.open(settings, create=True) as store:
+        catalog(store, two.spec)
+        result = run_factors(Stage(store, two, "w", CPU, progress=False), labelled,
+                             FactorsConfig(layers=(two.spec.layer("mix"),), method="nmf", groups=2, samples=2000,
+                                           examples=4, image_batch=8))
+    figures = result.figures["mix_nmf"]
+    # Two groups reconstruct the layer almost exactly, so the network decides as it did.
+    assert figures["spliced_top1"] == pytest.approx(figures["original_top1"], abs=0.051)
+    assert {"original_top5", "spliced_top5"} <= set(figures)
+
+
+def test_directions_have_pages_and_json_twins_and_a_unit_lists_the_directions_it_is_part_of(
+        two, images: Path, tmp_path: Path) -> None:  # noqa: ANN001
+    settings, store, stage = _factored(two, images, tmp_path, method="nmf", groups=2)
+    store.close()
+    client = TestClient(create_app(settings))
+    model = two.spec.name
+    layer = client.get(f"/models/{model}/mix_nmf.json").json()
+    assert layer["kind"] == "nmf" and layer["factorization"]["base"] == "mix" and len(layer["units"]) == 2
+    assert client.get(f"/models/{model}/mix_nmf").status_code == 200
+    unit = client.get(f"/models/{model}/mix_nmf/0.json").json()
+    assert unit["factorization"]["figures"]["unexplained_variance"] < 0.05
+    made_of = unit["made_of"]
+    assert made_of and all(item["unit"]["layer"] == "mix" for item in made_of)
+    assert abs(made_of[0]["weight"]) >= abs(made_of[-1]["weight"])
+    page = client.get(f"/models/{model}/mix_nmf/0")
+    assert page.status_code == 200 and "Made of" in page.text and made_of[0]["unit"]["url"] in page.text
+    assert client.get(unit["factorization"]["arrays_url"]).status_code == 200
+    base = client.get(f"/models/{model}/mix/0.json").json()
+    part = base["part_of"][0]
+    assert part["layer"] == "mix_nmf" and part["features"] >= 1 and part["effective"] >= 1
+    assert all(item["unit"]["layer"] == "mix_nmf" for item in part["directions"])
+    assert "Directions it takes part in" in client.get(f"/models/{model}/mix/0").text
+    assert client.get(f"/models/{model}/mix.json").json()["derived"][0]["name"] == "mix_nmf"
+    assert client.get(f"/models/{model}/mix_nmf/2.json").status_code == 404
+
+
+def test_the_hand_written_inceptionv1_splices_a_layer_as_a_traced_network_does() -> None:
+    from precompute.models import build
+
+    net = build("inceptionv1_caffe").eval()
+    x = torch.rand(1, 3, 224, 224)
+    with torch.no_grad():
+        logits = net.logits(x)
+        assert torch.allclose(net.spliced("mixed3b", lambda a: a)(x), logits)
+        assert not torch.allclose(net.spliced("mixed3b", torch.zeros_like)(x), logits)
+
+
+def test_a_block_diagonal_layer_clusters_into_its_blocks_and_better_than_its_shuffles(tmp_path: Path) -> None:
+    from app.store import LayerModules
+    from precompute.modules import ModulesConfig, clusterability, run_modules
+
+    path = tmp_path / "blocks.pt"
+    torch.save(seeded_state_dict("tests.tiny_model:blocks", 0), path)
+    net = load("tests.tiny_model:blocks", path).net
+    settings = Settings.load(tmp_path / "data")
+    with Store.open(settings, create=True) as store:
+        catalog(store, net.spec)
+        stage = Stage(store, net, "w", CPU, progress=False)
+        result = run_modules(stage, ModulesConfig(layers=(net.spec.layer("second"),), modules=2, shuffles=10))
+        again = run_modules(stage, ModulesConfig(layers=(net.spec.layer("second"),), modules=2, shuffles=10))
+        with store.session() as session:
+            row = session.scalar(select(LayerModules))
+    assert (result.pairs_clustered, again.pairs_clustered, again.pairs_reused) == (1, 0, 1)
+    assert row.ncut == pytest.approx(0, abs=1e-6) and min(row.shuffled) > 0.1 and row.better == 0
+    groups = sorted(sorted(module["units"]["second"]) for module in row.modules)
+    assert groups == [[0, 1, 2, 3], [4, 5, 6, 7]]  # the grouped convolution's two halves
+    assert all(module["inside"] == pytest.approx(1) for module in row.modules)
+    client = TestClient(create_app(settings))
+    for name in ("first", "second"):  # both layers show the pair's modules
+        section = client.get(f"/models/{net.spec.name}/{name}.json").json()["modules"][0]
+        assert (section["source"], section["target"], section["ncut"]) == ("first", "second", row.ncut)
+        assert len(section["modules"]) == 2 and section["modules"][0]["total"] == 8  # 4 + 4 units of the two layers
+    assert "Modules of" in client.get(f"/models/{net.spec.name}/second").text
+    rng = np.random.default_rng(0)
+    dense = rng.uniform(0, 1, (8, 8))
+    _, ncut, shuffled = clusterability(dense, 2, 10, 0)
+    assert abs(ncut - float(np.mean(shuffled))) < 0.25  # a dense random layer is no more modular than its shuffles
+
+
+def test_two_copies_match_unit_to_unit_and_a_permuted_copy_recovers_the_permutation(images: Path, tmp_path: Path) -> None:
+    import json
+
+    from app.store import UnitMatch
+    from precompute.match import run_match
+
+    state = seeded_state_dict("tests.tiny_model:blocks", 0)
+    path = tmp_path / "blocks.pt"
+    torch.save(state, path)
+    # The copy's first layer has its units permuted within each of the second layer's two groups (and the
+    # second layer reads them in that order): the same function, its units in another order.
+    permutation = [2, 0, 3, 1, 7, 5, 4, 6]
+    permuted = dict(state)
+    first_weight = next(key for key in state if key.endswith("first.weight"))
+    second_weight = next(key for key in state if key.endswith("second.weight"))
+    permuted[first_weight] = state[first_weight][permutation]
+    permuted[first_weight.replace("weight", "bias")] = state[first_weight.replace("weight", "bias")][permutation]
+    within = [p % 4 for p in permutation]
+    second = state[second_weight].clone()
+    second[:4] = state[second_weight][:4][:, within[:4]]
+    second[4:] = state[second_weight][4:][:, within[4:]]
+    permuted[second_weight] = second
+    copy = tmp_path / "copy.pt"
+    torch.save(permuted, copy)
+    named = tmp_path / "names.json"
+    named.write_text(json.dumps({"name": "blocks-copy"}))
+    a = load("tests.tiny_model:blocks", path).net
+    b = load("tests.tiny_model:blocks", copy, named).net
+    x = torch.rand(2, 3, 224, 224)
+    with torch.no_grad():
+        assert torch.allclose(a.logits(x), b.logits(x), atol=1e-5)
+    settings = Settings.load(tmp_path / "data")
+    with Store.open(settings, create=True) as store:
+        catalog(store, a.spec)
+        catalog(store, b.spec)
+        result = run_match(store, (a, b), ("wa", "wb"), images, CPU, progress=False)
+        with store.session() as session:
+            names = {unit_id: (model, layer, index) for unit_id, model, layer, index in session.execute(
+                select(Unit.id, Layer.model_id, Layer.name, Unit.index).join(Layer, Unit.layer_id == Layer.id))}
+            first_model = session.scalar(select(Layer.model_id).where(Layer.name == "first").order_by(Layer.id))
+            best = {names[u]: (names[o][1:], c) for u, o, c in session.execute(
+                select(UnitMatch.unit_id, UnitMatch.other_id, UnitMatch.correlation).where(UnitMatch.rank == 0))}
+    assert result.matched["second"] == 1.0
+    for unit in range(8):
+        (layer, index), correlation = best[first_model, "second", unit]
+        assert (layer, index) == ("second", unit) and correlation == pytest.approx(1, abs=1e-3)
+        (layer, index), correlation = best[first_model, "first", permutation[unit]]
+        assert (layer, index) == ("first", unit) and correlation == pytest.approx(1, abs=1e-3)
+    client = TestClient(create_app(settings))
+    page = client.get(f"/models/{a.spec.name}/second/3.json").json()
+    assert page["matches"][0]["unit"]["model"] == "blocks-copy" and page["matches"][0]["unit"]["index"] == 3
+    assert "Nearest units in other models" in client.get(f"/models/{a.spec.name}/second/3").text
