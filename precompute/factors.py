@@ -268,23 +268,19 @@ class _SAE(torch.nn.Module):
 
     def forward(self, x: Tensor, dead: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor | None]:
         """Reconstruction, the chosen features (N, k) and, given the dead mask, the AuxK reconstruction of the
-        residual. The full encoder product runs without autograd; only the chosen entries carry gradients, so a
-        step costs one dense product instead of four."""
+        residual. Dense products throughout: on a CPU five matrix products of the batch beat gathering k
+        atoms per position several times over."""
         centred = x - self.decoder_bias
-        with torch.no_grad():
-            pre = centred @ self.encoder.T + self.encoder_bias
-        chosen = pre.topk(self.k, dim=1).indices
-        recon = self._decode(centred, chosen) + self.decoder_bias
+        pre = centred @ self.encoder.T + self.encoder_bias
+        top = pre.topk(self.k, dim=1)
+        code = torch.zeros_like(pre).scatter(1, top.indices, top.values.relu())
+        recon = code @ self.decoder + self.decoder_bias
         aux = None
         if dead is not None and bool(dead.any()):
             k_aux = min(int(dead.sum()), 2 * self.k)
-            picked = pre.masked_fill(~dead, -math.inf).topk(k_aux, dim=1).indices
-            aux = self._decode(centred, picked)
-        return recon, chosen, aux
-
-    def _decode(self, centred: Tensor, chosen: Tensor) -> Tensor:
-        values = (torch.einsum("nc,nkc->nk", centred, self.encoder[chosen]) + self.encoder_bias[chosen]).relu()
-        return torch.einsum("nk,nkc->nc", values, self.decoder[chosen])
+            picked = pre.masked_fill(~dead, -math.inf).topk(k_aux, dim=1)
+            aux = torch.zeros_like(pre).scatter(1, picked.indices, picked.values.relu()) @ self.decoder
+        return recon, top.indices, aux
 
 
 def geometric_median(rows: Tensor, iterations: int = 64) -> Tensor:
