@@ -18,16 +18,16 @@ each's 30 most curve-selective units. The store at --data needs its examples (`m
 from __future__ import annotations
 
 import argparse
-import sqlite3
 import statistics
 import sys
-import tempfile
 import time
 from collections import Counter
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+
+from bench.scratch import scratch_copy  # noqa: E402
 
 
 def main() -> None:
@@ -59,13 +59,7 @@ def main() -> None:
     device = pick_device(arguments.device)
     net = loaded.net.to(device)
     rows = []
-    with tempfile.TemporaryDirectory() as scratch:
-        copy = Path(scratch)
-        source = sqlite3.connect(arguments.data / "microscope.sqlite")
-        target = sqlite3.connect(copy / "microscope.sqlite")
-        source.backup(target)
-        source.close(), target.close()
-        (copy / "blobs").symlink_to((arguments.data / "blobs").resolve())
+    with scratch_copy(arguments.data) as copy:
         with Store.open(Settings.load(copy)) as store:
             root = stored_dataset_root(store)
             if root is None:

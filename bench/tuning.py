@@ -13,15 +13,15 @@ layer's curve family spans: the preferred orientations of its 30 most curve-sele
 from __future__ import annotations
 
 import argparse
-import sqlite3
 import sys
-import tempfile
 import time
 from collections import Counter
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+
+from bench.scratch import scratch_copy  # noqa: E402
 
 
 def main() -> None:
@@ -45,13 +45,7 @@ def main() -> None:
     loaded = load(arguments.model, None)
     device = pick_device(arguments.device)
     net = loaded.net.to(device)
-    with tempfile.TemporaryDirectory() as scratch:
-        copy = Path(scratch)
-        source = sqlite3.connect(arguments.data / "microscope.sqlite")
-        target = sqlite3.connect(copy / "microscope.sqlite")
-        source.backup(target)
-        source.close(), target.close()
-        (copy / "blobs").symlink_to((arguments.data / "blobs").resolve())
+    with scratch_copy(arguments.data) as copy:
         with Store.open(Settings.load(copy)) as store:
             with store.transaction() as session:
                 session.execute(delete(UnitTuning))

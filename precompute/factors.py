@@ -277,9 +277,10 @@ class _SAE(torch.nn.Module):
         recon = code @ self.decoder + self.decoder_bias
         aux = None
         if dead is not None and bool(dead.any()):
-            k_aux = min(int(dead.sum()), 2 * self.k)
-            picked = pre.masked_fill(~dead, -math.inf).topk(k_aux, dim=1)
-            aux = torch.zeros_like(pre).scatter(1, picked.indices, picked.values.relu()) @ self.decoder
+            silent = dead.nonzero().squeeze(1)  # only the dead features' columns: usually a few
+            among = pre[:, silent]
+            picked = among.topk(min(len(silent), 2 * self.k), dim=1)
+            aux = torch.zeros_like(among).scatter(1, picked.indices, picked.values.relu()) @ self.decoder[silent]
         return recon, top.indices, aux
 
 
