@@ -211,6 +211,8 @@ def test_directions_have_pages_and_json_twins_and_a_unit_lists_the_directions_it
     assert "Directions it takes part in" in client.get(f"/models/{model}/mix/0").text
     assert client.get(f"/models/{model}/mix.json").json()["derived"][0]["name"] == "mix_nmf"
     assert client.get(f"/models/{model}/mix_nmf/2.json").status_code == 404
+    found = client.get("/search?q=mix_nmf:1", follow_redirects=False)  # searched like a neuron
+    assert found.status_code == 303 and found.headers["location"].endswith(f"/models/{model}/mix_nmf/1")
 
 
 def test_the_hand_written_inceptionv1_splices_a_layer_as_a_traced_network_does() -> None:
