@@ -387,8 +387,7 @@ def _reconstruction(code: Code) -> Callable[[Tensor], Tensor]:
 
     def edit(post: Tensor) -> Tensor:
         rows = post.permute(0, 2, 3, 1).reshape(-1, post.shape[1])
-        sparse = code.sparse(rows) if isinstance(code, SAECode) else code.solve(rows)
-        back = code.reconstruct(sparse).clamp(min=0).to(post.dtype)
+        back = code.reconstruct(code.sparse(rows)).clamp(min=0).to(post.dtype)
         return back.reshape(post.shape[0], post.shape[2], post.shape[3], -1).permute(0, 3, 1, 2)
 
     return edit
@@ -423,7 +422,7 @@ def _mixtures(code: Code, rows: Tensor) -> tuple[Tensor, Tensor]:
     shares = torch.zeros_like(atoms)
     with torch.no_grad():
         for chunk in rows.split(8192):
-            sparse = code.sparse(chunk) if isinstance(code, SAECode) else code.solve(chunk)
+            sparse = code.sparse(chunk)
             decoder = code.decoder * code.scale if isinstance(code, SAECode) else code.components
             shares += (sparse.sum(dim=0)[:, None] * decoder).clamp(min=0)
     total = shares.sum(dim=0)

@@ -77,6 +77,10 @@ class NMFCode(nn.Module):
             code, t = step, t_next
         return code
 
+    def sparse(self, rows: Tensor) -> Tensor:
+        """The code a reconstruction is made from (`SAECode.sparse`'s twin): here the whole NNLS code."""
+        return self.solve(rows)
+
     def forward(self, post: Tensor) -> Tensor:
         return _grid(self.solve(_positions(post)), post)
 
