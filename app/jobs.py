@@ -8,7 +8,7 @@ and write the results into the store with the precompute stages' code.
 Around Huey's queue, three things it does not do by itself:
 
 - **One job per request.** Each job has a key (``render:model:layer:units:technique``,
-  ``probe:model:sha256``); a second request for a key that is queued or running
+  ``probe:model:sha256``, ``probe-render:model:probe:layer:kind:index``); a second request for a key that is queued or running
   joins it instead of adding a job.
 - **One list per model.** A worker holds one network, so each model's jobs wait in
   their own Huey queue (``microscope-jobs-<model>``) and a worker takes only its
@@ -88,6 +88,10 @@ def _forget(key: str, model: str, probe_id: str) -> None:
     HANDLERS["forget"](model, probe_id)
 
 
+def _probe_render(key: str, model: str, probe_id: str, layer: str, kind: str, index: int) -> None:
+    HANDLERS["probe_render"](model, probe_id, layer, kind, index)
+
+
 def queue_location(settings: Settings) -> str:
     """``MICROSCOPE_QUEUE`` (a Redis URL or a SQLite file), else ``queue.sqlite3`` in the store directory."""
     return settings.queue_url or str(settings.data_dir / QUEUE_FILE)
@@ -149,17 +153,17 @@ class JobQueue:
         self._sizes = _huey(location, "microscope-upload-sizes").storage
         #: Bytes of uploads that may wait at once, all clients together (None: no quota).
         self.upload_quota = upload_quota
-        self._lists: dict[str, tuple[Huey, Any, Any, Any]] = {}
+        self._lists: dict[str, tuple[Huey, Any, Any, Any, Any]] = {}
 
     def jobs(self, model: str) -> Huey:
         """``model``'s own job list (a worker takes only the jobs of the model it runs)."""
         return self._list(model)[0]
 
-    def _list(self, model: str) -> tuple[Huey, Any, Any, Any]:
+    def _list(self, model: str) -> tuple[Huey, Any, Any, Any, Any]:
         if model not in self._lists:
             huey = _huey(self.location, f"microscope-jobs-{model}")
             self._lists[model] = (huey, huey.task(name="render")(_render), huey.task(name="probe")(_probe),
-                                  huey.task(name="forget")(_forget))
+                                  huey.task(name="forget")(_forget), huey.task(name="probe_render")(_probe_render))
         return self._lists[model]
 
     @classmethod
@@ -180,6 +184,10 @@ class JobQueue:
     @staticmethod
     def forget_key(model: str, probe_id: str) -> str:
         return f"forget:{model}:{probe_id}"
+
+    @staticmethod
+    def probe_render_key(model: str, probe_id: str, layer: str, kind: str, index: int) -> str:
+        return f"probe-render:{model}:{probe_id}:{layer}:{kind}:{index}"
 
     # The server's side ---------------------------------------------------------------------
 
@@ -215,6 +223,15 @@ class JobQueue:
         except MicroscopeError:
             self.forget_ids(key)  # refused: nothing of it stays
             raise
+
+    def request_probe_render(self, model: str, probe_id: str, layer: str, kind: str, index: int,
+                             client: str | None = None) -> JobState:
+        """Queue a picture of a stored probe (``kind`` ``group``: a neuron group's direction); one that failed
+        before is tried again."""
+        key = self.probe_render_key(model, probe_id, layer, kind, index)
+        task = self._list(model)[4]
+        self.huey.storage.delete_data(f"failed:{key}")
+        return self._submit(key, lambda: task.s(key, model, probe_id, layer, kind, index, priority=PAGE), client)
 
     def probe_of(self, probe_id: str) -> str | None:
         """The job key of the probe ``probe_id`` while it is not stored (queued, running or failed)."""

@@ -20,7 +20,7 @@ from app import queries, urls
 from app.errors import MicroscopeError, NotFound
 from app.access import TOKEN_COOKIE, check_origin, check_policy, client_address, guard_probes, guard_renders, token_matches
 from app.jobs import LAYER, JobQueue, JobState, QueueFull, TooManyJobs
-from app.live_pages import probe_page, render_status_page, stored_probe, worker_command
+from app.live_pages import group_render_page, probe_page, render_status_page, stored_probe, worker_command
 from app.page_types import LayerRequest, LoginPage, ProbeForm
 from app.respond import json_response, respond
 from app.state import ServerState
@@ -245,6 +245,29 @@ def probe_status(request: Request, model: str, probe_id: str, state: StateDep, c
     return _private(respond(request, page, "_probe_status.html", json=False))
 
 
+@twin("/models/{model}/probes/{probe_id}/groups/{layer}/{group:int}/render", "probe_group_status", on=router)
+def probe_group_status(request: Request, model: str, probe_id: str, layer: str, group: int, state: StateDep,
+                       connection: ConnectionDep, json: bool) -> Response:
+    """Whether the picture of a probe's neuron group is rendered, queued (and where) or not asked for."""
+    page = group_render_page(state, connection, state.catalog(connection, model), model, probe_id, layer, group)
+    return _private(respond(request, page, "_group_render.html", json))
+
+
+@twin("/models/{model}/probes/{probe_id}/groups/{layer}/{group:int}/render", "probe_group_render", methods=("POST",),
+      on=router, status_code=202, dependencies=[Depends(guard_probes)],
+      responses={200: {"description": "Rendered already: its status"}})
+def probe_group_render(request: Request, model: str, probe_id: str, layer: str, group: int, state: StateDep,
+                       connection: ConnectionDep, json: bool) -> Response:
+    """Queue the picture of a probe's neuron group (its direction, rendered like a unit's); answers its status."""
+    catalog = state.catalog(connection, model)
+    page = group_render_page(state, connection, catalog, model, probe_id, layer, group)
+    if page.state in ("none", "failed"):
+        job = _require_queue(state).request_probe_render(model, probe_id, layer, "group", group,
+                                                         client=client_address(request, state.settings))
+        page = group_render_page(state, connection, catalog, model, probe_id, layer, group, job)
+    return _private(respond(request, page, "_group_render.html", json, 200 if page.state == "rendered" else 202))
+
+
 @router.get("/models/{model}/probes/{probe_id}/images/{key}", name="probe_image", include_in_schema=False)
 def probe_image(model: str, probe_id: str, key: str, state: StateDep, connection: ConnectionDep) -> Response:
     """One of a probe's pictures, to whoever holds the probe's URL: never cached by others, never a redirect."""
@@ -252,8 +275,8 @@ def probe_image(model: str, probe_id: str, key: str, state: StateDep, connection
     queue = state.queue()
     if page_row is None or (queue is not None and queue.forgotten(probe_id)):
         raise NotFound(f"no probe {probe_id!r} of {model}")
-    mine = key == page_row.image_key or connection.scalar(
-        queries.probe_heatmap, {"probe": page_row.id, "key": key}) is not None
+    mine = key == page_row.image_key or any(
+        connection.scalar(query, {"probe": page_row.id, "key": key}) is not None for query in queries.probe_pictures)
     if not mine or not state.blobs.has_key(key):
         raise NotFound(f"the probe {probe_id} has no image {key!r}")
     return Response(state.blobs.get(key), media_type=state.media_type(key), headers=PRIVATE)

@@ -12,12 +12,16 @@ from app.refs import pictures, unit_ref
 from app.catalog import Catalog
 from app.errors import NotFound
 from app.jobs import JobQueue, JobState
-from app.page_types import ProbedLayer, ProbedUnit, ProbePage, RenderStatus
+from app.page_types import GroupRender, ProbedGroup, ProbedLayer, ProbedUnit, ProbePage, RenderStatus, Weighted
 from app.state import ServerState
 
 #: Seconds between status polls while a worker is on it, and while none is running.
 POLL_SECONDS = 1
 POLL_IDLE_SECONDS = 5
+#: The colours of a probe's neuron groups' maps, in order of share (`precompute.probe.GROUP_COLOURS`).
+GROUP_COLOURS = ("#e6194b", "#0082c8", "#3cb44b", "#f58230", "#911eb4", "#00aaaa")
+#: Units listed per neuron group.
+GROUP_UNITS = 5
 
 
 def worker_command(state: ServerState) -> str:
@@ -92,7 +96,9 @@ def probe_page(state: ServerState, connection: Connection, catalog: Catalog, mod
         ref = unit_ref(catalog, unit_id, shown)
         heatmap = urls.probe_image(model, probe_id, key)
         by_layer.setdefault(ref.layer, []).append(ProbedUnit(ref, rank, activation, y, x, heatmap))
-    layers = [ProbedLayer(layer.name, urls.layer(model, layer.name), sorted(by_layer[layer.name], key=lambda u: u.rank))
+    groups = _groups(state, connection, catalog, model, probe_id, probe.id)
+    layers = [ProbedLayer(layer.name, urls.layer(model, layer.name), sorted(by_layer[layer.name], key=lambda u: u.rank),
+                          *groups.get(layer.name, ([], None)))
               for layer in entry.layers if layer.name in by_layer]
     return ProbePage(**base, state="done", message="done", poll=None, sha256=probe.sha256,
                      image_url=urls.probe_image(model, probe_id, probe.image_key), width=probe.width,
@@ -106,3 +112,65 @@ def stored_probe(connection: Connection, model: str, *, sha256: str | None = Non
     if sha256 is not None:
         return connection.execute(queries.probe_by_sha256, {"model": model, "sha256": sha256}).first()
     return connection.execute(queries.probe_by_id, {"model": model, "public_id": public_id}).first()
+
+
+def _groups(state: ServerState, connection: Connection, catalog: Catalog, model: str, probe_id: str,
+            row_id: int) -> dict[str, tuple[list[ProbedGroup], float]]:
+    """A stored probe's neuron groups by layer, with their fits and their pictures' states."""
+    rows = connection.execute(queries.probe_groups, {"probe": row_id}).all()
+    renders = {(layer, index): (key, objective, recipe)
+               for layer, kind, index, key, objective, recipe in connection.execute(queries.probe_renders, {"probe": row_id})
+               if kind == "group"}
+    tops = {}
+    for layer, group, _, _, vector, _, _ in rows:
+        order = sorted(range(len(vector)), key=lambda unit: -vector[unit])[:GROUP_UNITS]
+        tops[layer, group] = [(catalog.model(model).layer(layer).unit_id(unit), vector[unit]) for unit in order
+                              if vector[unit] > 0]
+    shown = pictures(connection, [unit_id for top in tops.values() for unit_id, _ in top])
+    queue = state.queue()
+    out: dict[str, tuple[list[ProbedGroup], float]] = {}
+    for layer, group, share, fvu, _, heatmap_key, _ in rows:
+        render = _group_render(state, queue, model, probe_id, layer, group, renders.get((layer, group)))
+        units = [Weighted(unit_ref(catalog, unit_id, shown), round(weight, 4)) for unit_id, weight in tops[layer, group]]
+        entry = ProbedGroup(group, GROUP_COLOURS[group % len(GROUP_COLOURS)], share,
+                            urls.probe_image(model, probe_id, heatmap_key), units, render)
+        out.setdefault(layer, ([], fvu))[0].append(entry)
+    return out
+
+
+def _group_render(state: ServerState, queue: JobQueue | None, model: str, probe_id: str, layer: str, group: int,
+                  stored: tuple | None, job: JobState | None = None) -> GroupRender:
+    status_url = urls.probe_group_render(model, probe_id, layer, group)
+    if stored is not None:
+        key, objective, recipe = stored
+        return GroupRender(layer, group, "rendered", "rendered", status_url, urls.probe_image(model, probe_id, key),
+                           objective, recipe)
+    if queue is None:
+        return GroupRender(layer, group, "off", "Rendering on demand is off: the server has no job queue.", status_url)
+    job = job or queue.state(JobQueue.probe_render_key(model, probe_id, layer, "group", group))
+    workers = len(queue.live_workers())
+    message = {"none": "Not rendered.", "running": "Rendering now.", "failed": f"Rendering failed: {job.message}"}.get(
+        job.state, f"Queued: {job.position} of {job.pending} waiting.")
+    if not workers and job.state in ("queued", "running"):
+        message += f" No worker is running: {worker_command(state)}"
+    poll = (POLL_SECONDS if workers else POLL_IDLE_SECONDS) if job.state in ("queued", "running") else None
+    return GroupRender(layer, group, job.state, message, status_url, poll=poll)
+
+
+def group_render_page(state: ServerState, connection: Connection, catalog: Catalog, model: str, probe_id: str,
+                      layer: str, group: int, job: JobState | None = None) -> GroupRender:
+    """Where the picture of one of a stored probe's neuron groups stands."""
+    catalog.model(model).layer(layer)
+    queue = state.queue()
+    if queue is not None and queue.forgotten(probe_id):
+        raise ProbeGone(f"the probe {probe_id} was deleted")
+    row = stored_probe(connection, model, public_id=probe_id)
+    if row is None:
+        raise NotFound(f"no stored probe {probe_id!r} of {model}")
+    found = [r for r in connection.execute(queries.probe_groups, {"probe": row.id}) if r[0] == layer and r[1] == group]
+    if not found:
+        raise NotFound(f"the probe {probe_id} has no neuron group {group} in {layer}")
+    stored = next(((key, objective, recipe) for name, kind, index, key, objective, recipe
+                   in connection.execute(queries.probe_renders, {"probe": row.id})
+                   if (name, kind, index) == (layer, "group", group)), None)
+    return _group_render(state, queue, model, probe_id, layer, group, stored, job)

@@ -330,10 +330,45 @@ class ProbedUnit:
 
 
 @dataclass(frozen=True)
+class GroupRender:
+    """Where the picture of a probe's neuron group stands: ``rendered``, ``queued``, ``running``, ``failed``,
+    ``none`` (ask for it: POST ``status_url``) or ``off`` (no job queue)."""
+
+    layer: str
+    group: int
+    state: str
+    message: str
+    status_url: str
+    image_url: str | None = None
+    #: The direction objective the picture reached, and its recipe.
+    objective: float | None = None
+    recipe: dict[str, Any] | None = None
+    poll: int | None = None
+    kind: str = "group-render"
+
+
+@dataclass(frozen=True)
+class ProbedGroup:
+    """One of a probe's neuron groups in a layer (Building Blocks): where on the image, made of which units."""
+
+    group: int
+    #: Its map's colour (``#rrggbb``), and its part of the layer's reconstructed activity.
+    colour: str
+    share: float
+    heatmap_url: str
+    #: The units with the largest weight in its (unit-norm) direction.
+    units: list[Weighted]
+    render: GroupRender
+
+
+@dataclass(frozen=True)
 class ProbedLayer:
     name: str
     url: str
     units: list[ProbedUnit]
+    groups: list[ProbedGroup] = field(default_factory=list)
+    #: The fraction of the layer's variance over the image's positions that its groups leave unexplained.
+    groups_fvu: float | None = None
 
 
 @dataclass(frozen=True)

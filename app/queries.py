@@ -8,8 +8,8 @@ from __future__ import annotations
 
 from sqlalchemy import bindparam, func, select
 
-from app.store import (Artifact, Dataset, DatasetExample, DatasetImage, DirectionWeight, Edge, Factorization, LayerArtifact, LayerModules,
-                       Model, Probe, ProbeUnit, Run, UnitLabel, UnitMatch, UnitMixture, UnitStats, UnitTuning)
+from app.store import (Artifact, Dataset, DatasetExample, DatasetImage, DirectionWeight, Edge, Factorization, Layer, LayerArtifact, LayerModules,
+                       Model, Probe, ProbeGroup, ProbeRender, ProbeUnit, Run, UnitLabel, UnitMatch, UnitMixture, UnitStats, UnitTuning)
 
 THUMBNAIL_TECHNIQUE = "channel"
 
@@ -127,9 +127,20 @@ probe_by_id = _probe.where(Model.name == bindparam("model"), Probe.public_id == 
 probe_units = (select(ProbeUnit.unit_id, ProbeUnit.rank, ProbeUnit.activation, ProbeUnit.y, ProbeUnit.x,
                       ProbeUnit.heatmap_key).where(ProbeUnit.probe_id == bindparam("probe")).order_by(ProbeUnit.id))
 
-#: Whether a blob is one of a probe's heatmaps.
-probe_heatmap = select(ProbeUnit.id).where(ProbeUnit.probe_id == bindparam("probe"),
-                                           ProbeUnit.heatmap_key == bindparam("key")).limit(1)
+#: Whether a blob is one of a probe's pictures (a unit's or a group's heatmap, a picture rendered for it).
+probe_pictures = [
+    select(column).where(column.class_.probe_id == bindparam("probe"), column == bindparam("key")).limit(1)
+    for column in (ProbeUnit.heatmap_key, ProbeGroup.heatmap_key, ProbeRender.image_key)
+]
+
+#: A probe's neuron groups per layer (issue 22), and the pictures rendered for it on demand.
+probe_groups = (select(Layer.name, ProbeGroup.group, ProbeGroup.share, ProbeGroup.fvu, ProbeGroup.vector,
+                       ProbeGroup.heatmap_key, Layer.id)
+                .join(Layer, ProbeGroup.layer_id == Layer.id).where(ProbeGroup.probe_id == bindparam("probe"))
+                .order_by(ProbeGroup.id))
+probe_renders = (select(Layer.name, ProbeRender.kind, ProbeRender.index, ProbeRender.image_key, ProbeRender.objective,
+                        ProbeRender.recipe)
+                 .join(Layer, ProbeRender.layer_id == Layer.id).where(ProbeRender.probe_id == bindparam("probe")))
 
 #: Factorizations (issue 22): a derived layer's, the derived layers over a base layer, weights both ways.
 factorization = (

@@ -89,6 +89,11 @@ def probe_delete(model_name: str, probe_id: str) -> str:
     return f"/models/{quote(model_name)}/probes/{probe_id}/delete"
 
 
+def probe_group_render(model_name: str, probe_id: str, layer_name: str, group: int, json: bool = False) -> str:
+    """A probe's neuron group's picture: its status (GET), or a request for it (POST)."""
+    return f"/models/{quote(model_name)}/probes/{probe_id}/groups/{quote(layer_name)}/{group}/render{_suffix(json)}"
+
+
 def probe_image(model_name: str, probe_id: str, key: str) -> str:
     """One of a probe's images (what the network saw, or a heatmap), served private: never from /blobs."""
     return f"/models/{quote(model_name)}/probes/{probe_id}/images/{key}"

@@ -6,11 +6,20 @@ compare with the unit's dataset examples. For each main layer the units with
 the largest maximum (pre-ReLU) activation over the image are kept, each with
 a heatmap: its activation map laid over the framed image at the positions'
 true centres (offset and stride), transparent at zero and below.
+
+Each main layer's activations are also factorized into a few *neuron groups*
+(Building Blocks: non-negative matrix factorization of the post-ReLU
+activations at the image's positions, scikit-learn's NMF): each group has a
+spatial map over the image, drawn in its own colour, and a direction over the
+layer's units that the worker renders on demand (`render_group`) with the
+renderer of the units' own pictures and Lucid's direction objective.
 """
 
 from __future__ import annotations
 
 import io
+import warnings
+from collections.abc import Callable
 from datetime import UTC, datetime
 
 import numpy as np
@@ -20,12 +29,14 @@ from PIL import Image
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 
-from app.store import Probe, ProbeUnit, Store
+from app.errors import MicroscopeError
+from app.store import Layer, Probe, ProbeGroup, ProbeRender, ProbeUnit, Store
 from app.store.schema import new_probe_id
 from app.uploads import UploadLimits, check_image
 from app.zoo import LayerSpec, ModelSpec
 from precompute.examples import PREPROCESSING, input_transform
-from precompute.runs import catalogued_model, unit_ids
+from precompute.recipes import ON_DEMAND, Defaults
+from precompute.runs import catalogued_model, digested, unit_ids
 from precompute.stage import Stage
 
 TOP_CLASSES = 5
@@ -35,8 +46,11 @@ HEATMAP_COLOUR = (255, 96, 0)
 HEATMAP_ALPHA = 0.85
 #: Heatmaps are stored at half the input's side (the browser scales them smoothly over the image).
 HEATMAP_SIDE = 112
-#: Bumped when a probe's numbers would change.
-PROBE_ALGORITHM = 1
+#: Neuron groups per layer (Building Blocks shows six), and the colour of each group's map, in order of share.
+GROUPS = 6
+GROUP_COLOURS = ((230, 25, 75), (0, 130, 200), (60, 180, 75), (245, 130, 48), (145, 30, 180), (0, 170, 170))
+#: Bumped when a probe's numbers would change (2: neuron groups).
+PROBE_ALGORITHM = 2
 
 
 def stored(store: Store, spec: ModelSpec, sha256: str) -> bool:
@@ -45,10 +59,12 @@ def stored(store: Store, spec: ModelSpec, sha256: str) -> bool:
         return session.scalar(select(Probe.id).where(Probe.model_id == model.id, Probe.sha256 == sha256)) is not None
 
 
-def heatmaps(maps: torch.Tensor, layer: LayerSpec, input_size: int, side: int = HEATMAP_SIDE) -> list[bytes]:
+def heatmaps(maps: torch.Tensor, layer: LayerSpec, input_size: int, side: int = HEATMAP_SIDE,
+             colours: list[tuple[int, int, int]] | None = None) -> list[bytes]:
     """Each of a layer's (K, H, W) maps over the input as a ``side`` px RGBA PNG, positions at their centres.
 
-    Opacity is the activation over the map's own maximum on this image (none at zero or below).
+    Opacity is the activation over the map's own maximum on this image (none at zero or below); map i is
+    in ``colours[i]`` (`HEATMAP_COLOUR` for all without).
     """
     count, height, width = maps.shape
     # Heatmap pixel p covers input pixel (p + 0.5) * input / side - 0.5, at grid coordinate (that - offset) / stride;
@@ -66,9 +82,9 @@ def heatmaps(maps: torch.Tensor, layer: LayerSpec, input_size: int, side: int = 
     peaks = maps.flatten(1).amax(dim=1).clamp(min=1e-12)[:, None, None]
     alpha = (sampled.clamp(min=0) / peaks).clamp(max=1) * (HEATMAP_ALPHA * 255)
     encoded = []
-    for plane in alpha.round().to(torch.uint8).numpy():
+    for number, plane in enumerate(alpha.round().to(torch.uint8).numpy()):
         rgba = np.empty((side, side, 4), dtype=np.uint8)
-        rgba[..., :3] = HEATMAP_COLOUR
+        rgba[..., :3] = colours[number] if colours else HEATMAP_COLOUR
         rgba[..., 3] = plane
         out = io.BytesIO()
         Image.fromarray(rgba, "RGBA").save(out, "PNG", compress_level=1)
@@ -98,16 +114,21 @@ def run_probe(stage: Stage, sha256: str, data: bytes, limits: UploadLimits | Non
     framed.save(buffer, "WEBP", quality=90)
     image_key = store.blobs.put(buffer.getvalue(), "webp")
     units = [row for layer in main for row in _top_units(store, layer, activations[layer.name][0].float().cpu(), spec.input_size)]
+    groups = [row for layer in main for row in _groups(store, layer, activations[layer.name][0].float().cpu(), spec.input_size)]
     store.blobs.flush()  # blobs are durable before any row points at them
     recipe = {
         "algorithm": PROBE_ALGORITHM, "weights_sha256": weights_sha256, "input": PREPROCESSING.format(size=spec.input_size),
         "activation": "maximum of the pre-ReLU activation over positions", "top_units": TOP_UNITS,
         "top_classes": TOP_CLASSES, "heatmap": "activation / the unit's maximum on this image, at position centres",
         "heatmap_side": HEATMAP_SIDE,
+        "groups": {"count": GROUPS, "of": "the layer's ReLU output at every position of the image, (H x W, C)",
+                   "method": "scikit-learn NMF, init nndsvda, Frobenius loss, at most 400 iterations, random_state 0",
+                   "vector": "the component, unit norm", "share": "its part of the reconstruction's sum",
+                   "map": "the group's coefficient at each position / its maximum on this image"},
     }
     probe = {"sha256": sha256, "public_id": public_id or new_probe_id(), "image_key": image_key, "width": image.width,
              "height": image.height, "classes": classes, "recipe": recipe, "created_at": datetime.now(UTC).replace(tzinfo=None)}
-    return _write(store, spec, probe, units, [layer.name for layer in main])
+    return _write(store, spec, probe, units, groups, [layer.name for layer in main])
 
 
 def _top_classes(spec: ModelSpec, logits_layer: LayerSpec, logits: torch.Tensor) -> list[dict]:
@@ -134,7 +155,47 @@ def _top_units(store: Store, layer: LayerSpec, values: torch.Tensor, side: int) 
     return units
 
 
-def _write(store: Store, spec: ModelSpec, probe: dict, units: list[dict], layers: list[str]) -> bool:
+def neuron_groups(values: torch.Tensor, count: int = GROUPS) -> tuple[np.ndarray, np.ndarray, np.ndarray, float]:
+    """A layer's (C, H, W) activations on one image as at most ``count`` neuron groups: their (K, H, W) maps,
+    (K, C) unit-norm directions and shares of the reconstruction, largest share first, and the fraction
+    of the activations' variance over positions that the groups leave unexplained."""
+    from sklearn.decomposition import NMF
+    from sklearn.exceptions import ConvergenceWarning
+
+    channels, height, width = values.shape
+    data = values.clamp(min=0).reshape(channels, -1).T.double().numpy()  # (positions, channels)
+    count = min(count, channels, len(data))
+    if count < 1 or not data.any():
+        return np.zeros((0, height, width)), np.zeros((0, channels)), np.zeros(0), 1.0
+    model = NMF(n_components=count, init="nndsvda", max_iter=400, random_state=0)
+    with warnings.catch_warnings():  # a fit stopped at max_iter is still a fit: its unexplained variance says how good
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        maps = model.fit_transform(data)
+    vectors = model.components_
+    norms = np.linalg.norm(vectors, axis=1)
+    kept = norms > 0
+    maps, vectors, norms = maps[:, kept], vectors[kept], norms[kept]
+    maps, vectors = maps * norms, vectors / norms[:, None]
+    mass = maps.sum(axis=0) * vectors.sum(axis=1)
+    shares = mass / max(mass.sum(), 1e-12)
+    order = np.argsort(-shares, kind="stable")
+    centred = ((data - data.mean(axis=0)) ** 2).sum()
+    fvu = float(((data - maps @ vectors) ** 2).sum() / centred) if centred > 0 else 0.0
+    return maps[:, order].T.reshape(-1, height, width), vectors[order], shares[order], fvu
+
+
+def _groups(store: Store, layer: LayerSpec, values: torch.Tensor, side: int) -> list[dict]:
+    """The layer's neuron groups on the image, their maps in the blob store."""
+    maps, vectors, shares, fvu = neuron_groups(values)
+    pictures = heatmaps(torch.from_numpy(maps).float(), layer, side, colours=list(GROUP_COLOURS)) if len(maps) else []
+    return [
+        {"layer": layer.name, "group": number, "share": round(float(shares[number]), 4), "fvu": round(fvu, 4),
+         "vector": [round(float(v), 5) for v in vectors[number]], "heatmap_key": store.blobs.put(picture, "png")}
+        for number, picture in enumerate(pictures)
+    ]
+
+
+def _write(store: Store, spec: ModelSpec, probe: dict, units: list[dict], groups: list[dict], layers: list[str]) -> bool:
     try:
         for attempt in store.retrying():  # a stage writing beside the worker may hold the lock
             with attempt, store.transaction() as session:
@@ -148,6 +209,67 @@ def _write(store: Store, spec: ModelSpec, probe: dict, units: list[dict], layers
                               activation=unit["activation"], y=unit["y"], x=unit["x"], heatmap_key=unit["heatmap_key"])
                     for unit in units
                 ])
+                layer_ids = dict(session.execute(select(Layer.name, Layer.id).where(Layer.model_id == model.id,
+                                                                                    Layer.name.in_(layers))).all())
+                session.add_all([
+                    ProbeGroup(probe_id=row.id, layer_id=layer_ids[group["layer"]], group=group["group"],
+                               share=group["share"], fvu=group["fvu"], vector=group["vector"],
+                               heatmap_key=group["heatmap_key"])
+                    for group in groups
+                ])
     except IntegrityError:
         return False  # another worker stored the same image first
+    return True
+
+
+# On demand ---------------------------------------------------------------------------------------
+
+
+def render_group(stage: Stage, probe_id: str, layer_name: str, group: int, defaults: Defaults = ON_DEMAND,
+                 poll: Callable[[], None] | None = None) -> bool:
+    """Render the direction of one of a probe's neuron groups (the units' own renderer and on-demand recipe,
+    Lucid's direction objective on the layer); False when it was rendered already."""
+    from precompute.optvis import objectives
+    from precompute.optvis.param import PARAMETERIZATIONS
+    from precompute.optvis.render import render
+    from precompute.optvis.transform import STANDARD
+    from precompute.vis import encode_render, on_demand_config, recipe, unit_seed
+
+    store, spec = stage.store, stage.spec
+    layer = spec.layer(layer_name)
+    with store.session() as session:
+        found = session.execute(
+            select(Probe.id, ProbeGroup.layer_id, ProbeGroup.vector).join(ProbeGroup, ProbeGroup.probe_id == Probe.id)
+            .join(Layer, ProbeGroup.layer_id == Layer.id)
+            .where(Probe.public_id == probe_id, Layer.name == layer_name, ProbeGroup.group == group)
+        ).first()
+        if found is None:
+            raise MicroscopeError(f"the probe {probe_id} has no group {group} in {layer_name} (deleted, or never made)")
+        row_id, layer_id, vector = found
+        if session.scalar(select(ProbeRender.id).where(ProbeRender.probe_id == row_id, ProbeRender.layer_id == layer_id,
+                                                       ProbeRender.kind == "group", ProbeRender.index == group)):
+            return False
+    config = on_demand_config(layer, [group], "channel", defaults, batch=1)
+    seed = unit_seed(config.seed, layer_name, group, "group")
+    params = {key: value for key, value in recipe(config, layer, "channel", stage.weights_sha256, stage.device).items()
+              if key != "recipe_sha256"}
+    params = digested({**params, "technique": "group", "activation": f"Lucid's direction objective on {layer_name} "
+                       "after its ReLU, averaged over positions (the probe's neuron group)",
+                       "probe_algorithm": PROBE_ALGORITHM, "unit_seeds": [seed]})
+    rendered = render(stage.net, objectives.direction(layer_name, torch.tensor([vector])),
+                      PARAMETERIZATIONS[params["parameterization"]](config.size), [seed], STANDARD, steps=config.steps,
+                      device=stage.device, learning_rate=config.learning_rate, precision=config.precision, poll=poll)
+    pixels = (rendered.images.clamp(0, 1).permute(0, 2, 3, 1).numpy() * 255).round().astype(np.uint8)
+    key = store.blobs.put(encode_render(pixels), "webp")
+    store.blobs.flush()
+    try:
+        for attempt in store.retrying():
+            with attempt, store.transaction() as session:
+                if session.get(Probe, row_id) is None:
+                    raise MicroscopeError(f"the probe {probe_id} was deleted")
+                session.add(ProbeRender(probe_id=row_id, layer_id=layer_id, kind="group", index=group, image_key=key,
+                                        objective=round(float(rendered.objective[0]), 4),
+                                        recipe=params))
+    except IntegrityError:
+        return False  # another worker rendered it first
     return True

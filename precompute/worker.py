@@ -29,7 +29,7 @@ from app.store import Store
 from app.store.maintenance import delete_probe
 from app.store.schema import new_probe_id
 from app.zoo import LayerSpec, ModelSpec
-from precompute.probe import run_probe
+from precompute.probe import render_group, run_probe
 from precompute.recipes import ON_DEMAND, Defaults
 from precompute.stage import Stage
 from precompute.vis import missing_units, on_demand_config, recipe, run_vis
@@ -146,7 +146,7 @@ class Worker:
         if taken is None:
             return False
         key, task = taken
-        HANDLERS.update(render=self.render, probe=self.probe, forget=self.forget)  # this worker's (a process may hold several)
+        HANDLERS.update(render=self.render, probe=self.probe, forget=self.forget, probe_render=self.probe_render)  # this worker's (a process may hold several)
         previous, self.doing = self.doing, key
         self._serving = True
         finished = True
@@ -201,6 +201,17 @@ class Worker:
             delete_probe(self.store, probe_id)
             self._forgotten(key, probe_id)
         self.queue.forget_ids(key)  # the row holds the id now
+
+    def probe_render(self, model: str, probe_id: str, layer: str, kind: str, index: int) -> None:
+        """A picture of a stored probe: a neuron group's direction."""
+        self._spec(model)
+        if self.queue.forgotten(probe_id):
+            return  # deleted by its owner: nothing to render for
+        if kind != "group":
+            raise MicroscopeError(f"no picture of kind {kind!r}: a probe has group pictures")
+        if layer not in self.spec.layer_names:
+            raise MicroscopeError(f"{model} has no layer {layer!r}")
+        render_group(self.stage, probe_id, layer, index, self.defaults)
 
     def forget(self, model: str, probe_id: str) -> None:
         """Delete a probe its owner asked to delete: its rows and images, or its upload if it still waits."""

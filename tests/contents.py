@@ -5,8 +5,8 @@ from __future__ import annotations
 from sqlalchemy import select
 
 from app.settings import Settings
-from app.store import (Artifact, DatasetExample, DatasetImage, DirectionWeight, Edge, Factorization, Layer, Probe, ProbeUnit,
-                       Store, Unit, UnitMixture, UnitStats, UnitTuning)
+from app.store import (Artifact, DatasetExample, DatasetImage, DirectionWeight, Edge, Factorization, Layer, Probe, ProbeGroup,
+                       ProbeRender, ProbeUnit, Store, Unit, UnitMixture, UnitStats, UnitTuning)
 from app.store.maintenance import referenced_keys
 
 
@@ -30,6 +30,12 @@ def contents(settings: Settings) -> dict[str, list[tuple]]:
         probe_units = sorted((sha, names[u], rank, round(a, 3), y, x, key) for sha, u, rank, a, y, x, key in connection.execute(
             select(Probe.sha256, ProbeUnit.unit_id, ProbeUnit.rank, ProbeUnit.activation, ProbeUnit.y, ProbeUnit.x,
                    ProbeUnit.heatmap_key).join(Probe, ProbeUnit.probe_id == Probe.id)))
+        groups = sorted((sha, layer, group, round(share, 3), key) for sha, layer, group, share, key in connection.execute(
+            select(Probe.sha256, Layer.name, ProbeGroup.group, ProbeGroup.share, ProbeGroup.heatmap_key)
+            .join(Probe, ProbeGroup.probe_id == Probe.id).join(Layer, ProbeGroup.layer_id == Layer.id)))
+        renders = sorted((sha, layer, kind, index, key) for sha, layer, kind, index, key in connection.execute(
+            select(Probe.sha256, Layer.name, ProbeRender.kind, ProbeRender.index, ProbeRender.image_key)
+            .join(Probe, ProbeRender.probe_id == Probe.id).join(Layer, ProbeRender.layer_id == Layer.id)))
         tuning = sorted((names[u], family, str(preferred), round(selectivity, 3)) for u, family, preferred, selectivity
                         in connection.execute(select(UnitTuning.unit_id, UnitTuning.family, UnitTuning.preferred,
                                                      UnitTuning.selectivity)))
@@ -46,5 +52,6 @@ def contents(settings: Settings) -> dict[str, list[tuple]]:
         referenced = referenced_keys(connection)
         blobs = store.blobs.keys()
     return {"units": sorted(names.values()), "edges": edges, "examples": examples, "images": images, "stats": stats,
-            "artifacts": artifacts, "probes": probes, "probe_units": probe_units, "tuning": tuning, "factorizations": factorizations,
+            "artifacts": artifacts, "probes": probes, "probe_units": probe_units, "probe_groups": groups,
+            "probe_renders": renders, "tuning": tuning, "factorizations": factorizations,
             "direction_weights": weights, "mixtures": mixtures, "referenced": sorted(referenced), "blobs": sorted(blobs)}

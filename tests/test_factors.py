@@ -310,3 +310,26 @@ def test_two_copies_match_unit_to_unit_and_a_permuted_copy_recovers_the_permutat
     page = client.get(f"/models/{a.spec.name}/second/3.json").json()
     assert page["matches"][0]["unit"]["model"] == "blocks-copy" and page["matches"][0]["unit"]["index"] == 3
     assert "Nearest units in other models" in client.get(f"/models/{a.spec.name}/second/3").text
+
+
+def test_a_probes_neuron_groups_recover_the_directions_and_where_they_are() -> None:
+    """Building Blocks' per-image groups: an image whose left half holds one direction and right half another."""
+    from precompute.probe import neuron_groups
+
+    generator = torch.Generator().manual_seed(3)
+    first, second = torch.rand(12, generator=generator), torch.rand(12, generator=generator)
+    first[6:], second[:6] = 0, 0  # non-negative and apart, as NMF's groups are meant to be
+    strength = torch.rand(8, 8, generator=generator) + 0.5
+    values = torch.zeros(12, 8, 8)
+    values[:, :, :4] = first[:, None, None] * strength[None, :, :4] * 2  # the left half: twice the activity
+    values[:, :, 4:] = second[:, None, None] * strength[None, :, 4:]
+    maps, vectors, shares, fvu = neuron_groups(values, count=2)
+    assert vectors.shape == (2, 12) and maps.shape == (2, 8, 8) and fvu < 1e-3
+    truth = [(first / first.norm()).numpy(), (second / second.norm()).numpy()]
+    left = int(np.argmax(vectors @ truth[0]))  # groups come largest share first: find each
+    right = 1 - left
+    assert float(vectors[left] @ truth[0]) > 0.99 and float(vectors[right] @ truth[1]) > 0.99
+    assert shares[0] >= shares[1] and abs(shares.sum() - 1) < 1e-6
+    assert maps[left][:, 4:].max() < 1e-3 * maps[left].max() and maps[right][:, :4].max() < 1e-3 * maps[right].max()
+    assert neuron_groups(torch.zeros(12, 8, 8))[1].shape == (0, 12)  # nothing active: no groups
+    assert neuron_groups(-values)[1].shape == (0, 12)  # below zero everywhere: nothing after the ReLU

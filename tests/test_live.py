@@ -24,7 +24,7 @@ from app import urls
 from app.jobs import JobState, JobQueue, QueueFull
 from app.main import create_app
 from app.settings import Settings
-from app.store import Artifact, Layer, Probe, ProbeUnit, Store, Unit
+from app.store import Artifact, Layer, Probe, ProbeGroup, ProbeRender, ProbeUnit, Store, Unit
 from app.uploads import BadUpload, TooLarge, UploadLimits, Unsupported, check_image
 from app.zoo import ModelSpec
 from precompute.optvis.render import resolve_precision
@@ -68,8 +68,8 @@ def net(tiny_net):  # noqa: ANN001, ANN201
 def worker(store: Store, settings: Settings, spec: ModelSpec, net, **options) -> Worker:  # noqa: ANN001
     assert net.spec == spec
     options.setdefault("factor", False)  # the factors' own test turns it on (tests/test_factors.py)
-    return Worker(Stage(store, net, "w", torch.device("cpu"), progress=False), JobQueue.for_store(settings), defaults=TINY,
-                  **options)
+    options.setdefault("defaults", TINY)
+    return Worker(Stage(store, net, "w", torch.device("cpu"), progress=False), JobQueue.for_store(settings), **options)
 
 
 def artifact_keys(settings: Settings, layer: str) -> dict[int, tuple[str, str]]:
@@ -431,7 +431,9 @@ def test_a_probe_from_upload_to_result_and_gc(client: TestClient, live: Settings
     other = urls.probe_image(MODEL, sha, "0" * 64 + ".png")
     assert client.get(other).status_code == 404
     page = client.get(urls.probe(MODEL, sha))
-    assert page.text.count('class="heat-toggle"') == 8 * len(result["layers"]) and result["classes"][0]["label"] in page.text
+    groups = sum(len(layer["groups"]) for layer in result["layers"])
+    assert page.text.count('class="heat-toggle"') == 8 * len(result["layers"]) + groups
+    assert result["classes"][0]["label"] in page.text
     # The same image again: the stored result at once, from the API and from the form.
     again = client.post(urls.probes(MODEL), content=photo, headers={"content-type": "image/jpeg"})
     assert again.status_code == 200 and again.json()["state"] == "done"
@@ -446,6 +448,67 @@ def test_a_probe_from_upload_to_result_and_gc(client: TestClient, live: Settings
         assert not store.blobs.has(top[0]["heatmap_url"].split("/")[-1])
 
 
+def test_a_probes_neuron_groups_render_on_demand_and_go_with_it(client: TestClient, live: Settings, spec: ModelSpec,
+                                                               net, tiny_images: Path) -> None:  # noqa: ANN001
+    """Building Blocks' view: each layer's groups with a map and units; a group's direction rendered by a worker."""
+    probe_id = client.post(urls.probes(MODEL), content=jpeg(tiny_images, 7), headers=JPEG).json()["id"]
+    with Store.open(live) as store:
+        worker(store, live, spec, net).run(until_idle=True)
+    result = client.get(urls.probe(MODEL, probe_id, json=True)).json()
+    layer = result["layers"][-1]
+    groups = layer["groups"]
+    assert 1 <= len(groups) <= 6 and 0 <= layer["groups_fvu"] < 1
+    assert [g["share"] for g in groups] == sorted((g["share"] for g in groups), reverse=True)
+    assert abs(sum(g["share"] for g in groups) - 1) < 0.01
+    for group in groups:
+        weights = [w["weight"] for w in group["units"]]
+        assert weights == sorted(weights, reverse=True) and all(0 < w <= 1 for w in weights)
+        assert group["units"][0]["unit"]["layer"] == layer["name"] and group["render"]["state"] == "none"
+        assert Image.open(io.BytesIO(client.get(group["heatmap_url"]).content)).mode == "RGBA"
+    status_url = groups[0]["render"]["status_url"]
+    page = client.get(urls.probe(MODEL, probe_id)).text
+    assert "Neuron groups" in page and f'hx-post="{status_url}"' in page
+    assert client.post(status_url + ".json", headers={"origin": "https://elsewhere.example"}).status_code == 403
+    for wrong in (urls.probe_group_render(MODEL, probe_id, layer["name"], 99, True),
+                  urls.probe_group_render(MODEL, probe_id, "nolayer", 0, True),
+                  urls.probe_group_render(MODEL, "no-such-probe", layer["name"], 0, True)):
+        assert client.post(wrong).status_code == 404, wrong
+    asked = client.post(status_url + ".json")
+    assert asked.status_code == 202 and asked.json()["state"] == "queued"
+    assert client.post(status_url + ".json").json()["state"] == "queued"  # the same request joins the job
+    with Store.open(live) as store:  # enough steps to see the direction's objective climb
+        stats = worker(store, live, spec, net, defaults=Defaults(steps=48, early_steps=48, size=32)).run(until_idle=True)
+    assert stats.jobs == 1 and stats.failed == 0
+    done = client.get(status_url + ".json").json()
+    assert done["state"] == "rendered" and done["recipe"]["technique"] == "group" and done["objective"] > 0
+    assert client.post(status_url + ".json").status_code == 200  # rendered: nothing queued again
+    picture = client.get(done["image_url"])
+    assert picture.status_code == 200 and picture.headers["cache-control"] == "private, no-store"
+    assert Image.open(io.BytesIO(picture.content)).size == (TINY.size, TINY.size)
+    # The render optimized the group's own direction: it scores higher on it than where it started.
+    from precompute.optvis import objectives
+    from precompute.optvis.param import PARAMETERIZATIONS
+    from precompute.optvis.render import render
+    from precompute.optvis.transform import STANDARD
+    score = objectives.direction(layer["name"], torch.tensor([_group_vector(live, probe_id, layer["name"], 0)]))
+    start = render(net, score, PARAMETERIZATIONS["fourier"](TINY.size), done["recipe"]["unit_seeds"], STANDARD, steps=0)
+    assert done["objective"] > 1.5 * float(start.objective[0])
+    keys = [g["heatmap_url"].split("/")[-1] for g in groups] + [done["image_url"].split("/")[-1]]
+    assert client.delete(urls.probe(MODEL, probe_id, True)).status_code == 202
+    assert client.get(status_url + ".json").status_code == 410
+    with Store.open(live) as store:
+        worker(store, live, spec, net).run(until_idle=True)
+        assert not any(store.blobs.has(key) for key in keys)
+        with store.session() as session:
+            assert session.scalar(select(ProbeGroup.id)) is None and session.scalar(select(ProbeRender.id)) is None
+
+
+def _group_vector(settings: Settings, probe_id: str, layer: str, group: int) -> list[float]:
+    with Store.open(settings, readonly=True) as store, store.session() as session:
+        return session.scalar(select(ProbeGroup.vector).join(Probe).join(Layer, ProbeGroup.layer_id == Layer.id)
+                              .where(Probe.public_id == probe_id, Layer.name == layer, ProbeGroup.group == group))
+
+
 def test_the_owner_deletes_a_probe_and_its_images(client: TestClient, live: Settings, spec: ModelSpec, net,  # noqa: ANN001
                                                  tiny_images: Path) -> None:
     photo = jpeg(tiny_images, 5)
@@ -454,6 +517,8 @@ def test_the_owner_deletes_a_probe_and_its_images(client: TestClient, live: Sett
         worker(store, live, spec, net).run(until_idle=True)
     result = client.get(urls.probe(MODEL, probe_id, json=True)).json()
     keys = [result["image_url"].split("/")[-1]] + [u["heatmap_url"].split("/")[-1] for l in result["layers"] for u in l["units"]]
+    keys += [g["heatmap_url"].split("/")[-1] for l in result["layers"] for g in l["groups"]]
+    assert len(keys) > 1 + 8 * len(result["layers"])  # its neuron groups' maps go with it too
     assert result["delete_url"] and 'action="' + result["delete_url"] in client.get(urls.probe(MODEL, probe_id)).text
     missing = client.delete(urls.probe(MODEL, "no-such-probe", True))
     assert missing.status_code == 404 and "no probe" in missing.json()["error"]

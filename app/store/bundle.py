@@ -47,8 +47,8 @@ from app.errors import StoreError, StoreMissing
 from app.settings import Settings
 from app.store.blobs import is_valid_key
 from app.store.database import Store
-from app.store.maintenance import BLOB_COLUMNS, referenced_keys
-from app.store.schema import SCHEMA_VERSION, Base, Meta, Model, Probe, ProbeUnit
+from app.store.maintenance import BLOB_COLUMNS, PROBE_PARTS, referenced_keys
+from app.store.schema import SCHEMA_VERSION, Base, Meta, Model, Probe
 
 FORMAT = "neuron-microscope-bundle"
 CHUNK = 20_000
@@ -56,7 +56,7 @@ CHUNK = 20_000
 MAX_MANIFEST_BYTES = 64 << 20
 MAX_BLOB_BYTES = 64 << 20
 #: Users' data: exported only when asked (``microscope export --probes``).
-PROBE_TABLES = frozenset({Probe.__tablename__, ProbeUnit.__tablename__})
+PROBE_TABLES = frozenset({Probe.__tablename__, *(part.__tablename__ for part in PROBE_PARTS)})
 _READ = 1 << 20
 
 

@@ -9,19 +9,23 @@ from datetime import datetime, timedelta
 from sqlalchemy import Connection, delete, select
 
 from app.store.database import Store
-from app.store.schema import Artifact, DatasetExample, DatasetImage, Edge, Factorization, LayerArtifact, Probe, ProbeUnit
+from app.store.schema import (Artifact, DatasetExample, DatasetImage, Edge, Factorization, LayerArtifact, Probe,
+                              ProbeGroup, ProbeRender, ProbeUnit)
 
+#: The tables of a probe's parts (rows with a ``probe_id``), and their columns that hold its blobs.
+PROBE_PARTS = (ProbeUnit, ProbeGroup, ProbeRender)
+PROBE_BLOB_COLUMNS = (Probe.image_key, ProbeUnit.heatmap_key, ProbeGroup.heatmap_key, ProbeRender.image_key)
 #: Every column that holds a blob key.
 BLOB_COLUMNS = (
     Artifact.blob_key, DatasetExample.crop_key, DatasetImage.thumbnail_key, Edge.kernel_key, Factorization.blob_key,
-    LayerArtifact.blob_key, Probe.image_key, ProbeUnit.heatmap_key,
+    LayerArtifact.blob_key, *PROBE_BLOB_COLUMNS,
 )
 
 
 def referenced_keys(connection: Connection, probes: bool = True) -> set[str]:
     """Every blob key a row points at (without users' probes' unless ``probes``)."""
     keys: set[str] = set()
-    for column in BLOB_COLUMNS if probes else [c for c in BLOB_COLUMNS if c.class_ not in (Probe, ProbeUnit)]:
+    for column in BLOB_COLUMNS if probes else [c for c in BLOB_COLUMNS if c not in PROBE_BLOB_COLUMNS]:
         keys.update(key for (key,) in connection.execute(select(column).distinct()) if key)
     return keys
 
@@ -57,7 +61,8 @@ def remove_probes(store: Store, older_than_days: float, now: datetime) -> int:
     for attempt in store.retrying():  # a worker runs this beside stages
         with attempt, store.transaction() as session:
             old = select(Probe.id).where(Probe.created_at < cutoff)
-            session.execute(delete(ProbeUnit).where(ProbeUnit.probe_id.in_(old)))
+            for part in PROBE_PARTS:
+                session.execute(delete(part).where(part.probe_id.in_(old)))
             removed = session.execute(delete(Probe).where(Probe.created_at < cutoff)).rowcount
     return removed
 
@@ -69,8 +74,11 @@ def delete_probe(store: Store, public_id: str) -> bool:
             probe = session.scalar(select(Probe).where(Probe.public_id == public_id))
             if probe is None:
                 return False
-            keys = {probe.image_key, *session.scalars(select(ProbeUnit.heatmap_key).where(ProbeUnit.probe_id == probe.id))}
-            session.execute(delete(ProbeUnit).where(ProbeUnit.probe_id == probe.id))
+            keys = {probe.image_key}
+            for column in PROBE_BLOB_COLUMNS[1:]:
+                keys.update(session.scalars(select(column).where(column.class_.probe_id == probe.id)))
+            for part in PROBE_PARTS:
+                session.execute(delete(part).where(part.probe_id == probe.id))
             session.delete(probe)
     with store.engine.connect() as connection:
         still = {key for column in BLOB_COLUMNS for key in connection.scalars(select(column).where(column.in_(keys)))}
@@ -80,6 +88,6 @@ def delete_probe(store: Store, public_id: str) -> bool:
 
 
 def probe_blob(connection: Connection, key: str) -> bool:
-    """Whether ``key`` is a probe's image or heatmap (users' images: served only under the probe's own URL)."""
-    return (connection.scalar(select(Probe.id).where(Probe.image_key == key).limit(1)) is not None
-            or connection.scalar(select(ProbeUnit.id).where(ProbeUnit.heatmap_key == key).limit(1)) is not None)
+    """Whether ``key`` is one of a probe's pictures (users' images: served only under the probe's own URL)."""
+    return any(connection.scalar(select(column).where(column == key).limit(1)) is not None
+               for column in PROBE_BLOB_COLUMNS)

@@ -24,8 +24,9 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 #: version 6 added the units' concept labels (``unit_labels``) and the layers' own renders (``layer_artifacts``:
 #: DeepDream), version 7 the units' tuning curves (``unit_tuning``), version 8 the derived layers' factorizations
 #: (``factorizations``, ``direction_weights``, ``unit_mixtures``) and the modules of layer pairs (``layer_modules``) and
-#: the units' nearest units in other models (``unit_matches``: issue 22).
-SCHEMA_VERSION = 8
+#: the units' nearest units in other models (``unit_matches``: issue 22), version 9 the probes' neuron groups
+#: (``probe_groups``) and the pictures rendered for a probe on demand (``probe_renders``).
+SCHEMA_VERSION = 9
 #: Versions a writable open upgrades by creating the tables and nullable columns added since.
 ADDITIVE_SINCE = 1
 
@@ -300,6 +301,46 @@ class ProbeUnit(Base):
     x: Mapped[int]
     #: The unit's activation over the image (transparent where it is at or below zero), a PNG.
     heatmap_key: Mapped[str] = mapped_column(String(80))
+
+
+class ProbeGroup(Base):
+    """One of a probe's neuron groups in a layer (Building Blocks): an NMF component of the probe's own activations.
+
+    The layer's post-ReLU activations over the image's positions, (H x W, C), factorized into a few groups:
+    ``vector`` is the group's direction over the layer's units (unit norm), ``heatmap_key`` its spatial map
+    over the image (a PNG in the group's colour), ``share`` its part of the reconstructed activity, and
+    ``fvu`` the fraction of the layer's variance all its groups together leave unexplained (the same on
+    each group of a layer).
+    """
+
+    __tablename__ = "probe_groups"
+    __table_args__ = (UniqueConstraint("probe_id", "layer_id", "group"), Index("ix_probe_groups_heatmap", "heatmap_key"))
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    probe_id: Mapped[int] = mapped_column(ForeignKey("probes.id", ondelete="CASCADE"))
+    layer_id: Mapped[int] = mapped_column(ForeignKey("layers.id"))
+    group: Mapped[int]
+    share: Mapped[float]
+    fvu: Mapped[float]
+    vector: Mapped[list[Any]]
+    heatmap_key: Mapped[str] = mapped_column(String(80))
+
+
+class ProbeRender(Base):
+    """A picture rendered for a probe on demand by the worker: a neuron group's direction (``kind`` ``group``,
+    ``index`` the group), with the renderer's recipe and the objective it reached."""
+
+    __tablename__ = "probe_renders"
+    __table_args__ = (UniqueConstraint("probe_id", "layer_id", "kind", "index"), Index("ix_probe_renders_image", "image_key"))
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    probe_id: Mapped[int] = mapped_column(ForeignKey("probes.id", ondelete="CASCADE"))
+    layer_id: Mapped[int] = mapped_column(ForeignKey("layers.id"))
+    kind: Mapped[str] = mapped_column(String(16))
+    index: Mapped[int]
+    image_key: Mapped[str] = mapped_column(String(80))
+    objective: Mapped[float]
+    recipe: Mapped[dict[str, Any]]
 
 
 class UnitTuning(Base):
