@@ -11,7 +11,9 @@ from __future__ import annotations
 import hashlib
 
 import anyio.to_thread
-from fastapi import APIRouter, Depends, Request
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, Form, Request
 from fastapi.responses import RedirectResponse, Response
 from starlette.datastructures import UploadFile
 from starlette.formparsers import MultiPartException
@@ -20,6 +22,7 @@ from app import queries, urls
 from app.errors import MicroscopeError, NotFound
 from app.access import TOKEN_COOKIE, check_origin, check_policy, client_address, guard_probes, guard_renders, token_matches
 from app.jobs import LAYER, JobQueue, JobState, QueueFull, TooManyJobs
+from app.attribution import LABELS, attribution_status
 from app.live_pages import group_render_page, probe_page, render_status_page, stored_probe, worker_command
 from app.page_types import LayerRequest, LoginPage, ProbeForm
 from app.respond import json_response, respond
@@ -266,6 +269,34 @@ def probe_group_render(request: Request, model: str, probe_id: str, layer: str, 
                                                          client=client_address(request, state.settings))
         page = group_render_page(state, connection, catalog, model, probe_id, layer, group, job)
     return _private(respond(request, page, "_group_render.html", json, 200 if page.state == "rendered" else 202))
+
+
+@twin("/models/{model}/probes/{probe_id}/attributions/{layer}/{index:int}", "probe_attribution_status", on=router)
+def probe_attribution_status(request: Request, model: str, probe_id: str, layer: str, index: int, state: StateDep,
+                             connection: ConnectionDep, json: bool, at: str | None = None) -> Response:
+    """A probe's attribution maps of one of its top classes (the logit unit) or listed units, and their job's state."""
+    page = attribution_status(state, connection, state.catalog(connection, model), model, probe_id, layer, index, at)
+    return _private(respond(request, page, "_attribution.html", json))
+
+
+@twin("/models/{model}/probes/{probe_id}/attributions/{layer}/{index:int}", "probe_attribution_request",
+      methods=("POST",), on=router, status_code=202, dependencies=[Depends(guard_probes)],
+      responses={200: {"description": "Made already: the maps"}})
+def probe_attribution_request(request: Request, model: str, probe_id: str, layer: str, index: int, state: StateDep,
+                              connection: ConnectionDep, json: bool, at: str | None = None,
+                              at_field: Annotated[str | None, Form(alias="at", max_length=64)] = None) -> Response:
+    """Have a worker make a target's attribution maps (every method; ``?at=LAYER``, or the form's ``at``: Grad-CAM at
+    that layer)."""
+    at = at or at_field or None
+    catalog = state.catalog(connection, model)
+    page = attribution_status(state, connection, catalog, model, probe_id, layer, index, at)
+    made = {(m.method, m.at) for m in page.maps}
+    missing = (not any(m == "grad_cam" and a == at for m, a in made)) if at else len({m for m, _ in made}) < len(LABELS)
+    if missing and page.state not in ("queued", "running"):
+        _require_queue(state).request_probe_render(model, probe_id, layer, f"grad_cam:{at}" if at else "attribution",
+                                                   index, client=client_address(request, state.settings))
+        page = attribution_status(state, connection, catalog, model, probe_id, layer, index, at)
+    return _private(respond(request, page, "_attribution.html", json, 202 if missing else 200))
 
 
 @router.get("/models/{model}/probes/{probe_id}/images/{key}", name="probe_image", include_in_schema=False)

@@ -88,22 +88,29 @@ def probe_page(state: ServerState, connection: Connection, catalog: Catalog, mod
         return ProbePage(**base, state=job.state, message=message, poll=POLL_SECONDS if workers else POLL_IDLE_SECONDS)
     probe = row
     logits = next((layer.name for layer in entry.layers if layer.kind == "logits"), None)
-    classes = [{**c, "url": urls.unit(model, logits, c["index"]) if logits else None} for c in probe.classes]
+    classes = [{**c, "url": urls.unit(model, logits, c["index"]) if logits else None,
+                "attribution_url": urls.probe_attribution(model, probe_id, logits, c["index"]) if logits else None}
+               for c in probe.classes]
     rows = connection.execute(queries.probe_units, {"probe": probe.id}).all()
     shown = pictures(connection, [row[0] for row in rows])
     by_layer: dict[str, list[ProbedUnit]] = {}
     for unit_id, rank, activation, y, x, key in rows:
         ref = unit_ref(catalog, unit_id, shown)
         heatmap = urls.probe_image(model, probe_id, key)
-        by_layer.setdefault(ref.layer, []).append(ProbedUnit(ref, rank, activation, y, x, heatmap))
+        by_layer.setdefault(ref.layer, []).append(ProbedUnit(ref, rank, activation, y, x, heatmap,
+                                                             urls.probe_attribution(model, probe_id, ref.layer, ref.index)))
     groups = _groups(state, connection, catalog, model, probe_id, probe.id)
     layers = [ProbedLayer(layer.name, urls.layer(model, layer.name), sorted(by_layer[layer.name], key=lambda u: u.rank),
                           *groups.get(layer.name, ([], None)))
               for layer in entry.layers if layer.name in by_layer]
+    from app.attribution import probe_attributions
+
+    cam_layers = [layer.name for layer in entry.layers if layer.name in by_layer]  # the layers with a map
     return ProbePage(**base, state="done", message="done", poll=None, sha256=probe.sha256,
                      image_url=urls.probe_image(model, probe_id, probe.image_key), width=probe.width,
                      height=probe.height, created_at=probe.created_at, classes=classes, layers=layers,
-                     recipe=probe.recipe)
+                     recipe=probe.recipe, attributions=probe_attributions(state, connection, catalog, model, probe_id, probe),
+                     cam_layers=cam_layers)
 
 
 

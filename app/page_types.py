@@ -79,7 +79,32 @@ class ModelPage:
     filling: bool = False
     #: What a reader should know about these weights (the registry's notes: a dropped output, a dequantized file).
     notes: list[str] = field(default_factory=list)
+    #: The cascading randomization test of each attribution method on this model (issue 23), where it was run.
+    sanity: list[SanityRow] = field(default_factory=list)
+    sanity_command: str | None = None
     kind: str = "model"
+
+
+@dataclass(frozen=True)
+class SanityRow:
+    """One attribution method's randomization test (Adebayo et al.): how much its maps change as the weights are
+    re-initialized from the top down. ``steps``: ``{"randomized", "spearman", "ssim"}`` medians, cumulatively."""
+
+    method: str
+    label: str
+    steps: list[dict[str, Any]]
+    verdict: Verdict
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """What the randomization test says about a method, in words, and where its figure is."""
+
+    #: True: the maps change when the weights are randomized (they depend on the model); False: they barely do;
+    #: None: not tested on this model yet.
+    passes: bool | None
+    text: str
+    url: str
 
 
 @dataclass(frozen=True)
@@ -327,6 +352,8 @@ class ProbedUnit:
     y: int
     x: int
     heatmap_url: str
+    #: Its attribution maps (GET), or a request for them (POST).
+    attribution_url: str | None = None
 
 
 @dataclass(frozen=True)
@@ -345,6 +372,34 @@ class GroupRender:
     recipe: dict[str, Any] | None = None
     poll: int | None = None
     kind: str = "group-render"
+
+
+@dataclass(frozen=True)
+class AttributionMap:
+    method: str
+    label: str
+    #: Grad-CAM's layer ("" for the others).
+    at: str
+    heatmap_url: str
+    params: dict[str, Any]
+    verdict: Verdict
+
+
+@dataclass(frozen=True)
+class AttributionTarget:
+    """What a probe's maps explain: a top class or one of the units it lists (at its strongest position)."""
+
+    #: ``class`` or ``unit``.
+    kind: str
+    unit: UnitRef
+    y: int | None
+    x: int | None
+    maps: list[AttributionMap]
+    #: POST here to have the missing maps made (``?at=LAYER``: Grad-CAM at that layer); GET for their state.
+    request_url: str
+    #: The job's state while maps are being made (``queued``, ``running``, ``failed``), else ``done`` or ``none``.
+    state: str = "done"
+    message: str = ""
 
 
 @dataclass(frozen=True)
@@ -394,6 +449,9 @@ class ProbePage:
     classes: list[dict[str, Any]] = field(default_factory=list)
     layers: list[ProbedLayer] = field(default_factory=list)
     recipe: dict[str, Any] = field(default_factory=dict)
+    #: Attribution maps by target (issue 23), the top class's first; the layers Grad-CAM may be asked at.
+    attributions: list[AttributionTarget] = field(default_factory=list)
+    cam_layers: list[str] = field(default_factory=list)
     kind: str = "probe"
 
 

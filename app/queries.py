@@ -8,8 +8,8 @@ from __future__ import annotations
 
 from sqlalchemy import bindparam, func, select
 
-from app.store import (Artifact, Dataset, DatasetExample, DatasetImage, DirectionWeight, Edge, Factorization, Layer, LayerArtifact, LayerModules,
-                       Model, Probe, ProbeGroup, ProbeRender, ProbeUnit, Run, UnitLabel, UnitMatch, UnitMixture, UnitStats, UnitTuning)
+from app.store import (Artifact, AttributionCheck, Dataset, DatasetExample, DatasetImage, DirectionWeight, Edge, Factorization, Layer, LayerArtifact, LayerModules,
+                       Model, Probe, ProbeAttribution, ProbeGroup, ProbeRender, ProbeUnit, Run, UnitLabel, UnitMatch, UnitMixture, UnitStats, UnitTuning)
 
 THUMBNAIL_TECHNIQUE = "channel"
 
@@ -130,8 +130,17 @@ probe_units = (select(ProbeUnit.unit_id, ProbeUnit.rank, ProbeUnit.activation, P
 #: Whether a blob is one of a probe's pictures (a unit's or a group's heatmap, a picture rendered for it).
 probe_pictures = [
     select(column).where(column.class_.probe_id == bindparam("probe"), column == bindparam("key")).limit(1)
-    for column in (ProbeUnit.heatmap_key, ProbeGroup.heatmap_key, ProbeRender.image_key)
+    for column in (ProbeUnit.heatmap_key, ProbeGroup.heatmap_key, ProbeRender.image_key, ProbeAttribution.heatmap_key)
 ]
+
+#: A probe's attribution maps (issue 23), and a model's randomization test of each method.
+probe_attributions = (select(ProbeAttribution.unit_id, ProbeAttribution.y, ProbeAttribution.x, ProbeAttribution.method,
+                             ProbeAttribution.at, ProbeAttribution.heatmap_key, ProbeAttribution.params)
+                      .where(ProbeAttribution.probe_id == bindparam("probe")).order_by(ProbeAttribution.id))
+attribution_checks = (select(AttributionCheck.method, AttributionCheck.depth, AttributionCheck.randomized,
+                             AttributionCheck.spearman_median, AttributionCheck.ssim_median, AttributionCheck.recipe)
+                      .join(Model, AttributionCheck.model_id == Model.id).where(Model.name == bindparam("model"))
+                      .order_by(AttributionCheck.method, AttributionCheck.depth))
 
 #: A probe's neuron groups per layer (issue 22), and the pictures rendered for it on demand.
 probe_groups = (select(Layer.name, ProbeGroup.group, ProbeGroup.share, ProbeGroup.fvu, ProbeGroup.vector,

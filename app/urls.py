@@ -94,6 +94,12 @@ def probe_group_render(model_name: str, probe_id: str, layer_name: str, group: i
     return f"/models/{quote(model_name)}/probes/{probe_id}/groups/{quote(layer_name)}/{group}/render{_suffix(json)}"
 
 
+def probe_attribution(model_name: str, probe_id: str, layer_name: str, index: int, json: bool = False) -> str:
+    """A probe's attribution maps of one target (a class's logit unit, or a unit it lists): GET their state, POST
+    to have them made (``?at=LAYER``: Grad-CAM at that layer)."""
+    return f"/models/{quote(model_name)}/probes/{probe_id}/attributions/{quote(layer_name)}/{index}{_suffix(json)}"
+
+
 def probe_image(model_name: str, probe_id: str, key: str) -> str:
     """One of a probe's images (what the network saw, or a heatmap), served private: never from /blobs."""
     return f"/models/{quote(model_name)}/probes/{probe_id}/images/{key}"

@@ -389,6 +389,36 @@ def precompute_modules(
                f"({result.seconds:.0f} s)")
 
 
+@precompute_cli.command("sanity")
+def precompute_sanity(
+    model: ModelOption = DEFAULT_MODEL,
+    count: Annotated[int, typer.Option("--count", min=2, help="Images the maps are compared on.")] = 50,
+    methods: Annotated[str, typer.Option(help="Comma-separated: gradient, integrated_gradients, grad_cam.")] = (
+        "gradient,integrated_gradients,grad_cam"),
+    images: ImagesOption = None,
+    device: DeviceOption = "auto",
+    weights: WeightsOption = None,
+    names: NamesOption = None,
+    data: DataOption = None,
+    database_url: DatabaseOption = None,
+) -> None:
+    """The attribution maps' sanity check: the cascading model-randomization test (Adebayo et al.), each method's maps
+    on the real network against copies re-initialized from the top layer down; stored per model and method."""
+    from precompute.images import locate_images
+    from precompute.sanity import SanityConfig, run_sanity
+
+    root = locate_images(images)
+    config = SanityConfig(images=count, methods=tuple(m.strip() for m in methods.split(",") if m.strip()))
+    with _stage(model, weights, names, device, data, database_url) as runner:
+        result = run_sanity(runner.stage, root, config)
+    for note in result.skipped:
+        typer.echo(f"skipped {note}", err=True)
+    for method, steps in result.figures.items():
+        typer.echo(f"{method}: " + ", ".join(f"{name} {rho:.2f} ({ssim:.2f})" for name, rho, ssim in steps))
+    typer.echo(f"sanity: {result.methods_tested} methods tested, {result.methods_reused} already stored "
+               f"({result.seconds:.0f} s)")
+
+
 @precompute_cli.command("match")
 def precompute_match(
     models: Annotated[str, typer.Option("--models", help="Two models, comma-separated (both catalogued in the store).")],
@@ -579,6 +609,10 @@ def worker(
         "--factor/--no-factor", help="With --fill: then NMF groups and a sparse dictionary of two layers (mixed3b and "
                                      "mixed4c where the model has them; `precompute factors`' defaults).")] = True,
     factor_steps: Annotated[int, typer.Option(min=1, help="Training steps of the worker's dictionaries.")] = 3000,
+    sanity: Annotated[bool, typer.Option(
+        "--sanity/--no-sanity", help="With --fill: after the tuning, the attribution maps' randomization test "
+                                     "(`precompute sanity`) on --sanity-images of the dataset.")] = True,
+    sanity_images: Annotated[int, typer.Option(min=2, help="Images of the worker's randomization test.")] = 20,
     steps: Annotated[int, typer.Option(help="Steps of on-demand renders (the main job's recipe).")] = ON_DEMAND.steps,
     early_steps: Annotated[int, typer.Option(help="Steps for the stem's conv layers.")] = ON_DEMAND.early_steps,
     size: Annotated[int, typer.Option(help="Image side of on-demand renders.")] = ON_DEMAND.size,
@@ -608,7 +642,8 @@ def worker(
         stage = runner.stage
         spec = stage.spec
         queue = JobQueue.for_store(stage.store.settings)
-        running = Worker(stage.quiet(), queue, fill=fill, tune=tune, factor=factor,
+        running = Worker(stage.quiet(), queue, fill=fill, tune=tune, factor=factor, sanity=sanity,
+                         sanity_images=sanity_images,
                          factor_settings={"steps": factor_steps},
                          fill_batch=fill_batch, defaults=Defaults(steps, early_steps, size))
         signal.signal(signal.SIGTERM, lambda *_: running.stop())

@@ -30,10 +30,11 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 
 from app.errors import MicroscopeError
-from app.store import Layer, Probe, ProbeGroup, ProbeRender, ProbeUnit, Store
+from app.store import Layer, Probe, ProbeAttribution, ProbeGroup, ProbeRender, ProbeUnit, Store, Unit
 from app.store.schema import new_probe_id
 from app.uploads import UploadLimits, check_image
 from app.zoo import LayerSpec, ModelSpec
+from precompute.attribution import ATTRIBUTION_ALGORITHM, IG_STEPS, METHODS, Target, attribute
 from precompute.examples import PREPROCESSING, input_transform
 from precompute.recipes import ON_DEMAND, Defaults
 from precompute.runs import catalogued_model, digested, unit_ids
@@ -49,7 +50,14 @@ HEATMAP_SIDE = 112
 #: Neuron groups per layer (Building Blocks shows six), and the colour of each group's map, in order of share.
 GROUPS = 6
 GROUP_COLOURS = ((230, 25, 75), (0, 130, 200), (60, 180, 75), (245, 130, 48), (145, 30, 180), (0, 170, 170))
-#: Bumped when a probe's numbers would change (2: neuron groups).
+#: Attribution maps are this colour (the units' heatmaps are orange).
+ATTRIBUTION_COLOUR = (20, 110, 255)
+ATTRIBUTION_RECIPE = {
+    "methods": list(METHODS), "targets": "the top class (its logit) and the deepest layer's top unit (its pre-ReLU "
+    "activation at its strongest position); others on demand", "integrated_gradients_steps": IG_STEPS,
+    "map": "|attribution| summed over colour (Grad-CAM: its ReLU'd map, upsampled), / its 99.5th percentile",
+}
+#: Bumped when a probe's numbers would change (2: neuron groups, attributions, the framed image lossless).
 PROBE_ALGORITHM = 2
 
 
@@ -103,7 +111,8 @@ def run_probe(stage: Stage, sha256: str, data: bytes, limits: UploadLimits | Non
     with Image.open(io.BytesIO(data)) as opened:
         opened.load()
         image = opened.convert("RGB")
-    tensor = input_transform(spec)(image)[None]
+    # The network sees the framed image as 8-bit pixels, stored losslessly: maps made later read back the same input.
+    tensor = (input_transform(spec)(image)[None] * 255).round() / 255
     main = [layer for layer in spec.main_layers if layer.kind != "linear"]  # layers with a map to show
     logits_layer = next(layer for layer in spec.layers if layer.kind == "logits")
     with torch.no_grad():
@@ -111,10 +120,15 @@ def run_probe(stage: Stage, sha256: str, data: bytes, limits: UploadLimits | Non
     classes = _top_classes(spec, logits_layer, activations[logits_layer.name][0].float().cpu())
     framed = Image.fromarray((tensor[0].permute(1, 2, 0).numpy() * 255).round().astype(np.uint8))
     buffer = io.BytesIO()
-    framed.save(buffer, "WEBP", quality=90)
+    framed.save(buffer, "WEBP", lossless=True, method=2)
     image_key = store.blobs.put(buffer.getvalue(), "webp")
     units = [row for layer in main for row in _top_units(store, layer, activations[layer.name][0].float().cpu(), spec.input_size)]
     groups = [row for layer in main for row in _groups(store, layer, activations[layer.name][0].float().cpu(), spec.input_size)]
+    deepest = next((unit for unit in reversed(units) if unit["rank"] == 0 and unit["layer"] != main[0].name), None)
+    targets = [Target(logits_layer.name, classes[0]["index"])]
+    if deepest is not None:
+        targets.append(Target(deepest["layer"], deepest["unit"], deepest["y"], deepest["x"]))
+    maps = [row for target in targets for row in attributions(stage, tensor[0], target, skip_wrong=True)]
     store.blobs.flush()  # blobs are durable before any row points at them
     recipe = {
         "algorithm": PROBE_ALGORITHM, "weights_sha256": weights_sha256, "input": PREPROCESSING.format(size=spec.input_size),
@@ -125,10 +139,11 @@ def run_probe(stage: Stage, sha256: str, data: bytes, limits: UploadLimits | Non
                    "method": "scikit-learn NMF in float32, init nndsvda, Frobenius loss, at most 400 iterations, random_state 0",
                    "vector": "the component, unit norm", "share": "its part of the reconstruction's sum",
                    "map": "the group's coefficient at each position / its maximum on this image"},
+        "framed": "8-bit RGB, stored as lossless WebP", "attribution": ATTRIBUTION_RECIPE,
     }
     probe = {"sha256": sha256, "public_id": public_id or new_probe_id(), "image_key": image_key, "width": image.width,
              "height": image.height, "classes": classes, "recipe": recipe, "created_at": datetime.now(UTC).replace(tzinfo=None)}
-    return _write(store, spec, probe, units, groups, [layer.name for layer in main])
+    return _write(store, spec, probe, units, groups, maps, [layer.name for layer in main])
 
 
 def _top_classes(spec: ModelSpec, logits_layer: LayerSpec, logits: torch.Tensor) -> list[dict]:
@@ -196,7 +211,42 @@ def _groups(store: Store, layer: LayerSpec, values: torch.Tensor, side: int) -> 
     ]
 
 
-def _write(store: Store, spec: ModelSpec, probe: dict, units: list[dict], groups: list[dict], layers: list[str]) -> bool:
+def attributions(stage: Stage, image: torch.Tensor, target: Target, methods: tuple[str, ...] = METHODS,
+                 cam_layer: str | None = None, skip_wrong: bool = False) -> list[dict]:
+    """Each method's map of ``target`` on the framed image (3, H, W), its picture in the blob store; with
+    ``skip_wrong`` a method the target does not allow (Grad-CAM with no layer before it) is left out."""
+    rows = []
+    for method in methods:
+        try:
+            values, params = attribute(stage.net, image.to(stage.device), target, method, cam_layer)
+        except MicroscopeError:
+            if skip_wrong:
+                continue
+            raise
+        rows.append({"layer": target.layer, "unit": target.index, "y": target.y, "x": target.x, "method": method,
+                     "at": params.get("layer", "") if method == "grad_cam" else "",
+                     "heatmap_key": stage.store.blobs.put(attribution_picture(values), "png"),
+                     "params": {**params, "algorithm": ATTRIBUTION_ALGORITHM}})
+    return rows
+
+
+def attribution_picture(values: np.ndarray, side: int = HEATMAP_SIDE) -> bytes:
+    """An (H, W) map of non-negative attributions as a ``side`` px RGBA PNG: area-averaged, opaque in proportion to
+    the value over its 99.5th percentile (a few extreme pixels do not wash out the rest)."""
+    pooled = F.interpolate(torch.from_numpy(np.ascontiguousarray(values, dtype=np.float32))[None, None], size=(side, side),
+                           mode="area")[0, 0].clamp(min=0)
+    top = float(torch.quantile(pooled.flatten(), 0.995)) if pooled.max() > 0 else 1.0
+    alpha = ((pooled / max(top, 1e-12)).clamp(max=1) * (HEATMAP_ALPHA * 255)).round().to(torch.uint8).numpy()
+    rgba = np.empty((side, side, 4), dtype=np.uint8)
+    rgba[..., :3] = ATTRIBUTION_COLOUR
+    rgba[..., 3] = alpha
+    out = io.BytesIO()
+    Image.fromarray(rgba, "RGBA").save(out, "PNG", compress_level=1)
+    return out.getvalue()
+
+
+def _write(store: Store, spec: ModelSpec, probe: dict, units: list[dict], groups: list[dict], maps: list[dict],
+           layers: list[str]) -> bool:
     try:
         for attempt in store.retrying():  # a stage writing beside the worker may hold the lock
             with attempt, store.transaction() as session:
@@ -218,12 +268,70 @@ def _write(store: Store, spec: ModelSpec, probe: dict, units: list[dict], groups
                                heatmap_key=group["heatmap_key"])
                     for group in groups
                 ])
+                _add_maps(session, model.id, row.id, maps)
     except IntegrityError:
         return False  # another worker stored the same image first
     return True
 
 
+def _add_maps(session, model_id: int, probe_row: int, maps: list[dict]) -> None:  # noqa: ANN001
+    ids = unit_ids(session, model_id, sorted({row["layer"] for row in maps}))
+    session.add_all([
+        ProbeAttribution(probe_id=probe_row, unit_id=ids[row["layer"], row["unit"]], y=row["y"], x=row["x"],
+                         method=row["method"], at=row["at"], heatmap_key=row["heatmap_key"], params=row["params"])
+        for row in maps
+    ])
+
+
 # On demand ---------------------------------------------------------------------------------------
+
+
+def attribute_probe(stage: Stage, probe_id: str, layer_name: str, index: int, cam_layer: str | None = None) -> bool:
+    """The attribution maps of one of a probe's listed targets (a top class, or a unit it lists, at its strongest
+    position): every method, or Grad-CAM at ``cam_layer``; False when they were stored already."""
+    store, spec = stage.store, stage.spec
+    logits = next(layer.name for layer in spec.layers if layer.kind == "logits")
+    with store.session() as session:
+        probe = session.scalar(select(Probe).where(Probe.public_id == probe_id))
+        if probe is None:
+            raise MicroscopeError(f"no stored probe {probe_id} (deleted, or never made)")
+        if layer_name == logits:
+            if index not in [c["index"] for c in probe.classes]:
+                raise MicroscopeError(f"class {index} is not among the probe's top classes")
+            target = Target(logits, index)
+        else:
+            listed = session.execute(
+                select(ProbeUnit.y, ProbeUnit.x).join(Unit, ProbeUnit.unit_id == Unit.id).join(Layer, Unit.layer_id == Layer.id)
+                .where(ProbeUnit.probe_id == probe.id, Layer.name == layer_name, Unit.index == index)).first()
+            if listed is None:
+                raise MicroscopeError(f"{layer_name}:{index} is not among the probe's units")
+            target = Target(layer_name, index, listed.y, listed.x)
+        have = {(method, at) for method, at in session.execute(
+            select(ProbeAttribution.method, ProbeAttribution.at).join(Unit, ProbeAttribution.unit_id == Unit.id)
+            .join(Layer, Unit.layer_id == Layer.id)
+            .where(ProbeAttribution.probe_id == probe.id, Layer.name == layer_name, Unit.index == index))}
+        row_id, model_id, image_key = probe.id, probe.model_id, probe.image_key
+    if cam_layer is not None:
+        if cam_layer not in spec.layer_names:
+            raise MicroscopeError(f"{spec.name} has no layer {cam_layer!r} for Grad-CAM")
+        methods: tuple[str, ...] = () if ("grad_cam", cam_layer) in have else ("grad_cam",)
+    else:
+        methods = tuple(m for m in METHODS if not any(method == m for method, _ in have))
+    if not methods:
+        return False
+    with Image.open(io.BytesIO(store.blobs.get(image_key))) as framed:
+        image = torch.from_numpy(np.asarray(framed.convert("RGB"), dtype=np.float32) / 255).permute(2, 0, 1)
+    maps = attributions(stage, image, target, methods, cam_layer, skip_wrong=cam_layer is None)
+    store.blobs.flush()
+    try:
+        for attempt in store.retrying():
+            with attempt, store.transaction() as session:
+                if session.get(Probe, row_id) is None:
+                    raise MicroscopeError(f"the probe {probe_id} was deleted")
+                _add_maps(session, model_id, row_id, maps)
+    except IntegrityError:
+        return False  # another worker made them first
+    return True
 
 
 def render_group(stage: Stage, probe_id: str, layer_name: str, group: int, defaults: Defaults = ON_DEMAND,

@@ -29,7 +29,7 @@ from app.store import Store
 from app.store.maintenance import delete_probe
 from app.store.schema import new_probe_id
 from app.zoo import LayerSpec, ModelSpec
-from precompute.probe import render_group, run_probe
+from precompute.probe import attribute_probe, render_group, run_probe
 from precompute.recipes import ON_DEMAND, Defaults
 from precompute.stage import Stage
 from precompute.vis import missing_units, on_demand_config, recipe, run_vis
@@ -63,6 +63,10 @@ class Worker:
     #: these `FactorsConfig` settings.
     factor: bool = True
     factor_settings: dict = field(default_factory=dict)
+    #: With ``fill``: after the tuning, the randomization test of the attribution maps (`precompute.sanity`) on this
+    #: many of the dataset's images.
+    sanity: bool = True
+    sanity_images: int = 20
     fill_batch: int = 4
     defaults: Defaults = ON_DEMAND
     name: str = field(default_factory=lambda: f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}")
@@ -203,15 +207,21 @@ class Worker:
         self.queue.forget_ids(key)  # the row holds the id now
 
     def probe_render(self, model: str, probe_id: str, layer: str, kind: str, index: int) -> None:
-        """A picture of a stored probe: a neuron group's direction."""
+        """A picture of a stored probe: a neuron group's direction (``group``), the attribution maps of a target
+        (``attribution``), or its Grad-CAM at a chosen layer (``grad_cam:LAYER``)."""
         self._spec(model)
         if self.queue.forgotten(probe_id):
             return  # deleted by its owner: nothing to render for
-        if kind != "group":
-            raise MicroscopeError(f"no picture of kind {kind!r}: a probe has group pictures")
         if layer not in self.spec.layer_names:
             raise MicroscopeError(f"{model} has no layer {layer!r}")
-        render_group(self.stage, probe_id, layer, index, self.defaults)
+        if kind == "group":
+            render_group(self.stage, probe_id, layer, index, self.defaults)
+        elif kind == "attribution":
+            attribute_probe(self.stage, probe_id, layer, index)
+        elif kind.startswith("grad_cam:"):
+            attribute_probe(self.stage, probe_id, layer, index, cam_layer=kind.split(":", 1)[1])
+        else:
+            raise MicroscopeError(f"no picture of kind {kind!r}: group, attribution or grad_cam:LAYER")
 
     def forget(self, model: str, probe_id: str) -> None:
         """Delete a probe its owner asked to delete: its rows and images, or its upload if it still waits."""
@@ -284,6 +294,33 @@ class Worker:
                     return True
         return False
 
+    def sanity_one(self) -> bool:
+        """The randomization test of every attribution method, once (with this recipe); False when it is stored.
+        Requests are served between images (the network is its real self there)."""
+        from precompute.runs import stored_dataset_root
+        from precompute.sanity import SanityConfig, run_sanity
+
+        key = f"sanity:{self.spec.name}"
+        if key in self._factored or key in self.queue.claimed() or not self.queue.claim(self.name, key):
+            return False
+        self.doing = key
+        try:
+            root = stored_dataset_root(self.store)
+            if root is None:
+                raise MicroscopeError("no dataset in the store: run the examples stage first")
+            result = run_sanity(self.stage, root, SanityConfig(images=self.sanity_images), poll=self.between_steps)
+        except MicroscopeError as error:
+            log.warning("the randomization test failed: %s", error)
+            result = None
+        finally:
+            self.doing = "idle"
+            self.queue.done(key)
+            self._factored.add(key)
+        if result is not None and result.methods_tested:
+            log.info("randomization test of %d methods in %.0f s", result.methods_tested, result.seconds)
+            return True
+        return False
+
     def tune_one(self) -> bool:
         """Tune the next main layer without tuning curves (with this recipe), then the next derived layer (lines,
         edges and curves: a dictionary's features beside the neurons on the family pages); False when every one
@@ -318,6 +355,8 @@ class Worker:
     def fill_one(self) -> bool:
         """Tune or render the next missing part; False when the whole model is tuned and rendered."""
         if self.tune and self.tune_one():
+            return True
+        if self.sanity and self.sanity_one():
             return True
         if self.factor and self.factor_one():
             return True

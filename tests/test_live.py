@@ -69,6 +69,7 @@ def worker(store: Store, settings: Settings, spec: ModelSpec, net, **options) ->
     assert net.spec == spec
     options.setdefault("factor", False)  # the factors' own test turns it on (tests/test_factors.py)
     options.setdefault("defaults", TINY)
+    options.setdefault("sanity", False)  # tests/test_attribution.py runs it
     return Worker(Stage(store, net, "w", torch.device("cpu"), progress=False), JobQueue.for_store(settings), **options)
 
 
@@ -432,7 +433,8 @@ def test_a_probe_from_upload_to_result_and_gc(client: TestClient, live: Settings
     assert client.get(other).status_code == 404
     page = client.get(urls.probe(MODEL, sha))
     groups = sum(len(layer["groups"]) for layer in result["layers"])
-    assert page.text.count('class="heat-toggle"') == 8 * len(result["layers"]) + groups
+    maps = sum(len(target["maps"]) for target in result["attributions"])
+    assert page.text.count('class="heat-toggle"') == 8 * len(result["layers"]) + groups + maps
     assert result["classes"][0]["label"] in page.text
     # The same image again: the stored result at once, from the API and from the form.
     again = client.post(urls.probes(MODEL), content=photo, headers={"content-type": "image/jpeg"})

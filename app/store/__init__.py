@@ -5,6 +5,7 @@ from app.store.database import Store
 from app.store.schema import (
     SCHEMA_VERSION,
     Artifact,
+    AttributionCheck,
     Dataset,
     DatasetExample,
     DatasetImage,
@@ -16,6 +17,7 @@ from app.store.schema import (
     LayerModules,
     Model,
     Probe,
+    ProbeAttribution,
     ProbeGroup,
     ProbeRender,
     ProbeUnit,
@@ -31,6 +33,7 @@ from app.store.schema import (
 __all__ = [
     "SCHEMA_VERSION",
     "Artifact",
+    "AttributionCheck",
     "BlobStore",
     "Dataset",
     "DatasetExample",
@@ -43,6 +46,7 @@ __all__ = [
     "LayerModules",
     "Model",
     "Probe",
+    "ProbeAttribution",
     "ProbeGroup",
     "ProbeRender",
     "ProbeUnit",

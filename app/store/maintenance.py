@@ -10,11 +10,12 @@ from sqlalchemy import Connection, delete, select
 
 from app.store.database import Store
 from app.store.schema import (Artifact, DatasetExample, DatasetImage, Edge, Factorization, LayerArtifact, Probe,
-                              ProbeGroup, ProbeRender, ProbeUnit)
+                              ProbeAttribution, ProbeGroup, ProbeRender, ProbeUnit)
 
 #: The tables of a probe's parts (rows with a ``probe_id``), and their columns that hold its blobs.
-PROBE_PARTS = (ProbeUnit, ProbeGroup, ProbeRender)
-PROBE_BLOB_COLUMNS = (Probe.image_key, ProbeUnit.heatmap_key, ProbeGroup.heatmap_key, ProbeRender.image_key)
+PROBE_PARTS = (ProbeUnit, ProbeGroup, ProbeRender, ProbeAttribution)
+PROBE_BLOB_COLUMNS = (Probe.image_key, ProbeUnit.heatmap_key, ProbeGroup.heatmap_key, ProbeRender.image_key,
+                      ProbeAttribution.heatmap_key)
 #: Every column that holds a blob key.
 BLOB_COLUMNS = (
     Artifact.blob_key, DatasetExample.crop_key, DatasetImage.thumbnail_key, Edge.kernel_key, Factorization.blob_key,

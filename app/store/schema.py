@@ -25,7 +25,8 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 #: DeepDream), version 7 the units' tuning curves (``unit_tuning``), version 8 the derived layers' factorizations
 #: (``factorizations``, ``direction_weights``, ``unit_mixtures``) and the modules of layer pairs (``layer_modules``) and
 #: the units' nearest units in other models (``unit_matches``: issue 22), version 9 the probes' neuron groups
-#: (``probe_groups``) and the pictures rendered for a probe on demand (``probe_renders``).
+#: (``probe_groups``), the pictures rendered for a probe on demand (``probe_renders``), the probes' attribution maps
+#: (``probe_attributions``) and the models' randomization tests of those maps (``attribution_checks``: issue 23).
 SCHEMA_VERSION = 9
 #: Versions a writable open upgrades by creating the tables and nullable columns added since.
 ADDITIVE_SINCE = 1
@@ -341,6 +342,54 @@ class ProbeRender(Base):
     image_key: Mapped[str] = mapped_column(String(80))
     objective: Mapped[float]
     recipe: Mapped[dict[str, Any]]
+
+
+class ProbeAttribution(Base):
+    """One attribution map of a probe (issue 23): which pixels drove a class's logit or a unit's activation.
+
+    ``unit_id`` is the target (a logit unit for a class; a unit at its strongest position ``y``, ``x``), ``method``
+    the Captum method (`precompute.attribution.METHODS`), ``at`` Grad-CAM's layer ("" for the others),
+    ``heatmap_key`` the map over the image (a PNG), ``params`` the method's parameters and figures.
+    """
+
+    __tablename__ = "probe_attributions"
+    __table_args__ = (UniqueConstraint("probe_id", "unit_id", "method", "at"),
+                      Index("ix_probe_attributions_heatmap", "heatmap_key"))
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    probe_id: Mapped[int] = mapped_column(ForeignKey("probes.id", ondelete="CASCADE"))
+    unit_id: Mapped[int] = mapped_column(ForeignKey("units.id"))
+    y: Mapped[int | None]
+    x: Mapped[int | None]
+    method: Mapped[str] = mapped_column(String(24))
+    at: Mapped[str] = mapped_column(String(64))
+    heatmap_key: Mapped[str] = mapped_column(String(80))
+    params: Mapped[dict[str, Any]]
+
+
+class AttributionCheck(Base):
+    """One step of a model's cascading randomization test of an attribution method (Adebayo et al. 2018).
+
+    At ``depth`` the top ``depth`` weight groups are re-initialized (``randomized`` names the last one); ``spearman``
+    and ``ssim`` hold, per image, the rank correlation and SSIM of the method's map on the randomized network against
+    the real one's; the medians are what pages show.
+    """
+
+    __tablename__ = "attribution_checks"
+    __table_args__ = (UniqueConstraint("model_id", "method", "depth"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    model_id: Mapped[int] = mapped_column(ForeignKey("models.id"))
+    method: Mapped[str] = mapped_column(String(24))
+    depth: Mapped[int]
+    randomized: Mapped[str] = mapped_column(String(64))
+    spearman_median: Mapped[float]
+    ssim_median: Mapped[float]
+    spearman: Mapped[list[Any]]
+    ssim: Mapped[list[Any]]
+    recipe_sha256: Mapped[str] = mapped_column(String(64))
+    recipe: Mapped[dict[str, Any]]
+    run_id: Mapped[int] = mapped_column(ForeignKey("runs.id"))
 
 
 class UnitTuning(Base):

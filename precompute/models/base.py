@@ -90,9 +90,10 @@ class Network(nn.Module):
         """What a pair's weights hide beyond the stand-ins everyone uses, if anything."""
         return None
 
-    def spliced(self, layer: str, edit: Callable[[Tensor], Tensor]) -> Callable[[Tensor], Tensor]:
-        """Logits of RGB images with ``layer``'s output (after its ReLU, what the next layers read) replaced by
-        ``edit`` of it: how a factorization's reconstruction is scored (issue 22)."""
+    def spliced(self, layer: str, edit: Callable[[Tensor], Tensor], output: str | None = None) -> Callable[[Tensor], Tensor]:
+        """Logits of RGB images (or ``output``'s pre-ReLU activations, a layer after ``layer``) with ``layer``'s
+        output (after its ReLU, what the next layers read) replaced by ``edit`` of it: how a factorization's
+        reconstruction is scored (issue 22), and how an ablation or Grad-CAM reaches into a layer (issue 23)."""
         raise MicroscopeError(f"{self.spec.name}'s network cannot splice a layer's output (a traced network can)")
 
     def wanted(self, layers: Iterable[str] | None) -> set[str]:

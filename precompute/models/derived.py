@@ -191,8 +191,8 @@ class Factored(Network):
     def approximation(self, source: LayerSpec, target: LayerSpec, indirect: bool) -> str | None:
         return self.inner.approximation(source, target, indirect)
 
-    def spliced(self, layer: str, edit):  # noqa: ANN001, ANN201 - see Network.spliced
-        return self.inner.spliced(layer, edit)
+    def spliced(self, layer: str, edit, output: str | None = None):  # noqa: ANN001, ANN201 - see Network.spliced
+        return self.inner.spliced(layer, edit, output)
 
     def direction_vectors(self, layer: str, units: Iterable[int]) -> Tensor:
         """Unit vectors over the base layer of ``units`` of derived ``layer`` (rows, in order)."""

@@ -200,11 +200,21 @@ class InceptionV1(Network):
         """
         return self._run(images, _Capture(self.wanted(layers), sink))
 
-    def spliced(self, layer: str, edit: Callable[[Tensor], Tensor]) -> Callable[[Tensor], Tensor]:
-        """Logits with ``layer``'s output after its ReLU replaced by ``edit`` of it (see `Network.spliced`)."""
+    def cascade_groups(self) -> list[tuple[str, list[nn.Module]]]:
+        """The weight layers from the top down as the randomization test re-initializes them (issue 23): the
+        classifier, each inception block, then the stem's convolutions."""
+        return ([(self.logits_name, [self.classifier])] + [(block.name, list(block.convs.values()))
+                                                           for block in reversed(self.blocks)]
+                + [(name, [conv]) for name, conv in reversed(list(self.convs.items()))])
+
+    def spliced(self, layer: str, edit: Callable[[Tensor], Tensor], output: str | None = None) -> Callable[[Tensor], Tensor]:
+        """Logits (or ``output``'s activations) with ``layer``'s output after its ReLU replaced by ``edit`` of it
+        (see `Network.spliced`)."""
         if self.spec.layer(layer).kind not in ("conv", "mixed"):
             raise MicroscopeError(f"only a trunk layer's output can be spliced, not {layer}'s")
-        return lambda images: self._run(images, _Capture({self.logits_name}, None, {layer: edit}))[self.logits_name]
+        out = output or self.logits_name
+        self.spec.layer(out)
+        return lambda images: self._run(images, _Capture({out}, None, {layer: edit}))[out]
 
     def _run(self, images: Tensor, capture: _Capture) -> dict[str, Tensor]:
         x = self.preprocess(images)

@@ -125,9 +125,10 @@ class TracedNetwork(Network):
                 sink(name, value)
         return found
 
-    def spliced(self, layer: str, edit: Callable[[Tensor], Tensor]) -> Callable[[Tensor], Tensor]:
+    def spliced(self, layer: str, edit: Callable[[Tensor], Tensor], output: str | None = None) -> Callable[[Tensor], Tensor]:
         """The module's graph, copied, with ``edit`` applied where ``layer``'s output flows on: a block's
-        concatenation, else the ReLU after the layer's value (or the value, where no ReLU follows)."""
+        concatenation, else the ReLU after the layer's value (or the value, where no ReLU follows); its output
+        is the module's, or ``output``'s value (the graph cut there)."""
         unit = self._units[layer]
         flow = unit.node
         if not unit.parts:
@@ -135,12 +136,22 @@ class TracedNetwork(Network):
             flow = relus[0] if len(relus) == 1 and len(flow.users) == 1 else flow
         graph = fx.Graph()
         copied: dict[fx.Node, fx.Node] = {}
-        graph.output(graph.graph_copy(self._traced.graph, copied))
+        result = graph.graph_copy(self._traced.graph, copied)
+        if output is None:
+            graph.output(result)
+        else:
+            target = self._units[output]
+            if target.parts:
+                raise MicroscopeError(f"{output} is a concatenation: ask for one of its branches, or the logits")
+            graph.output(copied[target.node])
         at = copied[flow]
         with graph.inserting_after(at):
             edited = graph.call_function(edit, (at,))
         at.replace_all_uses_with(edited, delete_user_cb=lambda user: user is not edited)
         module = fx.GraphModule(self.module, graph)
+        if output is not None:  # what comes after the output is never run
+            module.graph.eliminate_dead_code()
+            module.recompile()
         return lambda images: module(self.preprocess(images))
 
     def _value_paths(self, name: str) -> list[str]:

@@ -1,0 +1,162 @@
+"""Attribution (issue 23): Captum's maps on the tiny models, the randomization test, and the probe page around them."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from fastapi.testclient import TestClient
+
+from app import urls
+from app.main import create_app
+from app.settings import Settings
+from app.store import Store
+from precompute.attribution import Target, attribute, cascading_randomization, randomized, similarity, weight_groups
+from precompute.examples import input_transform
+from precompute.images import list_images, load_rgb
+from precompute.models import load, seeded_state_dict
+from precompute.sanity import SanityConfig, run_sanity
+from precompute.stage import Stage
+from tests.test_live import JPEG, MODEL, copy_store, jpeg, worker
+
+DETECTORS = "tests.tiny_model:detectors"
+
+
+@pytest.fixture(scope="module")
+def detectors(tmp_path_factory: pytest.TempPathFactory):  # noqa: ANN201
+    path = tmp_path_factory.mktemp("detectors") / "detectors.pt"
+    torch.save(seeded_state_dict(DETECTORS, 0), path)
+    return load(DETECTORS, path).net.eval()
+
+
+def _images(folder: Path, spec, count: int) -> list[torch.Tensor]:  # noqa: ANN001
+    frame = input_transform(spec)
+    return [frame(load_rgb(file)) for file in list_images(folder)[:count]]
+
+
+def test_integrated_gradients_are_complete(tiny_net, tiny_images: Path) -> None:  # noqa: ANN001
+    """The attributions sum to the target's change from the black baseline (Sundararajan et al.'s completeness)."""
+    image = _images(tiny_images, tiny_net.spec, 1)[0]
+    logits = tiny_net.logits_layer.name
+    values, params = attribute(tiny_net, image, Target(logits, 3), "integrated_gradients")
+    assert values.shape == image.shape[1:] and (values >= 0).all() and params["change"] != 0
+    assert abs(params["sum"] - params["change"]) <= 0.01 * abs(params["change"]), params
+    # A unit behind more ReLU kinks: the sum closes on the change as the path's steps grow.
+    errors = []
+    for steps in (8, 64, 512):
+        _, params = attribute(tiny_net, image, Target("res1", 2, 1, 1), "integrated_gradients", steps=steps)
+        errors.append(abs(params["sum"] - params["change"]))
+    assert errors[0] > errors[1] > errors[2] and errors[2] <= 0.01 * abs(params["change"]) + 2e-5, errors
+
+
+def test_a_unit_reading_the_left_half_gets_no_attribution_on_the_right(detectors, tiny_images: Path) -> None:  # noqa: ANN001
+    """A 15x15 detector at a position whose receptive field lies in the image's left half: nothing to its right."""
+    spec = detectors.spec
+    side = spec.input_size
+    image = _images(tiny_images, spec, 1)[0]
+    column = side // 2 - 8  # its field: columns side/2 - 15 ... side/2 - 1
+    for method in ("gradient", "integrated_gradients"):
+        values, _ = attribute(detectors, image, Target("detect", 1, side // 2, column), method)
+        assert values[:, side // 2:].max() == 0, method
+        assert values[:, :side // 2].max() > 0, method
+    with pytest.raises(Exception, match="before"):  # Grad-CAM of a unit needs a layer before it: there is none
+        attribute(detectors, image, Target("detect", 1, side // 2, column), "grad_cam")
+
+
+def test_grad_cam_of_a_class_and_of_a_unit(tiny_net, tiny_images: Path) -> None:  # noqa: ANN001
+    image = _images(tiny_images, tiny_net.spec, 1)[0]
+    logits = tiny_net.logits_layer.name
+    cam, params = attribute(tiny_net, image, Target(logits, 7), "grad_cam")
+    assert cam.shape == image.shape[1:] and (cam >= 0).all() and params["layer"] == "res2"  # the last conv layer
+    at, params = attribute(tiny_net, image, Target(logits, 7), "grad_cam", cam_layer="mixed")
+    assert params["layer"] == "mixed" and not np.allclose(at, cam)
+    unit, params = attribute(tiny_net, image, Target("res1", 2, 1, 1), "grad_cam")
+    assert params["layer"] == "mixed" and unit.shape == image.shape[1:]  # a unit's: the main layer before its own
+    with pytest.raises(Exception, match="needs a layer before"):
+        attribute(tiny_net, image, Target("mixed", 2, 1, 1), "grad_cam", cam_layer="res1")
+
+
+def test_the_randomization_test_decorrelates_the_gradient_maps(tiny_net, tiny_images: Path) -> None:  # noqa: ANN001
+    images = _images(tiny_images, tiny_net.spec, 4)
+    logits = tiny_net.logits_layer.name
+    groups = [name for name, _ in weight_groups(tiny_net)]
+    assert groups == ["fc", "res2", "res1", "mixed", "stem"]  # the top-level modules, from the top down
+    real, _ = attribute(tiny_net, images[0], Target(logits, 1), "gradient")
+    with randomized(tiny_net, 0) as same:
+        copy, _ = attribute(same, images[0], Target(logits, 1), "gradient")
+    assert similarity(real, copy) == pytest.approx((1.0, 1.0))  # nothing randomized: the same map
+    cascade = cascading_randomization(tiny_net, images, ("gradient",))["gradient"]
+    assert [step["randomized"] for step in cascade] == groups and len(cascade[0]["spearman"]) == 4
+    assert np.median(cascade[-1]["spearman"]) < 0.5  # every weight random: the map no longer follows the model
+    again, _ = attribute(tiny_net, images[0], Target(logits, 1), "gradient")
+    assert np.array_equal(again, real)  # the real network is left as it was
+
+
+def test_probe_maps_with_their_randomization_verdicts(client: TestClient, live: Settings, spec, net,  # noqa: ANN001
+                                                      tiny_images: Path) -> None:
+    probe_id = client.post(urls.probes(MODEL), content=jpeg(tiny_images, 2), headers=JPEG).json()["id"]
+    with Store.open(live) as store:
+        worker(store, live, spec, net).run(until_idle=True)
+    result = client.get(urls.probe(MODEL, probe_id, json=True)).json()
+    first = result["attributions"][0]
+    assert first["kind"] == "class" and first["unit"]["index"] == result["classes"][0]["index"]
+    assert [m["method"] for m in first["maps"]] == ["gradient", "integrated_gradients", "grad_cam"]
+    assert all(m["verdict"]["passes"] is None and "not tested" in m["verdict"]["text"] for m in first["maps"])
+    assert result["attributions"][1]["kind"] == "unit"
+    page = client.get(urls.probe(MODEL, probe_id)).text
+    assert "microscope precompute sanity" in page and "What in the image drove it" in page
+    # The test on the model: its table on the model page, its words beside every map.
+    with Store.open(live) as store:
+        run_sanity(Stage(store, net, "w", torch.device("cpu"), progress=False), tiny_images,
+                   SanityConfig(images=3, methods=("gradient", "grad_cam")))
+    model = client.get(urls.model(MODEL, json=True)).json()
+    assert [row["method"] for row in model["sanity"]] == ["grad_cam", "gradient"] and model["sanity_command"] is None
+    assert len(model["sanity"][0]["steps"]) == len(weight_groups(net))
+    assert 'id="sanity"' in client.get(urls.model(MODEL)).text
+    said = {m["method"]: m["verdict"] for m in client.get(urls.probe(MODEL, probe_id, json=True)).json()["attributions"][0]["maps"]}
+    assert said["gradient"]["passes"] is not None and said["integrated_gradients"]["passes"] is None
+    assert said["gradient"]["url"] == urls.model(MODEL) + "#sanity"
+    # Another class on demand, then Grad-CAM of it at a chosen layer (the page's form).
+    other = result["classes"][1]["index"]
+    logits = next(layer["name"] for layer in client.get(urls.model(MODEL, json=True)).json()["layers"] if layer["kind"] == "logits")
+    url = urls.probe_attribution(MODEL, probe_id, logits, other)
+    assert client.post(url + ".json", headers={"origin": "https://elsewhere.example"}).status_code == 403
+    assert client.post(urls.probe_attribution(MODEL, probe_id, logits, 999, True)).status_code == 404  # not a top class
+    assert client.post(urls.probe_attribution(MODEL, probe_id, "nolayer", 0, True)).status_code == 404
+    asked = client.post(url + ".json")
+    assert asked.status_code == 202 and asked.json()["state"] == "queued"
+    with Store.open(live) as store:
+        assert worker(store, live, spec, net).run(until_idle=True).failed == 0
+    made = client.get(url + ".json").json()
+    assert made["state"] == "done" and len(made["maps"]) == 3
+    cam = client.post(url, data={"at": "mixed"})
+    assert cam.status_code == 202
+    with Store.open(live) as store:
+        assert worker(store, live, spec, net).run(until_idle=True).failed == 0
+    maps = client.get(url + ".json").json()["maps"]
+    assert [m["at"] for m in maps if m["method"] == "grad_cam"] == ["res2", "mixed"]
+    for m in maps:
+        picture = client.get(m["heatmap_url"])
+        assert picture.status_code == 200 and picture.headers["cache-control"] == "private, no-store"
+
+
+@pytest.fixture
+def live(tiny_unrendered: Settings, tmp_path: Path) -> Settings:
+    return copy_store(tiny_unrendered, tmp_path / "live")
+
+
+@pytest.fixture
+def client(live: Settings) -> TestClient:
+    return TestClient(create_app(live))
+
+
+@pytest.fixture
+def spec(tiny_net):  # noqa: ANN001, ANN201
+    return tiny_net.spec
+
+
+@pytest.fixture
+def net(tiny_net):  # noqa: ANN001, ANN201
+    return tiny_net
