@@ -14,6 +14,7 @@ from typing import Any
 from sqlalchemy import Connection
 
 from app import queries, urls
+from app.ablation import ablation_view, unit_key
 from app.catalog import Catalog, LayerEntry, ModelEntry
 from app.errors import ModelNotHeld, NotFound
 from app.page_types import (
@@ -258,6 +259,10 @@ def _same_unit(catalog: Catalog, model: ModelEntry, layer: LayerEntry, index: in
     return None
 
 
+#: The kinds of layers whose units (or directions) can be ablated: those with a spatial output the next layers read.
+ABLATABLE = ("conv", "mixed", "residual", *DERIVED_KINDS)
+
+
 def unit_page(catalog: Catalog, connection: Connection, model_name: str, layer_name: str, index: int,
               renders: bool = True) -> UnitPage:
     model = catalog.model(model_name)
@@ -326,6 +331,9 @@ def unit_page(catalog: Catalog, connection: Connection, model_name: str, layer_n
         factorization=factorization(connection, model, layer) if derived else None,
         part_of=[] if derived else part_of(catalog, connection, model, unit_id),
         matches=matches(catalog, connection, unit_id),
+        ablation=(ablation_view(None, connection, model_name, unit_key(layer_name, index, derived),
+                                f"{layer_name}:{index}", urls.unit_ablation(model_name, layer_name, index), renders)
+                  if layer.kind in ABLATABLE else None),
     )
 
 

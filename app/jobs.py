@@ -92,6 +92,10 @@ def _probe_render(key: str, model: str, probe_id: str, layer: str, kind: str, in
     HANDLERS["probe_render"](model, probe_id, layer, kind, index)
 
 
+def _ablate(key: str, model: str, target: str, mode: str) -> None:
+    HANDLERS["ablate"](model, target, mode)
+
+
 def queue_location(settings: Settings) -> str:
     """``MICROSCOPE_QUEUE`` (a Redis URL or a SQLite file), else ``queue.sqlite3`` in the store directory."""
     return settings.queue_url or str(settings.data_dir / QUEUE_FILE)
@@ -153,17 +157,18 @@ class JobQueue:
         self._sizes = _huey(location, "microscope-upload-sizes").storage
         #: Bytes of uploads that may wait at once, all clients together (None: no quota).
         self.upload_quota = upload_quota
-        self._lists: dict[str, tuple[Huey, Any, Any, Any, Any]] = {}
+        self._lists: dict[str, tuple[Huey, Any, Any, Any, Any, Any]] = {}
 
     def jobs(self, model: str) -> Huey:
         """``model``'s own job list (a worker takes only the jobs of the model it runs)."""
         return self._list(model)[0]
 
-    def _list(self, model: str) -> tuple[Huey, Any, Any, Any, Any]:
+    def _list(self, model: str) -> tuple[Huey, Any, Any, Any, Any, Any]:
         if model not in self._lists:
             huey = _huey(self.location, f"microscope-jobs-{model}")
             self._lists[model] = (huey, huey.task(name="render")(_render), huey.task(name="probe")(_probe),
-                                  huey.task(name="forget")(_forget), huey.task(name="probe_render")(_probe_render))
+                                  huey.task(name="forget")(_forget), huey.task(name="probe_render")(_probe_render),
+                                  huey.task(name="ablate")(_ablate))
         return self._lists[model]
 
     @classmethod
@@ -184,6 +189,10 @@ class JobQueue:
     @staticmethod
     def forget_key(model: str, probe_id: str) -> str:
         return f"forget:{model}:{probe_id}"
+
+    @staticmethod
+    def ablation_key(model: str, target: str, mode: str) -> str:
+        return f"ablate:{model}:{mode}:{target}"
 
     @staticmethod
     def probe_render_key(model: str, probe_id: str, layer: str, kind: str, index: int) -> str:
@@ -232,6 +241,14 @@ class JobQueue:
         task = self._list(model)[4]
         self.huey.storage.delete_data(f"failed:{key}")
         return self._submit(key, lambda: task.s(key, model, probe_id, layer, kind, index, priority=PAGE), client)
+
+    def request_ablation(self, model: str, target: str, mode: str, client: str | None = None) -> JobState:
+        """Queue an ablation over the dataset (``target`` as `precompute.ablation.AblationTarget.key`); one that failed
+        before is tried again."""
+        key = self.ablation_key(model, target, mode)
+        task = self._list(model)[5]
+        self.huey.storage.delete_data(f"failed:{key}")
+        return self._submit(key, lambda: task.s(key, model, target, mode, priority=LAYER), client)
 
     def probe_of(self, probe_id: str) -> str | None:
         """The job key of the probe ``probe_id`` while it is not stored (queued, running or failed)."""

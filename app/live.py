@@ -104,6 +104,80 @@ def render_layer(request: Request, model: str, layer: str, state: StateDep, conn
     return respond(request, page, "_layer_request.html", json, 202)
 
 
+# Ablations over the dataset (issue 23) ------------------------------------------------------------
+
+
+def _unit_ablation(state: ServerState, connection, model: str, layer: str, unit: int):  # noqa: ANN001, ANN202
+    from app.ablation import ablation_view, unit_key
+    from app.browse import ABLATABLE
+    from app.zoo.spec import DERIVED_KINDS
+
+    entry = state.catalog(connection, model).model(model).layer(layer)
+    entry.unit_id(unit)
+    if entry.kind not in ABLATABLE:
+        raise NotFound(f"{layer} is a {entry.kind} layer: only a layer the next ones read can be ablated")
+    return ablation_view(state.queue(), connection, model, unit_key(layer, unit, entry.kind in DERIVED_KINDS),
+                         f"{layer}:{unit}", urls.unit_ablation(model, layer, unit))
+
+
+def _family_ablation(state: ServerState, connection, model: str, layer: str, family: str):  # noqa: ANN001, ANN202
+    from app.ablation import FAMILY_UNITS, ablation_view, family_key
+    from app.tuning import FAMILY_NAMES
+
+    state.catalog(connection, model).model(model).layer(layer)
+    if family not in FAMILY_NAMES:
+        raise NotFound(f"no tuning family {family!r}: {', '.join(FAMILY_NAMES)}")
+    return ablation_view(state.queue(), connection, model, family_key(family, layer),
+                         f"the {FAMILY_UNITS} most {family}-selective units of {layer}",
+                         urls.family_ablation(model, layer, family))
+
+
+def _queue_ablation(request: Request, state: ServerState, model: str, view, mode: str):  # noqa: ANN001, ANN202
+    if mode not in ("zero", "mean"):
+        raise MicroscopeError(f"mode is zero or mean, not {mode!r}")
+    run = next(run for run in view.runs if run.mode == mode)
+    if run.state in ("none", "failed", "off"):
+        _require_queue(state).request_ablation(model, view.key, mode, client=client_address(request, state.settings))
+        return True
+    return False
+
+
+@twin("/models/{model}/{layer}/{unit:int}/ablation", "unit_ablation", on=router)
+def unit_ablation(request: Request, model: str, layer: str, unit: int, state: StateDep, connection: ConnectionDep,
+                  json: bool) -> Response:
+    """A unit's (or a direction's) ablation over the dataset: top-1/top-5 without it, by zero and by mean."""
+    return respond(request, _unit_ablation(state, connection, model, layer, unit), "_ablation.html", json)
+
+
+@twin("/models/{model}/{layer}/{unit:int}/ablation", "unit_ablation_request", methods=("POST",), on=router,
+      status_code=202, dependencies=[Depends(guard_renders)])
+def unit_ablation_request(request: Request, model: str, layer: str, unit: int, state: StateDep,
+                          connection: ConnectionDep, json: bool, mode: str = "zero") -> Response:
+    """Queue a unit's ablation (``?mode=zero`` or ``mean``) behind the pages people wait on."""
+    view = _unit_ablation(state, connection, model, layer, unit)
+    queued = _queue_ablation(request, state, model, view, mode)
+    view = _unit_ablation(state, connection, model, layer, unit)
+    return respond(request, view, "_ablation.html", json, 202 if queued else 200)
+
+
+@twin("/models/{model}/{layer}/tuning/{family}/ablation", "family_ablation", on=router)
+def family_ablation(request: Request, model: str, layer: str, family: str, state: StateDep,
+                    connection: ConnectionDep, json: bool) -> Response:
+    """A tuning family's most selective units ablated together over the dataset (Curve Circuits' ablation)."""
+    return respond(request, _family_ablation(state, connection, model, layer, family), "_ablation.html", json)
+
+
+@twin("/models/{model}/{layer}/tuning/{family}/ablation", "family_ablation_request", methods=("POST",), on=router,
+      status_code=202, dependencies=[Depends(guard_renders)])
+def family_ablation_request(request: Request, model: str, layer: str, family: str, state: StateDep,
+                            connection: ConnectionDep, json: bool, mode: str = "zero") -> Response:
+    """Queue the family's ablation (``?mode=zero`` or ``mean``)."""
+    view = _family_ablation(state, connection, model, layer, family)
+    queued = _queue_ablation(request, state, model, view, mode)
+    view = _family_ablation(state, connection, model, layer, family)
+    return respond(request, view, "_ablation.html", json, 202 if queued else 200)
+
+
 # Probes --------------------------------------------------------------------------------------
 
 

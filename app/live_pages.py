@@ -100,8 +100,10 @@ def probe_page(state: ServerState, connection: Connection, catalog: Catalog, mod
         by_layer.setdefault(ref.layer, []).append(ProbedUnit(ref, rank, activation, y, x, heatmap,
                                                              urls.probe_attribution(model, probe_id, ref.layer, ref.index)))
     groups = _groups(state, connection, catalog, model, probe_id, probe.id)
+    ablated = {name: [{**c, "url": urls.unit(model, logits, c["index"]) if logits else None} for c in found]
+               for name, found in connection.execute(queries.probe_ablations, {"probe": probe.id})}
     layers = [ProbedLayer(layer.name, urls.layer(model, layer.name), sorted(by_layer[layer.name], key=lambda u: u.rank),
-                          *groups.get(layer.name, ([], None)))
+                          *groups.get(layer.name, ([], None)), ablated.get(layer.name, []))
               for layer in entry.layers if layer.name in by_layer]
     from app.attribution import probe_attributions
 

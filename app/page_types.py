@@ -260,6 +260,8 @@ class UnitPage:
     part_of: list[PartOf] = field(default_factory=list)
     #: Its nearest units in other models of the store (`precompute.match`), by correlation, best first.
     matches: list[Weighted] = field(default_factory=list)
+    #: The unit (or direction) ablated over the dataset (issue 23).
+    ablation: AblationView | None = None
     kind: str = "unit"
 
 
@@ -375,6 +377,30 @@ class GroupRender:
 
 
 @dataclass(frozen=True)
+class AblationRun:
+    """One ablation's figures (``mode`` ``zero`` or ``mean``), or where its job stands."""
+
+    mode: str
+    state: str
+    figures: dict[str, Any] | None = None
+    recipe_sha256: str | None = None
+    message: str = ""
+
+
+@dataclass(frozen=True)
+class AblationView:
+    """What the network does over the dataset without a unit, a family's top units or a direction (issue 23)."""
+
+    key: str
+    label: str
+    #: POST here (``?mode=zero`` or ``mean``) to queue it; GET for where it stands.
+    url: str
+    runs: list[AblationRun]
+    poll: int | None = None
+    kind: str = "ablation"
+
+
+@dataclass(frozen=True)
 class AttributionMap:
     method: str
     label: str
@@ -424,6 +450,8 @@ class ProbedLayer:
     groups: list[ProbedGroup] = field(default_factory=list)
     #: The fraction of the layer's variance over the image's positions that its groups leave unexplained.
     groups_fvu: float | None = None
+    #: The probe's top classes with this layer's top units set to zero (issue 23).
+    ablated_classes: list[dict[str, Any]] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -533,6 +561,8 @@ class FamilyPage:
     families: dict[str, str]
     #: How ``selectivity`` is computed.
     selectivity: str
+    #: The family's most selective units ablated together over the dataset (issue 23).
+    ablation: AblationView | None = None
     kind: str = "family"
 
 

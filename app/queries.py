@@ -8,8 +8,8 @@ from __future__ import annotations
 
 from sqlalchemy import bindparam, func, select
 
-from app.store import (Artifact, AttributionCheck, Dataset, DatasetExample, DatasetImage, DirectionWeight, Edge, Factorization, Layer, LayerArtifact, LayerModules,
-                       Model, Probe, ProbeAttribution, ProbeGroup, ProbeRender, ProbeUnit, Run, UnitLabel, UnitMatch, UnitMixture, UnitStats, UnitTuning)
+from app.store import (Ablation, Artifact, AttributionCheck, Dataset, DatasetExample, DatasetImage, DirectionWeight, Edge, Factorization, Layer, LayerArtifact, LayerModules,
+                       Model, Probe, ProbeAblation, ProbeAttribution, ProbeGroup, ProbeRender, ProbeUnit, Run, UnitLabel, UnitMatch, UnitMixture, UnitStats, UnitTuning)
 
 THUMBNAIL_TECHNIQUE = "channel"
 
@@ -132,6 +132,12 @@ probe_pictures = [
     select(column).where(column.class_.probe_id == bindparam("probe"), column == bindparam("key")).limit(1)
     for column in (ProbeUnit.heatmap_key, ProbeGroup.heatmap_key, ProbeRender.image_key, ProbeAttribution.heatmap_key)
 ]
+
+#: Ablations over the dataset (issue 23), and a probe's classes with each layer's top units ablated.
+ablations = (select(Ablation.mode, Ablation.figures, Ablation.recipe_sha256).join(Model, Ablation.model_id == Model.id)
+             .where(Model.name == bindparam("model"), Ablation.key == bindparam("key")))
+probe_ablations = (select(Layer.name, ProbeAblation.classes).join(Layer, ProbeAblation.layer_id == Layer.id)
+                   .where(ProbeAblation.probe_id == bindparam("probe")))
 
 #: A probe's attribution maps (issue 23), and a model's randomization test of each method.
 probe_attributions = (select(ProbeAttribution.unit_id, ProbeAttribution.y, ProbeAttribution.x, ProbeAttribution.method,

@@ -20,6 +20,7 @@ from PIL import Image
 from sqlalchemy import Connection
 
 from app import queries, urls
+from app.ablation import FAMILY_UNITS, ablation_view, family_key
 from app.catalog import Catalog, LayerEntry
 from app.errors import NotFound
 from app.page_types import FamilyPage, FamilyUnit, Tuning, TuningSection
@@ -103,6 +104,9 @@ def family_page(catalog: Catalog, connection: Connection, model: str, layer: str
         units=units, model_url=urls.model(model), layer_url=urls.layer(model, layer),
         json_url=urls.tuning_family(model, layer, family, json=True),
         families={name: urls.tuning_family(model, layer, name) for name in FAMILY_NAMES}, selectivity=SELECTIVITY,
+        ablation=ablation_view(None, connection, model, family_key(family, layer),
+                               f"the {FAMILY_UNITS} most {family}-selective units of {layer}",
+                               urls.family_ablation(model, layer, family)) if units else None,
     )
 
 

@@ -114,6 +114,16 @@ def tuning_family(model_name: str, layer_name: str, family: str, json: bool = Fa
     return f"/models/{quote(model_name)}/{quote(layer_name)}/tuning/{quote(family)}{_suffix(json)}"
 
 
+def unit_ablation(model_name: str, layer_name: str, index: int, json: bool = False) -> str:
+    """A unit's (or direction's) ablation over the dataset: GET its figures, POST ``?mode=zero|mean`` to queue it."""
+    return f"/models/{quote(model_name)}/{quote(layer_name)}/{index}/ablation{_suffix(json)}"
+
+
+def family_ablation(model_name: str, layer_name: str, family: str, json: bool = False) -> str:
+    """A tuning family's most selective units ablated together: GET its figures, POST ``?mode=zero|mean``."""
+    return f"/models/{quote(model_name)}/{quote(layer_name)}/tuning/{quote(family)}/ablation{_suffix(json)}"
+
+
 def tuning_plot(model_name: str, layer_name: str, index: int, family: str, small: bool = False) -> str:
     """A unit's tuning plot of one family (SVG)."""
     url = f"/models/{quote(model_name)}/{quote(layer_name)}/{index}/tuning/{quote(family)}.svg"

@@ -30,7 +30,7 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 
 from app.errors import MicroscopeError
-from app.store import Layer, Probe, ProbeAttribution, ProbeGroup, ProbeRender, ProbeUnit, Store, Unit
+from app.store import Layer, Probe, ProbeAblation, ProbeAttribution, ProbeGroup, ProbeRender, ProbeUnit, Store, Unit
 from app.store.schema import new_probe_id
 from app.uploads import UploadLimits, check_image
 from app.zoo import LayerSpec, ModelSpec
@@ -129,6 +129,7 @@ def run_probe(stage: Stage, sha256: str, data: bytes, limits: UploadLimits | Non
     if deepest is not None:
         targets.append(Target(deepest["layer"], deepest["unit"], deepest["y"], deepest["x"]))
     maps = [row for target in targets for row in attributions(stage, tensor[0], target, skip_wrong=True)]
+    ablated = _ablated_classes(stage, tensor, units, logits_layer)
     store.blobs.flush()  # blobs are durable before any row points at them
     recipe = {
         "algorithm": PROBE_ALGORITHM, "weights_sha256": weights_sha256, "input": PREPROCESSING.format(size=spec.input_size),
@@ -140,10 +141,11 @@ def run_probe(stage: Stage, sha256: str, data: bytes, limits: UploadLimits | Non
                    "vector": "the component, unit norm", "share": "its part of the reconstruction's sum",
                    "map": "the group's coefficient at each position / its maximum on this image"},
         "framed": "8-bit RGB, stored as lossless WebP", "attribution": ATTRIBUTION_RECIPE,
+        "ablated": "the top classes with each layer's top units set to zero after its ReLU",
     }
     probe = {"sha256": sha256, "public_id": public_id or new_probe_id(), "image_key": image_key, "width": image.width,
              "height": image.height, "classes": classes, "recipe": recipe, "created_at": datetime.now(UTC).replace(tzinfo=None)}
-    return _write(store, spec, probe, units, groups, maps, [layer.name for layer in main])
+    return _write(store, spec, probe, units, groups, maps, ablated, [layer.name for layer in main])
 
 
 def _top_classes(spec: ModelSpec, logits_layer: LayerSpec, logits: torch.Tensor) -> list[dict]:
@@ -245,8 +247,28 @@ def attribution_picture(values: np.ndarray, side: int = HEATMAP_SIDE) -> bytes:
     return out.getvalue()
 
 
+def _ablated_classes(stage: Stage, tensor: torch.Tensor, units: list[dict], logits_layer: LayerSpec) -> dict[str, list]:
+    """Per main layer, the probe's top classes with that layer's top units set to zero (where the network can
+    edit the layer: `Network.spliced`)."""
+    from precompute.ablation import editor
+    from precompute.models.derived import base_network
+
+    net = base_network(stage.net)
+    out = {}
+    for layer in dict.fromkeys(unit["layer"] for unit in units):
+        chosen = [unit["unit"] for unit in units if unit["layer"] == layer]
+        try:
+            forward = net.spliced(layer, editor("zero", chosen))
+        except MicroscopeError:
+            continue
+        with torch.no_grad():
+            logits = forward(tensor.to(stage.device))[0].float().cpu()
+        out[layer] = _top_classes(stage.spec, logits_layer, logits)
+    return out
+
+
 def _write(store: Store, spec: ModelSpec, probe: dict, units: list[dict], groups: list[dict], maps: list[dict],
-           layers: list[str]) -> bool:
+           ablated: dict[str, list], layers: list[str]) -> bool:
     try:
         for attempt in store.retrying():  # a stage writing beside the worker may hold the lock
             with attempt, store.transaction() as session:
@@ -269,6 +291,8 @@ def _write(store: Store, spec: ModelSpec, probe: dict, units: list[dict], groups
                     for group in groups
                 ])
                 _add_maps(session, model.id, row.id, maps)
+                session.add_all([ProbeAblation(probe_id=row.id, layer_id=layer_ids[layer], classes=classes)
+                                 for layer, classes in ablated.items()])
     except IntegrityError:
         return False  # another worker stored the same image first
     return True

@@ -150,7 +150,8 @@ class Worker:
         if taken is None:
             return False
         key, task = taken
-        HANDLERS.update(render=self.render, probe=self.probe, forget=self.forget, probe_render=self.probe_render)  # this worker's (a process may hold several)
+        HANDLERS.update(render=self.render, probe=self.probe, forget=self.forget, probe_render=self.probe_render,
+                        ablate=self.ablate)  # this worker's (a process may hold several)
         previous, self.doing = self.doing, key
         self._serving = True
         finished = True
@@ -222,6 +223,20 @@ class Worker:
             attribute_probe(self.stage, probe_id, layer, index, cam_layer=kind.split(":", 1)[1])
         else:
             raise MicroscopeError(f"no picture of kind {kind!r}: group, attribution or grad_cam:LAYER")
+
+    def ablate(self, model: str, target: str, mode: str) -> None:
+        """An ablation over the dataset the examples stage read (`precompute.ablation`); requests are served between
+        its batches."""
+        from precompute.ablation import run_ablation, target_of
+        from precompute.runs import stored_dataset_root
+
+        self._spec(model)
+        root = stored_dataset_root(self.store)
+        if root is None:
+            raise MicroscopeError("no dataset in the store to ablate over: run the examples stage first")
+        if target.startswith("direction:") and target.split(":")[1] not in self.spec.layer_names:
+            self.refresh_layers()  # a derived layer factored since this worker started
+        run_ablation(self.stage, root, target_of(self.store, self.stage.spec, target), mode, poll=self.between_steps)
 
     def forget(self, model: str, probe_id: str) -> None:
         """Delete a probe its owner asked to delete: its rows and images, or its upload if it still waits."""

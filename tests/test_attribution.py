@@ -105,6 +105,8 @@ def test_probe_maps_with_their_randomization_verdicts(client: TestClient, live: 
     assert [m["method"] for m in first["maps"]] == ["gradient", "integrated_gradients", "grad_cam"]
     assert all(m["verdict"]["passes"] is None and "not tested" in m["verdict"]["text"] for m in first["maps"])
     assert result["attributions"][1]["kind"] == "unit"
+    ablated = result["layers"][-1]["ablated_classes"]  # the classes without the last layer's top units
+    assert len(ablated) == 5 and ablated != result["classes"]
     page = client.get(urls.probe(MODEL, probe_id)).text
     assert "microscope precompute sanity" in page and "What in the image drove it" in page
     # The test on the model: its table on the model page, its words beside every map.
@@ -160,3 +162,71 @@ def spec(tiny_net):  # noqa: ANN001, ANN201
 @pytest.fixture
 def net(tiny_net):  # noqa: ANN001, ANN201
     return tiny_net
+
+
+# Ablation ------------------------------------------------------------------------------------------
+
+
+def test_ablating_a_unit_the_classifier_reads_changes_the_logits_by_its_contribution(tiny_net, tiny_images: Path) -> None:  # noqa: ANN001
+    """The classifier reads res2's units averaged over positions: without unit u the logits lose exactly
+    W[:, u] times its mean activation (and, by mean, gain W[:, u] times the dataset mean less the image's)."""
+    from precompute.ablation import editor
+
+    x = torch.stack(_images(tiny_images, tiny_net.spec, 3))
+    weight = tiny_net.module.fc.weight.detach()
+    with torch.no_grad():
+        logits = tiny_net.logits(x)
+        pooled = tiny_net(x, ["res2"])["res2"].clamp(min=0).mean(dim=(2, 3))
+        zeroed = tiny_net.spliced("res2", editor("zero", [5]))(x)
+        means = torch.full((2,), 0.25)
+        meaned = tiny_net.spliced("res2", editor("mean", [5, 9], means=means))(x)
+    assert torch.allclose(zeroed - logits, -pooled[:, 5:6] * weight[:, 5], atol=1e-5)
+    expected = (0.25 - pooled[:, 5:6]) * weight[:, 5] + (0.25 - pooled[:, 9:10]) * weight[:, 9]
+    assert torch.allclose(meaned - logits, expected, atol=1e-5)
+    with pytest.raises(Exception, match="choose from zero, mean"):
+        editor("half", [1])
+
+
+def test_a_unit_ablation_from_its_page_to_its_figures(client: TestClient, live: Settings, spec, net,  # noqa: ANN001
+                                                       tiny_images: Path, tmp_path: Path) -> None:
+    import shutil
+
+    from sqlalchemy import update
+
+    from app.store import Dataset
+    from precompute.ablation import AblationTarget, run_ablation, target_of
+
+    labelled = tmp_path / "labelled"  # the synthetic images under real synsets of the tiny model's classes
+    for number, file in enumerate(sorted(tiny_images.glob("*/*.jpg"))[:12]):
+        folder = labelled / spec.classes[number % 4].synset
+        folder.mkdir(parents=True, exist_ok=True)
+        shutil.copy(file, folder / file.name)
+    with Store.open(live) as store:
+        with store.transaction() as session:
+            session.execute(update(Dataset).values(root=str(labelled)))
+        stage = Stage(store, net, "w", torch.device("cpu"), progress=False)
+        with pytest.raises(Exception, match="has no curves tuning"):
+            target_of(store, spec, "family:curves:res1:10")
+        with pytest.raises(Exception, match="not an ablation target"):
+            target_of(store, spec, "units:res1:one")
+        with pytest.raises(Exception, match="units 0-"):
+            run_ablation(stage, labelled, AblationTarget("units:res1:99", "res1", (99,)))
+    page = client.get(urls.unit(MODEL, "res2", 5, json=True)).json()
+    assert page["ablation"]["runs"][0]["state"] == "none" and page["ablation"]["key"] == "units:res2:5"
+    assert "measure it over the dataset" in client.get(urls.unit(MODEL, "res2", 5)).text
+    url = urls.unit_ablation(MODEL, "res2", 5)
+    assert client.post(url + ".json?mode=half").status_code == 400
+    assert client.post(urls.unit_ablation(MODEL, "res2", 99, True)).status_code == 404
+    assert client.post(url + ".json", headers={"origin": "https://elsewhere.example"}).status_code == 403
+    asked = client.post(url + ".json?mode=zero")
+    assert asked.status_code == 202 and asked.json()["runs"][0]["state"] == "queued"
+    with Store.open(live) as store:
+        assert worker(store, live, spec, net).run(until_idle=True).failed == 0
+    done = client.get(url + ".json").json()["runs"][0]
+    assert done["state"] == "done" and done["figures"]["images"] == 12
+    figures = done["figures"]
+    assert 0 <= figures["ablated_top1"] <= figures["ablated_top5"] <= 1 and len(figures["classes"]) == 4
+    assert client.post(url + ".json?mode=zero").status_code == 200  # stored: not queued again
+    with Store.open(live) as store:  # the same recipe again: reused, not recomputed
+        assert run_ablation(Stage(store, net, "w", torch.device("cpu"), progress=False), labelled,
+                            target_of(store, spec, "units:res2:5")).reused

@@ -4,6 +4,7 @@ from app.store.blobs import BlobStore, is_valid_key
 from app.store.database import Store
 from app.store.schema import (
     SCHEMA_VERSION,
+    Ablation,
     Artifact,
     AttributionCheck,
     Dataset,
@@ -17,6 +18,7 @@ from app.store.schema import (
     LayerModules,
     Model,
     Probe,
+    ProbeAblation,
     ProbeAttribution,
     ProbeGroup,
     ProbeRender,
@@ -32,6 +34,7 @@ from app.store.schema import (
 
 __all__ = [
     "SCHEMA_VERSION",
+    "Ablation",
     "Artifact",
     "AttributionCheck",
     "BlobStore",
@@ -46,6 +49,7 @@ __all__ = [
     "LayerModules",
     "Model",
     "Probe",
+    "ProbeAblation",
     "ProbeAttribution",
     "ProbeGroup",
     "ProbeRender",

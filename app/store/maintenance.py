@@ -10,10 +10,10 @@ from sqlalchemy import Connection, delete, select
 
 from app.store.database import Store
 from app.store.schema import (Artifact, DatasetExample, DatasetImage, Edge, Factorization, LayerArtifact, Probe,
-                              ProbeAttribution, ProbeGroup, ProbeRender, ProbeUnit)
+                              ProbeAblation, ProbeAttribution, ProbeGroup, ProbeRender, ProbeUnit)
 
 #: The tables of a probe's parts (rows with a ``probe_id``), and their columns that hold its blobs.
-PROBE_PARTS = (ProbeUnit, ProbeGroup, ProbeRender, ProbeAttribution)
+PROBE_PARTS = (ProbeUnit, ProbeGroup, ProbeRender, ProbeAttribution, ProbeAblation)
 PROBE_BLOB_COLUMNS = (Probe.image_key, ProbeUnit.heatmap_key, ProbeGroup.heatmap_key, ProbeRender.image_key,
                       ProbeAttribution.heatmap_key)
 #: Every column that holds a blob key.

@@ -26,7 +26,8 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 #: (``factorizations``, ``direction_weights``, ``unit_mixtures``) and the modules of layer pairs (``layer_modules``) and
 #: the units' nearest units in other models (``unit_matches``: issue 22), version 9 the probes' neuron groups
 #: (``probe_groups``), the pictures rendered for a probe on demand (``probe_renders``), the probes' attribution maps
-#: (``probe_attributions``) and the models' randomization tests of those maps (``attribution_checks``: issue 23).
+#: (``probe_attributions``), the models' randomization tests of those maps (``attribution_checks``), ablations over the
+#: dataset (``ablations``) and a probe's classes with each layer's top units ablated (``probe_ablations``: issue 23).
 SCHEMA_VERSION = 9
 #: Versions a writable open upgrades by creating the tables and nullable columns added since.
 ADDITIVE_SINCE = 1
@@ -387,6 +388,44 @@ class AttributionCheck(Base):
     ssim_median: Mapped[float]
     spearman: Mapped[list[Any]]
     ssim: Mapped[list[Any]]
+    recipe_sha256: Mapped[str] = mapped_column(String(64))
+    recipe: Mapped[dict[str, Any]]
+    run_id: Mapped[int] = mapped_column(ForeignKey("runs.id"))
+
+
+class ProbeAblation(Base):
+    """A probe's top classes with one main layer's top units (its `ProbeUnit` rows there) set to zero."""
+
+    __tablename__ = "probe_ablations"
+    __table_args__ = (UniqueConstraint("probe_id", "layer_id"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    probe_id: Mapped[int] = mapped_column(ForeignKey("probes.id", ondelete="CASCADE"))
+    layer_id: Mapped[int] = mapped_column(ForeignKey("layers.id"))
+    #: Top classes, best first, as `Probe.classes`.
+    classes: Mapped[list[Any]]
+
+
+class Ablation(Base):
+    """The network over the dataset with a unit, a set of units or a direction ablated (`precompute.ablation`).
+
+    ``key`` names what (``units:mixed3b:1,5``, ``family:curves:mixed3b:10``, ``direction:mixed3b_sae:17``); ``units``
+    are the base layer's channels set to zero or their mean (``mode``), ``direction_id`` the derived unit whose
+    direction was removed; ``figures``: top-1/top-5 before and after and the classes that changed most.
+    """
+
+    __tablename__ = "ablations"
+    __table_args__ = (UniqueConstraint("model_id", "key", "mode"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    model_id: Mapped[int] = mapped_column(ForeignKey("models.id"))
+    layer_id: Mapped[int] = mapped_column(ForeignKey("layers.id"))
+    key: Mapped[str] = mapped_column(String(200))
+    mode: Mapped[str] = mapped_column(String(8))
+    units: Mapped[list[Any]]
+    direction_id: Mapped[int | None] = mapped_column(ForeignKey("units.id"))
+    label: Mapped[str] = mapped_column(String(200))
+    figures: Mapped[dict[str, Any]]
     recipe_sha256: Mapped[str] = mapped_column(String(64))
     recipe: Mapped[dict[str, Any]]
     run_id: Mapped[int] = mapped_column(ForeignKey("runs.id"))
