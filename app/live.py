@@ -23,7 +23,7 @@ from app.errors import MicroscopeError, NotFound
 from app.access import TOKEN_COOKIE, check_origin, check_policy, client_address, guard_probes, guard_renders, token_matches
 from app.jobs import LAYER, JobQueue, JobState, QueueFull, TooManyJobs
 from app.attribution import LABELS, attribution_status
-from app.live_pages import group_render_page, probe_page, render_status_page, stored_probe, worker_command
+from app.live_pages import caricature_page, group_render_page, probe_page, render_status_page, stored_probe, worker_command
 from app.page_types import LayerRequest, LoginPage, ProbeForm
 from app.respond import json_response, respond
 from app.state import ServerState
@@ -371,6 +371,29 @@ def probe_attribution_request(request: Request, model: str, probe_id: str, layer
                                                    index, client=client_address(request, state.settings))
         page = attribution_status(state, connection, catalog, model, probe_id, layer, index, at)
     return _private(respond(request, page, "_attribution.html", json, 202 if missing else 200))
+
+
+@twin("/models/{model}/probes/{probe_id}/caricatures/{layer}/render", "probe_caricature_status", on=router)
+def probe_caricature_status(request: Request, model: str, probe_id: str, layer: str, state: StateDep,
+                            connection: ConnectionDep, json: bool) -> Response:
+    """Whether a probe's caricature at a layer is made, queued (and where) or not asked for."""
+    page = caricature_page(state, connection, state.catalog(connection, model), model, probe_id, layer)
+    return _private(respond(request, page, "_group_render.html", json))
+
+
+@twin("/models/{model}/probes/{probe_id}/caricatures/{layer}/render", "probe_caricature_render", methods=("POST",),
+      on=router, status_code=202, dependencies=[Depends(guard_probes)],
+      responses={200: {"description": "Made already: its status"}})
+def probe_caricature_render(request: Request, model: str, probe_id: str, layer: str, state: StateDep,
+                            connection: ConnectionDep, json: bool) -> Response:
+    """Queue a probe's caricature at a layer (Lucid's recipe, the units' renderer); answers its status."""
+    catalog = state.catalog(connection, model)
+    page = caricature_page(state, connection, catalog, model, probe_id, layer)
+    if page.state in ("none", "failed"):
+        job = _require_queue(state).request_probe_render(model, probe_id, layer, "caricature", 0,
+                                                         client=client_address(request, state.settings))
+        page = caricature_page(state, connection, catalog, model, probe_id, layer, job)
+    return _private(respond(request, page, "_group_render.html", json, 200 if page.state == "rendered" else 202))
 
 
 @router.get("/models/{model}/probes/{probe_id}/images/{key}", name="probe_image", include_in_schema=False)

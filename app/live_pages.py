@@ -102,8 +102,12 @@ def probe_page(state: ServerState, connection: Connection, catalog: Catalog, mod
     groups = _groups(state, connection, catalog, model, probe_id, probe.id)
     ablated = {name: [{**c, "url": urls.unit(model, logits, c["index"]) if logits else None} for c in found]
                for name, found in connection.execute(queries.probe_ablations, {"probe": probe.id})}
+    caricatures = _caricatures(connection, probe.id)
+    queue = state.queue()
     layers = [ProbedLayer(layer.name, urls.layer(model, layer.name), sorted(by_layer[layer.name], key=lambda u: u.rank),
-                          *groups.get(layer.name, ([], None)), ablated.get(layer.name, []))
+                          *groups.get(layer.name, ([], None)), ablated.get(layer.name, []),
+                          _group_render(state, queue, model, probe_id, layer.name, 0, caricatures.get(layer.name),
+                                        picture="caricature"))
               for layer in entry.layers if layer.name in by_layer]
     from app.attribution import probe_attributions
 
@@ -148,22 +152,46 @@ def _groups(state: ServerState, connection: Connection, catalog: Catalog, model:
 
 
 def _group_render(state: ServerState, queue: JobQueue | None, model: str, probe_id: str, layer: str, group: int,
-                  stored: tuple | None, job: JobState | None = None) -> GroupRender:
-    status_url = urls.probe_group_render(model, probe_id, layer, group)
+                  stored: tuple | None, job: JobState | None = None, picture: str = "group") -> GroupRender:
+    status_url = (urls.probe_group_render(model, probe_id, layer, group) if picture == "group"
+                  else urls.probe_caricature(model, probe_id, layer))
     if stored is not None:
         key, objective, recipe = stored
         return GroupRender(layer, group, "rendered", "rendered", status_url, urls.probe_image(model, probe_id, key),
-                           objective, recipe)
+                           objective, recipe, picture=picture)
     if queue is None:
-        return GroupRender(layer, group, "off", "Rendering on demand is off: the server has no job queue.", status_url)
-    job = job or queue.state(JobQueue.probe_render_key(model, probe_id, layer, "group", group))
+        return GroupRender(layer, group, "off", "Rendering on demand is off: the server has no job queue.", status_url,
+                           picture=picture)
+    job = job or queue.state(JobQueue.probe_render_key(model, probe_id, layer, picture, group))
     workers = len(queue.live_workers())
     message = {"none": "Not rendered.", "running": "Rendering now.", "failed": f"Rendering failed: {job.message}"}.get(
         job.state, f"Queued: {job.position} of {job.pending} waiting.")
     if not workers and job.state in ("queued", "running"):
         message += f" No worker is running: {worker_command(state)}"
     poll = (POLL_SECONDS if workers else POLL_IDLE_SECONDS) if job.state in ("queued", "running") else None
-    return GroupRender(layer, group, job.state, message, status_url, poll=poll)
+    return GroupRender(layer, group, job.state, message, status_url, poll=poll, picture=picture)
+
+
+def caricature_page(state: ServerState, connection: Connection, catalog: Catalog, model: str, probe_id: str,
+                    layer: str, job: JobState | None = None) -> GroupRender:
+    """Where a stored probe's caricature at ``layer`` stands."""
+    catalog.model(model).layer(layer)
+    queue = state.queue()
+    if queue is not None and queue.forgotten(probe_id):
+        raise ProbeGone(f"the probe {probe_id} was deleted")
+    row = stored_probe(connection, model, public_id=probe_id)
+    if row is None:
+        raise NotFound(f"no stored probe {probe_id!r} of {model}")
+    if layer not in {name for name, *_ in connection.execute(queries.probe_groups, {"probe": row.id})} and not any(
+            catalog.units[unit_id][1] == layer for unit_id, *_ in connection.execute(queries.probe_units, {"probe": row.id})):
+        raise NotFound(f"the probe {probe_id} shows no layer {layer!r}")
+    return _group_render(state, queue, model, probe_id, layer, 0, _caricatures(connection, row.id).get(layer), job,
+                         picture="caricature")
+
+
+def _caricatures(connection: Connection, row_id: int) -> dict[str, tuple]:
+    return {layer: (key, objective, recipe) for layer, kind, _, key, objective, recipe
+            in connection.execute(queries.probe_renders, {"probe": row_id}) if kind == "caricature"}
 
 
 def group_render_page(state: ServerState, connection: Connection, catalog: Catalog, model: str, probe_id: str,

@@ -373,6 +373,8 @@ class GroupRender:
     objective: float | None = None
     recipe: dict[str, Any] | None = None
     poll: int | None = None
+    #: ``group`` (a neuron group's direction) or ``caricature`` (the layer's caricature of the probe).
+    picture: str = "group"
     kind: str = "group-render"
 
 
@@ -452,6 +454,8 @@ class ProbedLayer:
     groups_fvu: float | None = None
     #: The probe's top classes with this layer's top units set to zero (issue 23).
     ablated_classes: list[dict[str, Any]] = field(default_factory=list)
+    #: The layer's caricature of the image (Lucid's recipe), made on demand.
+    caricature: GroupRender | None = None
 
 
 @dataclass(frozen=True)

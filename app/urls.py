@@ -94,6 +94,11 @@ def probe_group_render(model_name: str, probe_id: str, layer_name: str, group: i
     return f"/models/{quote(model_name)}/probes/{probe_id}/groups/{quote(layer_name)}/{group}/render{_suffix(json)}"
 
 
+def probe_caricature(model_name: str, probe_id: str, layer_name: str, json: bool = False) -> str:
+    """A probe's caricature at one layer: its status (GET), or a request for it (POST)."""
+    return f"/models/{quote(model_name)}/probes/{probe_id}/caricatures/{quote(layer_name)}/render{_suffix(json)}"
+
+
 def probe_attribution(model_name: str, probe_id: str, layer_name: str, index: int, json: bool = False) -> str:
     """A probe's attribution maps of one target (a class's logit unit, or a unit it lists): GET their state, POST
     to have them made (``?at=LAYER``: Grad-CAM at that layer)."""

@@ -406,3 +406,52 @@ def render_group(stage: Stage, probe_id: str, layer_name: str, group: int, defau
     except IntegrityError:
         return False  # another worker rendered it first
     return True
+
+
+def render_caricature(stage: Stage, probe_id: str, layer_name: str, defaults: Defaults = ON_DEMAND,
+                      poll: Callable[[], None] | None = None) -> bool:
+    """The probe's caricature at one main layer (`precompute.caricature`: Lucid's recipe with the units' renderer's
+    parameterization, transforms and on-demand size and steps); False when it was made already."""
+    from precompute.caricature import COSSIM_POW, caricature
+    from precompute.optvis.render import LEARNING_RATE
+    from precompute.optvis.transform import STANDARD
+    from precompute.vis import encode_render, unit_seed
+
+    store, spec = stage.store, stage.spec
+    layer = spec.layer(layer_name)
+    if layer.kind in ("linear", "logits") or layer.size <= 1:
+        raise MicroscopeError(f"{layer_name} has no spatial output to caricature")
+    with store.session() as session:
+        probe = session.scalar(select(Probe).where(Probe.public_id == probe_id))
+        if probe is None:
+            raise MicroscopeError(f"no stored probe {probe_id} (deleted, or never made)")
+        layer_id = session.scalar(select(Layer.id).where(Layer.model_id == probe.model_id, Layer.name == layer_name))
+        if session.scalar(select(ProbeRender.id).where(ProbeRender.probe_id == probe.id, ProbeRender.layer_id == layer_id,
+                                                       ProbeRender.kind == "caricature")):
+            return False
+        row_id, image_key = probe.id, probe.image_key
+    with Image.open(io.BytesIO(store.blobs.get(image_key))) as framed:
+        image = torch.from_numpy(np.asarray(framed.convert("RGB"), dtype=np.float32) / 255).permute(2, 0, 1)
+    steps, size, seed = defaults.steps_for(layer), defaults.size, unit_seed(0, layer_name, 0, "caricature")
+    result, end, start = caricature(stage.net, image, layer_name, size, steps, seed, device=stage.device, poll=poll)
+    pixels = (result.clamp(0, 1).permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)[None]
+    key = store.blobs.put(encode_render(pixels), "webp")
+    store.blobs.flush()
+    params = digested({
+        "technique": "caricature", "layer": layer_name, "probe_algorithm": PROBE_ALGORITHM,
+        "objective": "Lucid's dot_compare: dot * max(0.1, dot / |optimized|) ** cossim_pow, after the ReLU, the probe's "
+                     "image transformed with the same draw each step", "cossim_pow": COSSIM_POW,
+        "parameterization": "fourier", "decorrelated_color": True, "size": size, "steps": steps, "optimizer": "adam",
+        "learning_rate": LEARNING_RATE, "transforms": STANDARD.describe(), "seed": seed, "precision": "fp32",
+        "weights_sha256": stage.weights_sha256, "start_objective": round(start, 4),
+    })
+    try:
+        for attempt in store.retrying():
+            with attempt, store.transaction() as session:
+                if session.get(Probe, row_id) is None:
+                    raise MicroscopeError(f"the probe {probe_id} was deleted")
+                session.add(ProbeRender(probe_id=row_id, layer_id=layer_id, kind="caricature", index=0, image_key=key,
+                                        objective=round(end, 4), recipe=params))
+    except IntegrityError:
+        return False
+    return True

@@ -230,3 +230,32 @@ def test_a_unit_ablation_from_its_page_to_its_figures(client: TestClient, live: 
     with Store.open(live) as store:  # the same recipe again: reused, not recomputed
         assert run_ablation(Stage(store, net, "w", torch.device("cpu"), progress=False), labelled,
                             target_of(store, spec, "units:res2:5")).reused
+
+
+# Caricatures ---------------------------------------------------------------------------------------
+
+
+def test_a_probes_caricature_matches_its_activations_better_than_where_it_started(
+        client: TestClient, live: Settings, spec, net, tiny_images: Path) -> None:  # noqa: ANN001
+    from precompute.caricature import caricature
+    from precompute.recipes import Defaults
+
+    image = _images(tiny_images, spec, 1)[0]
+    result, end, start = caricature(net, image, "mixed", 32, 24, seed=1)
+    assert result.shape == (3, 32, 32) and end > 1.2 * start
+    probe_id = client.post(urls.probes(MODEL), content=jpeg(tiny_images, 4), headers=JPEG).json()["id"]
+    with Store.open(live) as store:
+        worker(store, live, spec, net).run(until_idle=True)
+    layer = client.get(urls.probe(MODEL, probe_id, json=True)).json()["layers"][1]
+    assert layer["caricature"]["state"] == "none" and layer["caricature"]["picture"] == "caricature"
+    url = layer["caricature"]["status_url"]
+    assert 'Make its caricature' in client.get(urls.probe(MODEL, probe_id)).text
+    assert client.post(urls.probe_caricature(MODEL, probe_id, "nolayer", True)).status_code == 404
+    assert client.post(url + ".json").status_code == 202
+    with Store.open(live) as store:
+        assert worker(store, live, spec, net, defaults=Defaults(steps=24, early_steps=24, size=32)).run(
+            until_idle=True).failed == 0
+    done = client.get(url + ".json").json()
+    assert done["state"] == "rendered" and done["recipe"]["technique"] == "caricature"
+    assert done["objective"] > done["recipe"]["start_objective"]
+    assert client.get(done["image_url"]).headers["cache-control"] == "private, no-store"
