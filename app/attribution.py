@@ -107,7 +107,7 @@ def attribution_status(state, connection: Connection, catalog: Catalog, model: s
         listed = index in [c["index"] for c in row.classes]
         position = (None, None)
     else:
-        found = [(y, x) for u, _, _, y, x, _ in connection.execute(queries.probe_units, {"probe": row.id}) if u == unit_id]
+        found = [(y, x) for u, _, _, y, x, *_ in connection.execute(queries.probe_units, {"probe": row.id}) if u == unit_id]
         listed, position = bool(found), (found[0] if found else (None, None))
     if not listed:
         raise NotFound(f"{layer}:{index} is not among the probe's top classes or units")

@@ -23,7 +23,7 @@ from app.errors import MicroscopeError, NotFound
 from app.access import TOKEN_COOKIE, check_origin, check_policy, client_address, guard_probes, guard_renders, token_matches
 from app.jobs import LAYER, JobQueue, JobState, QueueFull, TooManyJobs
 from app.attribution import LABELS, attribution_status
-from app.live_pages import caricature_page, group_render_page, probe_page, render_status_page, stored_probe, worker_command
+from app.live_pages import caricature_page, contributions_page, group_render_page, probe_page, render_status_page, stored_probe, worker_command
 from app.page_types import LayerRequest, LoginPage, ProbeForm
 from app.respond import json_response, respond
 from app.state import ServerState
@@ -394,6 +394,31 @@ def probe_caricature_render(request: Request, model: str, probe_id: str, layer: 
                                                          client=client_address(request, state.settings))
         page = caricature_page(state, connection, catalog, model, probe_id, layer, job)
     return _private(respond(request, page, "_group_render.html", json, 200 if page.state == "rendered" else 202))
+
+
+@twin("/models/{model}/probes/{probe_id}/contributions/{layer}", "probe_contributions_status", on=router)
+def probe_contributions_status(request: Request, model: str, probe_id: str, layer: str, state: StateDep,
+                               connection: ConnectionDep, json: bool) -> Response:
+    """Whether the spatial attribution of a probe's units of a layer is made; the page reloads once it is."""
+    page = contributions_page(state, connection, state.catalog(connection, model), model, probe_id, layer)
+    if page.state == "done" and not json and request.headers.get("hx-request"):
+        return Response(status_code=200, headers={"HX-Refresh": "true", **PRIVATE})
+    return _private(respond(request, page, "_contributions.html", json))
+
+
+@twin("/models/{model}/probes/{probe_id}/contributions/{layer}", "probe_contributions_request", methods=("POST",),
+      on=router, status_code=202, dependencies=[Depends(guard_probes)],
+      responses={200: {"description": "Made already"}})
+def probe_contributions_request(request: Request, model: str, probe_id: str, layer: str, state: StateDep,
+                                connection: ConnectionDep, json: bool) -> Response:
+    """Queue Building Blocks' spatial attribution of a probe's units of a layer to the layer before."""
+    catalog = state.catalog(connection, model)
+    page = contributions_page(state, connection, catalog, model, probe_id, layer)
+    if page.state in ("none", "failed"):
+        job = _require_queue(state).request_probe_render(model, probe_id, layer, "contributions", 0,
+                                                         client=client_address(request, state.settings))
+        page = contributions_page(state, connection, catalog, model, probe_id, layer, job)
+    return _private(respond(request, page, "_contributions.html", json, 200 if page.state == "done" else 202))
 
 
 @router.get("/models/{model}/probes/{probe_id}/images/{key}", name="probe_image", include_in_schema=False)

@@ -12,7 +12,7 @@ from app.refs import pictures, unit_ref
 from app.catalog import Catalog
 from app.errors import NotFound
 from app.jobs import JobQueue, JobState
-from app.page_types import GroupRender, ProbedGroup, ProbedLayer, ProbedUnit, ProbePage, RenderStatus, Weighted
+from app.page_types import ContributionsStatus, Contributor, GroupRender, ProbedGroup, ProbedLayer, ProbedUnit, ProbePage, RenderStatus, Weighted
 from app.state import ServerState
 
 #: Seconds between status polls while a worker is on it, and while none is running.
@@ -92,13 +92,19 @@ def probe_page(state: ServerState, connection: Connection, catalog: Catalog, mod
                 "attribution_url": urls.probe_attribution(model, probe_id, logits, c["index"]) if logits else None}
                for c in probe.classes]
     rows = connection.execute(queries.probe_units, {"probe": probe.id}).all()
-    shown = pictures(connection, [row[0] for row in rows])
+    contributor_ids = {(c["layer"], c["unit"]): entry.layer(c["layer"]).unit_id(c["unit"])
+                       for row in rows for c in (row[6] or [])}
+    shown = pictures(connection, [row[0] for row in rows] + list(contributor_ids.values()))
     by_layer: dict[str, list[ProbedUnit]] = {}
-    for unit_id, rank, activation, y, x, key in rows:
+    for unit_id, rank, activation, y, x, key, found in rows:
         ref = unit_ref(catalog, unit_id, shown)
         heatmap = urls.probe_image(model, probe_id, key)
+        contributors = None if found is None else [
+            Contributor(unit_ref(catalog, contributor_ids[c["layer"], c["unit"]], shown), c["share"], c["y"], c["x"])
+            for c in found]
         by_layer.setdefault(ref.layer, []).append(ProbedUnit(ref, rank, activation, y, x, heatmap,
-                                                             urls.probe_attribution(model, probe_id, ref.layer, ref.index)))
+                                                             urls.probe_attribution(model, probe_id, ref.layer, ref.index),
+                                                             contributors))
     groups = _groups(state, connection, catalog, model, probe_id, probe.id)
     ablated = {name: [{**c, "url": urls.unit(model, logits, c["index"]) if logits else None} for c in found]
                for name, found in connection.execute(queries.probe_ablations, {"probe": probe.id})}
@@ -107,8 +113,10 @@ def probe_page(state: ServerState, connection: Connection, catalog: Catalog, mod
     layers = [ProbedLayer(layer.name, urls.layer(model, layer.name), sorted(by_layer[layer.name], key=lambda u: u.rank),
                           *groups.get(layer.name, ([], None)), ablated.get(layer.name, []),
                           _group_render(state, queue, model, probe_id, layer.name, 0, caricatures.get(layer.name),
-                                        picture="caricature"))
-              for layer in entry.layers if layer.name in by_layer]
+                                        picture="caricature"),
+                          _contributions(state, queue, model, probe_id, layer.name, by_layer[layer.name])
+                          if number else None)
+              for number, layer in enumerate([shown for shown in entry.layers if shown.name in by_layer])]
     from app.attribution import probe_attributions
 
     cam_layers = [layer.name for layer in entry.layers if layer.name in by_layer]  # the layers with a map
@@ -170,6 +178,33 @@ def _group_render(state: ServerState, queue: JobQueue | None, model: str, probe_
         message += f" No worker is running: {worker_command(state)}"
     poll = (POLL_SECONDS if workers else POLL_IDLE_SECONDS) if job.state in ("queued", "running") else None
     return GroupRender(layer, group, job.state, message, status_url, poll=poll, picture=picture)
+
+
+def _contributions(state: ServerState, queue: JobQueue | None, model: str, probe_id: str, layer: str,
+                   units: list[ProbedUnit], job: JobState | None = None) -> ContributionsStatus:
+    url = urls.probe_contributions(model, probe_id, layer)
+    if units and all(unit.contributions is not None for unit in units):
+        return ContributionsStatus(layer, "done", "done", url)
+    if queue is None:
+        return ContributionsStatus(layer, "off", "Attribution on demand is off: the server has no job queue.", url)
+    job = job or queue.state(JobQueue.probe_render_key(model, probe_id, layer, "contributions", 0))
+    message = {"none": "", "running": "Attributing now.", "failed": f"Failed: {job.message}"}.get(
+        job.state, f"Queued: {job.position} of {job.pending} waiting.")
+    if job.state in ("queued", "running") and not queue.live_workers():
+        message += f" No worker is running: {worker_command(state)}"
+    poll = (POLL_SECONDS if queue.live_workers() else POLL_IDLE_SECONDS) if job.state in ("queued", "running") else None
+    return ContributionsStatus(layer, job.state, message, url, poll)
+
+
+def contributions_page(state: ServerState, connection: Connection, catalog: Catalog, model: str, probe_id: str,
+                       layer: str, job: JobState | None = None) -> ContributionsStatus:
+    """Where the spatial attribution of a stored probe's units of ``layer`` stands."""
+    page = probe_page(state, connection, catalog, model, probe_id)
+    found = next((probed for probed in page.layers if probed.name == layer), None)
+    if found is None or found.contributions is None:
+        raise NotFound(f"the probe {probe_id} has no units of {layer!r} with a layer before them")
+    return found.contributions if job is None else _contributions(state, state.queue(), model, probe_id, layer,
+                                                                   found.units, job)
 
 
 def caricature_page(state: ServerState, connection: Connection, catalog: Catalog, model: str, probe_id: str,

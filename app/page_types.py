@@ -356,6 +356,30 @@ class ProbedUnit:
     heatmap_url: str
     #: Its attribution maps (GET), or a request for them (POST).
     attribution_url: str | None = None
+    #: The units of the layer before that add most to it at (y, x) (Building Blocks' spatial attribution), once asked.
+    contributions: list[Contributor] | None = None
+
+
+@dataclass(frozen=True)
+class Contributor:
+    unit: UnitRef
+    #: Its part of the probed unit's summed positive attribution (activation times gradient), and where it is largest.
+    share: float
+    y: int
+    x: int
+
+
+@dataclass(frozen=True)
+class ContributionsStatus:
+    """Where the spatial attribution of a probe's layer stands: ``done``, ``queued``, ``running``, ``failed``, ``none``
+    (POST ``url`` to ask) or ``off``."""
+
+    layer: str
+    state: str
+    message: str
+    url: str
+    poll: int | None = None
+    kind: str = "contributions"
 
 
 @dataclass(frozen=True)
@@ -456,6 +480,8 @@ class ProbedLayer:
     ablated_classes: list[dict[str, Any]] = field(default_factory=list)
     #: The layer's caricature of the image (Lucid's recipe), made on demand.
     caricature: GroupRender | None = None
+    #: Its units' contributors in the layer before (none for the first layer with a map).
+    contributions: ContributionsStatus | None = None
 
 
 @dataclass(frozen=True)

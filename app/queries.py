@@ -125,7 +125,7 @@ probe_by_id = _probe.where(Model.name == bindparam("model"), Probe.public_id == 
 
 #: A probe's strongest units per layer, in the order the worker stored them.
 probe_units = (select(ProbeUnit.unit_id, ProbeUnit.rank, ProbeUnit.activation, ProbeUnit.y, ProbeUnit.x,
-                      ProbeUnit.heatmap_key).where(ProbeUnit.probe_id == bindparam("probe")).order_by(ProbeUnit.id))
+                      ProbeUnit.heatmap_key, ProbeUnit.contributions).where(ProbeUnit.probe_id == bindparam("probe")).order_by(ProbeUnit.id))
 
 #: Whether a blob is one of a probe's pictures (a unit's or a group's heatmap, a picture rendered for it).
 probe_pictures = [

@@ -99,6 +99,11 @@ def probe_caricature(model_name: str, probe_id: str, layer_name: str, json: bool
     return f"/models/{quote(model_name)}/probes/{probe_id}/caricatures/{quote(layer_name)}/render{_suffix(json)}"
 
 
+def probe_contributions(model_name: str, probe_id: str, layer_name: str, json: bool = False) -> str:
+    """Which units of the layer before add most to a probe's units of ``layer_name``: GET the state, POST to ask."""
+    return f"/models/{quote(model_name)}/probes/{probe_id}/contributions/{quote(layer_name)}{_suffix(json)}"
+
+
 def probe_attribution(model_name: str, probe_id: str, layer_name: str, index: int, json: bool = False) -> str:
     """A probe's attribution maps of one target (a class's logit unit, or a unit it lists): GET their state, POST
     to have them made (``?at=LAYER``: Grad-CAM at that layer)."""

@@ -455,3 +455,36 @@ def render_caricature(stage: Stage, probe_id: str, layer_name: str, defaults: De
     except IntegrityError:
         return False
     return True
+
+
+def probe_contributions(stage: Stage, probe_id: str, layer_name: str) -> bool:
+    """Building Blocks' spatial attribution for each of a probe's listed units of ``layer_name``: the units of the
+    layer before that add most to it at its strongest position (`precompute.attribution.contributions`); False
+    when they were stored already."""
+    from precompute.attribution import contributions
+
+    store = stage.store
+    with store.session() as session:
+        probe = session.scalar(select(Probe).where(Probe.public_id == probe_id))
+        if probe is None:
+            raise MicroscopeError(f"no stored probe {probe_id} (deleted, or never made)")
+        rows = session.execute(
+            select(ProbeUnit.id, Unit.index, ProbeUnit.y, ProbeUnit.x, ProbeUnit.contributions)
+            .join(Unit, ProbeUnit.unit_id == Unit.id).join(Layer, Unit.layer_id == Layer.id)
+            .where(ProbeUnit.probe_id == probe.id, Layer.name == layer_name).order_by(ProbeUnit.rank)).all()
+        if not rows:
+            raise MicroscopeError(f"the probe {probe_id} lists no unit of {layer_name}")
+        if all(row.contributions is not None for row in rows):
+            return False
+        image_key = probe.image_key
+    with Image.open(io.BytesIO(store.blobs.get(image_key))) as framed:
+        image = torch.from_numpy(np.asarray(framed.convert("RGB"), dtype=np.float32) / 255).permute(2, 0, 1)
+    _, found = contributions(stage.net, image.to(stage.device), [Target(layer_name, row.index, row.y, row.x) for row in rows])
+    for attempt in store.retrying():
+        with attempt, store.transaction() as session:
+            for row, listed in zip(rows, found):
+                unit = session.get(ProbeUnit, row.id)
+                if unit is None:
+                    raise MicroscopeError(f"the probe {probe_id} was deleted")
+                unit.contributions = listed
+    return True

@@ -29,7 +29,7 @@ from app.store import Store
 from app.store.maintenance import delete_probe
 from app.store.schema import new_probe_id
 from app.zoo import LayerSpec, ModelSpec
-from precompute.probe import attribute_probe, render_caricature, render_group, run_probe
+from precompute.probe import attribute_probe, probe_contributions, render_caricature, render_group, run_probe
 from precompute.recipes import ON_DEMAND, Defaults
 from precompute.stage import Stage
 from precompute.vis import missing_units, on_demand_config, recipe, run_vis
@@ -217,6 +217,8 @@ class Worker:
             raise MicroscopeError(f"{model} has no layer {layer!r}")
         if kind == "group":
             render_group(self.stage, probe_id, layer, index, self.defaults)
+        elif kind == "contributions":
+            probe_contributions(self.stage, probe_id, layer)
         elif kind == "caricature":
             render_caricature(self.stage, probe_id, layer, self.defaults)
         elif kind == "attribution":
@@ -224,7 +226,7 @@ class Worker:
         elif kind.startswith("grad_cam:"):
             attribute_probe(self.stage, probe_id, layer, index, cam_layer=kind.split(":", 1)[1])
         else:
-            raise MicroscopeError(f"no picture of kind {kind!r}: group, caricature, attribution or grad_cam:LAYER")
+            raise MicroscopeError(f"no picture of kind {kind!r}: group, caricature, contributions, attribution or grad_cam:LAYER")
 
     def ablate(self, model: str, target: str, mode: str) -> None:
         """An ablation over the dataset the examples stage read (`precompute.ablation`); requests are served between

@@ -259,3 +259,40 @@ def test_a_probes_caricature_matches_its_activations_better_than_where_it_starte
     assert done["state"] == "rendered" and done["recipe"]["technique"] == "caricature"
     assert done["objective"] > done["recipe"]["start_objective"]
     assert client.get(done["image_url"]).headers["cache-control"] == "private, no-store"
+
+
+def test_which_units_of_the_layer_before_made_a_probes_units(client: TestClient, live: Settings, spec, net,  # noqa: ANN001
+                                                              tiny_images: Path) -> None:
+    """Building Blocks' spatial attribution: activation times gradient at the layer before, per unit and position."""
+    from precompute.attribution import contributions
+
+    image = _images(tiny_images, spec, 1)[0]
+    before, found = contributions(net, image, [Target("res1", 3, 2, 2), Target("res1", 7, 5, 1)])
+    assert before == "mixed" and len(found) == 2 and found[0] != found[1]
+    for listed in found:
+        shares = [c["share"] for c in listed]
+        assert shares == sorted(shares, reverse=True) and 0 < sum(shares) <= 1.0001 and len(listed) <= 5
+    # The same by hand for the first: activation times gradient of res1:3 at (2, 2) over mixed's output.
+    kept = {}
+    forward = net.spliced("mixed", lambda out: kept.setdefault("a", out.detach().requires_grad_(True)), "res1")
+    value = forward(image[None])[0, 3, 2, 2]
+    (gradient,) = torch.autograd.grad(value, kept["a"])
+    per_unit = (gradient * kept["a"]).clamp(min=0)[0].flatten(1).sum(dim=1)
+    assert found[0][0]["unit"] == int(per_unit.argmax())
+    assert found[0][0]["share"] == pytest.approx(float(per_unit.max() / per_unit.sum()), abs=1e-3)
+
+    probe_id = client.post(urls.probes(MODEL), content=jpeg(tiny_images, 6), headers=JPEG).json()["id"]
+    with Store.open(live) as store:
+        worker(store, live, spec, net).run(until_idle=True)
+    layers = client.get(urls.probe(MODEL, probe_id, json=True)).json()["layers"]
+    assert layers[0]["contributions"] is None  # the first layer has none before it
+    status = layers[2]["contributions"]
+    assert status["state"] == "none" and all(unit["contributions"] is None for unit in layers[2]["units"])
+    assert client.post(urls.probe_contributions(MODEL, probe_id, layers[0]["name"], True)).status_code == 404
+    assert client.post(status["url"] + ".json").status_code == 202
+    with Store.open(live) as store:
+        assert worker(store, live, spec, net).run(until_idle=True).failed == 0
+    assert client.get(status["url"], headers={"hx-request": "true"}).headers.get("HX-Refresh") == "true"
+    units = client.get(urls.probe(MODEL, probe_id, json=True)).json()["layers"][2]["units"]
+    assert all(unit["contributions"] and unit["contributions"][0]["unit"]["layer"] == layers[1]["name"] for unit in units)
+    assert 'class="contributors"' in client.get(urls.probe(MODEL, probe_id)).text

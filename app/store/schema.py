@@ -303,6 +303,9 @@ class ProbeUnit(Base):
     x: Mapped[int]
     #: The unit's activation over the image (transparent where it is at or below zero), a PNG.
     heatmap_key: Mapped[str] = mapped_column(String(80))
+    #: Building Blocks' spatial attribution, made on demand (issue 23): the units of the layer before that add most
+    #: to this one at (y, x), ``[{"layer", "unit", "share", "y", "x"}]``; None until asked for.
+    contributions: Mapped[list[Any] | None] = mapped_column(default=None)
 
 
 class ProbeGroup(Base):
