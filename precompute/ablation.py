@@ -94,7 +94,7 @@ def target_of(store, spec, key: str) -> AblationTarget:  # noqa: ANN001
 def editor(mode: str, units: Sequence[int] = (), vector: Tensor | None = None,
            means: Tensor | None = None) -> Callable[[Tensor], Tensor]:
     """The edit of a layer's output that ablates ``units`` (or the ``vector`` direction) by ``mode``; ``means`` are
-    the channels' (or the direction's) mean over the dataset, for ``mean``."""
+    every channel's mean over the dataset (or the direction's), for ``mean``."""
     if mode not in MODES:
         raise MicroscopeError(f"unknown ablation mode {mode!r}: choose from {', '.join(MODES)}")
     if vector is not None:
@@ -114,7 +114,7 @@ def editor(mode: str, units: Sequence[int] = (), vector: Tensor | None = None,
         if mode == "zero":
             edited[:, index] = 0
         else:
-            edited[:, index] = means.to(output.device, output.dtype)[:, None, None]  # type: ignore[union-attr]
+            edited[:, index] = means.to(output.device, output.dtype)[index][:, None, None]  # type: ignore[index]
         return edited
 
     return channels

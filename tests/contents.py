@@ -5,8 +5,8 @@ from __future__ import annotations
 from sqlalchemy import select
 
 from app.settings import Settings
-from app.store import (Artifact, DatasetExample, DatasetImage, DirectionWeight, Edge, Factorization, Layer, Probe, ProbeGroup,
-                       ProbeRender, ProbeUnit, Store, Unit, UnitMixture, UnitStats, UnitTuning)
+from app.store import (Ablation, Artifact, DatasetExample, DatasetImage, DirectionWeight, Edge, Factorization, Layer, Probe, ProbeAttribution,
+                       ProbeGroup, ProbeRender, ProbeUnit, Store, Unit, UnitMixture, UnitStats, UnitTuning)
 from app.store.maintenance import referenced_keys
 
 
@@ -36,6 +36,11 @@ def contents(settings: Settings) -> dict[str, list[tuple]]:
         renders = sorted((sha, layer, kind, index, key) for sha, layer, kind, index, key in connection.execute(
             select(Probe.sha256, Layer.name, ProbeRender.kind, ProbeRender.index, ProbeRender.image_key)
             .join(Probe, ProbeRender.probe_id == Probe.id).join(Layer, ProbeRender.layer_id == Layer.id)))
+        maps = sorted((sha, names[u], method, at, key) for sha, u, method, at, key in connection.execute(
+            select(Probe.sha256, ProbeAttribution.unit_id, ProbeAttribution.method, ProbeAttribution.at,
+                   ProbeAttribution.heatmap_key).join(Probe, ProbeAttribution.probe_id == Probe.id)))
+        ablations = sorted((key, mode, str({k: v for k, v in figures.items() if k != "seconds"})) for key, mode, figures
+                           in connection.execute(select(Ablation.key, Ablation.mode, Ablation.figures)))
         tuning = sorted((names[u], family, str(preferred), round(selectivity, 3)) for u, family, preferred, selectivity
                         in connection.execute(select(UnitTuning.unit_id, UnitTuning.family, UnitTuning.preferred,
                                                      UnitTuning.selectivity)))
@@ -53,5 +58,5 @@ def contents(settings: Settings) -> dict[str, list[tuple]]:
         blobs = store.blobs.keys()
     return {"units": sorted(names.values()), "edges": edges, "examples": examples, "images": images, "stats": stats,
             "artifacts": artifacts, "probes": probes, "probe_units": probe_units, "probe_groups": groups,
-            "probe_renders": renders, "tuning": tuning, "factorizations": factorizations,
+            "probe_renders": renders, "probe_attributions": maps, "ablations": ablations, "tuning": tuning, "factorizations": factorizations,
             "direction_weights": weights, "mixtures": mixtures, "referenced": sorted(referenced), "blobs": sorted(blobs)}

@@ -178,7 +178,8 @@ def test_ablating_a_unit_the_classifier_reads_changes_the_logits_by_its_contribu
         logits = tiny_net.logits(x)
         pooled = tiny_net(x, ["res2"])["res2"].clamp(min=0).mean(dim=(2, 3))
         zeroed = tiny_net.spliced("res2", editor("zero", [5]))(x)
-        means = torch.full((2,), 0.25)
+        means = torch.full((16,), 0.25)  # every channel's mean (only the ablated ones are read)
+        means[0] = 7.0
         meaned = tiny_net.spliced("res2", editor("mean", [5, 9], means=means))(x)
     assert torch.allclose(zeroed - logits, -pooled[:, 5:6] * weight[:, 5], atol=1e-5)
     expected = (0.25 - pooled[:, 5:6]) * weight[:, 5] + (0.25 - pooled[:, 9:10]) * weight[:, 9]

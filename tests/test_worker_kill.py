@@ -1,4 +1,5 @@
-"""The worker SIGKILLed mid-probe and mid-render, then restarted: every job completes exactly once.
+"""The worker SIGKILLed mid-probe, mid-render, mid-attribution and mid-ablation, then restarted: every job
+completes exactly once.
 
 The same jobs run in a store by an uninterrupted worker and in another by a
 worker killed while a probe, then a render, is in flight (its in-flight
@@ -40,6 +41,36 @@ def queue_jobs(settings: Settings, photo: bytes) -> JobQueue:
     return queue
 
 
+def queue_second(settings: Settings, labelled: Path) -> JobQueue:
+    """After the probe: its top class's attribution maps on demand and an ablation over a labelled dataset."""
+    from sqlalchemy import select, update
+
+    from app.store import Dataset, Probe, Store
+
+    with Store.open(settings) as store:
+        with store.transaction() as session:
+            session.execute(update(Dataset).values(root=str(labelled)))
+        with store.session() as session:
+            probe = session.scalars(select(Probe)).one()
+            probe_id, second = probe.public_id, probe.classes[1]["index"]
+    queue = JobQueue.for_store(settings)
+    queue.request_probe_render(MODEL, probe_id, "fc", "attribution", second)
+    queue.request_ablation(MODEL, "units:res1:1,2,3", "mean")
+    return queue
+
+
+def labelled_images(images: Path, target: Path, spec_classes: list[str], copies: int = 6) -> Path:
+    """The synthetic images under real synsets, several times over (an ablation long enough to be killed in)."""
+    import shutil
+
+    for number, file in enumerate(sorted(images.glob("*/*.jpg"))):
+        for copy in range(copies):
+            folder = target / spec_classes[number % 5]
+            folder.mkdir(parents=True, exist_ok=True)
+            shutil.copy(file, folder / f"{copy}-{file.name}")
+    return target
+
+
 def run_until_idle(settings: Settings, weights: Path) -> None:
     result = microscope("worker", "--data", str(settings.data_dir), "--weights", str(weights), "--device", "cpu",
                         "--until-idle", *WORKER_ARGS)
@@ -72,8 +103,14 @@ def test_a_killed_worker_restarted_completes_every_job_once(tiny_settings: Setti
     seed = int(time.time())
     rng = random.Random(seed)
     photo = sorted(tiny_images.glob("*/*.jpg"))[5].read_bytes()
+    from precompute.models import load
+
+    synsets = [label.synset for label in load(FACTORY, tiny_weights).net.spec.classes]
+    labelled = labelled_images(tiny_images, tmp_path / "labelled", synsets)
     clean = copy_store(tiny_settings, tmp_path / "clean")
     queue_jobs(clean, photo)
+    run_until_idle(clean, tiny_weights)
+    queue_second(clean, labelled)
     run_until_idle(clean, tiny_weights)
 
     killed = copy_store(tiny_settings, tmp_path / "killed")
@@ -81,6 +118,10 @@ def test_a_killed_worker_restarted_completes_every_job_once(tiny_settings: Setti
     assert kill_while(queue, killed, tiny_weights, "probe:", rng), "no kill landed mid-probe"
     assert kill_while(queue, killed, tiny_weights, "render:", rng), "no kill landed mid-render"
     assert kill_while(queue, killed, tiny_weights, "render:", rng), "no kill landed mid-render"
+    run_until_idle(killed, tiny_weights)
+    queue_second(killed, labelled)
+    assert kill_while(queue, killed, tiny_weights, "probe-render:", rng), "no kill landed mid-attribution"
+    assert kill_while(queue, killed, tiny_weights, "ablate:", rng), "no kill landed mid-ablation"
     run_until_idle(killed, tiny_weights)
     assert microscope("gc", "--data", str(killed.data_dir), "--grace", "0").returncode == 0
     assert microscope("gc", "--data", str(clean.data_dir), "--grace", "0").returncode == 0
@@ -90,6 +131,7 @@ def test_a_killed_worker_restarted_completes_every_job_once(tiny_settings: Setti
         assert queue.state(JobQueue.render_key(MODEL, layer, units)).state == "none"
     expected, actual = contents(clean), contents(killed)
     assert len(expected["probes"]) == 1 and len(expected["probe_units"]) > 0
+    assert len(expected["probe_attributions"]) >= 6 and len(expected["ablations"]) == 1
     for table in expected:
         assert actual[table] == expected[table], f"seed {seed}: {table} differs"
     assert actual["blobs"] == actual["referenced"], f"seed {seed}: orphan or missing blobs"
