@@ -90,18 +90,14 @@ def attribution_status(state, connection: Connection, catalog: Catalog, model: s
                        index: int, at: str | None = None) -> AttributionTarget:
     """One target of a stored probe: its maps so far and the state of the job that makes the rest."""
     from app.errors import NotFound
-    from app.live_pages import ProbeGone, stored_probe
+    from app.live_pages import live_probe
 
     entry = catalog.model(model)
     unit_id = entry.layer(layer).unit_id(index)
     if at is not None:
         entry.layer(at)
     queue = state.queue()
-    if queue is not None and queue.forgotten(probe_id):
-        raise ProbeGone(f"the probe {probe_id} was deleted")
-    row = stored_probe(connection, model, public_id=probe_id)
-    if row is None:
-        raise NotFound(f"no stored probe {probe_id!r} of {model}")
+    row = live_probe(state, connection, model, probe_id)
     logits = next((spec.name for spec in entry.layers if spec.kind == "logits"), None)
     if layer == logits:
         listed = index in [c["index"] for c in row.classes]

@@ -128,6 +128,17 @@ def probe_page(state: ServerState, connection: Connection, catalog: Catalog, mod
 
 
 
+def live_probe(state: ServerState, connection: Connection, model: str, probe_id: str) -> Any:
+    """The row of a stored probe that its owner has not deleted (ProbeGone, NotFound otherwise)."""
+    queue = state.queue()
+    if queue is not None and queue.forgotten(probe_id):
+        raise ProbeGone(f"the probe {probe_id} was deleted")
+    row = stored_probe(connection, model, public_id=probe_id)
+    if row is None:
+        raise NotFound(f"no stored probe {probe_id!r} of {model}")
+    return row
+
+
 def stored_probe(connection: Connection, model: str, *, sha256: str | None = None, public_id: str | None = None) -> Any:
     """The stored probe's row (by the image's digest, or by its id), or None."""
     if sha256 is not None:
@@ -212,11 +223,7 @@ def caricature_page(state: ServerState, connection: Connection, catalog: Catalog
     """Where a stored probe's caricature at ``layer`` stands."""
     catalog.model(model).layer(layer)
     queue = state.queue()
-    if queue is not None and queue.forgotten(probe_id):
-        raise ProbeGone(f"the probe {probe_id} was deleted")
-    row = stored_probe(connection, model, public_id=probe_id)
-    if row is None:
-        raise NotFound(f"no stored probe {probe_id!r} of {model}")
+    row = live_probe(state, connection, model, probe_id)
     if layer not in {name for name, *_ in connection.execute(queries.probe_groups, {"probe": row.id})} and not any(
             catalog.units[unit_id][1] == layer for unit_id, *_ in connection.execute(queries.probe_units, {"probe": row.id})):
         raise NotFound(f"the probe {probe_id} shows no layer {layer!r}")
@@ -234,11 +241,7 @@ def group_render_page(state: ServerState, connection: Connection, catalog: Catal
     """Where the picture of one of a stored probe's neuron groups stands."""
     catalog.model(model).layer(layer)
     queue = state.queue()
-    if queue is not None and queue.forgotten(probe_id):
-        raise ProbeGone(f"the probe {probe_id} was deleted")
-    row = stored_probe(connection, model, public_id=probe_id)
-    if row is None:
-        raise NotFound(f"no stored probe {probe_id!r} of {model}")
+    row = live_probe(state, connection, model, probe_id)
     found = [r for r in connection.execute(queries.probe_groups, {"probe": row.id}) if r[0] == layer and r[1] == group]
     if not found:
         raise NotFound(f"the probe {probe_id} has no neuron group {group} in {layer}")

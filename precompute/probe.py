@@ -310,6 +310,26 @@ def _add_maps(session, model_id: int, probe_row: int, maps: list[dict]) -> None:
 # On demand ---------------------------------------------------------------------------------------
 
 
+def _framed(store: Store, image_key: str) -> torch.Tensor:
+    """A probe's framed image as the network saw it, (3, H, W) in [0, 1] (stored losslessly)."""
+    with Image.open(io.BytesIO(store.blobs.get(image_key))) as framed:
+        return torch.from_numpy(np.asarray(framed.convert("RGB"), dtype=np.float32) / 255).permute(2, 0, 1)
+
+
+def _insert(store: Store, probe_id: str, row_id: int, add: Callable) -> bool:
+    """Add a probe's on-demand rows (``add(session)``) unless it was deleted meanwhile; False when another worker
+    stored them first."""
+    try:
+        for attempt in store.retrying():
+            with attempt, store.transaction() as session:
+                if session.get(Probe, row_id) is None:
+                    raise MicroscopeError(f"the probe {probe_id} was deleted")
+                add(session)
+    except IntegrityError:
+        return False
+    return True
+
+
 def attribute_probe(stage: Stage, probe_id: str, layer_name: str, index: int, cam_layer: str | None = None) -> bool:
     """The attribution maps of one of a probe's listed targets (a top class, or a unit it lists, at its strongest
     position): every method, or Grad-CAM at ``cam_layer``; False when they were stored already."""
@@ -343,19 +363,10 @@ def attribute_probe(stage: Stage, probe_id: str, layer_name: str, index: int, ca
         methods = tuple(m for m in METHODS if not any(method == m for method, _ in have))
     if not methods:
         return False
-    with Image.open(io.BytesIO(store.blobs.get(image_key))) as framed:
-        image = torch.from_numpy(np.asarray(framed.convert("RGB"), dtype=np.float32) / 255).permute(2, 0, 1)
+    image = _framed(store, image_key)
     maps = attributions(stage, image, target, methods, cam_layer, skip_wrong=cam_layer is None)
     store.blobs.flush()
-    try:
-        for attempt in store.retrying():
-            with attempt, store.transaction() as session:
-                if session.get(Probe, row_id) is None:
-                    raise MicroscopeError(f"the probe {probe_id} was deleted")
-                _add_maps(session, model_id, row_id, maps)
-    except IntegrityError:
-        return False  # another worker made them first
-    return True
+    return _insert(store, probe_id, row_id, lambda session: _add_maps(session, model_id, row_id, maps))
 
 
 def render_group(stage: Stage, probe_id: str, layer_name: str, group: int, defaults: Defaults = ON_DEMAND,
@@ -395,17 +406,9 @@ def render_group(stage: Stage, probe_id: str, layer_name: str, group: int, defau
     pixels = (rendered.images.clamp(0, 1).permute(0, 2, 3, 1).numpy() * 255).round().astype(np.uint8)
     key = store.blobs.put(encode_render(pixels), "webp")
     store.blobs.flush()
-    try:
-        for attempt in store.retrying():
-            with attempt, store.transaction() as session:
-                if session.get(Probe, row_id) is None:
-                    raise MicroscopeError(f"the probe {probe_id} was deleted")
-                session.add(ProbeRender(probe_id=row_id, layer_id=layer_id, kind="group", index=group, image_key=key,
-                                        objective=round(float(rendered.objective[0]), 4),
-                                        recipe=params))
-    except IntegrityError:
-        return False  # another worker rendered it first
-    return True
+    objective = round(float(rendered.objective[0]), 4)
+    return _insert(store, probe_id, row_id, lambda session: session.add(ProbeRender(
+        probe_id=row_id, layer_id=layer_id, kind="group", index=group, image_key=key, objective=objective, recipe=params)))
 
 
 def render_caricature(stage: Stage, probe_id: str, layer_name: str, defaults: Defaults = ON_DEMAND,
@@ -430,8 +433,7 @@ def render_caricature(stage: Stage, probe_id: str, layer_name: str, defaults: De
                                                        ProbeRender.kind == "caricature")):
             return False
         row_id, image_key = probe.id, probe.image_key
-    with Image.open(io.BytesIO(store.blobs.get(image_key))) as framed:
-        image = torch.from_numpy(np.asarray(framed.convert("RGB"), dtype=np.float32) / 255).permute(2, 0, 1)
+    image = _framed(store, image_key)
     steps, size, seed = defaults.steps_for(layer), defaults.size, unit_seed(0, layer_name, 0, "caricature")
     result, end, start = caricature(stage.net, image, layer_name, size, steps, seed, device=stage.device, poll=poll)
     pixels = (result.clamp(0, 1).permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)[None]
@@ -445,16 +447,9 @@ def render_caricature(stage: Stage, probe_id: str, layer_name: str, defaults: De
         "learning_rate": LEARNING_RATE, "transforms": STANDARD.describe(), "seed": seed, "precision": "fp32",
         "weights_sha256": stage.weights_sha256, "start_objective": round(start, 4),
     })
-    try:
-        for attempt in store.retrying():
-            with attempt, store.transaction() as session:
-                if session.get(Probe, row_id) is None:
-                    raise MicroscopeError(f"the probe {probe_id} was deleted")
-                session.add(ProbeRender(probe_id=row_id, layer_id=layer_id, kind="caricature", index=0, image_key=key,
-                                        objective=round(end, 4), recipe=params))
-    except IntegrityError:
-        return False
-    return True
+    return _insert(store, probe_id, row_id, lambda session: session.add(ProbeRender(
+        probe_id=row_id, layer_id=layer_id, kind="caricature", index=0, image_key=key, objective=round(end, 4),
+        recipe=params)))
 
 
 def probe_contributions(stage: Stage, probe_id: str, layer_name: str) -> bool:
@@ -477,8 +472,7 @@ def probe_contributions(stage: Stage, probe_id: str, layer_name: str) -> bool:
         if all(row.contributions is not None for row in rows):
             return False
         image_key = probe.image_key
-    with Image.open(io.BytesIO(store.blobs.get(image_key))) as framed:
-        image = torch.from_numpy(np.asarray(framed.convert("RGB"), dtype=np.float32) / 255).permute(2, 0, 1)
+    image = _framed(store, image_key)
     _, found = contributions(stage.net, image.to(stage.device), [Target(layer_name, row.index, row.y, row.x) for row in rows])
     for attempt in store.retrying():
         with attempt, store.transaction() as session:
