@@ -3,9 +3,9 @@
 The ablated layer's output (after its ReLU, what the next layers read) is edited where it flows on
 (`Network.spliced`): the chosen channels set to zero or to their mean over the dataset's positions, or a
 direction's component (the output's dot product with the unit-norm direction) removed or set to its mean.
-Each image goes through the intact and the ablated network in the same batch pass, so an ablation costs
-two forward passes over the labelled images, decoded once: top-1 and top-5 before and after, and the
-classes whose correct-class probability changes most.
+Each image goes through the intact and the ablated network, decoded once (the intact pass also takes the
+layer's means), so an ablation costs two forward passes over the labelled images: top-1 and top-5 before
+and after, and the classes whose correct-class probability changes most.
 """
 
 from __future__ import annotations
@@ -152,27 +152,44 @@ def run_ablation(stage: Stage, root: Path, target: AblationTarget, mode: str = "
         if found is not None and found.recipe_sha256 == recipe["recipe_sha256"]:
             return AblationResult(target.key, mode, dict(found.figures), reused=True)
     started = time.perf_counter()
-    transform = eval_transform(spec)
-    decoded: list[tuple[Tensor, list[int]]] = []
-    for batch in batches(files, transform, batch_size, workers=0):
-        if batch.indices:
-            decoded.append(((batch.images * 255).round().to(torch.uint8), batch.indices))
-        if poll is not None:
-            poll()
-    means = None
-    if mode == "mean":
-        means = _means(net, decoded, target.layer, vector, stage.device, poll)
-    edit = editor(mode, target.units, vector, means)
-    ablated = net.spliced(target.layer, edit)
+    # Zero ablation: one pass, the layers up to the ablated one run once and the rest on the intact and the edited
+    # output side by side. Mean ablation: the intact pass also sums the layer's means, then an ablated pass runs over
+    # the kept pixels.
+    totals = _Totals(vector)
+    if mode == "zero":
+        edit = editor("zero", target.units, vector)
+        forward = net.spliced(target.layer, lambda output: torch.cat([output, edit(output)]))
+    else:
+        forward = net.spliced(target.layer, totals.record)
+    kept: list[Tensor] = []
     labels, intact_logits, ablated_logits = [], [], []
     with torch.inference_mode():
-        for images, indices in decoded:
-            x = (images.float() / 255).to(stage.device).contiguous(memory_format=torch.channels_last)
-            intact_logits.append(net.logits(x).float().cpu())
-            ablated_logits.append(ablated(x).float().cpu())
-            labels += [files[i].label for i in indices]
+        for batch in batches(files, eval_transform(spec), batch_size, workers=0):
+            if batch.indices:
+                x = batch.images.to(stage.device).contiguous(memory_format=torch.channels_last)
+                try:
+                    logits = forward(x).float().cpu()
+                except RuntimeError:  # a later layer also reads an earlier one (a dense skip): run the two apart
+                    if mode != "zero" or intact_logits:
+                        raise
+                    apart = net.spliced(target.layer, edit)
+                    forward = lambda images: torch.cat([net.logits(images), apart(images)])  # noqa: E731
+                    logits = forward(x).float().cpu()
+                intact_logits.append(logits[:len(x)])
+                if mode == "zero":
+                    ablated_logits.append(logits[len(x):])
+                else:
+                    kept.append((batch.images * 255).round().to(torch.uint8))
+                labels += [files[i].label for i in batch.indices]
             if poll is not None:
                 poll()
+        if mode == "mean":
+            ablated = net.spliced(target.layer, editor("mean", target.units, vector, totals.means()))
+            for images in kept:
+                x = (images.float() / 255).to(stage.device).contiguous(memory_format=torch.channels_last)
+                ablated_logits.append(ablated(x).float().cpu())
+                if poll is not None:
+                    poll()
     figures = _figures(spec, torch.cat(intact_logits), torch.cat(ablated_logits), torch.tensor(labels))
     figures["seconds"] = round(time.perf_counter() - started, 1)
     for attempt in stage.store.retrying():
@@ -192,33 +209,28 @@ def run_ablation(stage: Stage, root: Path, target: AblationTarget, mode: str = "
     return AblationResult(target.key, mode, figures, seconds=time.perf_counter() - started)
 
 
-def _means(net, decoded: list, layer: str, vector: Tensor | None, device: torch.device,  # noqa: ANN001
-           poll: Callable[[], None] | None) -> Tensor:
-    """The layer's channels' (or the direction's) mean after the ReLU over every position of every image."""
-    total, count = None, 0
+class _Totals:
+    """Sums a layer's output (each channel's, or along a direction) as it flows past, leaving it as it is."""
 
-    def record(output: Tensor) -> Tensor:
-        nonlocal total, count
-        values = torch.einsum("bchw,c->bhw", output, vector.to(output)) if vector is not None else output
-        summed = values.double().sum(dim=(0, -2, -1) if vector is None else (0, 1, 2))
-        total = summed if total is None else total + summed
-        count += values.shape[0] * values.shape[-2] * values.shape[-1]
-        raise _Enough
+    def __init__(self, vector: Tensor | None) -> None:
+        self.vector = vector
+        self.total: Tensor | None = None
+        self.count = 0
 
-    forward = net.spliced(layer, record)
-    with torch.inference_mode():
-        for images, _ in decoded:
-            try:
-                forward((images.float() / 255).to(device).contiguous(memory_format=torch.channels_last))
-            except _Enough:
-                pass
-            if poll is not None:
-                poll()
-    return (total / count).float().cpu()
+    def record(self, output: Tensor) -> Tensor:
+        if self.vector is not None:
+            values = torch.einsum("bchw,c->bhw", output, self.vector.to(output)).double()
+            summed = values.sum()
+        else:
+            summed = output.double().sum(dim=(0, 2, 3))
+        self.total = summed if self.total is None else self.total + summed
+        self.count += output.shape[0] * output.shape[-2] * output.shape[-1]
+        return output
 
-
-class _Enough(Exception):
-    """Raised inside the layer once its output is recorded: the rest of the network is not needed."""
+    def means(self) -> Tensor:
+        if self.total is None or not self.count:
+            raise MicroscopeError("no image was read: nothing to take the mean over")
+        return (self.total / self.count).float().cpu()
 
 
 def _figures(spec, intact: Tensor, ablated: Tensor, labels: Tensor) -> dict:  # noqa: ANN001

@@ -35,8 +35,8 @@ from precompute.models.derived import base_network
 
 METHODS = ("gradient", "integrated_gradients", "grad_cam")
 #: Integrated gradients' path: steps of the Gauss-Legendre rule (Captum's default method), evaluated this many at once.
-IG_STEPS = 32
-IG_BATCH = 16
+IG_STEPS = 20
+IG_BATCH = 20
 #: A method whose map correlates (median Spearman) below this with the real model's once every layer is randomized
 #: "depends on the model"; at or above it, it "barely changes".
 PASSES_BELOW = 0.5

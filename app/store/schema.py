@@ -25,10 +25,11 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 #: DeepDream), version 7 the units' tuning curves (``unit_tuning``), version 8 the derived layers' factorizations
 #: (``factorizations``, ``direction_weights``, ``unit_mixtures``) and the modules of layer pairs (``layer_modules``) and
 #: the units' nearest units in other models (``unit_matches``: issue 22), version 9 the probes' neuron groups
-#: (``probe_groups``), the pictures rendered for a probe on demand (``probe_renders``), the probes' attribution maps
-#: (``probe_attributions``), the models' randomization tests of those maps (``attribution_checks``), ablations over the
-#: dataset (``ablations``) and a probe's classes with each layer's top units ablated (``probe_ablations``: issue 23).
-SCHEMA_VERSION = 9
+#: (``probe_groups``) and the pictures rendered for a probe on demand (``probe_renders``), version 10 the probes'
+#: attribution maps (``probe_attributions``), the models' randomization tests of those maps (``attribution_checks``),
+#: ablations over the dataset (``ablations``), a probe's classes with each layer's top units ablated (``probe_ablations``) and its units'
+#: contributors in the layer before (``probe_units.contributions``: issue 23).
+SCHEMA_VERSION = 10
 #: Versions a writable open upgrades by creating the tables and nullable columns added since.
 ADDITIVE_SINCE = 1
 
