@@ -21,6 +21,7 @@ compared with the real one's (Spearman rank correlation, SSIM).
 from __future__ import annotations
 
 import contextlib
+import warnings
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
@@ -260,11 +261,14 @@ def randomized(net: Network, depth: int, seed: int = 0) -> Iterator[Network]:
 
 
 def similarity(real: np.ndarray, other: np.ndarray) -> tuple[float, float]:
-    """Spearman's rank correlation and SSIM of two maps (each scaled to [0, 1] by its own maximum for SSIM)."""
+    """Spearman's rank correlation (0 where a map is constant: no order to follow) and SSIM of two maps (each scaled
+    to [0, 1] by its own maximum for SSIM)."""
     from scipy.stats import spearmanr
     from skimage.metrics import structural_similarity
 
-    rho = spearmanr(real.ravel(), other.ravel()).statistic
+    with warnings.catch_warnings():  # a constant map (Grad-CAM all zero) has no rank order: correlation 0 below
+        warnings.simplefilter("ignore")
+        rho = spearmanr(real.ravel(), other.ravel()).statistic
     scaled = [m / m.max() if m.max() > 0 else m for m in (real.astype(np.float64), other.astype(np.float64))]
     ssim = structural_similarity(scaled[0], scaled[1], data_range=1.0)
     return (0.0 if np.isnan(rho) else float(rho)), float(ssim)
