@@ -76,8 +76,10 @@ def probe_page(state: ServerState, connection: Connection, catalog: Catalog, mod
     if row is None:
         key = queue.probe_of(probe_id) if queue is not None else None
         job = queue.state(key) if queue is not None and key is not None else JobState("none")
-        if job.state == "none":
+        if job.state == "none" and key is None:
             raise NotFound(f"no probe {probe_id!r} of {model}: upload the image at {urls.probe_form(model)}")
+        if job.state == "none":  # its id is known and no result is stored: a worker is just taking it (or lost it)
+            job = JobState("running")
         workers = len(queue.live_workers()) if queue is not None else 0
         if job.state == "failed":
             return ProbePage(**base, state="failed", message=f"The probe failed: {job.message}", poll=None)
