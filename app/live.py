@@ -120,6 +120,49 @@ def _unit_ablation(state: ServerState, connection, model: str, layer: str, unit:
                          f"{layer}:{unit}", urls.unit_ablation(model, layer, unit))
 
 
+#: Units one set ablation may name.
+MAX_ABLATED = 64
+
+
+def _units_ablation(state: ServerState, connection, model: str, layer: str, units: str):  # noqa: ANN001, ANN202
+    from app.ablation import ablation_view
+    from app.browse import ABLATABLE
+
+    entry = state.catalog(connection, model).model(model).layer(layer)
+    if entry.kind not in ABLATABLE or entry.kind in ("nmf", "sae"):
+        raise NotFound(f"{layer} is a {entry.kind} layer: only a layer the next ones read has units to ablate")
+    try:
+        chosen = sorted({int(unit) for unit in units.split(",")})
+    except ValueError:
+        raise MicroscopeError(f"units is a comma-separated list of unit numbers, not {units[:40]!r}") from None
+    if not chosen or len(chosen) > MAX_ABLATED:
+        raise MicroscopeError(f"name 1 to {MAX_ABLATED} units to ablate together")
+    for unit in chosen:
+        entry.unit_id(unit)
+    label = f"{layer}:{chosen[0]}" if len(chosen) == 1 else f"these {len(chosen)} units of {layer}"
+    listed = ",".join(str(unit) for unit in chosen)
+    return ablation_view(state.queue(), connection, model, f"units:{layer}:{listed}", label,
+                         urls.units_ablation(model, layer, chosen))
+
+
+@twin("/models/{model}/{layer}/ablation", "units_ablation", on=router)
+def units_ablation(request: Request, model: str, layer: str, units: str, state: StateDep, connection: ConnectionDep,
+                   json: bool) -> Response:
+    """A set of a layer's units (``?units=1,5,9``: a probe layer's top units) ablated together over the dataset."""
+    return respond(request, _units_ablation(state, connection, model, layer, units), "_ablation.html", json)
+
+
+@twin("/models/{model}/{layer}/ablation", "units_ablation_request", methods=("POST",), on=router, status_code=202,
+      dependencies=[Depends(guard_renders)])
+def units_ablation_request(request: Request, model: str, layer: str, units: str, state: StateDep,
+                           connection: ConnectionDep, json: bool, mode: str = "zero") -> Response:
+    """Queue the set's ablation (``&mode=zero`` or ``mean``)."""
+    view = _units_ablation(state, connection, model, layer, units)
+    queued = _queue_ablation(request, state, model, view, mode)
+    view = _units_ablation(state, connection, model, layer, units)
+    return respond(request, view, "_ablation.html", json, 202 if queued else 200)
+
+
 def _family_ablation(state: ServerState, connection, model: str, layer: str, family: str):  # noqa: ANN001, ANN202
     from app.ablation import FAMILY_UNITS, ablation_view, family_key
     from app.tuning import FAMILY_NAMES

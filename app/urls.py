@@ -129,6 +129,13 @@ def unit_ablation(model_name: str, layer_name: str, index: int, json: bool = Fal
     return f"/models/{quote(model_name)}/{quote(layer_name)}/{index}/ablation{_suffix(json)}"
 
 
+def units_ablation(model_name: str, layer_name: str, units: list[int], json: bool = False) -> str:
+    """A set of a layer's units ablated together (a probe layer's top units): GET its figures, POST
+    ``&mode=zero|mean`` to queue it."""
+    listed = ",".join(str(unit) for unit in sorted(units))
+    return f"/models/{quote(model_name)}/{quote(layer_name)}/ablation{_suffix(json)}?units={listed}"
+
+
 def family_ablation(model_name: str, layer_name: str, family: str, json: bool = False) -> str:
     """A tuning family's most selective units ablated together: GET its figures, POST ``?mode=zero|mean``."""
     return f"/models/{quote(model_name)}/{quote(layer_name)}/tuning/{quote(family)}/ablation{_suffix(json)}"

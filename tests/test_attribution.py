@@ -297,3 +297,37 @@ def test_which_units_of_the_layer_before_made_a_probes_units(client: TestClient,
     units = client.get(urls.probe(MODEL, probe_id, json=True)).json()["layers"][2]["units"]
     assert all(unit["contributions"] and unit["contributions"][0]["unit"]["layer"] == layers[1]["name"] for unit in units)
     assert 'class="contributors"' in client.get(urls.probe(MODEL, probe_id)).text
+
+
+def test_a_probe_layers_top_units_ablated_together_over_the_dataset(client: TestClient, live: Settings, spec, net,  # noqa: ANN001
+                                                                     tiny_images: Path, tmp_path: Path) -> None:
+    import shutil
+
+    from sqlalchemy import update
+
+    from app.store import Dataset
+
+    labelled = tmp_path / "labelled"
+    for number, file in enumerate(sorted(tiny_images.glob("*/*.jpg"))[:8]):
+        folder = labelled / spec.classes[number % 3].synset
+        folder.mkdir(parents=True, exist_ok=True)
+        shutil.copy(file, folder / file.name)
+    with Store.open(live) as store, store.transaction() as session:
+        session.execute(update(Dataset).values(root=str(labelled)))
+    probe_id = client.post(urls.probes(MODEL), content=jpeg(tiny_images, 9), headers=JPEG).json()["id"]
+    with Store.open(live) as store:
+        worker(store, live, spec, net).run(until_idle=True)
+    layer = client.get(urls.probe(MODEL, probe_id, json=True)).json()["layers"][2]
+    units = [unit["unit"]["index"] for unit in layer["units"]]
+    url = urls.units_ablation(MODEL, layer["name"], units)
+    assert url in client.get(urls.probe(MODEL, probe_id)).text.replace("&amp;", "&")
+    for wrong in ("1,x", "", ",".join(str(u) for u in range(70)), "999"):
+        answer = client.post(urls.units_ablation(MODEL, layer["name"], [], True).replace("units=", f"units={wrong}"))
+        assert answer.status_code in (400, 404), wrong
+    json_url = urls.units_ablation(MODEL, layer["name"], units, True)
+    asked = client.post(json_url + "&mode=zero")
+    assert asked.status_code == 202 and asked.json()["key"] == f"units:{layer['name']}:{','.join(map(str, sorted(units)))}"
+    with Store.open(live) as store:
+        assert worker(store, live, spec, net).run(until_idle=True).failed == 0
+    done = client.get(json_url).json()["runs"][0]
+    assert done["state"] == "done" and done["figures"]["images"] == 8
