@@ -11,9 +11,9 @@ from __future__ import annotations
 import hashlib
 
 import anyio.to_thread
-from typing import Annotated
+from typing import Annotated, Literal
 
-from fastapi import APIRouter, Depends, Form, Request
+from fastapi import APIRouter, Depends, Form, Query, Request
 from fastapi.responses import RedirectResponse, Response
 from starlette.datastructures import UploadFile
 from starlette.formparsers import MultiPartException
@@ -120,8 +120,10 @@ def _unit_ablation(state: ServerState, connection, model: str, layer: str, unit:
                          f"{layer}:{unit}", urls.unit_ablation(model, layer, unit))
 
 
-#: Units one set ablation may name.
-MAX_ABLATED = 64
+#: A set of units as the query names them (``1,5,9``; at most 200, so the URL stays within what the server reads).
+UNITS_PATTERN = r"^[0-9]{1,5}(,[0-9]{1,5}){0,199}$"
+UnitsQuery = Annotated[str, Query(pattern=UNITS_PATTERN, max_length=1200, description="Up to 200 comma-separated unit numbers.")]
+ModeQuery = Annotated[Literal["zero", "mean"], Query(description="Ablate by zero or by the dataset mean.")]
 
 
 def _units_ablation(state: ServerState, connection, model: str, layer: str, units: str):  # noqa: ANN001, ANN202
@@ -131,12 +133,7 @@ def _units_ablation(state: ServerState, connection, model: str, layer: str, unit
     entry = state.catalog(connection, model).model(model).layer(layer)
     if entry.kind not in ABLATABLE or entry.kind in ("nmf", "sae"):
         raise NotFound(f"{layer} is a {entry.kind} layer: only a layer the next ones read has units to ablate")
-    try:
-        chosen = sorted({int(unit) for unit in units.split(",")})
-    except ValueError:
-        raise MicroscopeError(f"units is a comma-separated list of unit numbers, not {units[:40]!r}") from None
-    if not chosen or len(chosen) > MAX_ABLATED:
-        raise MicroscopeError(f"name 1 to {MAX_ABLATED} units to ablate together")
+    chosen = sorted({int(unit) for unit in units.split(",")})  # the query's pattern checked the form
     for unit in chosen:
         entry.unit_id(unit)
     label = f"{layer}:{chosen[0]}" if len(chosen) == 1 else f"these {len(chosen)} units of {layer}"
@@ -146,16 +143,17 @@ def _units_ablation(state: ServerState, connection, model: str, layer: str, unit
 
 
 @twin("/models/{model}/{layer}/ablation", "units_ablation", on=router)
-def units_ablation(request: Request, model: str, layer: str, units: str, state: StateDep, connection: ConnectionDep,
+def units_ablation(request: Request, model: str, layer: str, units: UnitsQuery, state: StateDep, connection: ConnectionDep,
                    json: bool) -> Response:
     """A set of a layer's units (``?units=1,5,9``: a probe layer's top units) ablated together over the dataset."""
     return respond(request, _units_ablation(state, connection, model, layer, units), "_ablation.html", json)
 
 
 @twin("/models/{model}/{layer}/ablation", "units_ablation_request", methods=("POST",), on=router, status_code=202,
-      dependencies=[Depends(guard_renders)])
-def units_ablation_request(request: Request, model: str, layer: str, units: str, state: StateDep,
-                           connection: ConnectionDep, json: bool, mode: str = "zero") -> Response:
+      dependencies=[Depends(guard_renders)],
+      responses={200: {"description": "Already queued, running or measured: where it stands"}})
+def units_ablation_request(request: Request, model: str, layer: str, units: UnitsQuery, state: StateDep,
+                           connection: ConnectionDep, json: bool, mode: ModeQuery = "zero") -> Response:
     """Queue the set's ablation (``&mode=zero`` or ``mean``)."""
     view = _units_ablation(state, connection, model, layer, units)
     queued = _queue_ablation(request, state, model, view, mode)
@@ -193,9 +191,10 @@ def unit_ablation(request: Request, model: str, layer: str, unit: int, state: St
 
 
 @twin("/models/{model}/{layer}/{unit:int}/ablation", "unit_ablation_request", methods=("POST",), on=router,
-      status_code=202, dependencies=[Depends(guard_renders)])
+      status_code=202, dependencies=[Depends(guard_renders)],
+      responses={200: {"description": "Already queued, running or measured: where it stands"}})
 def unit_ablation_request(request: Request, model: str, layer: str, unit: int, state: StateDep,
-                          connection: ConnectionDep, json: bool, mode: str = "zero") -> Response:
+                          connection: ConnectionDep, json: bool, mode: ModeQuery = "zero") -> Response:
     """Queue a unit's ablation (``?mode=zero`` or ``mean``) behind the pages people wait on."""
     view = _unit_ablation(state, connection, model, layer, unit)
     queued = _queue_ablation(request, state, model, view, mode)
@@ -211,9 +210,10 @@ def family_ablation(request: Request, model: str, layer: str, family: str, state
 
 
 @twin("/models/{model}/{layer}/tuning/{family}/ablation", "family_ablation_request", methods=("POST",), on=router,
-      status_code=202, dependencies=[Depends(guard_renders)])
+      status_code=202, dependencies=[Depends(guard_renders)],
+      responses={200: {"description": "Already queued, running or measured: where it stands"}})
 def family_ablation_request(request: Request, model: str, layer: str, family: str, state: StateDep,
-                            connection: ConnectionDep, json: bool, mode: str = "zero") -> Response:
+                            connection: ConnectionDep, json: bool, mode: ModeQuery = "zero") -> Response:
     """Queue the family's ablation (``?mode=zero`` or ``mean``)."""
     view = _family_ablation(state, connection, model, layer, family)
     queued = _queue_ablation(request, state, model, view, mode)

@@ -77,8 +77,10 @@ def test_probe_an_uploaded_photo_and_toggle_a_heatmap(server: str, browser: Brow
     assert page.locator("table.classes tr").count() == 6
     heat = page.locator(".probe-unit .heat").first
     assert float(heat.evaluate("e => getComputedStyle(e).opacity")) == 0
-    page.locator("label.heat-view").first.click()
+    page.locator(".probe-unit label.heat-view").first.click()  # (the attribution maps above start shown)
     page.wait_for_function("() => getComputedStyle(document.querySelector('.probe-unit .heat')).opacity === '1'")
+    assert page.locator(".attribution-map").count() >= 5  # the top class's and the top unit's maps
+    assert float(page.locator(".attribution-map .heat").first.evaluate("e => getComputedStyle(e).opacity")) == 1
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     page.screenshot(path=str(ARTIFACTS / "probe-page.png"))
     page.close()
