@@ -155,10 +155,8 @@ def units_ablation(request: Request, model: str, layer: str, units: UnitsQuery, 
 def units_ablation_request(request: Request, model: str, layer: str, units: UnitsQuery, state: StateDep,
                            connection: ConnectionDep, json: bool, mode: ModeQuery = "zero") -> Response:
     """Queue the set's ablation (``&mode=zero`` or ``mean``)."""
-    view = _units_ablation(state, connection, model, layer, units)
-    queued = _queue_ablation(request, state, model, view, mode)
-    view = _units_ablation(state, connection, model, layer, units)
-    return respond(request, view, "_ablation.html", json, 202 if queued else 200)
+    return _queue_ablation(request, state, model, lambda: _units_ablation(state, connection, model, layer, units), mode,
+                           json)
 
 
 def _family_ablation(state: ServerState, connection, model: str, layer: str, family: str):  # noqa: ANN001, ANN202
@@ -173,14 +171,16 @@ def _family_ablation(state: ServerState, connection, model: str, layer: str, fam
                          urls.family_ablation(model, layer, family))
 
 
-def _queue_ablation(request: Request, state: ServerState, model: str, view, mode: str):  # noqa: ANN001, ANN202
-    if mode not in ("zero", "mean"):
-        raise MicroscopeError(f"mode is zero or mean, not {mode!r}")
+def _queue_ablation(request: Request, state: ServerState, model: str, make, mode: str,  # noqa: ANN001
+                    json: bool) -> Response:
+    """Queue the ablation ``make()`` describes unless it is queued, running or measured; answer where it stands."""
+    view = make()
     run = next(run for run in view.runs if run.mode == mode)
-    if run.state in ("none", "failed", "off"):
+    queued = run.state in ("none", "failed", "off")
+    if queued:
         _require_queue(state).request_ablation(model, view.key, mode, client=client_address(request, state.settings))
-        return True
-    return False
+        view = make()
+    return respond(request, view, "_ablation.html", json, 202 if queued else 200)
 
 
 @twin("/models/{model}/{layer}/{unit:int}/ablation", "unit_ablation", on=router)
@@ -196,10 +196,8 @@ def unit_ablation(request: Request, model: str, layer: str, unit: int, state: St
 def unit_ablation_request(request: Request, model: str, layer: str, unit: int, state: StateDep,
                           connection: ConnectionDep, json: bool, mode: ModeQuery = "zero") -> Response:
     """Queue a unit's ablation (``?mode=zero`` or ``mean``) behind the pages people wait on."""
-    view = _unit_ablation(state, connection, model, layer, unit)
-    queued = _queue_ablation(request, state, model, view, mode)
-    view = _unit_ablation(state, connection, model, layer, unit)
-    return respond(request, view, "_ablation.html", json, 202 if queued else 200)
+    return _queue_ablation(request, state, model, lambda: _unit_ablation(state, connection, model, layer, unit), mode,
+                           json)
 
 
 @twin("/models/{model}/{layer}/tuning/{family}/ablation", "family_ablation", on=router)
@@ -215,10 +213,8 @@ def family_ablation(request: Request, model: str, layer: str, family: str, state
 def family_ablation_request(request: Request, model: str, layer: str, family: str, state: StateDep,
                             connection: ConnectionDep, json: bool, mode: ModeQuery = "zero") -> Response:
     """Queue the family's ablation (``?mode=zero`` or ``mean``)."""
-    view = _family_ablation(state, connection, model, layer, family)
-    queued = _queue_ablation(request, state, model, view, mode)
-    view = _family_ablation(state, connection, model, layer, family)
-    return respond(request, view, "_ablation.html", json, 202 if queued else 200)
+    return _queue_ablation(request, state, model, lambda: _family_ablation(state, connection, model, layer, family), mode,
+                           json)
 
 
 # Probes --------------------------------------------------------------------------------------
