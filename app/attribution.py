@@ -10,61 +10,90 @@ from __future__ import annotations
 
 from sqlalchemy import Connection
 
-from app import queries, urls
+from app import queries, urls, verdicts
 from app.catalog import Catalog
 from app.jobs import JobQueue
 from app.page_types import AttributionMap, AttributionTarget, SanityRow, Verdict
 from app.refs import pictures, unit_ref
 
-LABELS = {"gradient": "vanilla gradient", "integrated_gradients": "integrated gradients", "grad_cam": "Grad-CAM"}
-#: A method passes when, with every weight group re-initialized, its maps' median Spearman correlation with the
-#: real network's is below this.
-PASSES_BELOW = 0.5
+LABELS = {"gradient": "vanilla gradient", "integrated_gradients": "integrated gradients", "grad_cam": "Grad-CAM",
+          "guided_backprop": "guided backprop (control)", "guided_grad_cam": "guided Grad-CAM (control)"}
+TARGET_KINDS = ("class", "unit")
 
 
-def sanity_command(model: str) -> str:
-    return f"microscope precompute sanity --model {model}"
+def sanity_command(model: str, kind: str = "class") -> str:
+    return f"microscope precompute sanity --model {model}" + ("" if kind == "class" else f" --targets {kind}")
 
 
 def sanity_rows(connection: Connection, model: str) -> list[SanityRow]:
-    """Each method's cascade, top group first, with its verdict."""
-    steps: dict[str, list[dict]] = {}
-    for method, depth, randomized, spearman, ssim, recipe in connection.execute(queries.attribution_checks, {"model": model}):
-        steps.setdefault(method, []).append({"depth": depth, "randomized": randomized, "spearman": spearman, "ssim": ssim,
-                                             "images": recipe.get("images")})
-    return [SanityRow(method, LABELS.get(method, method), rows, _verdict(model, rows)) for method, rows in steps.items()]
-
-
-def _verdict(model: str, rows: list[dict]) -> Verdict:
+    """Each method's cascade per kind of target, top group first, with its verdict (`app.verdicts`)."""
+    steps: dict[tuple[str, str, str], list[dict]] = {}
+    for method, kind, at, depth, randomized, images, degenerate, figures in connection.execute(queries.sanity_steps,
+                                                                                                {"model": model}):
+        steps.setdefault((kind, method, at), []).append({
+            "depth": depth, "randomized": randomized, "images": images, "degenerate": degenerate, "figures": figures})
+    controls = {kind: rows for (kind, method, _), rows in steps.items() if method == verdicts.CONTROL}
     url = urls.model(model) + "#sanity"
+    rows = []
+    for (kind, method, at), cascade in steps.items():
+        judged = verdicts.judge(method, cascade, controls.get(kind))
+        rows.append(SanityRow(method, LABELS.get(method, method), kind, at, cascade,
+                              Verdict(judged.passes, judged.text, url), method in verdicts.CONTROLS,
+                              verdicts.judged_step(len(cascade))))
+    order = list(LABELS)
+    return sorted(rows, key=lambda row: (TARGET_KINDS.index(row.target), order.index(row.method) if row.method in order else 99))
+
+
+def sanity_plot(connection: Connection, model: str) -> tuple[bytes, str]:
+    """The SVG of the model's cascades (`app.plots.sanity_svg`) and its ETag (a digest of what it draws)."""
+    import hashlib
+    import json
+
+    from app.errors import NotFound
+    from app.plots import sanity_svg  # matplotlib: loaded with the first plot, not with the server
+
+    rows = sanity_rows(connection, model)
     if not rows:
-        return Verdict(None, f"not tested on this model yet ({sanity_command(model)})", url)
-    last = rows[-1]
-    spearman = last["spearman"]
-    if spearman < PASSES_BELOW:
-        return Verdict(True, f"changes when the weights are randomized (rank correlation {spearman:.2f} with every "
-                       "layer re-initialized): the map depends on the model", url)
-    return Verdict(False, f"barely changes when the weights are randomized (rank correlation {spearman:.2f} with every "
-                   "layer re-initialized): treat with care", url)
+        raise NotFound(f"the randomization test has not been run on {model}: {sanity_command(model)}")
+    drawn = json.dumps([{"method": r.method, "label": r.label, "target": r.target, "control": r.control,
+                         "judged_step": r.judged_step, "steps": r.steps} for r in rows], sort_keys=True)
+    return sanity_svg(drawn, verdicts.DECORRELATED), f'"{hashlib.sha256(drawn.encode()).hexdigest()[:16]}"'
 
 
-def verdicts(connection: Connection, model: str) -> dict[str, Verdict]:
-    found = {row.method: row.verdict for row in sanity_rows(connection, model)}
-    return {method: found.get(method) or _verdict(model, []) for method in LABELS}
+def _unmeasured(model: str, method: str, kind: str, at: str, measured_at: str | None) -> Verdict:
+    url = urls.model(model) + "#sanity"
+    if measured_at is not None and at != measured_at:
+        return Verdict(None, f"not measured at {at}: the randomization test measures Grad-CAM at {measured_at} for this "
+                             "kind of target", url)
+    return Verdict(None, f"not measured for this kind of target ({kind}): {sanity_command(model, kind)}", url)
+
+
+def verdicts_by_target(connection: Connection, model: str) -> dict[tuple[str, str], SanityRow]:
+    """The stored cascades by (method, target kind)."""
+    return {(row.method, row.target): row for row in sanity_rows(connection, model)}
+
+
+def verdict_for(measured: dict[tuple[str, str], SanityRow], model: str, method: str, kind: str, at: str) -> Verdict:
+    """The verdict of a map: only what the test measured (the same method, kind of target and Grad-CAM layer)."""
+    row = measured.get((method, kind))
+    if row is None or row.at != (at or ""):
+        return _unmeasured(model, method, kind, at, None if row is None else row.at)
+    return row.verdict
 
 
 def probe_attributions(state, connection: Connection, catalog: Catalog, model: str, probe_id: str,  # noqa: ANN001
                        row) -> list[AttributionTarget]:  # noqa: ANN001
     """A stored probe's maps by target (in the order they were made: the top class's first), with the job state of
     any target whose maps are being made."""
-    said = verdicts(connection, model)
+    measured = verdicts_by_target(connection, model)
+    logits = next((layer.name for layer in catalog.model(model).layers if layer.kind == "logits"), None)
     by_target: dict[tuple[int, int | None, int | None], list[AttributionMap]] = {}
     for unit_id, y, x, method, at, key, params in connection.execute(queries.probe_attributions, {"probe": row.id}):
+        kind = "unit" if y is not None else "class"
         by_target.setdefault((unit_id, y, x), []).append(AttributionMap(
             method, LABELS.get(method, method) + (f" at {at}" if at else ""), at, urls.probe_image(model, probe_id, key),
-            params, said.get(method) or _verdict(model, [])))
+            params, verdict_for(measured, model, method, kind, at)))
     shown = pictures(connection, [unit_id for unit_id, _, _ in by_target])
-    logits = next((layer.name for layer in catalog.model(model).layers if layer.kind == "logits"), None)
     queue = state.queue()
     targets = []
     for (unit_id, y, x), maps in by_target.items():

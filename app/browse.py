@@ -106,13 +106,16 @@ def model_page(catalog: Catalog, connection: Connection, name: str, counts: list
     if not any(layer.rendered for layer in layers):
         commands.append(f"microscope precompute vis --model {name} --layers main --units 0:8")
     from app.attribution import sanity_command, sanity_rows
+    from app.modules import network_modularity
 
     sanity = sanity_rows(connection, name)
     return ModelPage(title=entry.title, name=name, description=entry.description, url=urls.model(name),
                      json_url=urls.model(name, json=True), layers=layers, commands=commands,
                      probe_url=urls.probe_form(name) if probes else None, filling=filling,
                      notes=list(REGISTRY[name].notes) if name in REGISTRY else [], sanity=sanity,
-                     sanity_command=None if sanity else sanity_command(name))
+                     sanity_command=None if sanity else sanity_command(name),
+                     sanity_plot_url=urls.sanity_plot(name) if sanity else None,
+                     modularity=network_modularity(connection, name))
 
 
 def not_held_page(error: ModelNotHeld) -> NotHeldPage:

@@ -14,7 +14,7 @@ from sqlalchemy import Connection
 
 from app import queries, urls
 from app.catalog import Catalog, LayerEntry, ModelEntry
-from app.page_types import FactorSummary, PartOf, Weighted
+from app.page_types import Match, FactorSummary, PartOf, Weighted
 from app.refs import pictures, unit_ref
 
 #: Directions listed per derived layer on a base unit's page.
@@ -55,12 +55,19 @@ def made_of(catalog: Catalog, connection: Connection, unit_id: int) -> list[Weig
     return [Weighted(unit_ref(catalog, unit, shown), weight) for unit, weight in rows if unit in catalog.units]
 
 
-def matches(catalog: Catalog, connection: Connection, unit_id: int) -> list[Weighted]:
-    """The unit's nearest units in other models, by the correlation of their pooled activations (universality)."""
-    rows = [(other, value) for other, value in connection.execute(queries.matches, {"unit": unit_id})
-            if other in catalog.units]
-    shown = pictures(connection, [other for other, _ in rows])
-    return [Weighted(unit_ref(catalog, other, shown), value) for other, value in rows]
+def matches(catalog: Catalog, connection: Connection, unit_id: int) -> list[Match]:
+    """The unit's nearest units in other models, by the correlation of their pooled activations (universality), each
+    with its position-wise correlation and the permutation null's thresholds for the unit's layer."""
+    rows = [row for row in connection.execute(queries.matches, {"unit": unit_id}) if row[0] in catalog.units]
+    shown = pictures(connection, [row[0] for row in rows])
+    model, layer, _ = catalog.units[unit_id]
+    out = []
+    for other, value, spatial, params in rows:
+        null = ((params or {}).get("null_thresholds") or {}).get(model, {}).get(layer, {})
+        threshold, spatial_threshold = null.get("pooled"), null.get("positionwise")
+        out.append(Match(unit_ref(catalog, other, shown), value, spatial, threshold, spatial_threshold,
+                         None if threshold is None else value > threshold))
+    return out
 
 
 def part_of(catalog: Catalog, connection: Connection, model: ModelEntry, unit_id: int) -> list[PartOf]:

@@ -14,6 +14,7 @@ from app.errors import NotFound
 from app.jobs import JobQueue, JobState
 from app.page_types import ContributionsStatus, Contributor, GroupRender, ProbedGroup, ProbedLayer, ProbedUnit, ProbePage, RenderStatus, Weighted
 from app.state import ServerState
+from app.store.algorithms import is_stale
 
 #: Seconds between status polls while a worker is on it, and while none is running.
 POLL_SECONDS = 1
@@ -235,7 +236,8 @@ def caricature_page(state: ServerState, connection: Connection, catalog: Catalog
 
 def _caricatures(connection: Connection, row_id: int) -> dict[str, tuple]:
     return {layer: (key, objective, recipe) for layer, kind, _, key, objective, recipe
-            in connection.execute(queries.probe_renders, {"probe": row_id}) if kind == "caricature"}
+            in connection.execute(queries.probe_renders, {"probe": row_id})
+            if kind == "caricature" and not is_stale("caricature", recipe)}
 
 
 def group_render_page(state: ServerState, connection: Connection, catalog: Catalog, model: str, probe_id: str,

@@ -18,7 +18,7 @@ def modules_sections(catalog: Catalog, connection: Connection, model: ModelEntry
     """The modules of each stored pair the layer is in (with the layer before it, and with the one after)."""
     names = {layer.id: layer for layer in model.layers}
     sections = []
-    for source_id, target_id, ncut, shuffled, better, modules, between, recipe in connection.execute(
+    for source_id, target_id, ncut, shuffled, better, modules, between, recipe, z, control, verdict in connection.execute(
             queries.layer_modules, {"layer": layer_id}):
         source, target = names.get(source_id), names.get(target_id)
         if source is None or target is None:
@@ -42,5 +42,17 @@ def modules_sections(catalog: Catalog, connection: Connection, model: ModelEntry
             source=source.name, target=target.name, source_url=urls.layer(model.name, source.name),
             target_url=urls.layer(model.name, target.name), ncut=ncut, shuffled=shuffled,
             shuffled_mean=round(sum(shuffled) / len(shuffled), 4) if shuffled else 0.0, better=better, modules=views,
-            between=[{"modules": [a, b], "weight": weight} for weight, a, b in pairs], recipe=recipe))
+            between=[{"modules": [a, b], "weight": weight} for weight, a, b in pairs], recipe=recipe, z=z,
+            control_ncut=control, verdict=verdict))
     return sections
+
+
+def network_modularity(connection: Connection, model: str) -> dict | None:
+    """The whole network's modularity as stored (`app.store.NetworkModules`), or None before it is measured."""
+    row = connection.execute(queries.network_modules, {"model": model}).first()
+    if row is None:
+        return None
+    ncut, shuffled, percentile, z, control, verdict, isolated, count = row
+    return {"ncut": ncut, "shuffled_mean": round(sum(shuffled) / len(shuffled), 4), "shuffles": len(shuffled),
+            "percentile": percentile, "z": z, "control_ncut": control, "verdict": verdict, "isolated": isolated,
+            "modules": count, "url": urls.methods(key="modularity")}

@@ -82,26 +82,40 @@ class ModelPage:
     #: The cascading randomization test of each attribution method on this model (issue 23), where it was run.
     sanity: list[SanityRow] = field(default_factory=list)
     sanity_command: str | None = None
+    #: The cascades drawn (SVG), where the test was run.
+    sanity_plot_url: str | None = None
+    #: The whole network's modularity (`app.store.NetworkModules`: ncut, shuffled_mean, percentile, z, control_ncut,
+    #: verdict, shuffles), where it was measured.
+    modularity: dict[str, Any] | None = None
     kind: str = "model"
 
 
 @dataclass(frozen=True)
 class SanityRow:
-    """One attribution method's randomization test (Adebayo et al.): how much its maps change as the weights are
-    re-initialized from the top down. ``steps``: ``{"randomized", "spearman", "ssim"}`` medians, cumulatively."""
+    """One attribution method's randomization test (Adebayo et al.) for one kind of target: how much its maps change as
+    the weights are re-initialized from the top down. ``steps``: ``{"depth", "randomized", "images", "degenerate",
+    "figures"}`` cumulatively, ``figures`` each figure's median with its 95% bootstrap interval (``spearman``,
+    ``spearman_signed``, ``ssim``, ``hog``), or None where most maps were degenerate. The verdict reads the step
+    ``judged_step`` (1-based) against the control (`app.verdicts`)."""
 
     method: str
     label: str
+    #: ``class`` or ``unit``.
+    target: str
+    #: Grad-CAM's layer ("" for the pixel methods).
+    at: str
     steps: list[dict[str, Any]]
     verdict: Verdict
+    control: bool
+    judged_step: int
 
 
 @dataclass(frozen=True)
 class Verdict:
     """What the randomization test says about a method, in words, and where its figure is."""
 
-    #: True: the maps change when the weights are randomized (they depend on the model); False: they barely do;
-    #: None: not tested on this model yet.
+    #: True: the maps change when the top layers are randomized (they depend on the model); False: they barely do;
+    #: None: not measured for this method, kind of target and layer, or inconclusive (the text says which).
     passes: bool | None
     text: str
     url: str
@@ -259,7 +273,7 @@ class UnitPage:
     #: A base unit's directions in each derived layer over its layer (with its polysemanticity there).
     part_of: list[PartOf] = field(default_factory=list)
     #: Its nearest units in other models of the store (`precompute.match`), by correlation, best first.
-    matches: list[Weighted] = field(default_factory=list)
+    matches: list[Match] = field(default_factory=list)
     #: The unit (or direction) ablated over the dataset (issue 23).
     ablation: AblationView | None = None
     kind: str = "unit"
@@ -664,3 +678,43 @@ class ModulesSection:
     #: The strongest weights between two modules: ``{"modules": [a, b], "weight"}``.
     between: list[dict[str, Any]]
     recipe: dict[str, Any]
+    z: float | None = None
+    control_ncut: float | None = None
+    verdict: str | None = None
+
+
+@dataclass(frozen=True)
+class MethodEntry:
+    """One method on the methods page: what it follows, how it is set, where it differs and which test checks it."""
+
+    key: str
+    name: str
+    paper: str
+    code: str
+    parameters: str
+    deviations: str
+    #: ``tests/file.py::test_name`` of each test that checks it against its reference.
+    tests: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class MethodsPage:
+    title: str
+    url: str
+    json_url: str
+    methods: list[MethodEntry]
+    kind: str = "methods"
+
+
+@dataclass(frozen=True)
+class Match:
+    """One of a unit's nearest units in another model (`precompute.match`): the pooled correlation (``weight``), the
+    position-wise one (Li et al.), and each against the permutation null's 99th percentile for this unit's layer
+    (``above_chance``: the pooled correlation above its threshold; None for matches stored without a null)."""
+
+    unit: UnitRef
+    weight: float
+    positionwise: float | None
+    threshold: float | None
+    positionwise_threshold: float | None
+    above_chance: bool | None

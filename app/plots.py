@@ -121,3 +121,50 @@ def _joint(figure: Figure, values: np.ndarray, best: dict, small: bool) -> None:
 
 def _value(value: float) -> str:
     return f"{value:.2g}" if isinstance(value, float) and not value.is_integer() else f"{value:g}"
+
+
+#: A colour per attribution method in the randomization plot; the controls dashed.
+METHOD_COLOURS = {"gradient": "#1d4ed8", "integrated_gradients": "#047857", "grad_cam": "#c2410c",
+                  "guided_backprop": "#6b7280", "guided_grad_cam": "#a855f7"}
+
+
+@lru_cache(maxsize=64)
+def sanity_svg(cascades: str, threshold: float) -> bytes:
+    """The randomization test as Adebayo et al. draw it: per kind of target, each method's median Spearman correlation
+    (shown maps) with its 95% interval against the cascade's steps, the judged step and the threshold marked; steps
+    whose maps were mostly degenerate are gaps. ``cascades`` is the rows' JSON (hashable, so cached)."""
+    import json
+
+    rows = json.loads(cascades)
+    kinds = sorted({row["target"] for row in rows}, key=["class", "unit"].index)
+    with _lock:
+        figure = Figure(figsize=(6.4, 2.6 * len(kinds)), dpi=100)
+        for number, kind in enumerate(kinds):
+            axes = figure.add_subplot(len(kinds), 1, number + 1)
+            shown = [row for row in rows if row["target"] == kind]
+            names = [step["randomized"] for step in shown[0]["steps"]]
+            x = np.arange(len(names))
+            for row in shown:
+                figures = [(step["figures"] or {}).get("spearman") for step in row["steps"]]
+                median = np.array([np.nan if f is None else f["median"] for f in figures])
+                low = np.array([np.nan if f is None else f["low"] for f in figures])
+                high = np.array([np.nan if f is None else f["high"] for f in figures])
+                colour = METHOD_COLOURS.get(row["method"], INK)
+                style = "--" if row["control"] else "-"
+                axes.plot(x, median, style, color=colour, marker="o", markersize=2.5, label=row["label"], linewidth=1.2)
+                axes.fill_between(x, low, high, color=colour, alpha=0.15, linewidth=0)
+            judged = shown[0]["judged_step"] - 1
+            axes.axvline(judged, color=FAINT, linewidth=0.8)
+            axes.axhline(threshold, color=FAINT, linewidth=0.8, linestyle=":")
+            axes.text(judged, 1.02, " judged here", color=FAINT, va="bottom", ha="left", fontsize=7)
+            axes.set_ylim(-0.2, 1.05)
+            axes.set_xticks(x, names, rotation=45, ha="right", fontsize=7)
+            axes.set_ylabel("rank correlation")
+            axes.set_title(f"target: each image's {'top class' if kind == 'class' else 'most active deep unit'}; "
+                           "re-initialized down to ...", loc="left")
+            axes.legend(fontsize=6.5, frameon=False, loc="lower left")
+            axes.spines[["top", "right"]].set_visible(False)
+        figure.tight_layout()
+        out = io.BytesIO()
+        figure.savefig(out, format="svg", bbox_inches="tight", pad_inches=0.03, metadata={"Date": None})
+    return out.getvalue()

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 from sqlalchemy import bindparam, func, select
 
-from app.store import (Ablation, Artifact, AttributionCheck, Dataset, DatasetExample, DatasetImage, DirectionWeight, Edge, Factorization, Layer, LayerArtifact, LayerModules,
-                       Model, Probe, ProbeAblation, ProbeAttribution, ProbeGroup, ProbeRender, ProbeUnit, Run, UnitLabel, UnitMatch, UnitMixture, UnitStats, UnitTuning)
+from app.store import (Ablation, Artifact, Dataset, DatasetExample, DatasetImage, DirectionWeight, Edge, Factorization, Layer, LayerArtifact, LayerModules, NetworkModules,
+                       Model, Probe, ProbeAblation, ProbeAttribution, ProbeGroup, ProbeRender, ProbeUnit, SanityStep, Run, UnitLabel, UnitMatch, UnitMixture, UnitStats, UnitTuning)
 
 THUMBNAIL_TECHNIQUE = "channel"
 
@@ -69,7 +69,7 @@ examples_params = (
 
 #: A unit's concept labels, best first.
 labels = select(UnitLabel.concept, UnitLabel.name, UnitLabel.count, UnitLabel.of, UnitLabel.coverage,
-                UnitLabel.base_rate, UnitLabel.lift, UnitLabel.score).where(
+                UnitLabel.base_rate, UnitLabel.lift, UnitLabel.score, UnitLabel.p, UnitLabel.q).where(
     UnitLabel.unit_id == bindparam("unit")).order_by(UnitLabel.rank)
 
 #: The recipes of a model's finished labels runs (each names the layer it labelled).
@@ -143,10 +143,10 @@ probe_ablations = (select(Layer.name, ProbeAblation.classes).join(Layer, ProbeAb
 probe_attributions = (select(ProbeAttribution.unit_id, ProbeAttribution.y, ProbeAttribution.x, ProbeAttribution.method,
                              ProbeAttribution.at, ProbeAttribution.heatmap_key, ProbeAttribution.params)
                       .where(ProbeAttribution.probe_id == bindparam("probe")).order_by(ProbeAttribution.id))
-attribution_checks = (select(AttributionCheck.method, AttributionCheck.depth, AttributionCheck.randomized,
-                             AttributionCheck.spearman_median, AttributionCheck.ssim_median, AttributionCheck.recipe)
-                      .join(Model, AttributionCheck.model_id == Model.id).where(Model.name == bindparam("model"))
-                      .order_by(AttributionCheck.method, AttributionCheck.depth))
+sanity_steps = (select(SanityStep.method, SanityStep.target, SanityStep.at, SanityStep.depth, SanityStep.randomized,
+                      SanityStep.images, SanityStep.degenerate, SanityStep.figures)
+                .join(Model, SanityStep.model_id == Model.id).where(Model.name == bindparam("model"))
+                .order_by(SanityStep.target, SanityStep.method, SanityStep.depth))
 
 #: A probe's neuron groups per layer (issue 22), and the pictures rendered for it on demand.
 probe_groups = (select(Layer.name, ProbeGroup.group, ProbeGroup.share, ProbeGroup.fvu, ProbeGroup.vector,
@@ -185,12 +185,20 @@ mixtures = (
 
 layer_modules = (
     select(LayerModules.source_id, LayerModules.target_id, LayerModules.ncut, LayerModules.shuffled, LayerModules.better,
-           LayerModules.modules, LayerModules.between, LayerModules.recipe)
+           LayerModules.modules, LayerModules.between, LayerModules.recipe, LayerModules.z, LayerModules.control_ncut,
+           LayerModules.verdict)
     .where((LayerModules.source_id == bindparam("layer")) | (LayerModules.target_id == bindparam("layer")))
     .order_by(LayerModules.target_id)
 )
 
 matches = (
-    select(UnitMatch.other_id, UnitMatch.correlation).where(UnitMatch.unit_id == bindparam("unit"))
+    select(UnitMatch.other_id, UnitMatch.correlation, UnitMatch.positionwise, Run.params)
+    .join(Run, UnitMatch.run_id == Run.id).where(UnitMatch.unit_id == bindparam("unit"))
     .order_by(UnitMatch.rank)
+)
+
+network_modules = (
+    select(NetworkModules.ncut, NetworkModules.shuffled, NetworkModules.percentile, NetworkModules.z,
+           NetworkModules.control_ncut, NetworkModules.verdict, NetworkModules.isolated, NetworkModules.count)
+    .join(Model, NetworkModules.model_id == Model.id).where(Model.name == bindparam("model"))
 )

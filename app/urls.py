@@ -17,8 +17,18 @@ def home(json: bool = False) -> str:
     return "/index.json" if json else "/"
 
 
+def methods(json: bool = False, key: str | None = None) -> str:
+    """The methods page (each method's reference, parameters, deviations and tests), or one method's entry."""
+    return f"/methods{_suffix(json)}" + (f"#{key}" if key and not json else "")
+
+
 def model(name: str, json: bool = False) -> str:
     return f"/models/{quote(name)}{_suffix(json)}"
+
+
+def sanity_plot(model_name: str) -> str:
+    """The randomization test's cascades on a model (SVG)."""
+    return f"/models/{quote(model_name)}/sanity.svg"
 
 
 def layer(model_name: str, layer_name: str, page: int = 1, json: bool = False, label: str | None = None) -> str:

@@ -86,6 +86,14 @@ async def index(request: Request, state: StateDep, connection: ConnectionDep, js
     return respond(request, page, "index.html", json)
 
 
+@twin("/methods", "methods")
+async def methods(request: Request, json: bool) -> Response:
+    """Each method the microscope uses: its reference (paper and code), parameters, deviations and tests."""
+    from app.methods import methods_page
+
+    return respond(request, methods_page(), "methods.html", json)
+
+
 @twin("/models/{model}", "model")
 async def model(request: Request, model: str, state: StateDep, connection: ConnectionDep, json: bool) -> Response:
     """A model's layers in network order, with coverage per technique and a strip of visualizations."""
@@ -94,6 +102,17 @@ async def model(request: Request, model: str, state: StateDep, connection: Conne
     page = browse.model_page(state.catalog(connection, model), connection, model, state.coverage(connection), filling,
                             probes=allows(state.settings, "probes"))
     return respond(request, page, "model.html", json)
+
+
+@router.get("/models/{model}/sanity.svg", name="sanity_plot", include_in_schema=False)
+def sanity_plot(request: Request, model: str, state: StateDep) -> Response:
+    """The randomization test's cascades on a model (SVG, drawn by matplotlib)."""
+    from app.attribution import sanity_plot as draw
+
+    with state.engine.connect() as connection:
+        state.catalog(connection, model).model(model)
+        svg, etag = draw(connection, model)
+    return _cached(request, svg, etag, "image/svg+xml", "no-cache")  # a rerun redraws it: always revalidated
 
 
 #: OpenAI Microscope's ``models.technique`` values and the section of a unit's page each lands on. Microscope's
@@ -163,8 +182,8 @@ async def tuning_family(request: Request, model: str, layer: str, family: str, s
 TUNING_CACHE = "public, max-age=86400"
 
 
-def _cached(request: Request, body: bytes, etag: str, media_type: str) -> Response:
-    headers = {"Cache-Control": TUNING_CACHE, "ETag": etag}
+def _cached(request: Request, body: bytes, etag: str, media_type: str, cache: str = TUNING_CACHE) -> Response:
+    headers = {"Cache-Control": cache, "ETag": etag}
     if request.headers.get("if-none-match") == etag:
         return Response(status_code=304, headers=headers)
     return Response(body, media_type=media_type, headers=headers)

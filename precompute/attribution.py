@@ -21,7 +21,6 @@ compared with the real one's (Spearman rank correlation, SSIM).
 from __future__ import annotations
 
 import contextlib
-import warnings
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
@@ -34,13 +33,17 @@ from app.zoo import LayerSpec
 from precompute.models.base import Network
 from precompute.models.derived import base_network
 
+#: The methods a probe's maps are made with.
 METHODS = ("gradient", "integrated_gradients", "grad_cam")
+#: The randomization test's negative controls: methods Adebayo et al. found insensitive to the model's weights (guided
+#: backprop and guided Grad-CAM). A test that cannot fail them cannot pass anything else either.
+CONTROLS = ("guided_backprop", "guided_grad_cam")
+ALL_METHODS = METHODS + CONTROLS
+#: What the randomization test explains: each image's top class, or its deepest layer's most active unit.
+TARGET_KINDS = ("class", "unit")
 #: Integrated gradients' path: steps of the Gauss-Legendre rule (Captum's default method), evaluated this many at once.
 IG_STEPS = 20
 IG_BATCH = 20
-#: A method whose map correlates (median Spearman) below this with the real model's once every layer is randomized
-#: "depends on the model"; at or above it, it "barely changes".
-PASSES_BELOW = 0.5
 #: Bumped when a stored map would change.
 ATTRIBUTION_ALGORITHM = 1
 
@@ -87,33 +90,76 @@ def _scalar(net: Network, target: Target) -> Callable[[Tensor], Tensor]:
     return lambda images: net(images, (target.layer,))[target.layer][:, target.index, target.y, target.x]
 
 
+@dataclass(frozen=True)
+class Maps:
+    """One method's explanation of one target on one image, at the input's resolution.
+
+    ``signed``: the attribution before any absolute value or ReLU (summed over colour for the pixel methods; Grad-CAM's
+    weighted sum before its ReLU); ``shown``: the map as pages show it (absolute values summed over colour; Grad-CAM's
+    ReLU'd map). The randomization test compares both (Adebayo et al. compare maps with and without absolute values).
+    """
+
+    signed: np.ndarray
+    shown: np.ndarray
+    params: dict
+
+
 def attribute(net: Network, image: Tensor, target: Target, method: str, cam_layer: str | None = None,
               steps: int = IG_STEPS) -> tuple[np.ndarray, dict]:
-    """The (H, W) map of ``method`` for ``target`` on one RGB image (3, H, W) in [0, 1], and its parameters and
-    figures (integrated gradients' completeness: the attributions' sum against the target's change)."""
-    from captum.attr import IntegratedGradients, LayerAttribution, LayerGradCam, Saliency
+    """The (H, W) map of ``method`` for ``target`` on one RGB image (3, H, W) in [0, 1], as pages show it, and its
+    parameters and figures (integrated gradients' completeness: the attributions' sum against the target's change)."""
+    maps = attribute_maps(net, image, target, method, cam_layer, steps)
+    return maps.shown, maps.params
 
-    inputs = image[None].clone().requires_grad_(True)
+
+def attribute_maps(net: Network, image: Tensor, target: Target, method: str, cam_layer: str | None = None,
+                   steps: int = IG_STEPS) -> Maps:
+    """Both maps (`Maps`) of ``method`` for ``target`` on one RGB image (3, H, W) in [0, 1]."""
+    from captum.attr import GuidedBackprop, IntegratedGradients, Saliency
+
+    if method not in ALL_METHODS:
+        raise MicroscopeError(f"unknown attribution method {method!r}: choose from {', '.join(ALL_METHODS)}")
     device = next(net.parameters()).device
-    inputs = inputs.to(device)
+    inputs = image[None].clone().to(device).requires_grad_(True)
     with torch.enable_grad():
+        if method in ("grad_cam", "guided_grad_cam"):
+            return _grad_cam(net, inputs, target, cam_layer, guided=method == "guided_grad_cam")
+        function = _scalar(net, target)
         if method == "gradient":
-            values = Saliency(_scalar(net, target)).attribute(inputs, abs=True)
-            return values[0].sum(dim=0).detach().cpu().numpy(), {"method": "Captum Saliency (|gradient|), summed over colour"}
-        if method == "integrated_gradients":
-            function = _scalar(net, target)
-            baseline = torch.zeros_like(inputs)
-            values, delta = IntegratedGradients(function).attribute(
-                inputs, baselines=baseline, n_steps=steps, internal_batch_size=IG_BATCH, return_convergence_delta=True)
-            with torch.no_grad():
-                change = float(function(inputs) - function(baseline))
-            return values[0].abs().sum(dim=0).detach().cpu().numpy(), {
-                "method": "Captum IntegratedGradients, |attribution| summed over colour", "baseline": "black image",
-                "steps": steps, "sum": round(float(values.detach().sum()), 5), "change": round(change, 5),
-                "delta": round(float(delta.detach()), 5)}
-        if method == "grad_cam":
-            return _grad_cam(net, inputs, target, cam_layer, LayerGradCam, LayerAttribution)
-    raise MicroscopeError(f"unknown attribution method {method!r}: choose from {', '.join(METHODS)}")
+            values = Saliency(function).attribute(inputs, abs=False)
+            return _pixel_maps(values, {"method": "Captum Saliency (the gradient); shown: |gradient| summed over colour"})
+        if method == "guided_backprop":
+            values = GuidedBackprop(_Forward(net, function)).attribute(inputs)
+            return _pixel_maps(values, {"method": "Captum GuidedBackprop (every ReLU module's gradient rectified); "
+                                                  "shown: |attribution| summed over colour"})
+        baseline = torch.zeros_like(inputs)
+        values, delta = IntegratedGradients(function).attribute(
+            inputs, baselines=baseline, n_steps=steps, internal_batch_size=IG_BATCH, return_convergence_delta=True)
+        with torch.no_grad():
+            change = float(function(inputs) - function(baseline))
+        return _pixel_maps(values, {
+            "method": "Captum IntegratedGradients; shown: |attribution| summed over colour", "baseline": "black image",
+            "steps": steps, "sum": round(float(values.detach().sum()), 5), "change": round(change, 5),
+            "delta": round(float(delta.detach()), 5)})
+
+
+def _pixel_maps(values: Tensor, params: dict) -> Maps:
+    values = values[0].detach().float().cpu()
+    return Maps(values.sum(dim=0).numpy(), values.abs().sum(dim=0).numpy(), params)
+
+
+class _Forward(nn.Module):
+    """A function of the network as a module, for Captum's methods that hook the model's modules (guided backprop
+    rewrites the gradient of every ``nn.ReLU`` under it: the network is a submodule, so all of its ReLUs are)."""
+
+    def __init__(self, net: Network, function: Callable[[Tensor], Tensor], tap: nn.Module | None = None) -> None:
+        super().__init__()
+        self.net = net
+        self.tap = tap
+        self.function = function
+
+    def forward(self, images: Tensor) -> Tensor:
+        return self.function(images)
 
 
 class _Tap(nn.Identity):
@@ -132,7 +178,9 @@ def default_cam_layer_for(net: Network, target: Target) -> str:
     return before[-1]
 
 
-def _grad_cam(net: Network, inputs: Tensor, target: Target, layer: str | None, grad_cam, interpolate) -> tuple[np.ndarray, dict]:  # noqa: ANN001
+def _grad_cam(net: Network, inputs: Tensor, target: Target, layer: str | None, guided: bool) -> Maps:
+    from captum.attr import GuidedGradCam, LayerAttribution, LayerGradCam
+
     inner = base_network(net)
     spec = inner.spec
     layer = layer or default_cam_layer_for(net, target)
@@ -154,10 +202,17 @@ def _grad_cam(net: Network, inputs: Tensor, target: Target, layer: str | None, g
         def function(images: Tensor) -> Tensor:
             return forward(images)[:, target.index, target.y, target.x]
         index = None
-    values = grad_cam(function, tap).attribute(inputs, target=index, relu_attributions=True)
-    upsampled = interpolate.interpolate(values, tuple(inputs.shape[-2:]), "bilinear")
-    return upsampled[0, 0].detach().cpu().numpy(), {"method": "Captum LayerGradCam, ReLU, upsampled bilinearly",
-                                                    "layer": layer}
+    # Grad-CAM before its ReLU (the signed map); the shown map is its ReLU, as Selvaraju et al. and Captum define it.
+    values = LayerGradCam(function, tap).attribute(inputs, target=index, relu_attributions=False)
+    signed = LayerAttribution.interpolate(values, tuple(inputs.shape[-2:]), "bilinear")[0, 0].detach().float().cpu()
+    if not guided:
+        return Maps(signed.numpy(), signed.clamp(min=0).numpy(),
+                    {"method": "Captum LayerGradCam, upsampled bilinearly; shown: its ReLU", "layer": layer})
+    # Captum's GuidedGradCam: guided backprop times Grad-CAM's ReLU'd map, upsampled to the input (nearest, its default).
+    product = GuidedGradCam(_Forward(inner, function, tap), tap).attribute(inputs, target=index)[0].detach().float().cpu()
+    return Maps(product.sum(dim=0).numpy(), product.abs().sum(dim=0).numpy(),
+                {"method": "Captum GuidedGradCam (guided backprop times Grad-CAM's ReLU'd map, upsampled nearest); "
+                           "shown: |attribution| summed over colour", "layer": layer})
 
 
 # Spatial attribution between layers (Building Blocks) ----------------------------------------------
@@ -260,54 +315,97 @@ def randomized(net: Network, depth: int, seed: int = 0) -> Iterator[Network]:
         inner.load_state_dict(saved)
 
 
-def similarity(real: np.ndarray, other: np.ndarray) -> tuple[float, float]:
-    """Spearman's rank correlation (0 where a map is constant: no order to follow) and SSIM of two maps (each scaled
-    to [0, 1] by its own maximum for SSIM)."""
-    from scipy.stats import spearmanr
+#: The figures each image's pair of maps gets, in this order (see `compare`).
+FIGURES = ("spearman", "spearman_signed", "ssim", "hog")
+
+
+def degenerate(map_: np.ndarray) -> bool:
+    """A map with no order to compare: a non-finite value, or the same value everywhere (all zero included)."""
+    return not np.isfinite(map_).all() or float(map_.max()) == float(map_.min())
+
+
+def compare(real: Maps, other: Maps) -> dict[str, float] | None:
+    """Adebayo et al.'s similarity figures of two maps of one image, or None where either map is degenerate (a constant
+    or non-finite map has no rank order: it is counted, never scored as decorrelated):
+
+    - ``spearman``: Spearman rank correlation of the shown maps (absolute values; Grad-CAM's ReLU);
+    - ``spearman_signed``: of the signed maps;
+    - ``ssim``: SSIM (scikit-image) of the shown maps, each scaled to [0, 1] by its own range;
+    - ``hog``: Pearson correlation of the shown maps' histograms of oriented gradients (scikit-image's ``hog``, 9
+      orientations, 16x16-pixel cells, 2x2-cell blocks).
+    """
+    from scipy.stats import pearsonr, spearmanr
+    from skimage.feature import hog
     from skimage.metrics import structural_similarity
 
-    with warnings.catch_warnings():  # a constant map (Grad-CAM all zero) has no rank order: correlation 0 below
-        warnings.simplefilter("ignore")
-        rho = spearmanr(real.ravel(), other.ravel()).statistic
-    scaled = [m / m.max() if m.max() > 0 else m for m in (real.astype(np.float64), other.astype(np.float64))]
-    ssim = structural_similarity(scaled[0], scaled[1], data_range=1.0)
-    return (0.0 if np.isnan(rho) else float(rho)), float(ssim)
+    if any(degenerate(m) for m in (real.shown, other.shown, real.signed, other.signed)):
+        return None
+    scaled = [(m - m.min()) / (m.max() - m.min()) for m in (real.shown.astype(np.float64), other.shown.astype(np.float64))]
+    histograms = [hog(m, orientations=9, pixels_per_cell=(16, 16), cells_per_block=(2, 2)) for m in scaled]
+    figures = {
+        "spearman": float(spearmanr(real.shown.ravel(), other.shown.ravel()).statistic),
+        "spearman_signed": float(spearmanr(real.signed.ravel(), other.signed.ravel()).statistic),
+        "ssim": float(structural_similarity(scaled[0], scaled[1], data_range=1.0)),
+        "hog": (float(pearsonr(histograms[0], histograms[1]).statistic)
+                if histograms[0].std() > 0 and histograms[1].std() > 0 else float("nan")),
+    }
+    return None if any(np.isnan(value) for value in figures.values()) else figures
 
 
-def cascading_randomization(net: Network, images: Sequence[Tensor], methods: Sequence[str] = METHODS,
-                            targets: Sequence[Target] | None = None, seed: int = 0,
-                            poll: Callable[[], None] | None = None) -> dict[str, list[dict]]:
-    """Per method, one entry per cascade step (top group first, cumulatively): the groups randomized so far and
-    the per-image Spearman and SSIM of the map against the real network's, for each image's target (by default
-    the real network's top class on it).
+def top_unit_target(net: Network, image: Tensor) -> Target:
+    """The unit target a probe explains: the deepest layer with a map's most active unit (pre-ReLU), at its strongest
+    position."""
+    inner = base_network(net)
+    layer = spatial_layers(inner)[-1].name
+    with torch.no_grad():
+        values = inner(image[None], (layer,))[layer][0]
+    channels, _, width = values.shape
+    flat = int(values.flatten().argmax())
+    unit, position = divmod(flat, values.shape[1] * width)
+    return Target(layer, unit, position // width, position % width)
+
+
+def cascading_randomization(net: Network, images: Sequence[Tensor], methods: Sequence[str] = ALL_METHODS,
+                            kind: str = "class", seed: int = 0,
+                            poll: Callable[[], None] | None = None) -> tuple[dict[str, list[dict]], dict[str, str]]:
+    """Per method, one entry per cascade step (top group first, cumulatively): the groups randomized so far and, per
+    image, `compare`'s figures of the method's map on the randomized network against the real network's (None where a
+    map is degenerate). ``kind``: ``class`` explains the real network's top class on each image, ``unit`` the deepest
+    layer's most active unit at its strongest position (`top_unit_target`). Also each method's Grad-CAM layer ("" for
+    the pixel methods).
 
     The network is randomized in place and put back after each image (the same seeded weights each time), so
     ``poll``, called between images, finds the real network (a worker serves waiting requests there).
     """
+    if kind not in TARGET_KINDS:
+        raise MicroscopeError(f"unknown target kind {kind!r}: choose from {', '.join(TARGET_KINDS)}")
     inner = base_network(net).eval()
     logits = inner.logits_layer.name
-    if targets is None:
+    if kind == "class":
         with torch.no_grad():
             targets = [Target(logits, int(inner.logits(image[None]).argmax())) for image in images]
-    real: dict[str, list[np.ndarray]] = {method: [] for method in methods}
+    else:
+        targets = [top_unit_target(inner, image) for image in images]
+    real: dict[str, list[Maps]] = {method: [] for method in methods}
+    layers: dict[str, str] = {}
     for image, target in zip(images, targets):
         for method in methods:
-            real[method].append(attribute(inner, image, target, method)[0])
+            maps = attribute_maps(inner, image, target, method)
+            real[method].append(maps)
+            layers[method] = maps.params.get("layer", "")
         if poll is not None:
             poll()
     groups = weight_groups(inner)
     out: dict[str, list[dict]] = {method: [] for method in methods}
     for depth in range(1, len(groups) + 1):
-        pairs: dict[str, list[tuple[float, float]]] = {method: [] for method in methods}
+        pairs: dict[str, list[dict | None]] = {method: [] for method in methods}
         for number, (image, target) in enumerate(zip(images, targets)):
             with randomized(inner, depth, seed) as copy_net:
-                maps = {method: attribute(copy_net, image, target, method)[0] for method in methods}
+                maps = {method: attribute_maps(copy_net, image, target, method) for method in methods}
             for method in methods:
-                pairs[method].append(similarity(real[method][number], maps[method]))
+                pairs[method].append(compare(real[method][number], maps[method]))
             if poll is not None:
                 poll()
         for method in methods:
-            out[method].append({"depth": depth, "randomized": groups[depth - 1][0],
-                                "spearman": [round(p[0], 4) for p in pairs[method]],
-                                "ssim": [round(p[1], 4) for p in pairs[method]]})
-    return out
+            out[method].append({"depth": depth, "randomized": groups[depth - 1][0], "pairs": pairs[method]})
+    return out, layers

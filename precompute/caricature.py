@@ -2,29 +2,41 @@
 
 Lucid's recipe (``lucid/recipes/caricature.py``): the objective is ``dot * cossim ** cossim_pow`` between
 the layer's output (after its ReLU) on the optimized image and on the probe's image, where ``dot`` is the
-two outputs' dot product and ``cossim`` that dot product over the optimized output's norm (at least 0.1).
-As in Lucid, the probe's image goes through the same random transforms as the optimized one at every step
-(it shares the batch), so the two are compared position by position. The parameterization, transforms,
-optimizer and learning rate are the units' renderer's (`precompute.optvis`); Lucid's extra blur term is
-left out.
+two outputs' dot product and ``cossim`` that dot product over the optimized output's norm (at least 0.1);
+``cossim_pow`` is 0 by default, as in Lucid (a user's choice is recorded in the recipe). As in Lucid, the
+probe's image goes through the same random transforms as the optimized one at every step (it shares the
+batch), so the two are compared position by position; the transforms are Lucid's standard ones followed by
+``crop_or_pad_to`` the network's input size, and the image is the network's input size, as the recipe's
+``img = resize(img, model.image_shape[:2])``. Lucid's recipe has no blur term (its earlier feature-inversion
+notebooks add ``blur_input_each_step``); none here either. Where this differs: the parameterization,
+optimizer and learning rate are the units' renderer's (`precompute.optvis`: Lucid's Fourier, decorrelated
+image and Adam at 0.05, as the recipe's ``param.image(..., decorrelate=True, fft=True)``), and the number of
+steps is the on-demand renders' (Lucid: 512), recorded in each caricature's recipe.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import replace
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
 from precompute.models.base import Network
-from precompute.optvis.objectives import redirected_relu
+from precompute.optvis.objectives import redirected_relu, redirecting
 from precompute.optvis.param import PARAMETERIZATIONS
 from precompute.optvis.render import LEARNING_RATE
 from precompute.optvis.transform import STANDARD, Transforms
 
-#: Lucid's ``dot_compare`` exponent of the cosine: how much the caricature keeps the image's form over its features.
-COSSIM_POW = 1.0
+#: Lucid's ``dot_compare`` exponent of the cosine (its default, 0): how much the caricature keeps the image's form
+#: over its features.
+COSSIM_POW = 0.0
+
+
+def lucid_transforms(input_size: int) -> Transforms:
+    """Lucid's caricature transforms: ``standard_transforms + [crop_or_pad_to(input size)]``."""
+    return replace(STANDARD, crop_to=input_size)
 
 
 def dot_compare(optimized: Tensor, target: Tensor, cossim_pow: float = COSSIM_POW) -> Tensor:
@@ -60,7 +72,8 @@ def caricature(net: Network, image: Tensor, layer: str, size: int, steps: int, s
         twin = torch.Generator()
         twin.set_state(draws.get_state())
         both = transforms(torch.cat([image_fn(), target_image]), [draws, twin])  # one draw for the two
-        loss = -score(both[:1], both[1:]).sum()
+        with redirecting(net, step):
+            loss = -score(both[:1], both[1:]).sum()
         loss.backward()
         optimizer.step()
     with torch.no_grad():

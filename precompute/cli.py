@@ -366,25 +366,29 @@ def precompute_factors(
 def precompute_modules(
     model: ModelOption = DEFAULT_MODEL,
     layers: LayersOption = "main",
-    modules: Annotated[int, typer.Option(min=2, help="Clusters per layer pair.")] = 8,
-    shuffles: Annotated[int, typer.Option(min=1, help="Shuffles of the weights the clustering is compared with.")] = 20,
+    modules: Annotated[int, typer.Option(min=2, help="Clusters per graph.")] = 8,
+    shuffles: Annotated[int, typer.Option(min=1, help="Shuffles of the weights the clustering is compared with.")] = 100,
+    network: Annotated[bool, typer.Option("--network/--no-network", help="Also the whole network as one graph.")] = True,
     weights: WeightsOption = None,
     names: NamesOption = None,
     data: DataOption = None,
     database_url: DatabaseOption = None,
 ) -> None:
-    """Modules: the units of each pair of adjacent main layers clustered by the weights between them (spectral
-    clustering), against the same weights shuffled (Filan et al.'s clusterability test); resumable by pair."""
-    from precompute.modules import ModulesConfig, run_modules
+    """Modules: the units of each pair of adjacent main layers, and of the whole network, clustered by the weights
+    between them (Filan et al.'s protocol: spectral clustering against each layer's weights shuffled, and against a
+    smooth network with no modules); resumable by pair."""
+    from precompute.modules import ModulesConfig, run_modules, run_network_modules
     from precompute.selection import parse_layers
 
     with _stage(model, weights, names, "cpu", data, database_url) as runner:
         stage = runner.stage
-        result = run_modules(stage, ModulesConfig(layers=tuple(parse_layers(stage.spec, layers)), modules=modules,
-                                                  shuffles=shuffles))
-    for name, figures in result.figures.items():
+        config = ModulesConfig(layers=tuple(parse_layers(stage.spec, layers)), modules=modules, shuffles=shuffles)
+        result = run_modules(stage, config)
+        whole = run_network_modules(stage, config) if network else None
+    for name, figures in [*result.figures.items(), *([("network", whole)] if whole else [])]:
         typer.echo(f"{name}: normalized cut {figures['ncut']}, shuffled {figures['shuffled_mean']} ± "
-                   f"{figures['shuffled_std']}, shuffles that cluster better {figures['better']:.0%}")
+                   f"{figures['shuffled_std']} (z {figures['z']}), shuffles that cut as low "
+                   f"{figures['better']:.0%}, smooth control {figures['control_ncut']}: {figures['verdict']}")
     typer.echo(f"modules: {result.pairs_clustered} layer pairs clustered, {result.pairs_reused} already stored "
                f"({result.seconds:.0f} s)")
 
@@ -393,8 +397,11 @@ def precompute_modules(
 def precompute_sanity(
     model: ModelOption = DEFAULT_MODEL,
     count: Annotated[int, typer.Option("--count", min=2, help="Images the maps are compared on.")] = 50,
-    methods: Annotated[str, typer.Option(help="Comma-separated: gradient, integrated_gradients, grad_cam.")] = (
-        "gradient,integrated_gradients,grad_cam"),
+    methods: Annotated[str, typer.Option(help="Comma-separated: gradient, integrated_gradients, grad_cam and the negative "
+                                              "controls guided_backprop, guided_grad_cam.")] = (
+        "gradient,integrated_gradients,grad_cam,guided_backprop,guided_grad_cam"),
+    targets: Annotated[str, typer.Option(help="Comma-separated kinds of target: class (each image's top class), unit "
+                                              "(its deepest layer's most active unit).")] = "class",
     images: ImagesOption = None,
     device: DeviceOption = "auto",
     weights: WeightsOption = None,
@@ -403,18 +410,22 @@ def precompute_sanity(
     database_url: DatabaseOption = None,
 ) -> None:
     """The attribution maps' sanity check: the cascading model-randomization test (Adebayo et al.), each method's maps
-    on the real network against copies re-initialized from the top layer down; stored per model and method."""
+    on the real network against copies re-initialized from the top layer down, with guided backprop and guided
+    Grad-CAM as negative controls; stored per model, method and kind of target."""
     from precompute.images import locate_images
     from precompute.sanity import SanityConfig, run_sanity
 
     root = locate_images(images)
-    config = SanityConfig(images=count, methods=tuple(m.strip() for m in methods.split(",") if m.strip()))
+    config = SanityConfig(images=count, methods=tuple(m.strip() for m in methods.split(",") if m.strip()),
+                          targets=tuple(t.strip() for t in targets.split(",") if t.strip()))
     with _stage(model, weights, names, device, data, database_url) as runner:
         result = run_sanity(runner.stage, root, config)
     for note in result.skipped:
         typer.echo(f"skipped {note}", err=True)
-    for method, steps in result.figures.items():
-        typer.echo(f"{method}: " + ", ".join(f"{name} {rho:.2f} ({ssim:.2f})" for name, rho, ssim in steps))
+    for (method, kind), steps in result.figures.items():
+        typer.echo(f"{method} ({kind}): " + ", ".join(
+            f"{name} {'degenerate' if rho is None else f'{rho:.2f}'}{f' ({bad} degenerate)' if bad else ''}"
+            for name, rho, bad in steps))
     typer.echo(f"sanity: {result.methods_tested} methods tested, {result.methods_reused} already stored "
                f"({result.seconds:.0f} s)")
 

@@ -140,7 +140,10 @@ def recipe(spec: ModelSpec, layer: LayerSpec, config: FactorsConfig, weights_sha
                       architecture="top-k SAE: ReLU(TopK(W_enc (x/s - b_dec) + b_enc)), unit-norm decoder atoms, "
                                    "x/s with s = the RMS of the units",
                       dead="silent over the last 4 epochs' worth of positions (at most 1M); AuxK with k_aux = 2k, "
-                           "coefficient 1/32")
+                           "coefficient 1/32, normalized by the residual's variance (openai/sparse_autoencoder)",
+                      decoder_bias_start="geometric median of 32,768 positions (Weiszfeld)",
+                      feature_activation="after top-k and its ReLU (what the reconstruction uses): examples, labels "
+                                         "and tuning read it")
     return digested(params)
 
 
@@ -284,10 +287,24 @@ class _SAE(torch.nn.Module):
         return recon, top.indices, aux
 
 
+#: The AuxK loss's coefficient (Gao et al.; ``auxk_coef`` in openai/sparse_autoencoder).
+AUX_COEFFICIENT = 1 / 32
+
+
+def aux_loss(aux: Tensor, residual: Tensor) -> Tensor:
+    """The AuxK loss as openai/sparse_autoencoder's ``normalized_mse``: the dead features' reconstruction of the main
+    reconstruction's residual, its mean squared error over the residual's own variance about its batch mean (0 where
+    the residual does not vary). Their target adds the decoder bias to both sides, which cancels."""
+    variance = (residual - residual.mean(dim=0, keepdim=True)).pow(2).mean()
+    return ((aux - residual).pow(2).mean() / variance).nan_to_num(0.0, posinf=0.0)
+
+
 def geometric_median(rows: Tensor, iterations: int = 64) -> Tensor:
-    """The point nearest to all rows in summed distance (Weiszfeld's iteration), on up to 65,536 rows: the decoder
-    bias's start, as in Gao et al. (the mean of post-ReLU activations sits among no actual activation)."""
-    rows = rows[:65536].float()
+    """The point nearest to all rows in summed distance (Weiszfeld's iteration), on the first 32,768 rows: the
+    decoder bias's start, as openai/sparse_autoencoder's ``init_from_data_`` (which calls the geom-median package on
+    32,768 rows; that package ships only as a 2022 source archive, so its iteration is written here and checked
+    against scipy's minimizer in the tests)."""
+    rows = rows[:32768].float()
     median = rows.mean(dim=0)
     for _ in range(iterations):
         weights = 1 / (rows - median).norm(dim=1).clamp(min=1e-6)
@@ -315,7 +332,7 @@ def train_sae(rows: Tensor, held: Tensor, config: FactorsConfig, device: torch.d
     scale = float(rows.pow(2).mean().sqrt().clamp(min=1e-8))
     data = (rows / scale).to(device)
     generator = torch.Generator().manual_seed(config.seed)
-    sae = _SAE(channels, features, k, data.mean(dim=0).cpu(), generator).to(device)
+    sae = _SAE(channels, features, k, geometric_median(data.cpu()), generator).to(device)
     optimizer = torch.optim.Adam(sae.parameters(), lr=config.learning_rate)
     decay_from = int(config.steps * 0.8)
     schedule = torch.optim.lr_scheduler.LambdaLR(
@@ -341,8 +358,7 @@ def train_sae(rows: Tensor, held: Tensor, config: FactorsConfig, device: torch.d
             error = batch - recon
             loss = error.pow(2).sum(dim=1).mean() / variance
             if aux is not None:
-                residual = error.detach()
-                loss = loss + (aux - residual).pow(2).sum(dim=1).mean() / residual.pow(2).sum(dim=1).mean().clamp(min=1e-12) / 32
+                loss = loss + AUX_COEFFICIENT * aux_loss(aux, error.detach())
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()

@@ -130,3 +130,7 @@ class Kernel:
     def norms(self) -> Tensor:
         """(out, in): the L2 norm of each connection's kernel."""
         return self.weights.flatten(2).norm(dim=2)
+
+    def l1_norms(self) -> Tensor:
+        """(out, in): the L1 norm of each connection's kernel (Filan et al.'s weight of a filter as one edge)."""
+        return self.weights.abs().sum(dim=(2, 3))

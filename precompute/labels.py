@@ -20,12 +20,13 @@ from sqlalchemy import select
 from app.errors import StoreError
 from app.store import Dataset, DatasetExample, DatasetImage, Run, Store, UnitLabel
 from app.zoo import LayerSpec, ModelSpec
-from app.zoo.concepts import Hierarchy, image_class, label, rules
+from app.zoo.concepts import Hierarchy, image_class, label_layer, rules
 from precompute.examples import fingerprint
 from precompute.images import list_images
 from precompute.runs import catalogued_model, digested, finish_run, finished_recipes, replace_rows, share, start_run, unit_ids
 
-LABELS_ALGORITHM = 1
+#: 2: a permutation null per label, Benjamini-Hochberg across the layer (issue 30).
+LABELS_ALGORITHM = 2
 
 
 @dataclass
@@ -62,8 +63,9 @@ def run_labels(store: Store, spec: ModelSpec, root: Path, layers: Sequence[Layer
             result.layers_reused += 1
             continue
         rows = []
-        for unit_id, paths in examples.by_unit.items():
-            labels = label([image_class(path) for path in paths], base, known, hierarchy)
+        by_unit = {unit_id: [image_class(path) for path in dict.fromkeys(paths)]  # distinct images
+                   for unit_id, paths in examples.by_unit.items()}
+        for unit_id, labels in label_layer(by_unit, base, known, hierarchy).items():
             rows += [{"unit_id": unit_id, "rank": rank, **vars(found)} for rank, found in enumerate(labels)]
             result.units_labelled += bool(labels)
             result.units_unclear += not labels

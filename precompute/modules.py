@@ -1,15 +1,20 @@
-"""The modules stage: do a layer's units cluster with the previous layer's into modules (issue 22)?
+"""The modules stage: are the network's units clusterable, and modular (issue 22; Filan et al.'s protocol, issue 30)?
 
-For each pair of adjacent main layers with spatial maps (``previous -> layer``), the weight graph joins
-every unit of the one to every unit of the other with the L2 norm of the expanded kernel between them
-(the circuits stage's ranking, through the same linear stand-ins). scikit-learn's spectral clustering cuts
-the graph into ``--modules`` clusters, and its normalized cut (sum over clusters of the weight leaving the
-cluster over the cluster's volume) is compared with the same clustering of the weights shuffled within the
-pair, a number of times: Filan et al. 2021 ("Clusterability in neural networks"), where a network is
-clusterable when its cut is lower than the shuffles'. Stored per pair (`app.store.LayerModules`): the
-modules with their units, the share of their weight that stays inside and their strongest inside
-connections, the weight between modules, the cut, the shuffles' cuts and the fraction of shuffles that
-cluster better.
+Filan et al. 2021 ("Clusterability in neural networks", dfilan/clusterability_in_neural_networks): the network as
+one graph whose nodes are units and whose edges are the absolute weights between them, a convolution's filter
+reduced to the L1 norm of its kernel; isolated nodes removed; scikit-learn's spectral clustering (arpack
+eigensolver, k-means labels); its normalized cut (sum over clusters of the weight leaving the cluster over the
+cluster's volume) against the same clustering of the network with each layer's weights shuffled, at least 100
+times: the percentile (the share of shuffles that cut as low or lower) and the z-score. Here the graph's layers
+are the main layers (a block's bottlenecks composed into the expanded kernel between them, through the circuits
+stage's linear stand-ins); the whole network is one graph (`run_network_modules`) and each adjacent pair is its
+own (`run_modules`, shown on the layer pages).
+
+Beating the shuffles says "clusterable", not "modular": a smooth network with no modules, each layer's units on a
+ring and each weight falling with the angle between them, beats its shuffles too. So every graph is also compared
+with its smooth control (`smooth_control`: the same layers, sizes and weight values, arranged on rings): the verdict
+is ``modular`` when the network beats every shuffle and cuts lower than its smooth control, ``clusterable`` when it
+beats the shuffles only, ``not clusterable`` otherwise.
 """
 
 from __future__ import annotations
@@ -19,17 +24,21 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import torch
+from scipy import sparse
 from sqlalchemy import delete, select
 
 from app.errors import MicroscopeError
-from app.store import Layer, LayerModules, Store
+from app.store import Layer, LayerModules, NetworkModules, Store
 from app.zoo import LayerSpec, ModelSpec
 from precompute.circuits import Pair, expand
+from precompute.models.base import Network
 from precompute.models.derived import base_network
 from precompute.runs import catalogued_model, digested, finish_run, finished_recipes, start_run
 from precompute.stage import Stage
 
-MODULES_ALGORITHM = 1
+#: 2: Filan et al.'s protocol (L1 norms, arpack and k-means, isolated units removed, 100 shuffles, percentile and
+#: z-score) with the smooth control, and the whole network as one graph (issue 30).
+MODULES_ALGORITHM = 2
 #: Strongest inside connections kept per module.
 EDGES_KEPT = 8
 
@@ -38,12 +47,21 @@ EDGES_KEPT = 8
 class ModulesConfig:
     layers: tuple[LayerSpec, ...]
     modules: int = 8
-    shuffles: int = 20
+    shuffles: int = 100
     seed: int = 0
 
     def __post_init__(self) -> None:
         if self.modules < 2 or self.shuffles < 1:
             raise MicroscopeError("--modules must be at least 2 and --shuffles at least 1")
+
+    def describe(self, net: Network) -> dict:
+        return {"algorithm": MODULES_ALGORITHM, "modules": self.modules, "shuffles": self.shuffles, "seed": self.seed,
+                "weights": f"L1 norm of the expanded kernel between main layers ({net.stand_ins})",
+                "clustering": "scikit-learn SpectralClustering, precomputed affinity, arpack, k-means labels",
+                "isolated": "units with no weight in or out removed", "shuffle": "each layer's weights permuted",
+                "control": "the same layers, sizes and weight values arranged smoothly on rings (no modules)",
+                "verdict": "modular: beats every shuffle and cuts lower than the control; clusterable: beats every "
+                           "shuffle only"}
 
 
 @dataclass
@@ -64,16 +82,29 @@ def module_pairs(spec: ModelSpec, layers: tuple[LayerSpec, ...]) -> list[Pair]:
 
 def graph(weights: np.ndarray) -> np.ndarray:
     """The symmetric adjacency of the bipartite weight graph: sources first, then targets."""
-    targets, sources = weights.shape
-    adjacency = np.zeros((sources + targets, sources + targets))
-    adjacency[:sources, sources:] = weights.T
-    adjacency[sources:, :sources] = weights
-    return adjacency
+    return network_graph([weights]).toarray()
 
 
-def normalized_cut(adjacency: np.ndarray, labels: np.ndarray) -> float:
+def network_graph(blocks: list[np.ndarray]) -> sparse.csr_matrix:
+    """The symmetric adjacency of a chain of layers: ``blocks[i]`` (targets x sources) joins layer i to layer i + 1,
+    nodes in layer order (Filan et al.'s ``weights_to_graph``)."""
+    sizes = [blocks[0].shape[1]] + [block.shape[0] for block in blocks]
+    offsets = np.concatenate([[0], np.cumsum(sizes)])
+    rows, columns, values = [], [], []
+    for number, block in enumerate(blocks):
+        targets, sources = np.nonzero(block)
+        rows.append(offsets[number] + sources)
+        columns.append(offsets[number + 1] + targets)
+        values.append(np.abs(block[targets, sources]))
+    rows, columns, values = np.concatenate(rows), np.concatenate(columns), np.concatenate(values)
+    upper = sparse.coo_matrix((values, (rows, columns)), shape=(offsets[-1], offsets[-1]))
+    return (upper + upper.T).tocsr()
+
+
+def normalized_cut(adjacency: np.ndarray | sparse.spmatrix, labels: np.ndarray) -> float:
     """Sum over clusters of (weight leaving the cluster) / (the cluster's volume)."""
-    degree = adjacency.sum(axis=1)
+    adjacency = sparse.csr_matrix(adjacency)
+    degree = np.asarray(adjacency.sum(axis=1)).ravel()
     total = 0.0
     for label in np.unique(labels):
         inside = labels == label
@@ -83,26 +114,91 @@ def normalized_cut(adjacency: np.ndarray, labels: np.ndarray) -> float:
     return float(total)
 
 
-def cluster(adjacency: np.ndarray, modules: int, seed: int) -> np.ndarray:
+def cluster(adjacency: np.ndarray | sparse.spmatrix, modules: int, seed: int) -> np.ndarray:
+    """Filan et al.'s clustering: scikit-learn's SpectralClustering on the precomputed graph, arpack eigensolver,
+    k-means labels (100 k-means starts above 2,000 nodes, else 25)."""
     from sklearn.cluster import SpectralClustering
 
-    clustering = SpectralClustering(n_clusters=modules, affinity="precomputed", assign_labels="cluster_qr",
-                                    random_state=seed)
-    return clustering.fit_predict(adjacency + 1e-12)  # a unit with no weight at all still gets a cluster
+    nodes = adjacency.shape[0]
+    clustering = SpectralClustering(n_clusters=min(modules, nodes - 1), affinity="precomputed", eigen_solver="arpack",
+                                    assign_labels="kmeans", n_init=100 if nodes > 2000 else 25, random_state=seed)
+    return clustering.fit_predict(sparse.csr_matrix(adjacency))
 
 
-def clusterability(weights: np.ndarray, modules: int, shuffles: int, seed: int) -> tuple[np.ndarray, float, list[float]]:
-    """The clustering's labels and normalized cut, and the cuts of ``shuffles`` shuffles of the weights."""
-    adjacency = graph(weights)
+def connected(blocks: list[np.ndarray]) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """The blocks without their isolated units (no weight in or out: Filan et al.'s deleted isolated components),
+    and each layer's kept units."""
+    sizes = [blocks[0].shape[1]] + [block.shape[0] for block in blocks]
+    touched = [np.zeros(size, dtype=bool) for size in sizes]
+    for number, block in enumerate(blocks):
+        touched[number] |= (block != 0).any(axis=0)
+        touched[number + 1] |= (block != 0).any(axis=1)
+    kept = [np.flatnonzero(mask) for mask in touched]
+    return [block[np.ix_(kept[n + 1], kept[n])] for n, block in enumerate(blocks)], kept
+
+
+def shuffled_blocks(blocks: list[np.ndarray], rng: np.random.Generator) -> list[np.ndarray]:
+    """Each layer's weights permuted within it (Filan et al.'s ``layer`` shuffle)."""
+    return [rng.permutation(block.reshape(-1)).reshape(block.shape) for block in blocks]
+
+
+def smooth_control(blocks: list[np.ndarray]) -> list[np.ndarray]:
+    """A network that is smooth but has no modules, with ``blocks``' layers, sizes and weight values: each layer's
+    units evenly on a ring, and each block's values reassigned by rank so the largest join units at the smallest
+    angle to each other (the values' order follows cos of the angle between the two units)."""
+    out = []
+    for block in blocks:
+        targets, sources = block.shape
+        angle = (2 * np.pi * np.arange(targets) / targets)[:, None] - (2 * np.pi * np.arange(sources) / sources)[None, :]
+        order = np.argsort(np.cos(angle).reshape(-1), kind="stable")
+        arranged = np.empty(block.size)
+        arranged[order] = np.sort(np.abs(block).reshape(-1), kind="stable")
+        out.append(arranged.reshape(block.shape))
+    return out
+
+
+@dataclass(frozen=True)
+class Clusterability:
+    labels: np.ndarray
+    #: Each layer's units kept (not isolated), in the order of ``labels``.
+    kept: list[np.ndarray]
+    ncut: float
+    shuffled: list[float]
+    #: The share of shuffles that cut as low or lower (0: it beats every one), and (ncut - their mean) / their std.
+    percentile: float
+    z: float
+    control_ncut: float
+    verdict: str
+
+
+def filan(blocks: list[np.ndarray], modules: int, shuffles: int, seed: int) -> Clusterability:
+    """Filan et al.'s clusterability of the chain of ``blocks``, against ``shuffles`` layer shuffles and the smooth
+    control (which shares the shuffles' distribution: shuffling the control permutes the same values)."""
+    blocks, kept = connected([np.abs(np.asarray(block, dtype=np.float64)) for block in blocks])
+    adjacency = network_graph(blocks)
     labels = cluster(adjacency, modules, seed)
     ncut = normalized_cut(adjacency, labels)
     rng = np.random.default_rng(seed)
     shuffled = []
     for number in range(shuffles):
-        permuted = rng.permutation(weights.reshape(-1)).reshape(weights.shape)
-        other = graph(permuted)
+        other = network_graph(shuffled_blocks(blocks, rng))
         shuffled.append(normalized_cut(other, cluster(other, modules, seed + number + 1)))
-    return labels, ncut, shuffled
+    control = network_graph(smooth_control(blocks))
+    control_ncut = normalized_cut(control, cluster(control, modules, seed))
+    percentile = float(np.mean([value <= ncut for value in shuffled]))
+    spread = float(np.std(shuffled))
+    z = (ncut - float(np.mean(shuffled))) / spread if spread > 0 else 0.0
+    verdict = ("modular" if percentile == 0 and ncut < control_ncut else "clusterable" if percentile == 0
+               else "not clusterable")
+    return Clusterability(labels, kept, ncut, shuffled, percentile, round(z, 3), control_ncut, verdict)
+
+
+def clusterability(weights: np.ndarray, modules: int, shuffles: int, seed: int) -> tuple[np.ndarray, float, list[float]]:
+    """One pair's clustering labels (every unit, isolated ones -1), normalized cut and shuffled cuts."""
+    found = filan([weights], modules, shuffles, seed)
+    labels = np.full(weights.shape[1] + weights.shape[0], -1)
+    labels[np.concatenate([found.kept[0], weights.shape[1] + found.kept[1]])] = found.labels
+    return labels, found.ncut, found.shuffled
 
 
 def _summary(weights: np.ndarray, labels: np.ndarray, pair: Pair, modules: int) -> tuple[list[dict], list[list[float]]]:
@@ -126,6 +222,11 @@ def _summary(weights: np.ndarray, labels: np.ndarray, pair: Pair, modules: int) 
     return found, np.round(between, 3).tolist()
 
 
+def pair_weights(net: Network, pair: Pair) -> np.ndarray:
+    """(targets, sources): the L1 norm of each connection's expanded kernel."""
+    return torch.cat([piece.kernel.l1_norms() for piece in expand(net, pair).pieces]).double().numpy()
+
+
 def run_modules(stage: Stage, config: ModulesConfig) -> ModulesResult:
     """Cluster each chosen layer pair (skipping one stored with this recipe) and store its modules."""
     net = base_network(stage.net)
@@ -136,28 +237,67 @@ def run_modules(stage: Stage, config: ModulesConfig) -> ModulesResult:
         model_id = catalogued_model(session, spec).id
         done = finished_recipes(session, "modules")
     for pair in module_pairs(spec, config.layers):
-        recipe = digested({"algorithm": MODULES_ALGORITHM, "model": spec.name, "weights_sha256": stage.weights_sha256,
-                           "source": pair.source.name, "target": pair.target.name, "modules": config.modules,
-                           "shuffles": config.shuffles, "seed": config.seed,
-                           "weights": f"L2 norm of the expanded kernel ({net.stand_ins})",
-                           "clustering": "scikit-learn SpectralClustering, precomputed affinity, cluster_qr",
-                           "shuffle": "the pair's weight matrix, entries permuted"})
+        recipe = digested({**config.describe(net), "model": spec.name, "weights_sha256": stage.weights_sha256,
+                           "source": pair.source.name, "target": pair.target.name})
         if recipe["recipe_sha256"] in done:
             result.pairs_reused += 1
             continue
-        weights = torch.cat([piece.kernel.norms() for piece in expand(net, pair).pieces]).double().numpy()
-        labels, ncut, shuffled = clusterability(weights, config.modules, config.shuffles, config.seed)
+        weights = pair_weights(net, pair)
+        found = filan([weights], config.modules, config.shuffles, config.seed)
+        labels = np.full(weights.shape[1] + weights.shape[0], -1)
+        labels[np.concatenate([found.kept[0], weights.shape[1] + found.kept[1]])] = found.labels
         modules, between = _summary(weights, labels, pair, config.modules)
-        better = sum(value <= ncut for value in shuffled) / len(shuffled)
         _write(stage.store, model_id, pair, recipe, {
-            "count": config.modules, "ncut": round(ncut, 4), "shuffled": [round(v, 4) for v in shuffled],
-            "better": better, "modules": modules, "between": between})
+            "count": config.modules, "ncut": round(found.ncut, 4), "shuffled": [round(v, 4) for v in found.shuffled],
+            "better": found.percentile, "modules": modules, "between": between, "z": found.z,
+            "control_ncut": round(found.control_ncut, 4), "verdict": found.verdict})
         result.pairs_clustered += 1
-        result.figures[f"{pair.source.name}->{pair.target.name}"] = {
-            "ncut": round(ncut, 3), "shuffled_mean": round(float(np.mean(shuffled)), 3),
-            "shuffled_std": round(float(np.std(shuffled)), 3), "better": better}
+        result.figures[f"{pair.source.name}->{pair.target.name}"] = _figures(found)
     result.seconds = time.perf_counter() - started
     return result
+
+
+def _figures(found: Clusterability) -> dict:
+    return {"ncut": round(found.ncut, 3), "shuffled_mean": round(float(np.mean(found.shuffled)), 3),
+            "shuffled_std": round(float(np.std(found.shuffled)), 3), "better": found.percentile, "z": found.z,
+            "shuffles": len(found.shuffled), "control_ncut": round(found.control_ncut, 3), "verdict": found.verdict}
+
+
+def run_network_modules(stage: Stage, config: ModulesConfig) -> dict | None:
+    """The whole network (its main layers with maps, in order) as one graph, clustered by Filan et al.'s protocol
+    with its smooth control; stored per model (`app.store.NetworkModules`). None when it is stored with this recipe."""
+    net = base_network(stage.net)
+    spec = net.spec
+    pairs = module_pairs(spec, tuple(spec.main_layers))
+    if not pairs:
+        raise MicroscopeError(f"{spec.name} has no two adjacent main layers with maps to cluster")
+    recipe = digested({**config.describe(net), "model": spec.name, "weights_sha256": stage.weights_sha256,
+                       "layers": [pairs[0].source.name] + [pair.target.name for pair in pairs]})
+    with stage.store.session() as session:
+        model_id = catalogued_model(session, spec).id
+        if recipe["recipe_sha256"] in finished_recipes(session, "network-modules"):
+            return None
+    found = filan([pair_weights(net, pair) for pair in pairs], config.modules, config.shuffles, config.seed)
+    names = recipe["layers"]
+    sizes = [len(kept) for kept in found.kept]
+    offsets = np.concatenate([[0], np.cumsum(sizes)])
+    modules = [{"units": {name: found.kept[n][found.labels[offsets[n]:offsets[n + 1]] == module].tolist()
+                          for n, name in enumerate(names)}} for module in range(int(found.labels.max()) + 1)]
+    figures = _figures(found)
+    for attempt in stage.store.retrying():
+        with attempt, stage.store.transaction() as session:
+            run = start_run(session, "network-modules", model_id, recipe, weights_sha256=stage.weights_sha256,
+                            seed=config.seed)
+            session.execute(delete(NetworkModules).where(NetworkModules.model_id == model_id))
+            session.add(NetworkModules(model_id=model_id, count=config.modules, ncut=round(found.ncut, 4),
+                                       shuffled=[round(v, 4) for v in found.shuffled], percentile=found.percentile,
+                                       z=found.z, control_ncut=round(found.control_ncut, 4), verdict=found.verdict,
+                                       isolated=int(sum(layer.channels for layer in [spec.layer(n) for n in names])
+                                                    - sum(sizes)),
+                                       modules=modules, recipe_sha256=recipe["recipe_sha256"], recipe=recipe,
+                                       run_id=run.id))
+            finish_run(session, run)
+    return figures
 
 
 def _write(store: Store, model_id: int, pair: Pair, recipe: dict, row: dict) -> None:

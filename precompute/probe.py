@@ -26,11 +26,12 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image
-from sqlalchemy import select
+from sqlalchemy import delete, select
 from sqlalchemy.exc import IntegrityError
 
 from app.errors import MicroscopeError
 from app.store import Layer, Probe, ProbeAblation, ProbeAttribution, ProbeGroup, ProbeRender, ProbeUnit, Store, Unit
+from app.store.algorithms import ALGORITHMS, is_stale
 from app.store.schema import new_probe_id
 from app.uploads import UploadLimits, check_image
 from app.zoo import LayerSpec, ModelSpec
@@ -415,9 +416,8 @@ def render_caricature(stage: Stage, probe_id: str, layer_name: str, defaults: De
                       poll: Callable[[], None] | None = None) -> bool:
     """The probe's caricature at one main layer (`precompute.caricature`: Lucid's recipe with the units' renderer's
     parameterization, transforms and on-demand size and steps); False when it was made already."""
-    from precompute.caricature import COSSIM_POW, caricature
+    from precompute.caricature import COSSIM_POW, caricature, lucid_transforms
     from precompute.optvis.render import LEARNING_RATE
-    from precompute.optvis.transform import STANDARD
     from precompute.vis import encode_render, unit_seed
 
     store, spec = stage.store, stage.spec
@@ -429,27 +429,38 @@ def render_caricature(stage: Stage, probe_id: str, layer_name: str, defaults: De
         if probe is None:
             raise MicroscopeError(f"no stored probe {probe_id} (deleted, or never made)")
         layer_id = session.scalar(select(Layer.id).where(Layer.model_id == probe.model_id, Layer.name == layer_name))
-        if session.scalar(select(ProbeRender.id).where(ProbeRender.probe_id == probe.id, ProbeRender.layer_id == layer_id,
-                                                       ProbeRender.kind == "caricature")):
+        made = session.scalar(select(ProbeRender).where(ProbeRender.probe_id == probe.id, ProbeRender.layer_id == layer_id,
+                                                        ProbeRender.kind == "caricature"))
+        if made is not None and not is_stale("caricature", made.recipe):
             return False
+        stale = None if made is None else made.id  # made by an older recipe: replaced below
         row_id, image_key = probe.id, probe.image_key
     image = _framed(store, image_key)
-    steps, size, seed = defaults.steps_for(layer), defaults.size, unit_seed(0, layer_name, 0, "caricature")
-    result, end, start = caricature(stage.net, image, layer_name, size, steps, seed, device=stage.device, poll=poll)
+    steps, size, seed = defaults.steps_for(layer), spec.input_size, unit_seed(0, layer_name, 0, "caricature")
+    transforms = lucid_transforms(spec.input_size)
+    result, end, start = caricature(stage.net, image, layer_name, size, steps, seed, transforms, device=stage.device,
+                                    poll=poll)
     pixels = (result.clamp(0, 1).permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)[None]
     key = store.blobs.put(encode_render(pixels), "webp")
     store.blobs.flush()
     params = digested({
-        "technique": "caricature", "layer": layer_name, "probe_algorithm": PROBE_ALGORITHM,
+        "technique": "caricature", "algorithm": ALGORITHMS["caricature"], "layer": layer_name,
+        "probe_algorithm": PROBE_ALGORITHM,
         "objective": "Lucid's dot_compare: dot * max(0.1, dot / |optimized|) ** cossim_pow, after the ReLU, the probe's "
                      "image transformed with the same draw each step", "cossim_pow": COSSIM_POW,
         "parameterization": "fourier", "decorrelated_color": True, "size": size, "steps": steps, "optimizer": "adam",
-        "learning_rate": LEARNING_RATE, "transforms": STANDARD.describe(), "seed": seed, "precision": "fp32",
+        "learning_rate": LEARNING_RATE, "transforms": transforms.describe(), "seed": seed, "precision": "fp32",
+        "differs_from_lucid": f"{steps} steps (Lucid's recipe: 512)",
         "weights_sha256": stage.weights_sha256, "start_objective": round(start, 4),
     })
-    return _insert(store, probe_id, row_id, lambda session: session.add(ProbeRender(
-        probe_id=row_id, layer_id=layer_id, kind="caricature", index=0, image_key=key, objective=round(end, 4),
-        recipe=params)))
+
+    def insert(session) -> None:  # noqa: ANN001
+        if stale is not None:
+            session.execute(delete(ProbeRender).where(ProbeRender.id == stale))
+        session.add(ProbeRender(probe_id=row_id, layer_id=layer_id, kind="caricature", index=0, image_key=key,
+                                objective=round(end, 4), recipe=params))
+
+    return _insert(store, probe_id, row_id, insert)
 
 
 def probe_contributions(stage: Stage, probe_id: str, layer_name: str) -> bool:

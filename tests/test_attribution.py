@@ -13,11 +13,13 @@ from app import urls
 from app.main import create_app
 from app.settings import Settings
 from app.store import Store
-from precompute.attribution import Target, attribute, cascading_randomization, randomized, similarity, weight_groups
+from app.verdicts import DECORRELATED, judge, judged_step
+from precompute.attribution import (Maps, Target, attribute, attribute_maps, cascading_randomization, compare, randomized,
+                                   weight_groups)
 from precompute.examples import input_transform
 from precompute.images import list_images, load_rgb
 from precompute.models import load, seeded_state_dict
-from precompute.sanity import SanityConfig, run_sanity
+from precompute.sanity import SanityConfig, run_sanity, summarize
 from precompute.stage import Stage
 from tests.test_live import JPEG, MODEL, copy_store, jpeg, worker
 
@@ -78,20 +80,114 @@ def test_grad_cam_of_a_class_and_of_a_unit(tiny_net, tiny_images: Path) -> None:
         attribute(tiny_net, image, Target("mixed", 2, 1, 1), "grad_cam", cam_layer="res1")
 
 
-def test_the_randomization_test_decorrelates_the_gradient_maps(tiny_net, tiny_images: Path) -> None:  # noqa: ANN001
-    images = _images(tiny_images, tiny_net.spec, 4)
+def test_the_randomization_test_decorrelates_the_gradient_maps_and_not_the_control(tiny_net, tiny_images: Path) -> None:  # noqa: ANN001
+    """Adebayo et al.'s cascade on the tiny model: with the top layers random, the gradient's maps follow the model no
+    longer while guided backprop's (the negative control) stay alike; the real network is put back."""
+    images = _images(tiny_images, tiny_net.spec, 6)
     logits = tiny_net.logits_layer.name
     groups = [name for name, _ in weight_groups(tiny_net)]
     assert groups == ["fc", "res2", "res1", "mixed", "stem"]  # the top-level modules, from the top down
-    real, _ = attribute(tiny_net, images[0], Target(logits, 1), "gradient")
-    with randomized(tiny_net, 0) as same:
-        copy, _ = attribute(same, images[0], Target(logits, 1), "gradient")
-    assert similarity(real, copy) == pytest.approx((1.0, 1.0))  # nothing randomized: the same map
-    cascade = cascading_randomization(tiny_net, images, ("gradient",))["gradient"]
-    assert [step["randomized"] for step in cascade] == groups and len(cascade[0]["spearman"]) == 4
-    assert np.median(cascade[-1]["spearman"]) < 0.5  # every weight random: the map no longer follows the model
-    again, _ = attribute(tiny_net, images[0], Target(logits, 1), "gradient")
-    assert np.array_equal(again, real)  # the real network is left as it was
+    real = attribute_maps(tiny_net, images[0], Target(logits, 1), "gradient")
+    with randomized(tiny_net, 1) as top:
+        changed = attribute_maps(top, images[0], Target(logits, 1), "gradient")
+    assert not np.allclose(real.signed, changed.signed)
+    cascade, layers = cascading_randomization(tiny_net, images, ("gradient", "guided_backprop"))
+    assert [step["randomized"] for step in cascade["gradient"]] == groups and len(cascade["gradient"][0]["pairs"]) == 6
+    assert layers == {"gradient": "", "guided_backprop": ""}
+    step = judged_step(len(groups)) - 1  # fc and res2 random
+    figures = {method: summarize(cascade[method][step]["pairs"])[0]["spearman"] for method in cascade}
+    # Seeded, untrained weights: the gradient keeps some order, but the control stays clearly more alike.
+    assert figures["guided_backprop"]["low"] > max(DECORRELATED, figures["gradient"]["high"]), figures
+    last = summarize(cascade["gradient"][-1]["pairs"])[0]["spearman"]
+    assert last["high"] < DECORRELATED, last  # every weight random: the gradient no longer follows the model
+    again = attribute_maps(tiny_net, images[0], Target(logits, 1), "gradient")
+    assert np.array_equal(again.signed, real.signed)  # the real network is left as it was
+
+
+def test_degenerate_maps_are_counted_never_scored() -> None:
+    """A constant map (all zero included) or a non-finite one has no rank order: `compare` refuses to score it, and a
+    step whose maps are mostly degenerate gives no figures, only the count."""
+    rng = np.random.default_rng(0)
+    varied = Maps(rng.normal(size=(64, 64)), rng.random((64, 64)), {})
+    for bad in (np.zeros((64, 64)), np.full((64, 64), 3.0), np.where(rng.random((64, 64)) > 0.5, np.nan, 1.0)):
+        assert compare(varied, Maps(bad, np.abs(bad), {})) is None
+        assert compare(Maps(bad, np.abs(bad), {}), Maps(bad, np.abs(bad), {})) is None  # two equal zero maps too
+    same = compare(varied, varied)
+    assert same == pytest.approx({"spearman": 1.0, "spearman_signed": 1.0, "ssim": 1.0, "hog": 1.0})
+    flipped = compare(varied, Maps(-varied.signed, varied.shown.max() - varied.shown, {}))
+    assert flipped["spearman"] == pytest.approx(-1.0) and flipped["spearman_signed"] == pytest.approx(-1.0)
+    figures, degenerate = summarize([None, None, same, None])
+    assert figures is None and degenerate == 3
+    figures, degenerate = summarize([same, flipped, same, None])
+    assert degenerate == 1 and figures["spearman"]["median"] == 1.0 and figures["spearman"]["low"] == -1.0
+
+
+def _cascade(medians: list[float | None], width: float = 0.05) -> list[dict]:
+    return [{"randomized": f"g{n}", "figures": None if m is None else {
+        "spearman": {"median": m, "low": m - width, "high": m + width}}} for n, m in enumerate(medians)]
+
+
+def test_the_criterion_reads_the_top_layers_against_the_control() -> None:
+    """`app.verdicts.judge` on hand-made cascades of six groups (the judged step is the second)."""
+    control = _cascade([0.9, 0.85, 0.8, 0.7, 0.5, 0.1])
+    assert judged_step(6) == 2 and judged_step(13) == 5 and judged_step(1) == 1
+    assert judge("gradient", _cascade([0.3, 0.2, 0.1, 0.1, 0.1, 0.0]), control).passes is True
+    # Integrated gradients' pattern on InceptionV1: alike through the top layers, decorrelated only at the end.
+    late = judge("integrated_gradients", _cascade([0.7, 0.6, 0.55, 0.5, 0.3, 0.2]), control)
+    assert late.passes is False and "treat with care" in late.text
+    # Below 0.5 but inside the control's interval: not told apart from it.
+    assert judge("gradient", _cascade([0.44, 0.44, 0.1, 0.1, 0.1, 0.1]), _cascade([0.6, 0.55, 0.1, 0, 0, 0], 0.1)).passes is False
+    degenerate = judge("grad_cam", _cascade([0.3, None, 0.1, 0.1, 0.1, 0.1]), control)
+    assert degenerate.passes is None and "constant or non-finite" in degenerate.text
+    assert judge("gradient", _cascade([0.3, 0.2, 0.1, 0.1, 0.1, 0.1]), None).passes is None
+    blind = judge("gradient", _cascade([0.3, 0.2, 0.1, 0.1, 0.1, 0.1]), _cascade([0.3, 0.2, 0.1, 0.1, 0.1, 0.1]))
+    assert blind.passes is None and "cannot tell methods apart" in blind.text
+    assert judge("guided_backprop", control, control).passes is False  # the control stays alike: as published
+
+
+def test_guided_backprop_reaches_functional_relus_of_a_traced_network(tmp_path: Path) -> None:
+    """A network written with ``F.relu`` gets ReLU modules in its traced graph, so guided backprop's rule applies:
+    its map equals the gradient with every ReLU's backward signal rectified, computed here by hand."""
+    from torch import nn
+    from torch.nn import functional as F
+
+    from precompute.models.traced import Description, TracedNetwork
+
+    class Functional(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv1 = nn.Conv2d(3, 6, 3, padding=1)
+            self.conv2 = nn.Conv2d(6, 6, 3, padding=1)
+            self.fc = nn.Linear(6, 4)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            x = F.relu(self.conv2(F.relu(self.conv1(x))))
+            return self.fc(x.mean(dim=(2, 3)))
+
+    torch.manual_seed(0)
+    module = Functional()
+    net = TracedNetwork(module, Description("functional", input_size=32, classes="none")).eval()
+    image = torch.rand(3, 32, 32)
+    guided = attribute_maps(net, image, Target(net.logits_layer.name, 2), "guided_backprop").signed
+    plain = attribute_maps(net, image, Target(net.logits_layer.name, 2), "gradient").signed
+
+    class Guided(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx, x):  # noqa: ANN001, ANN205
+            ctx.save_for_backward(x)
+            return x.clamp(min=0)
+
+        @staticmethod
+        def backward(ctx, grad):  # noqa: ANN001, ANN205
+            (x,) = ctx.saved_tensors
+            return grad.clamp(min=0) * (x > 0)
+
+    inputs = image[None].clone().requires_grad_(True)
+    x = net.preprocess(inputs)
+    out = module.fc(Guided.apply(module.conv2(Guided.apply(module.conv1(x)))).mean(dim=(2, 3)))[0, 2]
+    (by_hand,) = torch.autograd.grad(out, inputs)
+    assert np.allclose(guided, by_hand[0].sum(0).numpy(), atol=1e-7)
+    assert not np.allclose(guided, plain, atol=1e-6)
 
 
 def test_probe_maps_with_their_randomization_verdicts(client: TestClient, live: Settings, spec, net,  # noqa: ANN001
@@ -103,23 +199,35 @@ def test_probe_maps_with_their_randomization_verdicts(client: TestClient, live: 
     first = result["attributions"][0]
     assert first["kind"] == "class" and first["unit"]["index"] == result["classes"][0]["index"]
     assert [m["method"] for m in first["maps"]] == ["gradient", "integrated_gradients", "grad_cam"]
-    assert all(m["verdict"]["passes"] is None and "not tested" in m["verdict"]["text"] for m in first["maps"])
+    assert all(m["verdict"]["passes"] is None and "not measured" in m["verdict"]["text"] for m in first["maps"])
     assert result["attributions"][1]["kind"] == "unit"
     ablated = result["layers"][-1]["ablated_classes"]  # the classes without the last layer's top units
     assert len(ablated) == 5 and ablated != result["classes"]
     page = client.get(urls.probe(MODEL, probe_id)).text
     assert "microscope precompute sanity" in page and "What in the image drove it" in page
-    # The test on the model: its table on the model page, its words beside every map.
+    # The test on the model: its table and plot on the model page, its words beside the maps it measured, and only
+    # those: the class maps of the methods it ran (Grad-CAM at the layer it used), not the unit's maps.
     with Store.open(live) as store:
         run_sanity(Stage(store, net, "w", torch.device("cpu"), progress=False), tiny_images,
-                   SanityConfig(images=3, methods=("gradient", "grad_cam")))
+                   SanityConfig(images=3, methods=("gradient", "grad_cam", "guided_backprop")))
     model = client.get(urls.model(MODEL, json=True)).json()
-    assert [row["method"] for row in model["sanity"]] == ["grad_cam", "gradient"] and model["sanity_command"] is None
-    assert len(model["sanity"][0]["steps"]) == len(weight_groups(net))
-    assert 'id="sanity"' in client.get(urls.model(MODEL)).text
-    said = {m["method"]: m["verdict"] for m in client.get(urls.probe(MODEL, probe_id, json=True)).json()["attributions"][0]["maps"]}
-    assert said["gradient"]["passes"] is not None and said["integrated_gradients"]["passes"] is None
+    assert [row["method"] for row in model["sanity"]] == ["gradient", "grad_cam", "guided_backprop"]
+    assert model["sanity_command"] is None and model["sanity_plot_url"] == urls.sanity_plot(MODEL)
+    row = model["sanity"][0]
+    assert row["target"] == "class" and len(row["steps"]) == len(weight_groups(net)) and row["judged_step"] == 2
+    assert set(row["steps"][0]["figures"]) == {"spearman", "spearman_signed", "ssim", "hog"}
+    assert row["steps"][0]["images"] == 3 and model["sanity"][1]["at"] == "res2" and model["sanity"][2]["control"]
+    assert 'id="sanity"' in client.get(urls.model(MODEL)).text and urls.methods(key="sanity") in client.get(urls.model(MODEL)).text
+    plot = client.get(urls.sanity_plot(MODEL))
+    assert plot.status_code == 200 and plot.headers["content-type"].startswith("image/svg") and b"gradient" in plot.content
+    assert client.get(urls.sanity_plot("nomodel")).status_code == 404
+    targets = client.get(urls.probe(MODEL, probe_id, json=True)).json()["attributions"]
+    said = {m["method"]: m["verdict"] for m in targets[0]["maps"]}
+    assert said["gradient"] == {**said["gradient"], "text": model["sanity"][0]["verdict"]["text"]}
     assert said["gradient"]["url"] == urls.model(MODEL) + "#sanity"
+    assert said["integrated_gradients"]["passes"] is None and "not measured" in said["integrated_gradients"]["text"]
+    assert targets[1]["kind"] == "unit"
+    assert all(m["verdict"]["passes"] is None and "--targets unit" in m["verdict"]["text"] for m in targets[1]["maps"])
     # Another class on demand, then Grad-CAM of it at a chosen layer (the page's form).
     other = result["classes"][1]["index"]
     logits = next(layer["name"] for layer in client.get(urls.model(MODEL, json=True)).json()["layers"] if layer["kind"] == "logits")
@@ -139,6 +247,7 @@ def test_probe_maps_with_their_randomization_verdicts(client: TestClient, live: 
         assert worker(store, live, spec, net).run(until_idle=True).failed == 0
     maps = client.get(url + ".json").json()["maps"]
     assert [m["at"] for m in maps if m["method"] == "grad_cam"] == ["res2", "mixed"]
+    assert "not measured at mixed" in maps[-1]["verdict"]["text"]  # Grad-CAM was tested at res2 only
     for m in maps:
         picture = client.get(m["heatmap_url"])
         assert picture.status_code == 200 and picture.headers["cache-control"] == "private, no-store"
@@ -236,6 +345,32 @@ def test_a_unit_ablation_from_its_page_to_its_figures(client: TestClient, live: 
 # Caricatures ---------------------------------------------------------------------------------------
 
 
+def test_dot_compare_is_lucids_formula() -> None:
+    """Lucid's recipe (lucid/recipes/caricature.py) in numpy: dot = sum(a_image * a_optimized), cossim = max(0.1,
+    dot / (1e-6 + |a_optimized|)), objective dot * cossim ** cossim_pow; by default cossim_pow = 0 (the dot alone)."""
+    from precompute.caricature import COSSIM_POW, dot_compare, lucid_transforms
+
+    rng = np.random.default_rng(3)
+    optimized, target = rng.random((2, 5, 4, 4)).astype(np.float32), rng.random((2, 5, 4, 4)).astype(np.float32)
+    target[1] *= -1  # a negative dot product: the cosine is clamped at 0.1
+
+    def lucid(a_optimized: np.ndarray, a_image: np.ndarray, cossim_pow: float) -> float:
+        dot = float((a_image.astype(np.float64) * a_optimized).sum())
+        cossim = max(0.1, dot / (1e-6 + np.sqrt((a_optimized.astype(np.float64) ** 2).sum())))
+        return dot * cossim ** cossim_pow
+
+    assert COSSIM_POW == 0.0
+    for power in (COSSIM_POW, 0.5, 1.0, 2.0):
+        ours = dot_compare(torch.from_numpy(optimized), torch.from_numpy(target), power).numpy()
+        assert ours == pytest.approx([lucid(optimized[b], target[b], power) for b in range(2)], rel=1e-5), power
+    assert dot_compare(torch.from_numpy(optimized), torch.from_numpy(target)).numpy() == pytest.approx(
+        (optimized * target).reshape(2, -1).sum(axis=1), rel=1e-5)
+    # Lucid's standard transforms then crop_or_pad_to(224): a 224 px image is seen on a 224 px canvas at scale 1.
+    transforms = lucid_transforms(224)
+    image = torch.rand(1, 3, 224, 224)
+    assert transforms.canvas(224) == 224 and torch.allclose(transforms.centered(image), image, atol=1e-4)
+
+
 def test_a_probes_caricature_matches_its_activations_better_than_where_it_started(
         client: TestClient, live: Settings, spec, net, tiny_images: Path) -> None:  # noqa: ANN001
     from precompute.caricature import caricature
@@ -259,6 +394,8 @@ def test_a_probes_caricature_matches_its_activations_better_than_where_it_starte
     done = client.get(url + ".json").json()
     assert done["state"] == "rendered" and done["recipe"]["technique"] == "caricature"
     assert done["objective"] > done["recipe"]["start_objective"]
+    assert done["recipe"]["cossim_pow"] == 0 and done["recipe"]["size"] == spec.input_size
+    assert done["recipe"]["transforms"]["crop_to"] == spec.input_size
     assert client.get(done["image_url"]).headers["cache-control"] == "private, no-store"
 
 
@@ -331,3 +468,23 @@ def test_a_probe_layers_top_units_ablated_together_over_the_dataset(client: Test
         assert worker(store, live, spec, net).run(until_idle=True).failed == 0
     done = client.get(json_url).json()["runs"][0]
     assert done["state"] == "done" and done["figures"]["images"] == 8
+
+
+def test_the_methods_page_names_tests_that_exist(client: TestClient) -> None:
+    """Every method's entry names its reference and the tests that check it; each named test exists, so an entry
+    cannot outlive its test."""
+    import ast
+
+    from app.methods import METHODS
+
+    root = Path(__file__).resolve().parent.parent
+    for method in METHODS:
+        assert method.paper and method.code and method.parameters and method.deviations and method.tests, method.key
+        for named in method.tests:
+            path, name = named.split("::")
+            tree = ast.parse((root / path).read_text(encoding="utf-8"))
+            assert name in {node.name for node in tree.body if isinstance(node, ast.FunctionDef)}, named
+    page = client.get(urls.methods(json=True)).json()
+    assert [m["key"] for m in page["methods"]] == [m.key for m in METHODS]
+    html = client.get(urls.methods()).text
+    assert 'id="sanity"' in html and "adebayoj/sanity_checks_saliency" in html

@@ -82,9 +82,41 @@ def test_nmf_and_the_dictionary_recover_the_layers_two_directions(two, images: P
             figures = dict(session.execute(select(Layer.name, Factorization.figures)
                                            .join(Layer, Factorization.layer_id == Layer.id)).all())
         assert figures["mix_nmf"]["unexplained_variance"] < 0.05 and figures["mix_sae"]["unexplained_variance"] < 0.2
-        assert 0 <= figures["mix_sae"]["dead_fraction"] <= 1 and figures["mix_sae"]["active_per_position"] <= 1
+        assert figures["mix_sae"]["active_per_position"] <= 1  # k = 1
     finally:
         store.close()
+
+
+def test_the_dictionarys_pieces_equal_their_references() -> None:
+    """The decoder bias's start is the geometric median (scipy's minimizer of the summed distances agrees); the
+    AuxK loss is openai/sparse_autoencoder's ``normalized_mse(aux + b, residual + b)`` in numpy; a feature's
+    activation is read after top-k (zero where it was not selected, however large its encoder value); the dead
+    fraction counts exactly the features top-k never selects."""
+    from scipy.optimize import minimize
+
+    from precompute.factors import aux_loss, geometric_median, sae_figures
+    from precompute.models.derived import SAECode
+
+    rng = np.random.default_rng(1)
+    rows = np.concatenate([rng.normal(0, 1, (200, 3)), rng.normal(40, 1, (60, 3))])  # outliers pull the mean away
+    ours = geometric_median(torch.from_numpy(rows)).numpy()
+    theirs = minimize(lambda m: np.linalg.norm(rows - m, axis=1).sum(), rows.mean(axis=0), method="Nelder-Mead",
+                      options={"xatol": 1e-8, "fatol": 1e-10, "maxiter": 20000}).x
+    assert np.allclose(ours, theirs, atol=1e-2) and np.linalg.norm(ours - rows.mean(axis=0)) > 5
+
+    aux, residual, bias = rng.normal(size=(64, 5)), rng.normal(2, 3, size=(64, 5)), rng.normal(size=5)
+    target = residual + bias
+    reference = ((aux + bias - target) ** 2).mean() / ((target.mean(axis=0) - target) ** 2).mean()
+    assert float(aux_loss(torch.from_numpy(aux), torch.from_numpy(residual))) == pytest.approx(reference, rel=1e-9)
+    assert float(aux_loss(torch.zeros(4, 5), torch.ones(4, 5))) == 0.0  # a residual that does not vary: no loss
+
+    encoder = torch.tensor([[1.0, 0.0], [0.9, 0.0], [0.0, 1.0], [-1.0, -1.0]])  # feature 3 never wins top-1
+    code = SAECode(encoder, torch.zeros(4), torch.eye(2).repeat(2, 1), torch.zeros(2), scale=1.0, k=1)
+    post = torch.tensor([[[[2.0]], [[0.5]]]])  # one position: features 0 and 1 both read 2.0 * weight
+    activation = code(post)[0, :, 0, 0]
+    assert activation.tolist() == [2.0, 0.0, 0.0, 0.0]  # feature 1's encoder value 1.8 is not in the code
+    samples = torch.tensor([[2.0, 0.5], [0.1, 3.0], [1.0, 0.2]])
+    assert sae_figures(code, samples, samples)["dead_fraction"] == 0.5  # features 1 and 3 are never selected
 
 
 def test_the_code_is_the_nmf_solution_scikit_learn_finds(two) -> None:  # noqa: ANN001
@@ -228,7 +260,7 @@ def test_the_hand_written_inceptionv1_splices_a_layer_as_a_traced_network_does()
 
 def test_a_block_diagonal_layer_clusters_into_its_blocks_and_better_than_its_shuffles(tmp_path: Path) -> None:
     from app.store import LayerModules
-    from precompute.modules import ModulesConfig, clusterability, run_modules
+    from precompute.modules import ModulesConfig, clusterability, run_modules, run_network_modules
 
     path = tmp_path / "blocks.pt"
     torch.save(seeded_state_dict("tests.tiny_model:blocks", 0), path)
@@ -239,10 +271,13 @@ def test_a_block_diagonal_layer_clusters_into_its_blocks_and_better_than_its_shu
         stage = Stage(store, net, "w", CPU, progress=False)
         result = run_modules(stage, ModulesConfig(layers=(net.spec.layer("second"),), modules=2, shuffles=10))
         again = run_modules(stage, ModulesConfig(layers=(net.spec.layer("second"),), modules=2, shuffles=10))
+        whole = run_network_modules(stage, ModulesConfig(layers=(), modules=2, shuffles=10))
+        assert run_network_modules(stage, ModulesConfig(layers=(), modules=2, shuffles=10)) is None  # stored: reused
         with store.session() as session:
             row = session.scalar(select(LayerModules))
     assert (result.pairs_clustered, again.pairs_clustered, again.pairs_reused) == (1, 0, 1)
     assert row.ncut == pytest.approx(0, abs=1e-6) and min(row.shuffled) > 0.1 and row.better == 0
+    assert row.verdict == "modular" and row.control_ncut > 0.1 and row.z < -3
     groups = sorted(sorted(module["units"]["second"]) for module in row.modules)
     assert groups == [[0, 1, 2, 3], [4, 5, 6, 7]]  # the grouped convolution's two halves
     assert all(module["inside"] == pytest.approx(1) for module in row.modules)
@@ -252,10 +287,36 @@ def test_a_block_diagonal_layer_clusters_into_its_blocks_and_better_than_its_shu
         assert (section["source"], section["target"], section["ncut"]) == ("first", "second", row.ncut)
         assert len(section["modules"]) == 2 and section["modules"][0]["total"] == 8  # 4 + 4 units of the two layers
     assert "Modules of" in client.get(f"/models/{net.spec.name}/second").text
+    modularity = client.get(f"/models/{net.spec.name}.json").json()["modularity"]
+    assert modularity["verdict"] == whole["verdict"] and modularity["shuffles"] == 10
+    assert "Is it modular?" in client.get(f"/models/{net.spec.name}").text
     rng = np.random.default_rng(0)
     dense = rng.uniform(0, 1, (8, 8))
     _, ncut, shuffled = clusterability(dense, 2, 10, 0)
     assert abs(ncut - float(np.mean(shuffled))) < 0.25  # a dense random layer is no more modular than its shuffles
+
+
+def test_filans_protocol_tells_modular_from_merely_smooth_and_from_random() -> None:
+    """Three networks of four 24-unit layers: one made of three blocks (modular), one whose units lie on rings with
+    weights falling with the angle between them (smooth: it beats its shuffles, as Filan et al.'s test alone would
+    call clusterable, but it cuts no lower than its smooth control), and one of random weights."""
+    from precompute.modules import filan, smooth_control
+
+    rng = np.random.default_rng(0)
+    blocks = np.kron(np.eye(3), np.ones((8, 8)))
+    modular = [blocks * rng.uniform(0.5, 1.5, blocks.shape) + 0.01 * rng.uniform(0, 1, blocks.shape) for _ in range(3)]
+    angle = 2 * np.pi * np.arange(24) / 24
+    ring = np.exp(3 * np.cos(angle[:, None] - angle[None, :]))
+    smooth = [ring * rng.uniform(0.9, 1.1, ring.shape) for _ in range(3)]
+    found = {name: filan(net, 3, 100, 0) for name, net in
+             (("modular", modular), ("smooth", smooth), ("random", [rng.uniform(0, 1, (24, 24)) for _ in range(3)]))}
+    assert found["modular"].verdict == "modular" and found["modular"].percentile == 0 and found["modular"].z < -10
+    assert found["smooth"].percentile == 0 and found["smooth"].verdict == "clusterable", found["smooth"]
+    assert found["random"].verdict == "not clusterable" and found["random"].percentile > 0.01
+    assert len(found["modular"].shuffled) == 100
+    # The control keeps every weight value and moves it by rank only.
+    control = smooth_control(modular)
+    assert all(np.allclose(np.sort(c.ravel()), np.sort(m.ravel())) for c, m in zip(control, modular))
 
 
 def test_two_copies_match_unit_to_unit_and_a_permuted_copy_recovers_the_permutation(images: Path, tmp_path: Path) -> None:
@@ -301,6 +362,12 @@ def test_two_copies_match_unit_to_unit_and_a_permuted_copy_recovers_the_permutat
             best = {names[u]: (names[o][1:], c) for u, o, c in session.execute(
                 select(UnitMatch.unit_id, UnitMatch.other_id, UnitMatch.correlation).where(UnitMatch.rank == 0))}
     assert result.matched["second"] == 1.0
+    # Against the permutation null: every unit's best match is above its layer's 99th percentile, both ways of
+    # correlating; the stored matches carry the position-wise figure and the thresholds reach the page.
+    for layer in ("first", "second"):
+        for kind in ("pooled", "positionwise"):
+            figures = result.null[layer][kind]
+            assert figures["above"] == 1.0 and figures["threshold"] < 0.9, (layer, kind, figures)
     for unit in range(8):
         (layer, index), correlation = best[first_model, "second", unit]
         assert (layer, index) == ("second", unit) and correlation == pytest.approx(1, abs=1e-3)
@@ -309,7 +376,31 @@ def test_two_copies_match_unit_to_unit_and_a_permuted_copy_recovers_the_permutat
     client = TestClient(create_app(settings))
     page = client.get(f"/models/{a.spec.name}/second/3.json").json()
     assert page["matches"][0]["unit"]["model"] == "blocks-copy" and page["matches"][0]["unit"]["index"] == 3
+    best_match = page["matches"][0]
+    assert best_match["positionwise"] == pytest.approx(1, abs=1e-3) and best_match["above_chance"] is True
+    assert best_match["threshold"] == result.null["second"]["pooled"]["threshold"]
     assert "Nearest units in other models" in client.get(f"/models/{a.spec.name}/second/3").text
+
+
+def test_the_universality_null_is_chance_for_unrelated_units() -> None:
+    """Units of two independent random models: their best matches sit at the null's level (about 1% above its 99th
+    percentile); units that are noisy copies of the first model's stand far above it, pooled and position-wise."""
+    from precompute.match import above_null, correlations, null_maxima, positionwise
+
+    generator = torch.Generator().manual_seed(0)
+    first = {"a": torch.rand(300, 16, 40, generator=generator)}
+    unrelated = {"b": torch.rand(300, 16, 30, generator=generator)}
+    copies = {"b": first["a"][:, :, :30] + 0.3 * torch.rand(300, 16, 30, generator=generator)}
+    pooled_first = {"a": first["a"].mean(dim=1)}
+    for other, expect in ((unrelated, "chance"), (copies, "copies")):
+        pooled_other = {"b": other["b"].mean(dim=1)}
+        corr, names, _ = correlations(pooled_first, pooled_other)
+        null = above_null(corr.max(dim=1).values, null_maxima(pooled_first, pooled_other, 20), names)["a"]
+        spatial = above_null(positionwise(first, other).max(dim=1).values, null_maxima(first, other, 20), names)["a"]
+        if expect == "chance":
+            assert null["above"] <= 0.1 and spatial["above"] <= 0.1, (null, spatial)
+        else:
+            assert null["above"] >= 0.7 and spatial["above"] >= 0.7 and spatial["threshold"] < 0.1, (null, spatial)
 
 
 def test_a_probes_neuron_groups_recover_the_directions_and_where_they_are() -> None:

@@ -57,6 +57,29 @@ def test_a_unit_whose_top_examples_are_all_of_one_class_is_labelled_with_it(hier
     assert label([None] * 40, base, 1000, hierarchy) == []  # images without a class
 
 
+def test_a_labels_p_value_is_its_permutation_null_and_chance_labels_do_not_survive(hierarchy: Hierarchy) -> None:
+    """A concept's p-value is the chance that random sets of as many distinct dataset images put at least as many
+    under it (checked against 20,000 drawn sets); a layer of units whose top examples are random images gets labels
+    from the effect-size rules alone, and none once Benjamini-Hochberg's q must be below 0.05."""
+    from app.zoo.concepts import candidates, label_layer
+
+    base = hierarchy.concept_counts(hierarchy.classes)
+    rng = np.random.default_rng(0)
+    dogs = [wnid for wnid in hierarchy.classes if DOG in hierarchy.ancestors(wnid)]
+    top = dogs[:4] + list(rng.choice([c for c in hierarchy.classes if c not in dogs], 6, replace=False))
+    found = {c.concept: c for c in candidates(top, base, 1000, hierarchy)}[DOG]
+    draws = [rng.choice(1000, 10, replace=False) for _ in range(20000)]
+    dog_index = np.array([DOG in hierarchy.ancestors(wnid) for wnid in hierarchy.classes])
+    sampled = np.mean([dog_index[d].sum() >= found.count for d in draws])
+    assert found.count == 4 and found.p == pytest.approx(sampled, abs=0.005) and 0.01 < found.p < 0.1
+    chance = {unit: list(rng.choice(hierarchy.classes, 10, replace=False)) for unit in range(300)}
+    before = sum(bool(labels) for labels in label_layer(chance, base, 1000, hierarchy, alpha=None).values())
+    after = label_layer(chance, base, 1000, hierarchy)
+    assert before >= 5 and sum(bool(labels) for labels in after.values()) == 0, before
+    real = label_layer({**chance, 999: [GOLDEN] * 10 + dogs[:10]}, base, 1000, hierarchy)[999]
+    assert real and real[0].q < 0.05 and real[0].p <= real[0].q  # a real concept survives the correction
+
+
 def _two_class_images(folder: Path) -> Path:
     """20 reddish images of golden retrievers and 20 bluish of goldfish: a random network tells them apart."""
     rng = np.random.default_rng(0)

@@ -129,6 +129,33 @@ def test_redirected_relu_lets_a_switched_off_unit_learn() -> None:
     assert float(objectives.channel("a", 0, relu=False)({"a": off.detach()})[0]) == -1.0
 
 
+def test_the_redirect_applies_where_and_when_lucid_applies_it() -> None:
+    """Lucid overrides every Relu op's gradient, and only while the global step is at most 16: here every ReLU
+    module of the network (one in-place) and the objective's own ReLU for the first 17 steps, the plain gradient
+    after; the hooks are gone and the in-place flag restored afterwards."""
+    from torch import nn
+
+    conv = nn.Conv2d(1, 1, 1, bias=False)
+    net = nn.Sequential(conv, nn.ReLU(inplace=True), nn.Conv2d(1, 1, 1, bias=False))
+    with torch.no_grad():
+        conv.weight.fill_(1.0)
+        net[2].weight.fill_(1.0)
+
+    def gradient(step: int) -> torch.Tensor:
+        image = torch.full((1, 1, 2, 2), -1.0, requires_grad=True)  # the inner ReLU is off everywhere
+        with objectives.redirecting(net, step):
+            loss = -objectives.channel("a", 0)({"a": net(image)}).sum()
+        loss.backward()
+        return image.grad
+
+    assert objectives.REDIRECT_STEPS == 17
+    for step in (0, 16):
+        assert bool((gradient(step) < 0).all()), step  # a descent step raises the input through both ReLUs
+    for step in (17, 100):
+        assert float(gradient(step).abs().sum()) == 0.0, step  # the plain ReLU gradient: nothing gets through
+    assert not net[1]._forward_hooks and net[1].inplace is True
+
+
 def test_objectives_compose() -> None:
     activations = {"a": torch.arange(2 * 3 * 2 * 2, dtype=torch.float32).reshape(2, 3, 2, 2)}
     channel = objectives.channel("a", 1)

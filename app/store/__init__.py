@@ -4,9 +4,10 @@ from app.store.blobs import BlobStore, is_valid_key
 from app.store.database import Store
 from app.store.schema import (
     SCHEMA_VERSION,
+    NetworkModules,
+    SanityStep,
     Ablation,
     Artifact,
-    AttributionCheck,
     Dataset,
     DatasetExample,
     DatasetImage,
@@ -34,9 +35,10 @@ from app.store.schema import (
 
 __all__ = [
     "SCHEMA_VERSION",
+    "NetworkModules",
+    "SanityStep",
     "Ablation",
     "Artifact",
-    "AttributionCheck",
     "BlobStore",
     "Dataset",
     "DatasetExample",

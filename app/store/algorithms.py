@@ -19,13 +19,22 @@ History:
   where values tie, as a dead unit's constant logit does) (issue 12).
 - circuits 2: edges ranked by the L2 norm of the expanded kernel, 50 per
   unit and direction, indirect inputs from the main layer two back (issue 9).
+- vis 4: Lucid's redirected ReLU gradient where and when Lucid applies it: at every ReLU of the network (not only the
+  objective's) and only during the first 17 steps (``global_step <= 16`` in ``redirected_relu_grad``), the plain
+  gradient after (issue 30).
+- factors 2: the dictionary's decoder bias starts at the geometric median, its AuxK loss is normalized by the
+  residual's variance (openai/sparse_autoencoder), and a feature's activation (examples, labels, tuning) is read
+  after top-k (issue 30).
+- caricature 2: Lucid's recipe exactly where it says so: ``cossim_pow`` 0 (it was 1), the standard transforms then
+  ``crop_or_pad_to`` the input size, at the input size (issue 30). Older caricatures are not shown and are made
+  again when asked for.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-ALGORITHMS: dict[str, int] = {"vis": 3, "examples": 3, "circuits": 2, "factors": 1}
+ALGORITHMS: dict[str, int] = {"vis": 4, "examples": 3, "circuits": 2, "factors": 2, "caricature": 2}
 
 
 def is_stale(stage: str, recipe: dict[str, Any] | None) -> bool:

@@ -174,6 +174,8 @@ def _upgrade(engine: Engine, version: int) -> int:
             _rename_caffe_inception(session)
         if version < 5:
             _name_probes(session)
+        if version < 11:  # superseded by sanity_steps; its figures scored constant maps as decorrelated
+            connection.execute(text("DROP TABLE IF EXISTS attribution_checks"))
         session.get(Meta, "schema_version").value = str(SCHEMA_VERSION)
     return SCHEMA_VERSION
 

@@ -28,8 +28,12 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 #: (``probe_groups``) and the pictures rendered for a probe on demand (``probe_renders``), version 10 the probes'
 #: attribution maps (``probe_attributions``), the models' randomization tests of those maps (``attribution_checks``),
 #: ablations over the dataset (``ablations``), a probe's classes with each layer's top units ablated (``probe_ablations``) and its units'
-#: contributors in the layer before (``probe_units.contributions``: issue 23).
-SCHEMA_VERSION = 10
+#: contributors in the layer before (``probe_units.contributions``: issue 23), version 11 replaced
+#: ``attribution_checks`` by ``sanity_steps`` (issue 30: per target kind and Grad-CAM layer, degenerate maps counted,
+#: four figures with bootstrap intervals; the old table's figures scored constant maps as decorrelated, so an upgrade
+#: drops it and the next `precompute sanity` measures again), labels' p and q, matches' position-wise correlations,
+#: modules' z, control and verdict, and the whole network's modules (``network_modules``).
+SCHEMA_VERSION = 11
 #: Versions a writable open upgrades by creating the tables and nullable columns added since.
 ADDITIVE_SINCE = 1
 
@@ -252,6 +256,10 @@ class UnitLabel(Base):
     base_rate: Mapped[float]
     lift: Mapped[float]
     score: Mapped[float]
+    #: The permutation p-value and its Benjamini-Hochberg adjustment across the layer (`app.zoo.concepts`); None in
+    #: rows made before labels had a null (the labels stage makes them again).
+    p: Mapped[float | None]
+    q: Mapped[float | None]
     run_id: Mapped[int] = mapped_column(ForeignKey("runs.id"))
 
 
@@ -372,26 +380,33 @@ class ProbeAttribution(Base):
     params: Mapped[dict[str, Any]]
 
 
-class AttributionCheck(Base):
-    """One step of a model's cascading randomization test of an attribution method (Adebayo et al. 2018).
+class SanityStep(Base):
+    """One step of a model's cascading randomization test of an attribution method (Adebayo et al. 2018), for one
+    kind of target (``class``: each image's top class; ``unit``: its deepest layer's most active unit) and Grad-CAM
+    layer ``at`` ("" for the pixel methods).
 
-    At ``depth`` the top ``depth`` weight groups are re-initialized (``randomized`` names the last one); ``spearman``
-    and ``ssim`` hold, per image, the rank correlation and SSIM of the method's map on the randomized network against
-    the real one's; the medians are what pages show.
+    At ``depth`` the top ``depth`` weight groups are re-initialized (``randomized`` names the last one). ``pairs``
+    holds, per image, the figures of the method's map on the randomized network against the real one's
+    (`precompute.attribution.compare`: ``spearman``, ``spearman_signed``, ``ssim``, ``hog``), or None where a map
+    was degenerate (constant or non-finite: counted in ``degenerate``, never scored); ``figures`` each figure's
+    median over the scored images with its 95% bootstrap interval (``median``, ``low``, ``high``), or None when most
+    maps were degenerate.
     """
 
-    __tablename__ = "attribution_checks"
-    __table_args__ = (UniqueConstraint("model_id", "method", "depth"),)
+    __tablename__ = "sanity_steps"
+    __table_args__ = (UniqueConstraint("model_id", "method", "target", "at", "depth"),)
 
     id: Mapped[int] = mapped_column(primary_key=True)
     model_id: Mapped[int] = mapped_column(ForeignKey("models.id"))
     method: Mapped[str] = mapped_column(String(24))
+    target: Mapped[str] = mapped_column(String(8))
+    at: Mapped[str] = mapped_column(String(64))
     depth: Mapped[int]
     randomized: Mapped[str] = mapped_column(String(64))
-    spearman_median: Mapped[float]
-    ssim_median: Mapped[float]
-    spearman: Mapped[list[Any]]
-    ssim: Mapped[list[Any]]
+    images: Mapped[int]
+    degenerate: Mapped[int]
+    figures: Mapped[dict[str, Any]]
+    pairs: Mapped[list[Any]]
     recipe_sha256: Mapped[str] = mapped_column(String(64))
     recipe: Mapped[dict[str, Any]]
     run_id: Mapped[int] = mapped_column(ForeignKey("runs.id"))
@@ -539,6 +554,36 @@ class LayerModules(Base):
     better: Mapped[float]
     modules: Mapped[list[Any]]
     between: Mapped[list[Any]]
+    #: Filan et al.'s z-score against the shuffles, the smooth control's cut and the verdict (``modular``,
+    #: ``clusterable`` or ``not clusterable``); None in rows made before issue 30.
+    z: Mapped[float | None]
+    control_ncut: Mapped[float | None]
+    verdict: Mapped[str | None] = mapped_column(String(24))
+    recipe_sha256: Mapped[str] = mapped_column(String(64))
+    recipe: Mapped[dict[str, Any]]
+    run_id: Mapped[int] = mapped_column(ForeignKey("runs.id"))
+
+
+class NetworkModules(Base):
+    """The whole network's units clustered as one graph by Filan et al.'s protocol (`precompute.modules`, issue 30):
+    the normalized cut against ``shuffled`` (each layer's weights permuted), ``percentile`` (the share of shuffles that
+    cut as low or lower) and ``z``, the smooth control's cut and the verdict; ``modules``: each module's units by layer.
+    """
+
+    __tablename__ = "network_modules"
+    __table_args__ = (UniqueConstraint("model_id"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    model_id: Mapped[int] = mapped_column(ForeignKey("models.id"))
+    count: Mapped[int]
+    ncut: Mapped[float]
+    shuffled: Mapped[list[Any]]
+    percentile: Mapped[float]
+    z: Mapped[float]
+    control_ncut: Mapped[float]
+    verdict: Mapped[str] = mapped_column(String(24))
+    isolated: Mapped[int]
+    modules: Mapped[list[Any]]
     recipe_sha256: Mapped[str] = mapped_column(String(64))
     recipe: Mapped[dict[str, Any]]
     run_id: Mapped[int] = mapped_column(ForeignKey("runs.id"))
@@ -556,4 +601,6 @@ class UnitMatch(Base):
     other_id: Mapped[int] = mapped_column(ForeignKey("units.id"))
     rank: Mapped[int]
     correlation: Mapped[float]
+    #: The pair's correlation over images and positions (Li et al.; None in matches made before it).
+    positionwise: Mapped[float | None]
     run_id: Mapped[int] = mapped_column(ForeignKey("runs.id"))

@@ -15,8 +15,10 @@ concept both specific and covering (30 of 40 golden retrievers beats 40 of 40
 "dogs", which beats 40 of 40 "organisms").
 
 A label is clear when it covers at least `MIN_COUNT` examples and
-`MIN_COVERAGE` of them, at `MIN_LIFT` times its base rate; a unit without
-one has "no clear concept". Up to `LABELS` labels are kept, best first, none
+`MIN_COVERAGE` of them, at `MIN_LIFT` times its base rate, and chance does not
+explain it: its permutation p-value (random sets of as many distinct dataset
+images), adjusted by Benjamini-Hochberg across every unit and concept of the
+layer, is below `ALPHA`. A unit without one has "no clear concept". Up to `LABELS` labels are kept, best first, none
 an ancestor or descendant of one kept before it (so "dog" is not followed by
 "canine" and "carnivore"). Torch-free: the server and the stage share it.
 """
@@ -29,7 +31,7 @@ import math
 import re
 from collections import Counter
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import cache
 from pathlib import Path
 
@@ -39,6 +41,8 @@ LABELS = 3
 MIN_COUNT = 4
 MIN_COVERAGE = 0.3
 MIN_LIFT = 2.0
+#: A label is clear only when its adjusted p-value (Benjamini-Hochberg across the layer's units and concepts) is below.
+ALPHA = 0.05
 _SYNSET = re.compile(r"^n\d{8}$")
 
 
@@ -57,6 +61,10 @@ class Label:
     base_rate: float
     lift: float
     score: float
+    #: The chance that as many random distinct dataset images put as many under the concept (permutation null), and
+    #: that chance adjusted by Benjamini-Hochberg across the layer's units and concepts (None where not computed).
+    p: float | None = None
+    q: float | None = None
 
 
 class Hierarchy:
@@ -105,22 +113,67 @@ def image_class(path: str) -> str | None:
     return head if "/" in path and _SYNSET.match(head) else None
 
 
-def label(top_classes: list[str | None], base: Counter[str], images: int, hierarchy: Hierarchy) -> list[Label]:
-    """Up to `LABELS` clear labels of a unit whose top examples' images have ``top_classes`` (None: unknown),
-    against ``base`` (images under each concept among the dataset's ``images`` with a known class)."""
+def candidates(top_classes: list[str | None], base: Counter[str], images: int, hierarchy: Hierarchy) -> list[Label]:
+    """Every concept at least one of a unit's top examples falls under, scored, with its permutation p-value: the chance
+    that as many distinct dataset images, drawn at random, put at least as many under the concept. For one concept the
+    score rises with that count, so the permutation distribution of the score is the count's hypergeometric one
+    (``images`` known images, ``base[concept]`` under the concept, as many drawn as there are known top examples),
+    computed exactly rather than sampled."""
+    from scipy.stats import hypergeom
+
     known = [wnid for wnid in top_classes if hierarchy.knows(wnid)]
     if not known or not images:
         return []
-    candidates = []
+    found = []
     for concept, count in hierarchy.concept_counts(known).items():
         coverage, rate = count / len(known), base[concept] / images
         lift = coverage / rate if rate else math.inf
-        if count >= MIN_COUNT and coverage >= MIN_COVERAGE and lift >= MIN_LIFT:
-            candidates.append(Label(concept, hierarchy.names[concept], count, len(known), round(coverage, 4),
-                                    round(rate, 5), round(lift, 3), round(coverage * math.log2(lift), 4)))
+        p = float(hypergeom.sf(count - 1, images, min(base[concept], images), len(known))) if rate else 0.0
+        found.append(Label(concept, hierarchy.names[concept], count, len(known), round(coverage, 4), round(rate, 5),
+                           round(lift, 3), round(coverage * math.log2(lift), 4) if lift > 0 else -math.inf, p, None))
+    return found
+
+
+def clear(label: Label) -> bool:
+    """The effect-size rules: at least `MIN_COUNT` examples, `MIN_COVERAGE` of them, `MIN_LIFT` times the base rate."""
+    return label.count >= MIN_COUNT and label.coverage >= MIN_COVERAGE and label.lift >= MIN_LIFT
+
+
+def label_layer(units: dict[int, list[str | None]], base: Counter[str], images: int, hierarchy: Hierarchy,
+                alpha: float | None = ALPHA) -> dict[int, list[Label]]:
+    """Up to `LABELS` clear labels of each unit of one layer (by id: its top examples' classes, None unknown).
+
+    Every (unit, concept) pair is one test, for each concept with images in the dataset; Benjamini-Hochberg across all of them gives each
+    its adjusted p-value ``q``, and a label is clear only when ``q`` is below ``alpha`` and it meets the effect-size
+    rules (`clear`). ``alpha`` None applies the effect-size rules alone (the labels before the null; for comparison)."""
+    from scipy.stats import false_discovery_control
+
+    tested = {unit: candidates(classes, base, images, hierarchy) for unit, classes in units.items()}
+    flat = [candidate for found in tested.values() for candidate in found]
+    # Every concept with images in the dataset is a test for every unit, not only those its examples fall under
+    # (choosing the tests by what was seen would make their p-values small by construction); the others have p = 1.
+    family = sum(1 for concept in base if base[concept]) * len(units)
+    padded = [c.p for c in flat] + [1.0] * max(0, family - len(flat))
+    adjusted = false_discovery_control(padded, method="bh") if flat else []
+    q = iter(float(value) for value in adjusted[:len(flat)])
+    out = {}
+    for unit, found in tested.items():
+        with_q = [replace(candidate, p=round(candidate.p, 6), q=round(next(q), 6)) for candidate in found]
+        kept = [c for c in with_q if clear(c) and (alpha is None or c.q < alpha)]
+        out[unit] = _distinct(kept, hierarchy)
+    return out
+
+
+def label(top_classes: list[str | None], base: Counter[str], images: int, hierarchy: Hierarchy,
+          alpha: float | None = ALPHA) -> list[Label]:
+    """The clear labels of one unit alone (its concepts the only tests corrected for; a layer is `label_layer`)."""
+    return label_layer({0: top_classes}, base, images, hierarchy, alpha)[0]
+
+
+def _distinct(kept: list[Label], hierarchy: Hierarchy) -> list[Label]:
     chosen: list[Label] = []
     # Equal evidence names the most specific concept (the deepest: "golden retriever", not "mammal").
-    for candidate in sorted(candidates, key=lambda c: (-c.score, -len(hierarchy.ancestors(c.concept)), c.concept)):
+    for candidate in sorted(kept, key=lambda c: (-c.score, -len(hierarchy.ancestors(c.concept)), c.concept)):
         related = any(candidate.concept in hierarchy.ancestors(kept.concept) or
                       kept.concept in hierarchy.ancestors(candidate.concept) for kept in chosen)
         if not related:
@@ -132,4 +185,7 @@ def label(top_classes: list[str | None], base: Counter[str], images: int, hierar
 
 def rules() -> dict[str, object]:
     return {"labels": LABELS, "min_count": MIN_COUNT, "min_coverage": MIN_COVERAGE, "min_lift": MIN_LIFT,
-            "score": "coverage * log2(lift)", "hierarchy_sha256": Hierarchy.load().digest}
+            "score": "coverage * log2(lift)", "alpha": ALPHA,
+            "null": "permutation: random sets of as many distinct dataset images (exact, hypergeometric); "
+                    "Benjamini-Hochberg across every (unit, concept) pair of the layer, every concept with images in "
+                    "the dataset counted", "hierarchy_sha256": Hierarchy.load().digest}

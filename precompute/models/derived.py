@@ -118,7 +118,9 @@ class SAECode(nn.Module):
         return (code @ self.decoder + self.decoder_bias) * self.scale
 
     def forward(self, post: Tensor) -> Tensor:
-        return _grid(self.preactivation(_positions(post)), post)
+        """Each feature's activation as the reconstruction uses it: after top-k and its ReLU (zero where top-k did not
+        select it), so a feature's top examples are positions where it is part of the code."""
+        return _grid(self.sparse(_positions(post)), post)
 
     def vectors(self) -> Tensor:
         """Each feature's encoder row as a unit vector: the direction its activation reads (rendered)."""

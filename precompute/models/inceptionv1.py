@@ -130,18 +130,20 @@ class Inception(nn.Module):
         super().__init__()
         self.name = name
         self.convs = nn.ModuleDict(convs)
+        #: A module, not ``F.relu``, so rules that rewrite a ReLU's gradient (Captum's guided backprop) reach it.
+        self.relu = nn.ReLU()
 
     def forward(self, x: Tensor, capture: _Capture) -> Tensor:
         branch = self._branch(capture)
         outputs = (
             branch("1x1", x),
-            branch("3x3", F.relu(branch("3x3_bottleneck", x))),
-            branch("5x5", F.relu(branch("5x5_bottleneck", x))),
+            branch("3x3", self.relu(branch("3x3_bottleneck", x))),
+            branch("5x5", self.relu(branch("5x5_bottleneck", x))),
             branch("pool_reduce", F.max_pool2d(x, kernel_size=3, stride=1, padding=1)),
         )
         pre = torch.cat(outputs, dim=1)
         capture.add(self.name, pre)
-        return capture.flowing(self.name, F.relu(pre))
+        return capture.flowing(self.name, self.relu(pre))
 
     def _branch(self, capture: _Capture):  # noqa: ANN202 - a small closure
         def run(suffix: str, x: Tensor) -> Tensor:
@@ -160,6 +162,7 @@ class InceptionV1(Network):
     def __init__(self, spec: ModelSpec) -> None:
         super().__init__(spec)
         self.convs = nn.ModuleDict({layer.name: self._conv(layer) for layer in spec.layers if layer.kind == "conv"})
+        self.relu = nn.ReLU()  # a module for the same reason as `Inception.relu`
         self.lrn0 = LocalResponseNorm(64)
         self.lrn1 = LocalResponseNorm(192)
         self.blocks = nn.ModuleList(
@@ -223,7 +226,7 @@ class InceptionV1(Network):
             capture.add(name, pre)
             if capture.done:
                 return capture.found
-            x = capture.flowing(name, F.relu(pre))
+            x = capture.flowing(name, self.relu(pre))
             if name == "conv2d0":
                 x = self.lrn0(_max_pool(x))
             elif name == "conv2d2":

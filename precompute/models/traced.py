@@ -30,6 +30,8 @@ from precompute.weight_files import file_sha256
 #: torchvision's ImageNet normalization (RGB in [0, 1]).
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+#: Functional ReLUs a traced graph may call (`TracedNetwork._relu_modules`).
+FUNCTIONAL_RELUS = {torch.relu, torch.relu_, torch.nn.functional.relu, torch.nn.functional.relu_}
 #: Feature extractors kept per network (one per set of layers asked for).
 EXTRACTORS = 16
 
@@ -109,6 +111,10 @@ class TracedNetwork(Network):
         self._traced = traced
         self._units = units
         self._extractors: OrderedDict[frozenset[str], nn.Module] = OrderedDict()
+        #: One ReLU module for each place the graph calls a functional ReLU (shared by every graph built from it),
+        #: so rules that rewrite a ReLU module's gradient (Captum's guided backprop) reach those places too.
+        self.functional_relus = nn.ModuleDict({_relu_name(node): nn.ReLU() for node in traced.graph.nodes
+                                               if _functional_relu(node)})  # here before any hook is set
 
     def forward(self, images: Tensor, layers: Iterable[str] | None = None, sink: Sink | None = None) -> dict[str, Tensor]:
         wanted = self.wanted(layers)
@@ -148,7 +154,7 @@ class TracedNetwork(Network):
         with graph.inserting_after(at):
             edited = graph.call_function(edit, (at,))
         at.replace_all_uses_with(edited, delete_user_cb=lambda user: user is not edited)
-        module = fx.GraphModule(self.module, graph)
+        module = self._relu_modules(fx.GraphModule(self.module, graph))
         if output is not None:  # what comes after the output is never run
             module.graph.eliminate_dead_code()
             module.recompile()
@@ -162,11 +168,31 @@ class TracedNetwork(Network):
         if paths in self._extractors:
             self._extractors.move_to_end(paths)
             return self._extractors[paths]
-        extractor = create_feature_extractor(self.module, return_nodes=sorted(paths)).eval()
+        extractor = self._relu_modules(create_feature_extractor(self.module, return_nodes=sorted(paths)).eval())
         self._extractors[paths] = extractor
         if len(self._extractors) > EXTRACTORS:
             self._extractors.popitem(last=False)
         return extractor
+
+    def _relu_modules(self, module: fx.GraphModule) -> fx.GraphModule:
+        """``module`` with each functional ReLU call replaced by a call of its module in `functional_relus` (the same
+        numbers; a module's hooks now see it)."""
+        changed = False
+        for node in list(module.graph.nodes):
+            if not _functional_relu(node):
+                continue
+            name = _relu_name(node)  # the extractors' tracer names nodes as the spec's trace did
+            if name not in self.functional_relus:
+                self.functional_relus[name] = nn.ReLU()
+            module.add_submodule(f"functional_relus.{name}", self.functional_relus[name])
+            with module.graph.inserting_after(node):
+                call = module.graph.call_module(f"functional_relus.{name}", (node.args[0],))
+            node.replace_all_uses_with(call)
+            module.graph.erase_node(node)
+            changed = True
+        if changed:
+            module.recompile()
+        return module
 
     def _apply(self, fn, *args, **kwargs):  # noqa: ANN001, ANN202 - nn.Module's signature
         self._extractors.clear()  # built again around the moved parameters
@@ -180,6 +206,15 @@ class TracedNetwork(Network):
         if not crossed:
             return None
         return "the network has local response normalizations, taken as the identity: weights are relative strengths"
+
+
+def _functional_relu(node: fx.Node) -> bool:
+    return ((node.op == "call_function" and node.target in FUNCTIONAL_RELUS)
+            or (node.op == "call_method" and node.target in ("relu", "relu_")))
+
+
+def _relu_name(node: fx.Node) -> str:
+    return f"relu_{node.name}"
 
 
 def load_state_dict(module: nn.Module, path: Path) -> str:

@@ -20,11 +20,13 @@ renders many units of a layer at once.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 Activations = dict[str, Tensor]
 
@@ -66,7 +68,8 @@ class _RedirectedReLU(torch.autograd.Function):
 
     Lucid's ``redirected_relu_grad`` (lucid/misc/redirected_relu_grad.py),
     per batch element: without it a unit that is off everywhere on the
-    initial image never receives a gradient.
+    initial image never receives a gradient. Lucid applies it to every ReLU of
+    the graph for the first steps only (`redirecting`).
     """
 
     @staticmethod
@@ -86,8 +89,46 @@ class _RedirectedReLU(torch.autograd.Function):
         return torch.where(blocked.view(-1, *([1] * (x.dim() - 1))), redirected, relu_grad)
 
 
+#: Lucid redirects a ReLU's gradient only while the optimizer's global step is at most 16 (``redirected_relu_grad``
+#: returns the plain ReLU gradient once ``global_step > 16``; the step counts the updates made before this one): the
+#: first 17 steps of a render.
+REDIRECT_STEPS = 17
+#: Whether this step redirects (set per step by `redirecting`; outside a render loop the gradient is redirected).
+_redirecting: ContextVar[bool] = ContextVar("redirecting", default=True)
+
+
 def redirected_relu(x: Tensor) -> Tensor:
-    return _RedirectedReLU.apply(x)
+    """The objective's ReLU: Lucid's redirected gradient during the first `REDIRECT_STEPS` steps, the plain one after."""
+    return _RedirectedReLU.apply(x) if _redirecting.get() else x.clamp(min=0)
+
+
+@contextmanager
+def redirecting(net: nn.Module, step: int) -> Iterator[None]:
+    """One optimization step as Lucid's ``gradient_override_map({"Relu": redirected_relu_grad})`` makes it: while
+    ``step`` is below `REDIRECT_STEPS`, every ReLU of the network (each ``nn.ReLU`` module: hand-written networks and
+    traced ones call modules, see `precompute.models.traced.TracedNetwork.functional_relus`) and the objective's
+    own ReLU pass the redirected gradient; after that, none does. The hooks remove themselves."""
+    on = step < REDIRECT_STEPS
+    token = _redirecting.set(on)
+    handles, inplace = [], []
+    try:
+        if on:
+            for module in net.modules():
+                if isinstance(module, nn.ReLU):
+                    inplace.append((module, module.inplace))
+                    module.inplace = False  # the hook must see the input's negative values
+                    handles.append(module.register_forward_hook(_redirect_output))
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()
+        for module, was in inplace:
+            module.inplace = was
+        _redirecting.reset(token)
+
+
+def _redirect_output(module: nn.Module, inputs: tuple[Tensor, ...], output: Tensor) -> Tensor:
+    return _RedirectedReLU.apply(inputs[0])
 
 
 def _units(units: int | Sequence[int], activation: Tensor) -> Tensor:

@@ -11,7 +11,7 @@ import torch
 from torch import Tensor
 
 from precompute.models.base import Network
-from precompute.optvis.objectives import Objective
+from precompute.optvis.objectives import Objective, redirecting
 from precompute.optvis.param import Parameterization
 from precompute.optvis.transform import Transforms
 
@@ -69,7 +69,8 @@ def render(
     """Optimize one image per seed for ``objective`` (which scores each batch element).
 
     The network runs only as far as the objective's layers; its weights stay
-    frozen; no hook is registered. Each image's initial values come from its
+    frozen; during the first `REDIRECT_STEPS` steps every ReLU passes Lucid's
+    redirected gradient (`redirecting`: hooks that remove themselves). Each image's initial values come from its
     own seed, and so do its random transforms: an image does not depend on the batch it is in. The loss is the
     objective's `total` (a group's mean for grouped objectives, as in Lucid).
     ``poll`` is called every `POLL_EVERY` steps (a worker serves waiting
@@ -88,7 +89,7 @@ def render(
             poll()
         optimizer.zero_grad(set_to_none=True)
         batch = transforms(image_fn(), draws).contiguous(memory_format=torch.channels_last)
-        with _autocast(device, precision):
+        with redirecting(net, step), _autocast(device, precision):
             loss = -objective.total(net(batch, layers))
         loss.backward()
         optimizer.step()

@@ -40,6 +40,9 @@ class Transforms:
     jitter_after: int = 4
     #: Resample the canvas to this side (Lucent's upsampling to 224); None keeps scale 1.
     resize_to: int | None = None
+    #: Crop (or pad) the canvas about its centre to this side at scale 1: Lucid's ``crop_or_pad_to``, which its
+    #: caricature recipe appends to the standard transforms. Only without ``resize_to``.
+    crop_to: int | None = None
 
     def describe(self) -> dict[str, object]:
         return {"kind": "fused affine", **asdict(self)}
@@ -48,6 +51,8 @@ class Transforms:
         """Side of the image the network sees for a ``size`` px parameterization."""
         if self.resize_to is not None:
             return self.resize_to
+        if self.crop_to is not None:
+            return self.crop_to
         return size + 2 * self.pad - self.jitter - self.jitter_after
 
     def __call__(self, images: Tensor, generators: torch.Generator | Sequence[torch.Generator]) -> Tensor:
@@ -83,7 +88,7 @@ class Transforms:
         batch, _, size, _ = images.shape
         padded = F.pad(images, [self.pad] * 4, value=self.pad_value) if self.pad else images
         full = size + 2 * self.pad
-        canvas = size + 2 * self.pad - self.jitter - self.jitter_after
+        canvas = self.crop_to or size + 2 * self.pad - self.jitter - self.jitter_after
         # In pixels from the centres: canvas point u reads padded point A (u - shift_after) - shift,
         # A = rotation(-angle) / scale. Normalized coordinates divide by half of each side.
         cos, sin = torch.cos(angle) / scale, torch.sin(angle) / scale
