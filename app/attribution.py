@@ -19,6 +19,8 @@ from app.refs import pictures, unit_ref
 LABELS = {"gradient": "vanilla gradient", "integrated_gradients": "integrated gradients", "grad_cam": "Grad-CAM",
           "guided_backprop": "guided backprop (control)", "guided_grad_cam": "guided Grad-CAM (control)"}
 TARGET_KINDS = ("class", "unit")
+#: The methods a probe's maps are made with (`precompute.attribution.METHODS`); the others are the test's controls.
+PROBE_METHODS = ("gradient", "integrated_gradients", "grad_cam")
 
 
 def sanity_command(model: str, kind: str = "class") -> str:

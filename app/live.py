@@ -22,7 +22,7 @@ from app import queries, urls
 from app.errors import MicroscopeError, NotFound
 from app.access import TOKEN_COOKIE, check_origin, check_policy, client_address, guard_probes, guard_renders, token_matches
 from app.jobs import LAYER, JobQueue, JobState, QueueFull, TooManyJobs
-from app.attribution import LABELS, attribution_status
+from app.attribution import PROBE_METHODS, attribution_status
 from app.live_pages import caricature_page, contributions_page, group_render_page, probe_page, render_status_page, stored_probe, worker_command
 from app.page_types import LayerRequest, LoginPage, ProbeForm
 from app.respond import json_response, respond
@@ -404,7 +404,7 @@ def probe_attribution_request(request: Request, model: str, probe_id: str, layer
     catalog = state.catalog(connection, model)
     page = attribution_status(state, connection, catalog, model, probe_id, layer, index, at)
     made = {(m.method, m.at) for m in page.maps}
-    missing = (not any(m == "grad_cam" and a == at for m, a in made)) if at else len({m for m, _ in made}) < len(LABELS)
+    missing = (not any(m == "grad_cam" and a == at for m, a in made)) if at else len({m for m, _ in made} & set(PROBE_METHODS)) < len(PROBE_METHODS)
     if missing and page.state not in ("queued", "running"):
         _require_queue(state).request_probe_render(model, probe_id, layer, f"grad_cam:{at}" if at else "attribution",
                                                    index, client=client_address(request, state.settings))

@@ -21,7 +21,7 @@ from matplotlib.figure import Figure  # noqa: E402
 
 import numpy as np  # noqa: E402
 
-from app.stimuli import FAMILIES, JOINT, ROTATIONS  # noqa: E402
+from app.stimuli import FAMILIES, FAMILY_JOINT, JOINT, ROTATIONS  # noqa: E402
 
 #: Text stays text (smaller files, selectable); the page's font shows it.
 matplotlib.rcParams.update({"svg.fonttype": "none", "font.size": 8, "axes.titlesize": 8})
@@ -41,7 +41,7 @@ def tuning_svg(family: str, responses: str, preferred: str, small: bool = False)
     values, best = np.asarray(json.loads(responses), dtype=float), json.loads(preferred)
     with _lock:
         figure = Figure(figsize=(SMALL, SMALL) if small else (SIDE, SIDE), dpi=100)
-        if family == JOINT:
+        if family in (JOINT, FAMILY_JOINT):
             _joint(figure, values, best, small)
         elif family == "curves":
             _curves(figure, values, best, small)

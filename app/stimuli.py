@@ -84,6 +84,9 @@ def _angles(step: int, period: int) -> tuple[float, ...]:
 
 #: Joint tuning ("Zoom In"): a unit's top examples rotated, every 15 degrees counterclockwise.
 JOINT = "joint"
+#: Joint tuning as Curve Detectors defines it: every member of the curve family (its most curve-selective units)
+#: answering rotations of one unit's top examples, the family's most selective unit's.
+FAMILY_JOINT = "joint_curves"
 ROTATIONS = tuple(float(angle) for angle in range(0, 360, 15))
 ROTATION = Axis("rotation", ROTATIONS, "degrees counterclockwise", 360)
 

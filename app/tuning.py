@@ -25,24 +25,28 @@ from app.catalog import Catalog, LayerEntry
 from app.errors import NotFound
 from app.page_types import FamilyPage, FamilyUnit, Tuning, TuningSection
 from app.refs import pictures
-from app.stimuli import CONVENTIONS, FAMILIES, JOINT, ROTATION, Placement, draw
+from app.stimuli import CONVENTIONS, FAMILIES, FAMILY_JOINT, JOINT, ROTATION, Placement, draw
 
 #: Every family a page may name, in the order the unit page shows them.
-FAMILY_NAMES = ("curves", "lines", "edges", "gratings", "colours", JOINT)
-TITLES = {**{name: family.title for name, family in FAMILIES.items()}, JOINT: "Joint tuning (its top example, rotated)"}
+FAMILY_NAMES = ("curves", "lines", "edges", "gratings", "colours", JOINT, FAMILY_JOINT)
+TITLES = {**{name: family.title for name, family in FAMILIES.items()}, JOINT: "Joint tuning (its top example, rotated)",
+          FAMILY_JOINT: "Joint tuning of the curve family (the family's top unit's examples, rotated)"}
+#: Families whose axis is the rotation of dataset examples (no stimulus to draw).
+ROTATED = (JOINT, FAMILY_JOINT)
 #: Units laid out on a family page's circle (the rest are in its table).
 ON_CIRCLE = 48
 #: Side of a drawn preferred stimulus, in pixels.
 STIMULUS_SIDE = 96
 
 
-SELECTIVITY = ("resultant length of the orientation (hue) tuning at the preferred other parameters, times the drive "
-               "(peak response over the top dataset example's activation, at most 1); for curves also times the "
-               "curve's share of the curve and line peaks; joint tuning: the resultant length over rotations")
+SELECTIVITY = ("the orientation selectivity index of the tuning curve at the preferred other parameters: (R_pref - "
+               "R_orth) / (R_pref + R_orth), R_orth at the preferred orientation plus and minus 90 degrees (colours: "
+               "the resultant length over hues); for curves, zero for a unit that answers some line at least as "
+               "strongly as its best curve; joint tuning: the resultant length over rotations")
 
 
 def _axes(family: str) -> list[dict[str, Any]]:
-    if family == JOINT:
+    if family in ROTATED:
         return [{"name": ROTATION.name, "values": list(ROTATION.values), "unit": ROTATION.unit}]
     return FAMILIES[family].describe()["axes"]
 
@@ -65,7 +69,7 @@ def unit_tuning(catalog: Catalog, connection: Connection, model: str, layer: str
     families = [
         Tuning(family, TITLES[family], preferred, figures, selectivity, responses, _axes(family),
                urls.tuning_plot(model, layer, index, family),
-               urls.tuning_stimulus(model, layer, index, family) if family != JOINT else None,
+               urls.tuning_stimulus(model, layer, index, family) if family not in ROTATED else None,
                urls.tuning_family(model, layer, family))
         for family, responses, preferred, figures, selectivity, _ in sorted(rows, key=lambda row: order.get(row[0], 99))
     ]
@@ -94,7 +98,7 @@ def family_page(catalog: Catalog, connection: Connection, model: str, layer: str
         FamilyUnit(by_id[unit_id], urls.unit(model, layer, by_id[unit_id]),
                    shown.images.get(unit_id), shown.placeholders.get(unit_id), entry.labels[by_id[unit_id]],
                    selectivity, preferred, figures, urls.tuning_plot(model, layer, by_id[unit_id], family, small=True),
-                   urls.tuning_stimulus(model, layer, by_id[unit_id], family) if family != JOINT else None,
+                   urls.tuning_stimulus(model, layer, by_id[unit_id], family) if family not in ROTATED else None,
                    places[rank] if rank < len(places) else None)
         for rank, (unit_id, preferred, figures, selectivity, _) in enumerate(rows)
     ]
@@ -103,7 +107,9 @@ def family_page(catalog: Catalog, connection: Connection, model: str, layer: str
         family={"name": family, "title": TITLES[family], "axes": _axes(family)}, conventions=CONVENTIONS,
         units=units, model_url=urls.model(model), layer_url=urls.layer(model, layer),
         json_url=urls.tuning_family(model, layer, family, json=True),
-        families={name: urls.tuning_family(model, layer, name) for name in FAMILY_NAMES}, selectivity=SELECTIVITY,
+        families={name: urls.tuning_family(model, layer, name) for name in FAMILY_NAMES if name != FAMILY_JOINT}
+        | ({FAMILY_JOINT: urls.tuning_family(model, layer, FAMILY_JOINT)} if family == FAMILY_JOINT else {}),
+        selectivity=SELECTIVITY,
         ablation=ablation_view(None, connection, model, family_key(family, layer),
                                f"the {FAMILY_UNITS} most {family}-selective units of {layer}",
                                urls.family_ablation(model, layer, family)) if units else None,
@@ -151,8 +157,8 @@ def plot(catalog: Catalog, connection: Connection, model: str, layer: str, index
 
 def stimulus(catalog: Catalog, connection: Connection, model: str, layer: str, index: int, family: str) -> tuple[bytes, str]:
     """A unit's preferred stimulus of ``family`` as PNG, drawn from the recipe of the run that found it."""
-    if family == JOINT:
-        raise NotFound("joint tuning's stimulus is the unit's top example (see its dataset examples)")
+    if family in ROTATED:
+        raise NotFound("joint tuning's stimulus is a top dataset example, rotated (see the unit's dataset examples)")
     _, preferred, _, run_id = _row(catalog, connection, model, layer, index, family)
     recipe = connection.execute(queries.run_recipe, {"run": run_id}).scalar() or {}
     drawn = _placement(recipe, index)

@@ -9,8 +9,10 @@ same run:
 
 - **passes** when the upper end of the 95% bootstrap interval of the method's median Spearman correlation (shown maps)
   at that step is below `DECORRELATED` and below the lower end of the control's interval;
-- **fails** otherwise (it stays alike, or cannot be told apart from the control);
-- **inconclusive** when most maps at that step are degenerate (constant or non-finite: never counted as
+- **fails** when the interval's lower end is at or above `DECORRELATED` (it stays alike) or the interval reaches
+  into the control's (it cannot be told apart from it);
+- **inconclusive** when the interval straddles `DECORRELATED` (more images would narrow it), when most maps at that
+  step are degenerate (constant or non-finite: never counted as
   decorrelated), when no control was measured, or when the control decorrelates itself (then the test cannot tell
   methods apart on this model, and no verdict is shown).
 
@@ -64,8 +66,10 @@ def judge(method: str, steps: list[dict[str, Any]], control: list[dict[str, Any]
     if method in CONTROLS:
         if figure["low"] >= DECORRELATED:
             return Judgement(False, f"negative control: stays alike ({said}), as Adebayo et al. found")
-        return Judgement(True if figure["high"] < DECORRELATED else None,
-                         f"negative control: decorrelates here ({said}), unlike Adebayo et al.'s finding")
+        if figure["high"] < DECORRELATED:
+            return Judgement(True, f"negative control: decorrelates here ({said}), unlike Adebayo et al.'s finding")
+        return Judgement(None, f"negative control, inconclusive: the interval straddles {DECORRELATED} ({said}); "
+                               "more images would narrow it")
     against = None if control is None else (control[judged_step(len(control)) - 1]["figures"] or {}).get(FIGURE)
     if against is None:
         return Judgement(None, f"inconclusive: {said}, but no negative control ({CONTROL}) was measured beside it")
@@ -75,5 +79,8 @@ def judge(method: str, steps: list[dict[str, Any]], control: list[dict[str, Any]
     if figure["high"] < DECORRELATED and figure["high"] < against["low"]:
         return Judgement(True, f"changes when the top layers are randomized ({said}; the control stays at "
                                f"{_interval(against)}): the map depends on the model")
-    return Judgement(False, f"barely changes when the top layers are randomized ({said}; the control: "
-                            f"{_interval(against)}): treat with care")
+    if figure["low"] >= DECORRELATED or figure["high"] >= against["low"]:
+        return Judgement(False, f"barely changes when the top layers are randomized ({said}; the control: "
+                                f"{_interval(against)}): treat with care")
+    return Judgement(None, f"inconclusive: the interval straddles {DECORRELATED} ({said}); more images would "
+                           "narrow it")

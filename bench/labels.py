@@ -53,15 +53,19 @@ def main() -> None:
     by_layer: dict[str, dict[int, list[tuple[int, str, str]]]] = {}
     for layer, index, rank, concept, name in rows:
         by_layer.setdefault(layer, {}).setdefault(index, []).append((rank, concept, name))
-    print("| layer | units | with a clear label | distinct concepts | commonest top labels |")
-    print("|---|---|---|---|---|")
+    print("| layer | units | clear by effect size alone | clear after the null (q < 0.05) | distinct concepts | "
+          "commonest top labels |")
+    print("|---|---|---|---|---|---|")
     shown = [layer for layer in spec.layers if layer.is_main or layer.kind == "logits"]
     for layer in shown:
         labelled = by_layer.get(layer.name, {})
         tops = Counter(min(labels)[2] for labels in labelled.values())
         concepts = {concept for labels in labelled.values() for _, concept, _ in labels}
         common = ", ".join(f"{name} ({count})" for name, count in tops.most_common(3))
-        print(f"| {layer.name} | {layer.channels} | {len(labelled) / layer.channels:.0%} | {len(concepts)} | {common} |")
+        before = result.before_null.get(layer.name)
+        shown = f"{before / layer.channels:.0%}" if before is not None else "(reused)"
+        print(f"| {layer.name} | {layer.channels} | {shown} | {len(labelled) / layer.channels:.0%} | {len(concepts)} | "
+              f"{common} |")
     logits = next((layer for layer in spec.layers if layer.kind == "logits"), None)
     if logits is not None and spec.classes:
         labelled = by_layer.get(logits.name, {})

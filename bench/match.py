@@ -1,4 +1,4 @@
-"""Universality (issue 22): how many units of one model have a counterpart in networks trained apart, against chance.
+"""Universality (issues 22, 30): how many units of one model have a counterpart in networks trained apart, against chance.
 
     python bench/match.py [--model inceptionv1_caffe] [--others squeezenet1_1_caffe,mobilenet_v2,efficientnet_lite0]
                           [--images ../shared/data/imagenet-sample] [--threshold 0.5] [--device cpu]
@@ -7,9 +7,10 @@ Runs every model on the same images (each in its own input convention; their rea
 efficientnet wheel), pools each unit's activation after its ReLU over its layer's positions, and correlates
 every unit of --model's main layers with every unit of each other model's main layers (`precompute.match`, the
 stage behind `microscope precompute match`). Against chance, each other model is also matched in a copy with
-seeded random weights. Prints, per layer of --model and per other model, the fraction of units whose best
-match is at least --threshold, for the trained and the random copy side by side, and the mean best
-correlation.
+seeded random weights, its BatchNorm statistics re-estimated on the images. Prints, per layer of --model and per
+other model, the share of units whose best match is above the permutation null's 99th percentile (the other
+model's image order shuffled 10 times), pooled and position-wise (each map on a 4x4 grid: Li et al.), for the
+trained and the random copy side by side, and the share at or above a fixed --threshold.
 """
 
 from __future__ import annotations
@@ -28,7 +29,8 @@ def main() -> None:
 
     from precompute.devices import pick_device
     from precompute.images import locate_images
-    from precompute.match import correlations, pooled
+    from precompute.match import (above_null, correlations, matched_fraction, null_maxima, pooled, positionwise,
+                                  reestimate_batchnorm)
     from precompute.models import build, load, seeded_state_dict
     from precompute.models.traced import TracedNetwork
 
@@ -43,33 +45,43 @@ def main() -> None:
     device = pick_device(arguments.device)
     root = locate_images(arguments.images)
     started = time.perf_counter()
-    first = pooled(load(arguments.model, None).net.to(device), root, device)
-    table: dict[str, dict[str, tuple[float, float, float, float]]] = {}
+    first_grid: dict = {}
+    first = pooled(load(arguments.model, None).net.to(device), root, device, grid=first_grid)
+    table: dict[str, dict[str, dict[str, dict]]] = {}
     for other in arguments.others.split(","):
         trained = load(other, None).net.to(device)
         random = build(other)
         module = random.module if isinstance(random, TracedNetwork) else random
         module.load_state_dict(seeded_state_dict(other, arguments.seed))
-        for name, net in (("trained", trained), ("random", random.to(device))):
-            corr, names_a, _ = correlations(first, pooled(net, root, device))
-            best = corr.max(dim=1).values
-            by_layer: dict[str, list[float]] = {}
-            for (layer, _), value in zip(names_a, best.tolist()):
-                by_layer.setdefault(layer, []).append(value)
-            for layer, values in by_layer.items():
-                fraction = sum(v >= arguments.threshold for v in values) / len(values)
-                mean = sum(values) / len(values)
-                row = table.setdefault(layer, {}).get(other, (0.0, 0.0, 0.0, 0.0))
-                table[layer][other] = (fraction, row[1], mean, row[3]) if name == "trained" else (row[0], fraction, row[2], mean)
-        print(f"{other}: matched ({time.perf_counter() - started:.0f} s so far)", flush=True)
+        reestimate_batchnorm(random.to(device), root, device)  # its BatchNorm statistics from these images
+        for name, net in (("trained", trained), ("random", random)):
+            grid: dict = {}
+            second = pooled(net, root, device, grid=grid)
+            corr, names_a, _ = correlations(first, second)
+            spatial = positionwise(first_grid, grid)
+            nulls = {"pooled": above_null(corr.max(dim=1).values, null_maxima(first, second), names_a),
+                     "positionwise": above_null(spatial.max(dim=1).values, null_maxima(first_grid, grid), names_a)}
+            fixed = matched_fraction(corr, names_a, arguments.threshold)
+            for layer in fixed:
+                table.setdefault(layer, {}).setdefault(other, {})[name] = {
+                    "fixed": fixed[layer], "pooled": nulls["pooled"][layer], "positionwise": nulls["positionwise"][layer]}
+            print(f"{other} ({name}): matched ({time.perf_counter() - started:.0f} s so far)", flush=True)
     others = arguments.others.split(",")
-    print(f"\n{arguments.model}'s units with a best match of correlation >= {arguments.threshold} in each model, trained "
-          f"(random copy); mean best correlation after the slash; {len(first[next(iter(first))])} images, "
+    print(f"\n{arguments.model}'s units whose best match in each model is above the permutation null's 99th percentile "
+          f"(the threshold in brackets), pooled then position-wise, trained and random copy (BatchNorm re-estimated); "
+          f"then the share at or above a fixed {arguments.threshold}; {len(first[next(iter(first))])} images, "
           f"{torch.get_num_threads()} threads, {time.perf_counter() - started:.0f} s")
     print("| layer | " + " | ".join(others) + " |")
     print("|---|" + "---|" * len(others))
     for layer, row in table.items():
-        cells = [f"{100 * row[o][0]:.0f}% ({100 * row[o][1]:.0f}%) / {row[o][2]:.2f} ({row[o][3]:.2f})" for o in others]
+        cells = []
+        for o in others:
+            t, r = row[o]["trained"], row[o]["random"]
+            cells.append(f"pooled {100 * t['pooled']['above']:.0f}% [{t['pooled']['threshold']:.2f}] "
+                         f"({100 * r['pooled']['above']:.0f}% [{r['pooled']['threshold']:.2f}]); position-wise "
+                         f"{100 * t['positionwise']['above']:.0f}% [{t['positionwise']['threshold']:.2f}] "
+                         f"({100 * r['positionwise']['above']:.0f}%); >= {arguments.threshold}: "
+                         f"{100 * t['fixed']:.0f}% ({100 * r['fixed']:.0f}%)")
         print(f"| {layer} | " + " | ".join(cells) + " |")
 
 

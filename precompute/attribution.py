@@ -21,6 +21,7 @@ compared with the real one's (Spearman rank correlation, SSIM).
 from __future__ import annotations
 
 import contextlib
+import warnings
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
@@ -33,7 +34,7 @@ from app.zoo import LayerSpec
 from precompute.models.base import Network
 from precompute.models.derived import base_network
 
-#: The methods a probe's maps are made with.
+#: The methods a probe's maps are made with (`app.attribution.PROBE_METHODS`, checked equal by a test).
 METHODS = ("gradient", "integrated_gradients", "grad_cam")
 #: The randomization test's negative controls: methods Adebayo et al. found insensitive to the model's weights (guided
 #: backprop and guided Grad-CAM). A test that cannot fail them cannot pass anything else either.
@@ -121,7 +122,8 @@ def attribute_maps(net: Network, image: Tensor, target: Target, method: str, cam
         raise MicroscopeError(f"unknown attribution method {method!r}: choose from {', '.join(ALL_METHODS)}")
     device = next(net.parameters()).device
     inputs = image[None].clone().to(device).requires_grad_(True)
-    with torch.enable_grad():
+    with torch.enable_grad(), warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Setting backward hooks on ReLU")  # Captum says so on every call
         if method in ("grad_cam", "guided_grad_cam"):
             return _grad_cam(net, inputs, target, cam_layer, guided=method == "guided_grad_cam")
         function = _scalar(net, target)

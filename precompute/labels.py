@@ -35,6 +35,10 @@ class LabelsResult:
     layers_reused: int = 0
     units_labelled: int = 0
     units_unclear: int = 0
+    #: Units with a label by the effect-size rules alone, before the null and its correction (for comparison), in
+    #: all and per layer labelled.
+    units_labelled_before_null: int = 0
+    before_null: dict[str, int] = field(default_factory=dict)
     concepts: set[str] = field(default_factory=set)
 
 
@@ -65,6 +69,9 @@ def run_labels(store: Store, spec: ModelSpec, root: Path, layers: Sequence[Layer
         rows = []
         by_unit = {unit_id: [image_class(path) for path in dict.fromkeys(paths)]  # distinct images
                    for unit_id, paths in examples.by_unit.items()}
+        result.before_null[layer.name] = sum(
+            bool(found) for found in label_layer(by_unit, base, known, hierarchy, alpha=None).values())
+        result.units_labelled_before_null += result.before_null[layer.name]
         for unit_id, labels in label_layer(by_unit, base, known, hierarchy).items():
             rows += [{"unit_id": unit_id, "rank": rank, **vars(found)} for rank, found in enumerate(labels)]
             result.units_labelled += bool(labels)

@@ -29,16 +29,20 @@ from sqlalchemy import select
 from torch import Tensor
 from torchvision.transforms import v2
 
+from app.ablation import FAMILY_UNITS
 from app.errors import MicroscopeError
 from app.store import Dataset, DatasetExample, DatasetImage, Run, Store, UnitTuning
-from app.stimuli import CONVENTIONS, FAMILIES, GREY, JOINT, ROTATIONS, TUNING_FAMILIES, Family, Placement, draw
+from app.stimuli import (CONVENTIONS, FAMILIES, FAMILY_JOINT, GREY, JOINT, ROTATIONS, TUNING_FAMILIES, Family, Placement,
+                         draw)
 from app.zoo import LayerSpec, ModelSpec
 from precompute.examples import input_transform
 from precompute.images import ImageFile, list_images, load_rgb
 from precompute.runs import catalogued_model, digested, finish_run, finished_recipes, progress_bar, replace_rows, share, start_run, unit_ids
 from precompute.stage import Stage
 
-TUNING_ALGORITHM = 1
+#: 2: the selectivity read from the tuning curves alone (no drive factor; curves zero where a line wins), and the
+#: curve family's joint tuning as Curve Detectors defines it (issue 30).
+TUNING_ALGORITHM = 2
 ALL_FAMILIES = TUNING_FAMILIES
 
 
@@ -94,7 +98,9 @@ def tuning_recipe(spec: ModelSpec, layer: LayerSpec, config: TuningConfig, weigh
     # The drive (each family's peak over the top example's activation) reads the examples too.
     params["examples_recipes"] = sorted(examples)
     if JOINT in config.families:
-        params["joint"] = {"rotations": list(ROTATIONS), "examples": config.joint_examples}
+        params["joint"] = {"rotations": list(ROTATIONS), "examples": config.joint_examples,
+                           "family": f"{FAMILY_JOINT}: the {FAMILY_UNITS} most curve-selective units' responses to "
+                                     "rotations of the most selective one's top examples, read at its position"}
     return digested(params)
 
 
@@ -325,6 +331,59 @@ def _joint_responses(net: torch.nn.Module, layer: LayerSpec, group: FieldGroup,
     return {unit: (sums[unit] / counts[unit]).numpy() for unit in sums}
 
 
+@torch.no_grad()
+def family_joint_responses(net: torch.nn.Module, spec: ModelSpec, layer: LayerSpec, reference: int,
+                           examples: Sequence[tuple[Tensor, int, int]], members: Sequence[int], device: torch.device,
+                           batch: int = 64) -> dict[int, np.ndarray]:
+    """Curve Detectors' joint tuning of a family: each member's response to every rotation of the ``reference``
+    unit's examples (each an input image and the position the reference fired at), averaged over them, read at
+    the reference's position and on its receptive field."""
+    group = next(group for group in field_groups(spec, layer) if reference in group.units)
+    where, turns = group.placement, len(ROTATIONS)
+    total: Tensor | None = None
+    for start in range(0, len(examples), max(1, batch // turns)):
+        chunk = examples[start:start + max(1, batch // turns)]
+        images = torch.cat([rotated_crops(image, group.geometry, where, y, x) for image, y, x in chunk])
+        read = _read(net, layer, images.to(device), where.position).float().cpu()[:, list(members)]
+        summed = read.reshape(len(chunk), turns, len(members)).sum(dim=0)
+        total = summed if total is None else total + summed
+    if total is None:
+        return {}
+    return {member: (total[:, number] / len(examples)).numpy() for number, member in enumerate(members)}
+
+
+def _family_joint(stage: Stage, layer: LayerSpec, ids: dict[tuple[str, int], int], examples: _Examples,
+                  files: dict, rows: list[dict]) -> list[dict]:  # noqa: ANN001
+    """The curve family's joint-tuning rows: its `FAMILY_UNITS` most curve-selective units (selectivity above 0), each
+    answering rotations of the most selective one's top examples; none without curves tuning or examples."""
+    ranked = sorted((row for row in rows if row["family"] == "curves" and row["selectivity"] > 0),
+                    key=lambda row: -row["selectivity"])[:FAMILY_UNITS]
+    if not ranked:
+        return []
+    by_id = {unit_id: index for (_, index), unit_id in ids.items()}
+    members = [by_id[row["unit_id"]] for row in ranked]
+    transform = input_transform(stage.spec)
+    chosen = []
+    for path, y, x in examples.by_unit.get(ranked[0]["unit_id"], []):
+        if path in files:
+            try:
+                chosen.append((transform(load_rgb(files[path])), y, x))
+            except OSError:
+                continue
+    if not chosen:
+        return []
+    curves = family_joint_responses(stage.net, stage.spec, layer, members[0], chosen, members, stage.device)
+    orientation = {by_id[row["unit_id"]]: row["preferred"]["orientation"] for row in ranked}
+    out = []
+    for member, curve in curves.items():
+        figures = joint_figures(curve)
+        figures["figures"]["reference"] = members[0]
+        # Where the member should peak if the family tiles orientation: its preferred orientation less the reference's.
+        figures["figures"]["expected_rotation"] = (orientation[member] - orientation[members[0]]) % 360
+        out.append({"unit_id": ids[layer.name, member], "family": FAMILY_JOINT, "responses": _rounded(curve), **figures})
+    return out
+
+
 def _tune_layer(stage: Stage, layer: LayerSpec, config: TuningConfig, ids: dict[tuple[str, int], int],
                 examples: _Examples | None, files: dict, poll: Callable[[], None] | None) -> list[dict]:  # noqa: ANN001
     spec, net, device = stage.spec, stage.net, stage.device
@@ -343,6 +402,8 @@ def _tune_layer(stage: Stage, layer: LayerSpec, config: TuningConfig, ids: dict[
         if unit in joint:
             rows.append({"unit_id": unit_id, "family": JOINT, "responses": _rounded(joint[unit]),
                          **joint_figures(joint[unit])})
+    if joint and examples is not None:
+        rows += _family_joint(stage, layer, ids, examples, files, rows)
     return rows
 
 
@@ -383,6 +444,23 @@ def resultant(curve: np.ndarray, angles: Sequence[float], period: int) -> float:
     return float(abs((weights * np.exp(1j * phases)).sum()) / total)
 
 
+def orientation_selectivity(curve: np.ndarray, angles: Sequence[float]) -> float:
+    """The orientation selectivity index (R_pref - R_orth) / (R_pref + R_orth) on the rectified responses, R_orth the
+    mean response at the preferred orientation plus and minus 90 degrees (the nearest sampled angles): 1 for a unit
+    silent at the orthogonal orientation, 0 for an untuned one."""
+    values = np.maximum(np.asarray(curve, dtype=np.float64), 0)
+    angles = np.asarray(angles, dtype=np.float64)
+    best = int(values.argmax())
+    preferred = float(values[best])
+    orthogonal = []
+    for turn in (90.0, -90.0):
+        target = angles[best] + turn
+        distance = np.abs((angles - target + 180) % 360 - 180)
+        orthogonal.append(float(values[int(distance.argmin())]))
+    orth = float(np.mean(orthogonal))
+    return (preferred - orth) / (preferred + orth) if preferred + orth > 0 else 0.0
+
+
 def half_width(curve: np.ndarray, step: float) -> float | None:
     """Half-width at half maximum of a circular tuning curve in degrees (samples ``step`` apart), on the
     rectified responses: from the peak to where the curve falls halfway to its minimum, averaged over both
@@ -421,13 +499,22 @@ def family_figures(family: Family, values: np.ndarray, top: float | None, lines:
         # How much of the unit's real drive the best stimulus reaches: its peak over the top example's activation.
         "drive": round(peak / top, 3) if top and top > 0 else None,
     }
-    selectivity = figures["resultant_length"] * min(1.0, figures["drive"] if figures["drive"] is not None else 1.0)
+    # Read from the tuning curve alone: the orientation selectivity index (the response at the preferred orientation
+    # against the mean at the two orthogonal ones); for hues, which have no orthogonal, the resultant length. The
+    # drive is a figure beside it, not a factor.
+    if angle.name == "orientation":
+        figures["osi"] = round(orientation_selectivity(curve, angle.values), 4)
+        selectivity = figures["osi"]
+    else:
+        selectivity = figures["resultant_length"]
     if family.name == "curves" and lines is not None:
         line_peak = float(np.maximum(lines, 0).max())
         figures["line_peak"] = round(float(lines.max()), 4)
         figures["curve_over_line"] = round(peak / line_peak, 3) if line_peak > 0 else None
-        # Curve detectors answer curves more than lines: weigh by the curve's share of the two peaks.
-        selectivity *= peak / (peak + line_peak) if peak + line_peak > 0 else 0.0
+        # Curve Detectors' curve neurons answer curves more than any line: a unit whose best line reaches its best
+        # curve is a line (or edge) detector, whatever its curve tuning looks like.
+        if peak <= line_peak:
+            selectivity = 0.0
     return {"preferred": preferred, "figures": figures, "selectivity": round(selectivity, 4)}
 
 

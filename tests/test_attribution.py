@@ -43,7 +43,7 @@ def test_integrated_gradients_are_complete(tiny_net, tiny_images: Path) -> None:
     image = _images(tiny_images, tiny_net.spec, 1)[0]
     logits = tiny_net.logits_layer.name
     values, params = attribute(tiny_net, image, Target(logits, 3), "integrated_gradients")
-    assert values.shape == image.shape[1:] and (values >= 0).all() and params["change"] != 0
+    assert values.shape == image.shape[1:] and params["change"] != 0
     assert abs(params["sum"] - params["change"]) <= 0.01 * abs(params["change"]), params
     # A unit behind more ReLU kinks: the sum closes on the change as the path's steps grow.
     errors = []
@@ -70,8 +70,12 @@ def test_a_unit_reading_the_left_half_gets_no_attribution_on_the_right(detectors
 def test_grad_cam_of_a_class_and_of_a_unit(tiny_net, tiny_images: Path) -> None:  # noqa: ANN001
     image = _images(tiny_images, tiny_net.spec, 1)[0]
     logits = tiny_net.logits_layer.name
-    cam, params = attribute(tiny_net, image, Target(logits, 7), "grad_cam")
-    assert cam.shape == image.shape[1:] and (cam >= 0).all() and params["layer"] == "res2"  # the last conv layer
+    maps = attribute_maps(tiny_net, image, Target(logits, 7), "grad_cam")
+    cam, params = maps.shown, maps.params
+    assert cam.shape == image.shape[1:] and params["layer"] == "res2"  # the last conv layer
+    assert np.array_equal(cam, np.maximum(maps.signed, 0))  # the shown map is the signed one's ReLU
+    mixed = [attribute_maps(tiny_net, image, Target(logits, c), "grad_cam", cam_layer="mixed") for c in range(12)]
+    assert any(m.signed.min() < 0 < m.signed.max() and m.shown.min() == 0 for m in mixed)  # where the ReLU cuts
     at, params = attribute(tiny_net, image, Target(logits, 7), "grad_cam", cam_layer="mixed")
     assert params["layer"] == "mixed" and not np.allclose(at, cam)
     unit, params = attribute(tiny_net, image, Target("res1", 2, 1, 1), "grad_cam")
@@ -102,6 +106,13 @@ def test_the_randomization_test_decorrelates_the_gradient_maps_and_not_the_contr
     assert last["high"] < DECORRELATED, last  # every weight random: the gradient no longer follows the model
     again = attribute_maps(tiny_net, images[0], Target(logits, 1), "gradient")
     assert np.array_equal(again.signed, real.signed)  # the real network is left as it was
+
+
+def test_both_sides_name_the_same_probe_methods() -> None:
+    from app.attribution import PROBE_METHODS
+    from precompute.attribution import METHODS
+
+    assert PROBE_METHODS == METHODS
 
 
 def test_degenerate_maps_are_counted_never_scored() -> None:
@@ -137,12 +148,15 @@ def test_the_criterion_reads_the_top_layers_against_the_control() -> None:
     assert late.passes is False and "treat with care" in late.text
     # Below 0.5 but inside the control's interval: not told apart from it.
     assert judge("gradient", _cascade([0.44, 0.44, 0.1, 0.1, 0.1, 0.1]), _cascade([0.6, 0.55, 0.1, 0, 0, 0], 0.1)).passes is False
+    wide = judge("grad_cam", _cascade([0.3, 0.35, 0.1, 0.1, 0.1, 0.1], width=0.3), control)  # [0.05, 0.65]
+    assert wide.passes is None and "straddles" in wide.text
     degenerate = judge("grad_cam", _cascade([0.3, None, 0.1, 0.1, 0.1, 0.1]), control)
     assert degenerate.passes is None and "constant or non-finite" in degenerate.text
     assert judge("gradient", _cascade([0.3, 0.2, 0.1, 0.1, 0.1, 0.1]), None).passes is None
     blind = judge("gradient", _cascade([0.3, 0.2, 0.1, 0.1, 0.1, 0.1]), _cascade([0.3, 0.2, 0.1, 0.1, 0.1, 0.1]))
     assert blind.passes is None and "cannot tell methods apart" in blind.text
     assert judge("guided_backprop", control, control).passes is False  # the control stays alike: as published
+    assert judge("guided_grad_cam", _cascade([0.6, 0.45, 0.1, 0, 0, 0], 0.2), control).passes is None
 
 
 def test_guided_backprop_reaches_functional_relus_of_a_traced_network(tmp_path: Path) -> None:
@@ -335,7 +349,19 @@ def test_a_unit_ablation_from_its_page_to_its_figures(client: TestClient, live: 
     done = client.get(url + ".json").json()["runs"][0]
     assert done["state"] == "done" and done["figures"]["images"] == 12
     figures = done["figures"]
-    assert 0 <= figures["ablated_top1"] <= figures["ablated_top5"] <= 1 and len(figures["classes"]) == 4
+    # The same figures computed here: the 12 images through the network with res2:5 zeroed where the next layers
+    # read it, against their folders' classes.
+    from precompute.ablation import editor
+
+    files = list_images(labelled)
+    frame, synsets = input_transform(spec), [label.synset for label in spec.classes]
+    with torch.no_grad():
+        logits = net.spliced("res2", editor("zero", [5]))(torch.stack([frame(load_rgb(f)) for f in files]))
+    truth = torch.tensor([synsets.index(f.path.split("/")[0]) for f in files])
+    top5 = logits.topk(5, dim=1).indices
+    assert figures["ablated_top1"] == pytest.approx(float((top5[:, 0] == truth).float().mean()), abs=1e-4)
+    assert figures["ablated_top5"] == pytest.approx(float((top5 == truth[:, None]).any(dim=1).float().mean()), abs=1e-4)
+    assert len(figures["classes"]) == 4
     assert client.post(url + ".json?mode=zero").status_code == 200  # stored: not queued again
     with Store.open(live) as store:  # the same recipe again: reused, not recomputed
         assert run_ablation(Stage(store, net, "w", torch.device("cpu"), progress=False), labelled,

@@ -139,21 +139,68 @@ def test_hand_written_detectors_prefer_what_they_detect(detectors) -> None:  # n
     assert edge["selectivity"] > family_figures(FAMILIES["edges"], edges[:, 2], top=None)["selectivity"]
 
 
+def _curve_example(spec, layer) -> torch.Tensor:  # noqa: ANN001
+    """A curve detector's "top example": a photo-sized image with a curve facing 90 degrees at (x 60, y 50)."""
+    image = draw(FAMILIES["curves"], [{"orientation": 90.0, "radius": CURVE_RADIUS, "polarity": 1.0}],
+                 placement(spec, layer), canvas=spec.input_size, centre=(60.0, 50.0))[0]
+    return torch.from_numpy(image).permute(2, 0, 1)
+
+
 def test_joint_tuning_of_a_curve_detector_peaks_unrotated(detectors) -> None:  # noqa: ANN001
     spec, cpu = detectors.spec, torch.device("cpu")
     layer = spec.layer("detect")
-    where = placement(spec, layer)
-    # Its "top example": a photo-sized image with its curve at (x 60, y 50).
-    image = draw(FAMILIES["curves"], [{"orientation": 90.0, "radius": CURVE_RADIUS, "polarity": 1.0}], where,
-                 canvas=spec.input_size, centre=(60.0, 50.0))[0]
-    example = torch.from_numpy(image).permute(2, 0, 1)
-    curve = joint_responses(detectors, spec, layer, [(3, example, 50, 60)], cpu)[3]
+    curve = joint_responses(detectors, spec, layer, [(3, _curve_example(spec, layer), 50, 60)], cpu)[3]
     assert len(curve) == len(ROTATIONS) and int(curve.argmax()) == 0
     assert curve[0] > curve[len(ROTATIONS) // 2]  # upside down, it no longer fits
 
 
+def test_the_curve_family_answers_rotations_of_one_units_examples_as_curve_detectors_defines_it(
+        tmp_path: Path) -> None:
+    """A hand-built family of four curve detectors facing 0, 90, 180 and 270 degrees: rotating the 90-degree unit's
+    example by r makes the unit facing 90 + r answer most (Curve Detectors' joint tuning of the family). The curve
+    selectivity, read from the curves alone, ranks them above a line detector, which gets none."""
+    from precompute.models import seeded_state_dict
+    from precompute.tuning import family_joint_responses
+
+    state = seeded_state_dict(DETECTORS, 0)
+    kernels = [_curve(angle, CURVE_RADIUS * SIDE) for angle in (0, 90, 180, 270)]
+    key = next(name for name in state if name.endswith("detect.weight"))
+    state[key] = torch.tensor(np.stack([np.stack([k] * 3) for k in kernels]), dtype=torch.float32)
+    state[key.replace("weight", "bias")] = torch.zeros(4)
+    torch.save(state, tmp_path / "family.pt")
+    family = load(DETECTORS, tmp_path / "family.pt").net
+    spec, cpu = family.spec, torch.device("cpu")
+    layer = spec.layer("detect")
+    curves = family_joint_responses(family, spec, layer, 1, [(_curve_example(spec, layer), 50, 60)], [0, 1, 2, 3], cpu)
+    for member, facing in enumerate((0, 90, 180, 270)):
+        assert ROTATIONS[int(curves[member].argmax())] == (facing - 90) % 360, (member, curves[member])
+    lines = responses(family, spec, layer, FAMILIES["lines"], cpu)
+    bent = responses(family, spec, layer, FAMILIES["curves"], cpu)
+    scores = [family_figures(FAMILIES["curves"], bent[..., u], top=None, lines=lines[..., u]) for u in range(4)]
+    assert [s["preferred"]["orientation"] for s in scores] == [0, 90, 180, 270]
+    assert all(s["selectivity"] == s["figures"]["osi"] > 0.5 for s in scores), [(s["selectivity"], s["figures"]) for s in scores]
+
+
+def test_a_line_detector_is_no_curve_detector(detectors) -> None:  # noqa: ANN001
+    spec, cpu = detectors.spec, torch.device("cpu")
+    layer = spec.layer("detect")
+    lines = responses(detectors, spec, layer, FAMILIES["lines"], cpu)
+    curves = responses(detectors, spec, layer, FAMILIES["curves"], cpu)
+    scores = [family_figures(FAMILIES["curves"], curves[..., u], top=None, lines=lines[..., u])["selectivity"]
+              for u in range(4)]
+    assert scores[2] == 0 and scores[3] == max(scores) > 0.5, scores  # the line at 45 degrees; the curve at 90
+
+
 def test_figures() -> None:
+    from precompute.tuning import orientation_selectivity
+
     angles = np.arange(0, 360, 15.0)
+    two_lobes = np.maximum(np.cos(np.radians(2 * (angles - 30))), 0)  # peaks at 30 and 210, silent at 120 and 300
+    assert orientation_selectivity(two_lobes, angles) == pytest.approx(1) and resultant(two_lobes, angles, 360) < 0.05
+    assert orientation_selectivity(np.ones(24), angles) == 0
+    half = 1 + 0 * angles
+    half[angles == 90] = 3  # 3 at the preference, 1 orthogonally: (3 - 1) / (3 + 1)
+    assert orientation_selectivity(half, angles) == pytest.approx(0.5)
     flat = np.ones(24)
     assert resultant(flat, angles, 360) == pytest.approx(0, abs=1e-9) and half_width(flat, 15) is None
     peaked = np.maximum(np.cos(np.radians(angles - 90)), 0)

@@ -20,6 +20,7 @@ from PIL import Image
 from app import urls
 from app.main import create_app
 from app.settings import Settings
+from app.store import Store
 from app.zoo import ModelSpec
 from tests.test_cli import microscope
 
@@ -364,8 +365,25 @@ def test_a_link_to_microscopes_inceptionv1_says_what_it_is_and_what_is_held(clie
     assert "kind" not in client.get("/models/nosuchnet.json").json()
 
 
-def test_the_model_page_shows_the_registry_notes(client: httpx.Client) -> None:
-    assert client.get(urls.model("inceptionv1_caffe", json=True)).json()["notes"] == []
+def test_the_model_page_shows_the_registry_notes(tmp_path: Path) -> None:
+    """A registry model with notes (SqueezeNet's logits are a pooled ReLU) shows them, in the JSON and on the page."""
+    from app.zoo import REGISTRY
+    from precompute.catalog import catalog
+    from precompute.models import build
+
+    notes = list(REGISTRY["squeezenet1_1_caffe"].notes)
+    assert notes
+    settings = Settings.load(tmp_path / "data")
+    with Store.open(settings, create=True) as store:
+        catalog(store, build("squeezenet1_1_caffe").spec)
+    with TestClient(create_app(settings)) as local:
+        assert local.get(urls.model("squeezenet1_1_caffe", json=True)).json()["notes"] == notes
+        assert "global average of conv10" in local.get(urls.model("squeezenet1_1_caffe")).text
+
+
+def test_a_microscope_link_to_a_layer_that_exists_under_neither_name_is_not_redirected(client: httpx.Client) -> None:
+    assert client.get("/models/inceptionv1_caffe/mixed9z_0/1").status_code == 404
+    assert client.get("/models/inceptionv1_caffe/mixed9z_0").status_code == 404
 
 
 def test_unit_pages_have_a_tuning_section_with_plots_stimuli_and_numbers(client: httpx.Client) -> None:
@@ -397,9 +415,18 @@ def test_unit_pages_have_a_tuning_section_with_plots_stimuli_and_numbers(client:
     page, data = _both(client, urls.unit("inceptionv1_caffe", "conv2d1", 3), urls.unit("inceptionv1_caffe", "conv2d1", 3, json=True))
     joint = data["tuning"]["families"]
     assert "Joint tuning" in page.text and all(f["plot_url"] in page.text for f in joint)
-    assert [f["family"] for f in joint] == ["curves", "lines", "edges", "gratings", "colours", "joint"]
-    assert len(joint[-1]["responses"]) == 24 and joint[-1]["stimulus_url"] is None
-    assert b"rotation of its top example" in client.get(joint[-1]["plot_url"]).content
+    assert [f["family"] for f in joint][:6] == ["curves", "lines", "edges", "gratings", "colours", "joint"]
+    assert len(joint[5]["responses"]) == 24 and joint[5]["stimulus_url"] is None
+    assert b"rotation of its top example" in client.get(joint[5]["plot_url"]).content
+    # The curve family's joint tuning (Curve Detectors): its most curve-selective units answering rotations of the
+    # most selective one's examples, each with where it should peak if the family tiles orientation.
+    family = client.get(urls.tuning_family("inceptionv1_caffe", "conv2d1", "joint_curves", json=True)).json()
+    curves_ranked = client.get(urls.tuning_family("inceptionv1_caffe", "conv2d1", "curves", json=True)).json()["units"]
+    members = {u["unit"] for u in family["units"]}
+    assert members == {u["unit"] for u in curves_ranked if u["selectivity"] > 0}.intersection(
+        u["unit"] for u in curves_ranked[:10]) and len(members) == 10
+    assert {u["figures"]["reference"] for u in family["units"]} == {curves_ranked[0]["unit"]}
+    assert all(len(u["preferred"]) == 1 and "expected_rotation" in u["figures"] for u in family["units"])
 
 
 def test_a_unit_without_tuning_says_it_is_coming_and_how(client: httpx.Client) -> None:

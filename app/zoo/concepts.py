@@ -35,6 +35,8 @@ from dataclasses import dataclass, replace
 from functools import cache
 from pathlib import Path
 
+import numpy as np
+
 HIERARCHY_FILE = Path(__file__).with_name("imagenet_hierarchy.json")
 #: The rules (stored in each labels run's recipe).
 LABELS = 3
@@ -124,13 +126,17 @@ def candidates(top_classes: list[str | None], base: Counter[str], images: int, h
     known = [wnid for wnid in top_classes if hierarchy.knows(wnid)]
     if not known or not images:
         return []
+    counts = hierarchy.concept_counts(known)
+    concepts = list(counts)
+    drawn = np.array([counts[c] for c in concepts])
+    present = np.minimum(np.array([base[c] for c in concepts]), images)
+    p_values = hypergeom.sf(drawn - 1, images, present, len(known))  # one vectorized call per unit
     found = []
-    for concept, count in hierarchy.concept_counts(known).items():
-        coverage, rate = count / len(known), base[concept] / images
+    for concept, count, under, p in zip(concepts, drawn.tolist(), present.tolist(), p_values.tolist()):
+        coverage, rate = count / len(known), under / images
         lift = coverage / rate if rate else math.inf
-        p = float(hypergeom.sf(count - 1, images, min(base[concept], images), len(known))) if rate else 0.0
         found.append(Label(concept, hierarchy.names[concept], count, len(known), round(coverage, 4), round(rate, 5),
-                           round(lift, 3), round(coverage * math.log2(lift), 4) if lift > 0 else -math.inf, p, None))
+                           round(lift, 3), round(coverage * math.log2(lift), 4), float(p) if rate else 0.0, None))
     return found
 
 
