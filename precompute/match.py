@@ -139,20 +139,26 @@ def above_null(best: Tensor, maxima: Tensor, names: Sequence[tuple[str, int]],
 
 
 def reestimate_batchnorm(net: Network, root: Path, device: torch.device, batch: int = 32) -> None:
-    """Give every BatchNorm of ``net`` the running statistics of the images under ``root`` (a cumulative average over
-    one pass, the rest of the network in eval mode): a random-weight copy then normalizes as a trained one would
+    """Give every BatchNorm of ``net`` the running statistics of the images under ``root`` (an average over one pass
+    weighted by each batch's images, the rest of the network in eval mode): a random-weight copy then normalizes as a trained one would
     on those images, instead of by the made-up statistics its initializer leaves."""
     norms = [module for module in net.modules() if isinstance(module, torch.nn.modules.batchnorm._BatchNorm)]
     if not norms:
         return
-    for norm in norms:
-        norm.reset_running_stats()
-        norm.momentum = None  # a cumulative average over every batch
-        norm.train()
+    loaded = [images.images for images in batches(list_images(root), input_transform(net.spec), batch) if images.indices]
+    if not loaded:
+        raise MicroscopeError(f"no image under {root} could be read")
     with torch.no_grad():
-        for images in batches(list_images(root), input_transform(net.spec), batch):
-            if images.indices:
-                net(images.images.to(device))
+        net(loaded[0][:1].to(device))  # builds a traced network's graphs first: building one puts its modules in eval
+        for norm in norms:
+            norm.reset_running_stats()
+            norm.train()
+        seen = 0
+        for images in loaded:
+            for norm in norms:  # a running average weighted by images: the mean over every image of the pass
+                norm.momentum = len(images) / (seen + len(images))
+            net(images.to(device))
+            seen += len(images)
     for norm in norms:
         norm.eval()
 

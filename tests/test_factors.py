@@ -382,6 +382,28 @@ def test_two_copies_match_unit_to_unit_and_a_permuted_copy_recovers_the_permutat
     assert "Nearest units in other models" in client.get(f"/models/{a.spec.name}/second/3").text
 
 
+def test_a_random_copys_batchnorm_statistics_are_those_of_the_images(images: Path, tmp_path: Path) -> None:
+    """`reestimate_batchnorm`: every BatchNorm's running mean and variance become those of its input over the images
+    (one cumulative pass), as a trained network's would be, not the initializer's 0 and 1."""
+    from precompute.match import reestimate_batchnorm
+    from tests.tiny_model import write_weights
+
+    write_weights(tmp_path / "tiny.pt", seed=3)
+    net = load("tests.tiny_model:tiny", tmp_path / "tiny.pt").net
+    norm = net.module.stem[1]
+    with torch.no_grad():
+        norm.running_mean.zero_()
+        norm.running_var.fill_(1.0)
+    seen = []
+    handle = norm.register_forward_pre_hook(lambda module, inputs: seen.append(inputs[0].detach().clone()))
+    reestimate_batchnorm(net, images, CPU)
+    handle.remove()
+    values = torch.cat(seen[1:]).transpose(0, 1).flatten(1)  # channels x (images * positions); [0]: its warm-up
+    assert torch.allclose(norm.running_mean, values.mean(dim=1), rtol=1e-4, atol=1e-6)
+    assert torch.allclose(norm.running_var, values.var(dim=1), rtol=0.1)  # the batches' variances averaged (no between-batch part)
+    assert not norm.training and not net.training
+
+
 def test_the_universality_null_is_chance_for_unrelated_units() -> None:
     """Units of two independent random models: their best matches sit at the null's level (about 1% above its 99th
     percentile); units that are noisy copies of the first model's stand far above it, pooled and position-wise."""
