@@ -156,13 +156,13 @@ def sanity_svg(cascades: str, threshold: float) -> bytes:
             judged = shown[0]["judged_step"] - 1
             axes.axvline(judged, color=FAINT, linewidth=0.8)
             axes.axhline(threshold, color=FAINT, linewidth=0.8, linestyle=":")
-            axes.text(judged, 1.02, " judged here", color=FAINT, va="bottom", ha="left", fontsize=7)
-            axes.set_ylim(-0.2, 1.05)
+            axes.text(judged, -0.45, " judged here", color=FAINT, va="bottom", ha="left", fontsize=7)
+            axes.set_ylim(-0.5, 1.05)
             axes.set_xticks(x, names, rotation=45, ha="right", fontsize=7)
             axes.set_ylabel("rank correlation")
             axes.set_title(f"target: each image's {'top class' if kind == 'class' else 'most active deep unit'}; "
                            "re-initialized down to ...", loc="left")
-            axes.legend(fontsize=6.5, frameon=False, loc="lower left")
+            axes.legend(fontsize=6.5, frameon=False, loc="upper left", bbox_to_anchor=(1.0, 1.0))
             axes.spines[["top", "right"]].set_visible(False)
         figure.tight_layout()
         out = io.BytesIO()
