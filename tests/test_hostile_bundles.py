@@ -137,7 +137,9 @@ CASES: dict[str, tuple[Callable[[Path, Members, Path], Path], str]] = {
     "a value of the wrong type": (lambda p, m, t: _write(p, _edit_database(m, "UPDATE units SET \"index\" = 'x' WHERE id = 2;", t)),
                                   "that are not INTEGER"),
     "a missing blob": (lambda p, m, t: _write(p, {k: v for k, v in m.items() if k != _blob(m)}), "which the archive lacks"),
-    "a corrupt blob": (lambda p, m, t: _write(p, {**m, _blob(m): m[_blob(m)][:-1] + b"\0"}), "does not match its key"),
+    # The last byte flipped (set to 0 it could already be 0: a WebP's padding).
+    "a corrupt blob": (lambda p, m, t: _write(p, {**m, _blob(m): m[_blob(m)][:-1] + bytes([m[_blob(m)][-1] ^ 0xFF])}),
+                       "does not match its key"),
     "an unlisted blob": (lambda p, m, t: _write(p, {**m, "blobs/" + hashlib.sha256(b"x").hexdigest() + ".png": b"x"},
                                                 fix=False), "not those its manifest lists"),
     "a manifest that is not JSON": (lambda p, m, t: _write(p, {**m, "manifest.json": b"{"}, fix=False), "not JSON"),
