@@ -55,7 +55,7 @@ def caricature(net: Network, image: Tensor, layer: str, size: int, steps: int, s
     device = torch.device(device)
     target_image = F.interpolate(image[None].float(), size=(size, size), mode="area").clamp(0, 1).to(device)
     generator = torch.Generator().manual_seed(seed)
-    params, image_fn = PARAMETERIZATIONS["fourier"](size)(1, [generator], device)
+    params, image_fn = PARAMETERIZATIONS["fourier"](size, channels=net.spec.channels)(1, [generator], device)
     optimizer = torch.optim.Adam(params, lr=learning_rate)
     draws = torch.Generator().manual_seed(seed ^ 0x5EED)
 

@@ -8,6 +8,7 @@ They register onto the torch-free command in `app.cli` (entry point group
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -48,6 +49,18 @@ WeightsOption = Annotated[
     typer.Option("--weights", envvar="MICROSCOPE_WEIGHTS",
                  help="The model's weights: a folder of raw Caffe files, a .tflite, a state dict, inceptionv1's "
                       ".pth/.pb/.zip (default: ../shared/models, else the pinned download, checked)."),
+]
+def _trust_pickle(value: bool) -> bool:
+    if value:  # read where the weights are loaded (`precompute.models.traced.TRUST_PICKLE`), in this process
+        os.environ["MICROSCOPE_TRUST_PICKLE"] = "1"
+    return value
+
+
+TrustPickleOption = Annotated[
+    bool,
+    typer.Option("--trust-pickle", envvar="MICROSCOPE_TRUST_PICKLE", callback=_trust_pickle,
+                 help="Load --weights that are a whole pickled module (torch.save(model)): unpickling runs any code "
+                      "the file holds, so only for a file you made. A state dict needs no trust."),
 ]
 NamesOption = Annotated[
     Optional[Path],
@@ -115,6 +128,7 @@ def _stage(model: str, weights: Path | None, names: Path | None, device: str, da
 
 @precompute_cli.command("catalog")
 def precompute_catalog(model: ModelOption = DEFAULT_MODEL, shard: ShardOption = None, weights: WeightsOption = None,
+                       trust_pickle: TrustPickleOption = False,
                        names: NamesOption = None, data: DataOption = None, database_url: DatabaseOption = None) -> None:
     """Write the model, layer and unit rows (with class names and geometry); idempotent."""
     from precompute.catalog import catalog
@@ -142,6 +156,7 @@ def precompute_examples(
     ray: RayOption = None,
     tasks: TasksOption = 0,
     weights: WeightsOption = None,
+    trust_pickle: TrustPickleOption = False,
     names: NamesOption = None,
     data: DataOption = None,
     database_url: DatabaseOption = None,
@@ -218,6 +233,7 @@ def precompute_vis(
     ray: RayOption = None,
     tasks: TasksOption = 0,
     weights: WeightsOption = None,
+    trust_pickle: TrustPickleOption = False,
     names: NamesOption = None,
     data: DataOption = None,
     database_url: DatabaseOption = None,
@@ -249,6 +265,7 @@ def precompute_dream(
     seed: Annotated[int, typer.Option(help="Base seed; each layer's seed derives from it and the layer.")] = 0,
     device: DeviceOption = "auto",
     weights: WeightsOption = None,
+    trust_pickle: TrustPickleOption = False,
     names: NamesOption = None,
     data: DataOption = None,
     database_url: DatabaseOption = None,
@@ -283,6 +300,7 @@ def precompute_tuning(
     ray: RayOption = None,
     tasks: TasksOption = 0,
     weights: WeightsOption = None,
+    trust_pickle: TrustPickleOption = False,
     names: NamesOption = None,
     data: DataOption = None,
     database_url: DatabaseOption = None,
@@ -337,6 +355,7 @@ def precompute_factors(
     images: ImagesOption = None,
     device: DeviceOption = "auto",
     weights: WeightsOption = None,
+    trust_pickle: TrustPickleOption = False,
     names: NamesOption = None,
     data: DataOption = None,
     database_url: DatabaseOption = None,
@@ -370,6 +389,7 @@ def precompute_modules(
     shuffles: Annotated[int, typer.Option(min=1, help="Shuffles of the weights the clustering is compared with.")] = 100,
     network: Annotated[bool, typer.Option("--network/--no-network", help="Also the whole network as one graph.")] = True,
     weights: WeightsOption = None,
+    trust_pickle: TrustPickleOption = False,
     names: NamesOption = None,
     data: DataOption = None,
     database_url: DatabaseOption = None,
@@ -405,6 +425,7 @@ def precompute_sanity(
     images: ImagesOption = None,
     device: DeviceOption = "auto",
     weights: WeightsOption = None,
+    trust_pickle: TrustPickleOption = False,
     names: NamesOption = None,
     data: DataOption = None,
     database_url: DatabaseOption = None,
@@ -472,6 +493,7 @@ def precompute_circuits(
     ray: RayOption = None,
     tasks: TasksOption = 0,
     weights: WeightsOption = None,
+    trust_pickle: TrustPickleOption = False,
     names: NamesOption = None,
     data: DataOption = None,
     database_url: DatabaseOption = None,
@@ -508,6 +530,7 @@ def precompute_all(
     ray: RayOption = None,
     tasks: TasksOption = 0,
     weights: WeightsOption = None,
+    trust_pickle: TrustPickleOption = False,
     names: NamesOption = None,
     data: DataOption = None,
     database_url: DatabaseOption = None,
@@ -536,7 +559,7 @@ def precompute_all(
     with _stage(model, weights, names, device, data, database_url, create=True, ray=ray, tasks=tasks) as runner:
         stage = runner.stage
         spec = stage.spec
-        renders = _default_renders(spec, stage.net.logits_layer, vis_layer, vis_units, vis_class,
+        renders = _default_renders(spec, spec.logits, vis_layer, vis_units, vis_class,
                                    Defaults(steps, early_steps, size), batch)
         added = catalog(stage.store, spec, weights_sha256=stage.weights_sha256)
         typer.echo(f"catalog: {added.layers_added} layers, {added.units_added} units added")
@@ -584,10 +607,11 @@ def _default_renders(spec: Any, logits: Any, vis_layer: str, vis_units: str, vis
                   techniques=("channel",), steps=defaults.steps, **common),
         VisConfig(layers=(showcase,), units=units_per_layer([showcase], vis_units, explicit=True),
                   techniques=tuple(t for t in TECHNIQUES if t != "pixels"), steps=defaults.steps, **common),
+    ] + ([] if logits is None else [  # a backbone has no class to render
         VisConfig(layers=(logits,), units={logits.name: parse_units(str(min(vis_class, logits.channels - 1)),
                                                                     logits.channels)},
                   techniques=("channel", "pixels"), steps=defaults.steps, **common),
-    ]
+    ])
 
 
 def _showcase_layer(spec: Any) -> str:
@@ -634,6 +658,7 @@ def worker(
              "server beside it.")] = True,
     device: DeviceOption = "auto",
     weights: WeightsOption = None,
+    trust_pickle: TrustPickleOption = False,
     names: NamesOption = None,
     data: DataOption = None,
     database_url: DatabaseOption = None,
@@ -671,6 +696,7 @@ def worker(
 def model_eval(
     model: ModelOption = DEFAULT_MODEL,
     weights: WeightsOption = None,
+    trust_pickle: TrustPickleOption = False,
     names: NamesOption = None,
     images: ImagesOption = None,
     batch: Annotated[int, typer.Option(min=1, help="Images per forward pass.")] = 50,

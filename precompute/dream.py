@@ -17,14 +17,13 @@ import torch
 from sqlalchemy import select
 
 from app.store import Layer, LayerArtifact
-from app.zoo import LayerSpec
+from app.zoo import LayerSpec, ModelSpec
 from precompute.optvis import objectives
 from precompute.optvis.param import PARAMETERIZATIONS
 from precompute.optvis.render import render
-from precompute.optvis.transform import STANDARD
 from precompute.runs import catalogued_model, digested, finish_run, progress_bar, replace_rows, start_run
 from precompute.stage import Stage
-from precompute.vis import VisConfig, encode_render, recipe, unit_seed
+from precompute.vis import VisConfig, encode_render, fitted, recipe, unit_seed
 
 DEEP_DREAM = "deep_dream"
 
@@ -35,9 +34,9 @@ class DreamResult:
     skipped: int = 0
 
 
-def dream_recipe(config: VisConfig, layer: LayerSpec, weights_sha256: str, device: torch.device) -> dict:
+def dream_recipe(config: VisConfig, spec: ModelSpec, layer: LayerSpec, weights_sha256: str, device: torch.device) -> dict:
     """The channel renders' recipe with the layer objective; its digest decides whether a stored image is reused."""
-    params = {key: value for key, value in recipe(config, layer, DEEP_DREAM, weights_sha256, device).items()
+    params = {key: value for key, value in recipe(config, spec, layer, DEEP_DREAM, weights_sha256, device).items()
               if key != "recipe_sha256"}
     params.update(objective="mean over channels and positions of the squared ReLU output (Lucid's deepdream)")
     return digested(params)
@@ -54,7 +53,7 @@ def run_deep_dream(stage: Stage, layers: Sequence[LayerSpec], config: VisConfig)
     result = DreamResult()
     todo = []
     for layer in (layer for layer in layers if layer.kind != "logits"):
-        params = dream_recipe(config, layer, weights_sha256, device)
+        params = dream_recipe(config, spec, layer, weights_sha256, device)
         if (layer_ids[layer.name], params["recipe_sha256"]) in stored:
             result.skipped += 1
         else:
@@ -68,8 +67,10 @@ def run_deep_dream(stage: Stage, layers: Sequence[LayerSpec], config: VisConfig)
     bar = progress_bar(total=len(todo), unit="layer", desc="deep dream", enabled=stage.progress)
     for layer, params in todo:
         seed = unit_seed(config.seed, layer.name, 0, DEEP_DREAM)
-        rendered = render(net, objectives.deepdream(layer.name), PARAMETERIZATIONS["fourier"](config.size), [seed],
-                          STANDARD, steps=config.steps, device=device, learning_rate=config.learning_rate,
+        sized = fitted(spec, config)
+        rendered = render(net, objectives.deepdream(layer.name),
+                          PARAMETERIZATIONS["fourier"](sized.size, channels=spec.channels), [seed],
+                          sized.transforms, steps=config.steps, device=device, learning_rate=config.learning_rate,
                           precision=config.precision)
         pixels = (rendered.images.clamp(0, 1).permute(0, 2, 3, 1).numpy() * 255).round().astype(np.uint8)
         key = store.blobs.put(encode_render(pixels[:1]), "webp")

@@ -45,9 +45,13 @@ class LabelsResult:
 def run_labels(store: Store, spec: ModelSpec, root: Path, layers: Sequence[LayerSpec],
                shard: tuple[int, int] = (0, 1)) -> LabelsResult:
     """Label every unit of ``layers`` (shard i of n: layers i, i+n, ...) from the examples of the images at ``root``."""
-    hierarchy = Hierarchy.load()
     files = list_images(root, spec)
     classes = [image_class(file.path) for file in files]
+    hierarchy = Hierarchy.load()
+    flat = not any(hierarchy.knows(wnid) for wnid in classes)
+    if flat:  # no folder is an ImageNet synset: the folders' own names, as flat concepts
+        classes = [image_class(file.path, any_folder=True) for file in files]
+        hierarchy = Hierarchy.flat(wnid for wnid in classes if wnid)
     known = sum(hierarchy.knows(wnid) for wnid in classes)
     base = hierarchy.concept_counts(wnid for wnid in classes if wnid)
     with store.session() as session:
@@ -62,12 +66,14 @@ def run_labels(store: Store, spec: ModelSpec, root: Path, layers: Sequence[Layer
         with store.session() as session:
             examples = _top_examples(session, model.id, dataset.id, layer)
         recipe = digested({"algorithm": LABELS_ALGORITHM, "layer": layer.name, "rules": rules(),
+                           **({"concepts": f"the image folders' names, flat (sha256 {hierarchy.digest[:12]})"}
+                              if flat else {}),
                            "dataset_fingerprint": dataset.fingerprint, "examples_recipes": sorted(examples.recipes)})
         if recipe["recipe_sha256"] in done:
             result.layers_reused += 1
             continue
         rows = []
-        by_unit = {unit_id: [image_class(path) for path in dict.fromkeys(paths)]  # distinct images
+        by_unit = {unit_id: [image_class(path, any_folder=flat) for path in dict.fromkeys(paths)]  # distinct images
                    for unit_id, paths in examples.by_unit.items()}
         result.before_null[layer.name] = sum(
             bool(found) for found in label_layer(by_unit, base, known, hierarchy, alpha=None).values())

@@ -377,8 +377,7 @@ def render_group(stage: Stage, probe_id: str, layer_name: str, group: int, defau
     from precompute.optvis import objectives
     from precompute.optvis.param import PARAMETERIZATIONS
     from precompute.optvis.render import render
-    from precompute.optvis.transform import STANDARD
-    from precompute.vis import encode_render, on_demand_config, recipe, unit_seed
+    from precompute.vis import encode_render, fitted, on_demand_config, recipe, unit_seed
 
     store, spec = stage.store, stage.spec
     layer = spec.layer(layer_name)
@@ -396,13 +395,14 @@ def render_group(stage: Stage, probe_id: str, layer_name: str, group: int, defau
             return False
     config = on_demand_config(layer, [group], "channel", defaults, batch=1)
     seed = unit_seed(config.seed, layer_name, group, "group")
-    params = {key: value for key, value in recipe(config, layer, "channel", stage.weights_sha256, stage.device).items()
+    params = {key: value for key, value in recipe(config, stage.spec, layer, "channel", stage.weights_sha256, stage.device).items()
               if key != "recipe_sha256"}
     params = digested({**params, "technique": "group", "activation": f"Lucid's direction objective on {layer_name} "
                        "after its ReLU, averaged over positions (the probe's neuron group)",
                        "probe_algorithm": PROBE_ALGORITHM, "unit_seeds": [seed]})
     rendered = render(stage.net, objectives.direction(layer_name, torch.tensor([vector])),
-                      PARAMETERIZATIONS[params["parameterization"]](config.size), [seed], STANDARD, steps=config.steps,
+                      PARAMETERIZATIONS[params["parameterization"]](params["size"], channels=stage.spec.channels), [seed],
+                      fitted(stage.spec, config).transforms, steps=config.steps,
                       device=stage.device, learning_rate=config.learning_rate, precision=config.precision, poll=poll)
     pixels = (rendered.images.clamp(0, 1).permute(0, 2, 3, 1).numpy() * 255).round().astype(np.uint8)
     key = store.blobs.put(encode_render(pixels), "webp")

@@ -30,7 +30,7 @@ from precompute.optvis import objectives
 from precompute.optvis.objectives import Objective
 from precompute.optvis.param import PARAMETERIZATIONS
 from precompute.optvis.render import LEARNING_RATE, STEPS, Precision, render, resolve_precision
-from precompute.optvis.transform import STANDARD
+from precompute.optvis.transform import Fit, fit
 from precompute.recipes import ON_DEMAND, Defaults
 from precompute.runs import catalogued_model, digested, finish_run, progress_bar, replace_rows, share, start_run, unit_ids
 from precompute.stage import Stage
@@ -135,29 +135,40 @@ def _activation(technique: str, layer: LayerSpec) -> str:
     return "pre-ReLU" if technique == "negative" else "ReLU (Lucid's redirected gradient)"
 
 
-def recipe(config: VisConfig, layer: LayerSpec, technique: str, weights_sha256: str, device: torch.device) -> dict:
+def fitted(spec: ModelSpec, config: VisConfig) -> Fit:
+    """The image side and transforms of ``config``'s renders of ``spec``'s network (`fit`)."""
+    return fit(spec.input_size, spec.fixed_input, config.size)
+
+
+def recipe(config: VisConfig, spec: ModelSpec, layer: LayerSpec, technique: str, weights_sha256: str,
+           device: torch.device) -> dict:
     """Everything that determines a unit's image; its digest decides whether a stored image is reused."""
+    sized = fitted(spec, config)
     params = {
         "algorithm": ALGORITHMS["vis"],
         "technique": technique,
         "layer": layer.name,
         "activation": _activation(technique, layer),
         "parameterization": parameterization_of(technique),
-        "decorrelated_color": True,
-        "size": config.size,
+        "decorrelated_color": spec.channels == 3,
+        "size": sized.size,
         # The side of the image the network sees: the parameterization at scale 1 plus the pad
         # that the jitters leave (Lucid); no upsampling.
-        "canvas": STANDARD.canvas(config.size),
+        "canvas": sized.transforms.canvas(sized.size),
         "steps": config.steps,
         "optimizer": "adam",
         "learning_rate": config.learning_rate,
-        "transforms": STANDARD.describe(),
+        "transforms": sized.transforms.describe(),
         "objective_reported": "under the transforms' centred view (pad, scale 1)",
         "encoding": ENCODING,
         "seed": config.seed,
         "precision": resolve_precision(config.precision, device),
         "weights_sha256": weights_sha256,
     }
+    if sized.note:
+        params["sizing"] = sized.note
+    if spec.channels != 3:
+        params["channels"] = f"{spec.channels}: a gray image (the network reads the luma), no colour decorrelation"
     if layer.factorization:
         params["factorization"] = layer.factorization
     if technique == "diversity":
@@ -206,7 +217,7 @@ def run_vis(stage: Stage, config: VisConfig, poll: Callable[[], None] | None = N
         stored = {tuple(row) for row in session.execute(select(Artifact.unit_id, Artifact.technique, Artifact.recipe_sha256))}
     result = VisResult()
     todo = []
-    for chunk in share(_chunks(config, weights_sha256, device), stage.shard):
+    for chunk in share(_chunks(config, spec, weights_sha256, device), stage.shard):
         units = [u for u in chunk.units if (ids[chunk.layer.name, u], chunk.technique, chunk.params["recipe_sha256"]) not in stored]
         result.skipped += len(chunk.units) - len(units)
         if units:
@@ -233,12 +244,12 @@ def run_vis(stage: Stage, config: VisConfig, poll: Callable[[], None] | None = N
     return result
 
 
-def _chunks(config: VisConfig, weights_sha256: str, device: torch.device) -> list[_Chunk]:
+def _chunks(config: VisConfig, spec: ModelSpec, weights_sha256: str, device: torch.device) -> list[_Chunk]:
     """Every chunk the config asks for, stored or not, in order (so shards number them alike)."""
     chunks = []
     for layer in config.layers:
         for technique in config.techniques:
-            params = recipe(config, layer, technique, weights_sha256, device)
+            params = recipe(config, spec, layer, technique, weights_sha256, device)
             per_batch = config.batch // DIVERSITY_IMAGES if technique == "diversity" else config.batch
             chosen = list(config.units[layer.name])
             chunks += [_Chunk(layer, technique, params, chosen[start:start + per_batch])
@@ -252,9 +263,10 @@ def _render(net: Network, spec: ModelSpec, chunk: _Chunk, config: VisConfig, dev
     layer, technique, units, copies = chunk.layer, chunk.technique, chunk.units, chunk.copies
     seeds = [unit_seed(config.seed, layer.name, unit, technique, copy) for unit in units for copy in range(copies)]
     vectors = net.direction_vectors(layer.name, units) if layer.is_derived else None  # type: ignore[operator]
+    sized = fitted(spec, config)
     rendered = render(
         net, objective_for(technique, layer, units, spec.spatial_source(layer).name, vectors),
-        PARAMETERIZATIONS[chunk.params["parameterization"]](config.size), seeds, STANDARD,
+        PARAMETERIZATIONS[chunk.params["parameterization"]](sized.size, channels=spec.channels), seeds, sized.transforms,
         steps=config.steps, device=device, learning_rate=config.learning_rate, precision=config.precision, poll=poll,
     )
     pixels = (rendered.images.clamp(0, 1).permute(0, 2, 3, 1).numpy() * 255).round().astype(np.uint8)

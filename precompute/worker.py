@@ -386,7 +386,7 @@ class Worker:
             if layer.name in self._complete:
                 continue
             config = on_demand_config(layer, [0], "channel", self.defaults)
-            digest = recipe(config, layer, "channel", self.stage.weights_sha256, self.stage.device)["recipe_sha256"]
+            digest = recipe(config, self.spec, layer, "channel", self.stage.weights_sha256, self.stage.device)["recipe_sha256"]
             missing = missing_units(self.store, self.spec, layer, "channel", digest)
             if not missing:
                 self._complete.add(layer.name)

@@ -137,3 +137,26 @@ def _layer_of(settings: Settings, unit_id: int) -> str:
     with Store.open(settings, readonly=True) as store, store.session() as session:
         name, index = session.execute(select(Layer.name, Unit.index).join(Unit).where(Unit.id == unit_id)).one()
     return f"{name}/{index}"
+
+
+def test_a_dataset_of_ones_own_classes_is_labelled_by_its_folder_names(tiny_net, tmp_path: Path) -> None:  # noqa: ANN001
+    """Folders that are not WordNet synsets (a researcher's own classes): each folder is a flat concept."""
+    from precompute.catalog import catalog
+    from precompute.examples import ExamplesConfig, run_examples
+    from precompute.labels import run_labels
+    from precompute.stage import Stage
+
+    images = _two_class_images(tmp_path / "images")
+    for wnid, name in ((GOLDEN, "reds"), (GOLDFISH, "blues")):
+        (images / wnid).rename(images / name)
+    settings = Settings.load(tmp_path / "store")
+    spec = tiny_net.spec
+    with Store.open(settings, create=True) as store:
+        catalog(store, spec)
+        run_examples(Stage(store, tiny_net, "w", torch.device("cpu"), progress=False), images,
+                     ExamplesConfig(layers=tuple(spec.layers), k=8, batch_size=8))
+        result = run_labels(store, spec, images, spec.layers)
+        with store.session() as session:
+            rows = session.scalars(select(UnitLabel)).all()
+    assert result.units_labelled > 0 and {row.name for row in rows} == {"reds", "blues"}
+    assert all(row.q is not None and row.q < 0.05 for row in rows)

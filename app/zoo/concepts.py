@@ -84,6 +84,13 @@ class Hierarchy:
         made = json.loads(data)
         return cls(made["synsets"], made["classes"], hashlib.sha256(data).hexdigest())
 
+    @classmethod
+    def flat(cls, classes: Iterable[str]) -> Hierarchy:
+        """Classes with no hierarchy (a dataset whose folders are not WordNet synsets): each class its own concept."""
+        names = sorted(set(classes))
+        return cls({name: {"name": name, "parents": []} for name in names}, names,
+                   hashlib.sha256("\n".join(names).encode()).hexdigest())
+
     @cache  # noqa: B019 - one hierarchy per process, loaded once
     def ancestors(self, wnid: str) -> frozenset[str]:
         """``wnid`` and every synset above it."""
@@ -109,10 +116,11 @@ class Hierarchy:
         return wnid is not None and wnid in self.parents
 
 
-def image_class(path: str) -> str | None:
-    """The ImageNet class (WordNet synset) an image's path names by its first folder, if any."""
+def image_class(path: str, any_folder: bool = False) -> str | None:
+    """The ImageNet class (WordNet synset) an image's path names by its first folder, if any; with ``any_folder``,
+    whatever the first folder is called (a dataset of one's own classes)."""
     head = path.split("/", 1)[0]
-    return head if "/" in path and _SYNSET.match(head) else None
+    return head if "/" in path and (any_folder or _SYNSET.match(head)) else None
 
 
 def candidates(top_classes: list[str | None], base: Counter[str], images: int, hierarchy: Hierarchy) -> list[Label]:

@@ -168,8 +168,8 @@ class ModelSpec:
     channel_order: Literal["RGB", "BGR"]
     #: Pixel value range before the mean is subtracted.
     value_range: tuple[float, float]
-    #: Per-channel mean subtracted from the pixels, in ``channel_order``.
-    mean: tuple[float, float, float]
+    #: Per-channel mean subtracted from the pixels, in ``channel_order`` (one value per input channel).
+    mean: tuple[float, ...]
     layers: tuple[LayerSpec, ...]
     classes: tuple[ClassLabel, ...]
     #: The BVLC-style folder of raw files; None where the network loads a state dict.
@@ -180,7 +180,13 @@ class ModelSpec:
     eval_framing: Literal["square", "short"] = "square"
     eval_interpolation: Literal["bilinear", "bicubic"] = "bilinear"
     #: Per-channel divisor applied after the mean, in ``channel_order`` (torchvision's normalization).
-    std: tuple[float, float, float] = (1.0, 1.0, 1.0)
+    std: tuple[float, ...] = (1.0, 1.0, 1.0)
+    #: Input channels: 3 (RGB, in ``channel_order``) or 1 (grayscale: the luma of the RGB images every stage
+    #: works with, ITU-R 601-2 as PIL's ``convert("L")``).
+    channels: int = 3
+    #: The network reads a map of fixed size somewhere (a ``Flatten`` then ``Linear`` over more than one
+    #: position): it takes exactly ``input_size`` px, so renders are cropped or padded to it.
+    fixed_input: bool = False
 
     def layer(self, name: str) -> LayerSpec:
         """The layer called ``name``; `UnknownLayer` names the nearest valid ones."""
@@ -205,6 +211,11 @@ class ModelSpec:
     @property
     def layer_names(self) -> tuple[str, ...]:
         return tuple(layer.name for layer in self.layers)
+
+    @property
+    def logits(self) -> LayerSpec | None:
+        """The classifier's output layer; None for a backbone (its output is a feature map)."""
+        return next((layer for layer in self.layers if layer.kind == "logits"), None)
 
     @property
     def main_layers(self) -> tuple[LayerSpec, ...]:

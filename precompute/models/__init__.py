@@ -81,14 +81,13 @@ def catalogued(model: str, weights: Path | None, names: Path | None = None) -> t
         from precompute.weight_files import Checksums
 
         return get_model(model), Checksums.of(get_model(model)).digest
-    spec = build(model, names).spec  # an unknown name fails here, before any download
+    net = build(model, names)  # an unknown name fails here, before any download
     if entry is not None:
-        return spec, sources.locate(entry, weights).digest
-    if weights is None or not weights.is_file():
+        return net.spec, sources.locate(entry, weights).digest
+    if weights is None:
         raise MicroscopeError(f"{model}: give its weights with --weights FILE (a state dict saved by torch.save)")
-    from precompute.weight_files import file_sha256
-
-    return spec, file_sha256(weights)
+    assert isinstance(net, TracedNetwork)
+    return net.spec, load_state_dict(net.module, weights)  # checked now, not at the first stage that runs it
 
 
 def describe(entry: Entry) -> Description:

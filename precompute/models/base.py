@@ -29,6 +29,9 @@ from app.errors import MicroscopeError
 from app.zoo import LayerSpec, ModelSpec
 from precompute.kernels import Kernel
 
+#: ITU-R 601-2 luma weights of R, G and B: how PIL's ``convert("L")`` reads a colour image as grayscale (a
+#: grayscale file read as RGB has R = G = B, so its luma is its own value).
+LUMA = (0.299, 0.587, 0.114)
 #: Receives each requested activation as soon as it is computed.
 Sink = Callable[[str, Tensor], None]
 
@@ -57,18 +60,26 @@ class Network(nn.Module):
         self.spec = spec
         channel_order = [2, 1, 0] if spec.channel_order == "BGR" else [0, 1, 2]
         self.register_buffer("channel_order", torch.tensor(channel_order), persistent=False)
-        self.register_buffer("mean", torch.tensor(spec.mean).view(1, 3, 1, 1), persistent=False)
-        self.register_buffer("std", torch.tensor(spec.std).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("luma", torch.tensor(LUMA).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("mean", torch.tensor(spec.mean).view(1, spec.channels, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(spec.std).view(1, spec.channels, 1, 1), persistent=False)
         self.scale = spec.value_range[1] - spec.value_range[0]
         self.shift = spec.value_range[0]
 
     @property
     def logits_layer(self) -> LayerSpec:
-        return next(layer for layer in self.spec.layers if layer.kind == "logits")
+        for layer in self.spec.layers:
+            if layer.kind == "logits":
+                return layer
+        raise MicroscopeError(f"{self.spec.name} has no classifier (its output is a feature map): this needs a class; "
+                              "ask for a unit instead")
 
     def preprocess(self, images: Tensor) -> Tensor:
-        """RGB in [0, 1] to the network's own input convention."""
-        x = images.index_select(1, self.channel_order) * self.scale + self.shift
+        """RGB in [0, 1] to the network's own input convention (a 1-channel network's: the images' luma)."""
+        if self.spec.channels == 1:
+            x = (images * self.luma).sum(dim=1, keepdim=True) * self.scale + self.shift
+        else:
+            x = images.index_select(1, self.channel_order) * self.scale + self.shift
         return (x - self.mean) / self.std  # a std of 1 divides exactly
 
     def forward(self, images: Tensor, layers: Iterable[str] | None = None, sink: Sink | None = None) -> dict[str, Tensor]:

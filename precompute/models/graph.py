@@ -27,6 +27,8 @@ graph from each operation's own kernel, stride and padding.
 
 from __future__ import annotations
 
+import contextlib
+import io
 import operator
 import re
 from collections.abc import Mapping
@@ -43,8 +45,12 @@ from app.errors import MicroscopeError
 from app.zoo import LayerSpec
 
 #: Operations that leave a value's linear stand-in unchanged (and never make a unit layer).
-PASS_MODULES = (nn.ReLU, nn.ReLU6, nn.Dropout, nn.Identity, nn.LocalResponseNorm)
-PASS_FUNCTIONS = {F.relu, torch.relu, F.dropout, F.relu6}
+PASS_MODULES = (nn.ReLU, nn.ReLU6, nn.Dropout, nn.Identity, nn.LocalResponseNorm, nn.GELU, nn.SiLU, nn.Hardswish,
+                nn.LeakyReLU, nn.ELU, nn.Mish, nn.Tanh, nn.Sigmoid, nn.Hardsigmoid, nn.PReLU)
+PASS_FUNCTIONS = {F.relu, torch.relu, F.dropout, F.relu6, F.gelu, F.silu, F.hardswish, F.leaky_relu, F.elu, F.mish}
+#: Normalizations whose statistics come from each image (not from training, as BatchNorm's in eval): in a
+#: linear map their learned per-channel scale stands in, the division by the image's own spread is left out.
+IMAGE_NORMS = (nn.GroupNorm, nn.LayerNorm, nn.InstanceNorm2d)
 PASS_METHODS = {"relu", "contiguous"}
 ADD_FUNCTIONS = {operator.add, operator.iadd, torch.add}
 POOL_MODULES = (nn.MaxPool2d, nn.AvgPool2d)
@@ -81,6 +87,7 @@ class Traced:
     graph: fx.Graph
     qualnames: dict[fx.Node, str]
     input_size: int
+    channels: int = 3
     nodes: list[fx.Node] = field(init=False)
     position: dict[fx.Node, int] = field(init=False)
 
@@ -96,8 +103,9 @@ class Traced:
         return tuple(meta.shape) if meta is not None and hasattr(meta, "shape") else ()
 
 
-def trace(module: nn.Module, input_size: int) -> Traced:
-    """Trace ``module`` (in eval mode) and measure every node's shape on one blank image."""
+def trace(module: nn.Module, input_size: int, channels: int | None = None) -> Traced:
+    """Trace ``module`` (in eval mode) and measure every node's shape on one blank image of ``channels`` (by
+    default the first convolution's ``in_channels``)."""
     module.eval()
     tracer = NodePathTracer()
     try:
@@ -105,11 +113,42 @@ def trace(module: nn.Module, input_size: int) -> Traced:
     except Exception as error:  # noqa: BLE001 - fx raises many kinds on untraceable code
         raise MicroscopeError(f"cannot trace {type(module).__name__} with torch.fx: {error}") from error
     graph_module = fx.GraphModule(tracer.root, graph)
+    if channels is None:
+        channels = input_channels(graph_module)
     parameter = next(module.parameters(), None)
     device = parameter.device if parameter is not None else torch.device("cpu")
-    with torch.no_grad():
-        ShapeProp(graph_module).propagate(torch.zeros(1, 3, input_size, input_size, device=device))
-    return Traced(module, graph_module.graph, dict(tracer.node_to_qualname), input_size)
+    try:  # ShapeProp prints the traceback of a failing node itself: the one line below says it
+        with torch.no_grad(), contextlib.redirect_stderr(io.StringIO()):
+            ShapeProp(graph_module).propagate(torch.zeros(1, channels, input_size, input_size, device=device))
+    except Exception as error:  # noqa: BLE001 - any error of the module's own forward
+        cause = error.__cause__ or error  # ShapeProp wraps the node's own error
+        said = " ".join(str(cause).split())[:160]
+        raise MicroscopeError(
+            f"{type(module).__name__} does not run on a {channels}-channel {input_size}x{input_size} image "
+            f"({type(cause).__name__}: {said}): give its input side and channels in a names file "
+            '(--names file.json with {"input_size": 32, "channels": 1})') from error
+    return Traced(module, graph_module.graph, dict(tracer.node_to_qualname), input_size, channels)
+
+
+def input_channels(graph_module: fx.GraphModule) -> int:
+    """The ``in_channels`` of the first convolution in the graph (3 where the graph has none)."""
+    for node in graph_module.graph.nodes:
+        if node.op == "call_module":
+            module = graph_module.get_submodule(str(node.target))
+            if isinstance(module, nn.Conv2d):
+                return int(module.in_channels)
+    return 3
+
+
+def reads_fixed_map(traced: Traced) -> bool:
+    """Whether the network flattens a map of more than one position (a ``Flatten`` then ``Linear``): it takes
+    exactly its input size."""
+    for node in traced.nodes:
+        if flattens(traced, node) and tensor_args(node):
+            shape = traced.shape(tensor_args(node)[0])
+            if len(shape) == 4 and shape[2] * shape[3] > 1:
+                return True
+    return False
 
 
 def tensor_args(node: fx.Node) -> list[fx.Node]:
@@ -195,7 +234,7 @@ def _pooled_output(traced: Traced) -> tuple[fx.Node, fx.Node] | None:
     """(flatten, global pool) where the network's output is a flattened global pool of a map, else None."""
     output = next(node for node in traced.nodes if node.op == "output")
     value = _behind_passes(traced, tensor_args(output)[0]) if tensor_args(output) else None
-    if value is None or not _flattens(value) or not tensor_args(value):
+    if value is None or not flattens(traced, value) or not tensor_args(value):
         return None
     pool = _behind_passes(traced, tensor_args(value)[0])
     shape = traced.shape(pool)
@@ -329,16 +368,25 @@ def _grids(traced: Traced) -> dict[fx.Node, Grid]:
             grids[node] = Grid(measured, grid.stride, grid.receptive_field, grid.offset - padding * grid.stride)
         elif window is not None:
             grids[node] = grid.window(*window, size=measured)
-        elif isinstance(traced.submodule(node), nn.Linear) or _flattens(node) and grid.size > 1:
+        elif isinstance(traced.submodule(node), nn.Linear) or flattens(traced, node) and grid.size > 1:
             grids[node] = Grid.whole(size)  # fully connected: one position that sees everything
         elif len(shape) == 4 and measured == 1 and grid.size > 1:
             grids[node] = Grid.whole(size)  # a global pool
+        elif _keeps_grid(traced, node):  # a permute around a LayerNorm over channels: the same positions
+            grids[node] = grid
         elif len(shape) == 4 and measured != grid.size and grid.size > 1:  # an adaptive pool to a smaller grid
             stride = grid.size // measured
             grids[node] = grid.window(grid.size - (measured - 1) * stride, stride, 0, size=measured)
         else:
             grids[node] = grid
     return grids
+
+
+def _keeps_grid(traced: Traced, node: fx.Node) -> bool:
+    """Operations that move axes or normalize without changing positions (their shapes may put the channels last)."""
+    return (node.op == "call_method" and node.target in ("permute", "transpose", "contiguous")) or (
+        node.op == "call_function" and node.target in (torch.permute, torch.transpose)) or isinstance(
+        traced.submodule(node), (nn.LayerNorm, nn.GroupNorm, nn.InstanceNorm2d))
 
 
 def zero_padding(traced: Traced, node: fx.Node) -> int | None:
@@ -355,10 +403,11 @@ def zero_padding(traced: Traced, node: fx.Node) -> int | None:
     return int(left)
 
 
-def _flattens(node: fx.Node) -> bool:
+def flattens(traced: Traced, node: fx.Node) -> bool:
+    """A flattening of a map into one vector per image: ``torch.flatten``, ``x.view(...)``, ``nn.Flatten``."""
     return (node.op == "call_function" and node.target in FLATTEN) or (
         node.op == "call_method" and node.target in ("flatten", "view", "reshape")
-    )
+    ) or isinstance(traced.submodule(node), nn.Flatten)
 
 
 def _window(traced: Traced, node: fx.Node) -> tuple[int, int, int] | None:

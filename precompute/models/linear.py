@@ -32,11 +32,12 @@ from app.errors import MicroscopeError
 from precompute.kernels import Kernel
 from precompute.models.base import Piece
 from precompute.models.graph import (
+    IMAGE_NORMS,
     POOL_FUNCTIONS,
     POOL_MODULES,
     Traced,
     Unit,
-    _flattens,
+    flattens,
     _window,
     is_add,
     zero_padding,
@@ -109,6 +110,10 @@ def _step(traced: Traced, node: fx.Node, flows: dict[fx.Node, _Flow]) -> _Flow |
         return _through_linear(module, flow)
     if is_pass(traced, node):
         return flow
+    if isinstance(module, IMAGE_NORMS):
+        return replace(flow, kernel=flow.kernel.scaled(_norm_scale(traced, node, module)), stand_ins=flow.stand_ins + 1)
+    if _around_channels_norm(traced, node):
+        return flow
     padding = zero_padding(traced, node)
     if padding is not None:
         kernel = flow.kernel
@@ -119,7 +124,7 @@ def _step(traced: Traced, node: fx.Node, flows: dict[fx.Node, _Flow]) -> _Flow |
         return replace(flow, kernel=flow.kernel.then_pool(kernel, stride, padding), stand_ins=flow.stand_ins + 1)
     if _is_adaptive_pool(traced, node) or _is_mean(node):
         return _through_adaptive(traced, node, flow)
-    if _flattens(node):
+    if flattens(traced, node):
         shape = traced.shape(tensor_args(node)[0])
         wide = len(shape) == 4 and shape[2] * shape[3] > 1
         return replace(flow, flat=tuple(shape[1:]) if wide else None)  # type: ignore[arg-type]
@@ -145,6 +150,32 @@ def _through_conv(module: nn.Conv2d, flow: _Flow) -> _Flow:
         padding = 0
     kernel = Kernel.of_conv(module.weight, int(module.stride[0]), int(padding), module.groups)
     return replace(flow, kernel=kernel.after(flow.kernel), layers=flow.layers + 1)
+
+
+def _norm_scale(traced: Traced, node: fx.Node, module: nn.Module) -> torch.Tensor:
+    """The learned per-channel scale of a GroupNorm, InstanceNorm or a LayerNorm over the channels (ones where it
+    has none); a LayerNorm over anything but the channels has no stand-in."""
+    channels = traced.shape(node)[1] if not isinstance(module, nn.LayerNorm) else traced.shape(node)[-1]
+    if isinstance(module, nn.LayerNorm) and (len(module.normalized_shape) != 1 or not _around_channels_norm(
+            traced, tensor_args(node)[0])):
+        raise MicroscopeError(f"no linear stand-in for {traced.qualnames.get(node, node.name)}: a LayerNorm over "
+                              "more than the channels")
+    weight = getattr(module, "weight", None)
+    return weight.detach().float().cpu() if weight is not None else torch.ones(channels)
+
+
+def _around_channels_norm(traced: Traced, node: fx.Node) -> bool:
+    """A permute that moves the channels last for a LayerNorm, or back after it (ConvNeXt's LayerNorm over channels)."""
+    if not (node.op == "call_method" and node.target == "permute"):
+        return False
+    order = tuple(arg for arg in node.args[1:]) if len(node.args) > 2 else tuple(node.args[1]) if len(node.args) > 1 else ()
+    users = list(node.users)
+    if order == (0, 2, 3, 1):
+        return len(users) == 1 and isinstance(traced.submodule(users[0]), nn.LayerNorm)
+    if order == (0, 3, 1, 2):
+        source = tensor_args(node)[0]
+        return isinstance(traced.submodule(source), nn.LayerNorm)
+    return False
 
 
 def _bn_scale(module: nn.BatchNorm2d) -> torch.Tensor:

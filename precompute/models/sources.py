@@ -27,7 +27,7 @@ from precompute.models.nets.efficientnet import EfficientNetLite0
 from precompute.models.nets.inception5h import Inception5h, parameter_names
 from precompute.models.nets.mobilenet import MobileNetV2
 from precompute.models.nets.squeezenet import SqueezeNet
-from precompute.models.traced import load_state_dict, load_tensors
+from precompute.models.traced import CHECKPOINT_SUFFIXES, load_state_dict, load_tensors, weights_in
 from precompute.weight_files import (
     SHARED_MODELS,
     Checksums,
@@ -68,6 +68,9 @@ def module(entry: Entry) -> nn.Module:
 
 def locate(entry: Entry, given: Path | None) -> Weights:
     """Where ``entry``'s weights are: ``given``, else ../shared/models, else a checked download (once)."""
+    if given is not None and entry.source != "caffe":  # the model's folder or its file, for every source
+        name = entry.options.get("file") if entry.source == "tflite" else None
+        given = given / name if name and (given / name).is_file() else weights_in(given, _SUFFIXES[entry.source])
     if entry.source == "torchvision":
         return _torchvision(entry, given)
     if entry.source == "package":
@@ -85,6 +88,11 @@ def locate(entry: Entry, given: Path | None) -> Weights:
         return Weights(folder / name, checksums.files[name])
     folder = given if given is not None else _shared_or_download(download, entry)
     return Weights(folder, checksums.digest)
+
+
+#: What a source's file ends in, when ``--weights`` names its folder.
+_SUFFIXES = {"tflite": (".tflite",), "inception5h": (".pth", ".pb", ".zip"), "torchvision": CHECKPOINT_SUFFIXES,
+             "package": CHECKPOINT_SUFFIXES}
 
 
 def load(entry: Entry, module: nn.Module, weights: Weights) -> None:

@@ -9,6 +9,9 @@ checked against the module with the file named in every error.
 from __future__ import annotations
 
 import json
+import os
+import pickle
+import zipfile
 from collections import OrderedDict
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -23,7 +26,7 @@ from app.errors import MicroscopeError, WeightsError
 from app.zoo.inceptionv1 import imagenet_classes, inception5h_classes
 from app.zoo.spec import ClassLabel, LayerSpec, ModelSpec
 from precompute.models.base import Network, Piece, Sink
-from precompute.models.graph import Naming, Traced, Unit, derive_layers, is_pass, trace
+from precompute.models.graph import IMAGE_NORMS, PASS_MODULES, Naming, Traced, Unit, derive_layers, is_pass, reads_fixed_map, trace
 from precompute.models.linear import linear_map
 from precompute.weight_files import file_sha256
 
@@ -51,11 +54,15 @@ class Description:
     names: dict[str, str] = field(default_factory=dict)
     channel_order: str = "RGB"
     value_range: tuple[float, float] = (0.0, 1.0)
-    mean: tuple[float, float, float] = IMAGENET_MEAN
-    std: tuple[float, float, float] = IMAGENET_STD
+    #: Per input channel; None: ImageNet's for a 3-channel network (a 1-channel one must say).
+    mean: tuple[float, ...] | None = None
+    std: tuple[float, ...] | None = None
+    #: Input channels (1: grayscale, 3: RGB); None: the first convolution's ``in_channels``.
+    channels: int | None = None
     #: "imagenet" labels a 1,000-way classifier's units with ImageNet's classes; "inception5h" with the
-    #: 1,008 outputs of TensorFlow's inception5h graph; "none" labels nothing.
-    classes: str = "imagenet"
+    #: 1,008 outputs of TensorFlow's inception5h graph; "none" labels nothing; a list names each output (an
+    #: image folder's subfolder of that name holds the class's images, as torchvision's ``ImageFolder``).
+    classes: str | tuple[str, ...] = "imagenet"
     #: How ``microscope model eval`` frames an image (see `ModelSpec.eval_framing`).
     eval_framing: str = "square"
     eval_resize: int = 256
@@ -74,29 +81,62 @@ class Description:
         if unknown:
             raise MicroscopeError(f"{path}: unknown fields {unknown}; known: {sorted(known)}")
         merged = {**defaults, **given}
+        if isinstance(merged.get("classes"), list):
+            if not all(isinstance(name, str) and name for name in merged["classes"]):
+                raise MicroscopeError(f"{path}: classes is a list of non-empty names, \"imagenet\" or \"none\"")
+            merged["classes"] = tuple(merged["classes"])
         for key in ("value_range", "mean", "std"):
-            merged[key] = tuple(merged[key]) if key in merged else getattr(cls, key)
+            if merged.get(key) is not None:
+                merged[key] = tuple(merged[key])
         return cls(**merged)
+
+    def normalization(self, channels: int) -> tuple[tuple[float, ...], tuple[float, ...]]:
+        """The mean and std of each of ``channels`` input channels, checked."""
+        if channels not in (1, 3):
+            raise MicroscopeError(
+                f"{self.name}: its first convolution reads {channels} channels; the microscope reads RGB (3) and "
+                "grayscale (1) images, not yet other channel counts")
+        if self.mean is None and self.std is None and channels == 3:
+            return IMAGENET_MEAN, IMAGENET_STD
+        if self.mean is None or self.std is None:
+            raise MicroscopeError(
+                f"{self.name}: a {channels}-channel network's input mean and std go in a names file "
+                f'(--names file.json with {{"mean": {[0.5] * channels}, "std": {[0.5] * channels}}})')
+        for key, values in (("mean", self.mean), ("std", self.std)):
+            if len(values) != channels:
+                raise MicroscopeError(f"{self.name}: the names file's {key} has {len(values)} values for "
+                                      f"{channels} input channels")
+        if any(value <= 0 for value in self.std):
+            raise MicroscopeError(f"{self.name}: the names file's std must be positive, not {list(self.std)}")
+        return self.mean, self.std
 
 
 def derive_spec(module: nn.Module, described: Description) -> tuple[ModelSpec, Traced, dict[str, Unit]]:
     """The spec of ``module``, read off its traced graph, with the names and input convention given."""
-    traced = trace(module, described.input_size)
+    traced = trace(module, described.input_size, described.channels)
+    mean, std = described.normalization(traced.channels)
     layers, units = derive_layers(traced, Naming(described.names))
     logits = [layer for layer in layers if layer.kind == "logits"]
-    if not logits:
-        raise MicroscopeError(f"{described.name}: no fully connected layer on the trunk to read as logits")
     classes: tuple[ClassLabel, ...] = ()
-    if described.classes == "imagenet" and logits[-1].channels == 1000:
+    if isinstance(described.classes, tuple):
+        outputs = logits[-1].channels if logits else 0
+        if len(described.classes) != outputs:
+            raise MicroscopeError(f"{described.name}: the names file names {len(described.classes)} classes; the "
+                                  f"network's classifier has {outputs} outputs")
+        classes = tuple(ClassLabel(index, name, name) for index, name in enumerate(described.classes))
+    elif not logits:
+        pass  # a backbone: no classifier, no class pages
+    elif described.classes == "imagenet" and logits[-1].channels == 1000:
         classes = imagenet_classes()
     elif described.classes == "inception5h" and logits[-1].channels == 1008:
         classes = inception5h_classes()
     spec = ModelSpec(
         name=described.name, title=described.title or described.name, description=described.description,
         input_size=described.input_size, channel_order=described.channel_order,  # type: ignore[arg-type]
-        value_range=described.value_range, mean=described.mean, layers=layers, classes=classes,
-        weights=None, std=described.std, eval_framing=described.eval_framing,  # type: ignore[arg-type]
+        value_range=described.value_range, mean=mean, layers=layers, classes=classes,
+        weights=None, std=std, eval_framing=described.eval_framing,  # type: ignore[arg-type]
         eval_resize=described.eval_resize, eval_interpolation=described.eval_interpolation,  # type: ignore[arg-type]
+        channels=traced.channels, fixed_input=reads_fixed_map(traced),
     )
     return spec, traced, units
 
@@ -202,10 +242,19 @@ class TracedNetwork(Network):
         return (linear_map(self._traced, self._units[source.name], self._units[target.name], source.channels),)
 
     def approximation(self, source: LayerSpec, target: LayerSpec, indirect: bool) -> str | None:
-        crossed = any(isinstance(module, nn.LocalResponseNorm) for module in self.module.modules())
-        if not crossed:
+        modules = list(self.module.modules())
+        notes = []
+        if any(isinstance(module, nn.LocalResponseNorm) for module in modules):
+            notes.append("local response normalizations taken as the identity")
+        if any(isinstance(module, IMAGE_NORMS) for module in modules):
+            notes.append("GroupNorm, LayerNorm and InstanceNorm as their learned scale (each image's own spread "
+                         "left out)")
+        if any(isinstance(module, PASS_MODULES) and not isinstance(module, (nn.ReLU, nn.ReLU6, nn.Dropout, nn.Identity,
+                                                                            nn.LocalResponseNorm)) for module in modules):
+            notes.append("activations other than ReLU (GELU, SiLU, Hardswish...) taken as the identity, as ReLU is")
+        if not notes:
             return None
-        return "the network has local response normalizations, taken as the identity: weights are relative strengths"
+        return "the network has " + "; ".join(notes) + ": weights are relative strengths"
 
 
 def _functional_relu(node: fx.Node) -> bool:
@@ -217,20 +266,99 @@ def _relu_name(node: fx.Node) -> str:
     return f"relu_{node.name}"
 
 
+#: Suffixes of the files ``--weights FOLDER`` looks for in a folder.
+CHECKPOINT_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt", ".safetensors", ".jit", ".ts", ".pickle", ".pkl")
+#: Set by ``--trust-pickle``: a whole pickled module may be unpickled.
+TRUST_PICKLE = "MICROSCOPE_TRUST_PICKLE"
+
+
+def weights_in(given: Path, suffixes: tuple[str, ...] = CHECKPOINT_SUFFIXES) -> Path:
+    """``given`` if it is a file; in a folder, its one file with one of ``suffixes`` (a model's folder holds its
+    README and checksums beside it)."""
+    if given.is_file():
+        return given
+    if not given.is_dir():
+        raise WeightsError(f"{given}: no such weights file or folder")
+    found = sorted(path for path in given.iterdir() if path.is_file() and path.suffix.lower() in suffixes)
+    if len(found) != 1:
+        listed = ", ".join(path.name for path in found) or "none"
+        raise WeightsError(f"{given}: a folder of weights holds one file ending in {' '.join(suffixes)} "
+                           f"(found: {listed}); pass the file itself")
+    return found[0]
+
+
 def load_state_dict(module: nn.Module, path: Path) -> str:
-    """Load the state dict in ``path`` into ``module`` (every key and shape checked); its sha256."""
-    if not path.is_file():
-        raise WeightsError(f"{path}: no such weights file")
+    """Load the checkpoint at ``path`` (or the one in that folder) into ``module`` (every key and shape checked);
+    its sha256.
+
+    A state dict saved by ``torch.save`` (also inside ``{"state_dict": ...}``), a ``.safetensors`` file, a
+    TorchScript file (its parameters and buffers), or, with ``--trust-pickle``, a whole pickled module.
+    """
+    path = weights_in(path)
+    state = read_checkpoint(path)
+    load_tensors(module, state, path)
+    return file_sha256(path)
+
+
+def read_checkpoint(path: Path) -> dict[str, Tensor]:
+    """The tensors of the checkpoint at ``path`` by parameter name; one line for a file that is none."""
+    if path.suffix.lower() == ".safetensors" or _is_safetensors(path):
+        from safetensors import SafetensorError
+        from safetensors.torch import load_file
+
+        try:
+            return load_file(str(path))
+        except (SafetensorError, OSError, ValueError) as error:
+            raise WeightsError(f"{path}: not a safetensors file ({str(error)[:200]})") from error
+    if _is_torchscript(path):
+        try:
+            scripted = torch.jit.load(str(path), map_location="cpu")
+        except Exception as error:  # noqa: BLE001 - TorchScript raises many kinds on a bad archive
+            raise WeightsError(f"{path}: a TorchScript file that does not load ({str(error)[:200]})") from error
+        return dict(scripted.state_dict())
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as error:  # an object the safe unpickler refuses: a whole module, or worse
+        if "Weights only load failed" not in str(error):
+            raise WeightsError(f"{path}: not a PyTorch state dict ({str(error)[:200]})") from error
+        if os.environ.get(TRUST_PICKLE) != "1":
+            raise WeightsError(
+                f"{path}: a whole pickled object (torch.save(model)), not a state dict; unpickling it runs any code "
+                "it holds, so it is not loaded: save torch.save(model.state_dict(), 'weights.pt'), or pass "
+                "--trust-pickle if you made the file") from error
+        state = _trusted(path)
     except Exception as error:  # noqa: BLE001 - torch.load raises many kinds on a bad file
         raise WeightsError(f"{path}: not a PyTorch state dict ({type(error).__name__}: {str(error)[:200]})") from error
     if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
         state = state["state_dict"]
     if not isinstance(state, dict) or not all(isinstance(value, Tensor) for value in state.values()):
         raise WeightsError(f"{path}: not a state dict (a mapping of parameter names to tensors)")
-    load_tensors(module, state, path)
-    return file_sha256(path)
+    return state
+
+
+def _trusted(path: Path) -> dict[str, Tensor]:
+    try:
+        loaded = torch.load(path, map_location="cpu", weights_only=False)  # the user vouched for this file
+    except Exception as error:  # noqa: BLE001 - unpickling raises anything
+        raise WeightsError(f"{path}: does not unpickle ({type(error).__name__}: {str(error)[:200]})") from error
+    if isinstance(loaded, nn.Module):
+        return dict(loaded.state_dict())
+    return loaded
+
+
+def _is_safetensors(path: Path) -> bool:
+    """safetensors' layout: an 8-byte little-endian header length, then a JSON header."""
+    with path.open("rb") as handle:
+        head = handle.read(9)
+    return len(head) == 9 and head[8:9] == b"{" and int.from_bytes(head[:8], "little") < 100_000_000
+
+
+def _is_torchscript(path: Path) -> bool:
+    """A TorchScript archive: a zip whose entries include its code (``<name>/code/``)."""
+    if not zipfile.is_zipfile(path):
+        return False
+    with zipfile.ZipFile(path) as archive:
+        return any("/code/" in name for name in archive.namelist())
 
 
 def load_tensors(module: nn.Module, state: dict[str, Tensor], path: Path) -> None:

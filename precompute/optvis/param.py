@@ -24,7 +24,10 @@ Parameterization = Callable[[int, Sequence[torch.Generator], torch.device], tupl
 
 
 def _decorrelated_rgb(image: Tensor) -> Tensor:
-    """Decorrelated colour space to RGB in [0, 1]."""
+    """Decorrelated colour space to RGB in [0, 1]; one channel (a grayscale network's image) to a gray RGB image,
+    with no colour decorrelation (there is no colour)."""
+    if image.shape[1] == 1:
+        return torch.sigmoid(image).expand(-1, 3, -1, -1)
     mixed = torch.einsum("bchw,dc->bdhw", image, COLOR_CORRELATION.to(image.device))
     return torch.sigmoid(mixed)
 
@@ -36,12 +39,14 @@ def frequencies(height: int, width: int) -> Tensor:
     return (fx * fx + fy * fy).sqrt()
 
 
-def fourier(size: int, sd: float = 0.01, decay_power: float = 1.0) -> Parameterization:
-    """Fourier-basis, colour-decorrelated images of ``size`` px (Lucid's ``param.image(size, fft=True)``)."""
+def fourier(size: int, sd: float = 0.01, decay_power: float = 1.0, channels: int = 3) -> Parameterization:
+    """Fourier-basis, colour-decorrelated images of ``size`` px (Lucid's ``param.image(size, fft=True)``); with one
+    channel, gray images (Lucent's ``param.image(size, channels=1)``: the sigmoid with no colour decorrelation, which
+    Lucent applies only to 3 channels), repeated into R, G and B."""
 
     def make(batch: int, generators: Sequence[torch.Generator], device: torch.device) -> tuple[list[Tensor], ImageFn]:
         scale = 1.0 / frequencies(size, size).clamp(min=1.0 / size) ** decay_power
-        shape = (3, size, size // 2 + 1, 2)
+        shape = (channels, size, size // 2 + 1, 2)
         spectrum = torch.stack([torch.randn(shape, generator=g) * sd for g in generators]).to(device)
         spectrum.requires_grad_(True)
         scale = scale.to(device)[None, None, :, :, None]
@@ -56,11 +61,11 @@ def fourier(size: int, sd: float = 0.01, decay_power: float = 1.0) -> Parameteri
     return make
 
 
-def pixels(size: int, sd: float = 0.01) -> Parameterization:
+def pixels(size: int, sd: float = 0.01, channels: int = 3) -> Parameterization:
     """Plain pixel-basis images (still colour-decorrelated), for comparison with `fourier`."""
 
     def make(batch: int, generators: Sequence[torch.Generator], device: torch.device) -> tuple[list[Tensor], ImageFn]:
-        values = torch.stack([torch.randn((3, size, size), generator=g) * sd for g in generators]).to(device)
+        values = torch.stack([torch.randn((channels, size, size), generator=g) * sd for g in generators]).to(device)
         values.requires_grad_(True)
         return [values], lambda: _decorrelated_rgb(values)
 

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
 import torch
 import torch.nn.functional as F
@@ -106,3 +106,43 @@ STANDARD = Transforms()
 #: Lucent 0.1.8's defaults: Lucid's transforms, then the canvas upsampled to 224 px.
 LUCENT = Transforms(resize_to=224)
 NONE = Transforms(pad=0, jitter=0, scale=(1.0, 1.0), rotate_degrees=0.0, jitter_after=0)
+
+#: The input side Lucid's transforms are written for (InceptionV1's 224 px).
+STANDARD_INPUT = 224
+
+
+@dataclass(frozen=True)
+class Fit:
+    """A render's image side and transforms for one network, and how they were chosen (None: Lucid's own)."""
+
+    size: int
+    transforms: Transforms
+    note: str | None = None
+
+
+def fit(input_size: int, fixed_input: bool, size: int) -> Fit:
+    """The side and transforms of a render asked at ``size`` px for a network of ``input_size`` px.
+
+    A network of 224 px or more whose head takes any size gets Lucid's transforms and ``size`` unchanged. A
+    smaller one gets the pad and jitters scaled by ``input_size / 224`` (at least 1 px: Lucid's 8 px jitter is a
+    quarter of a 32 px network's view), and an image side no larger than what makes the canvas its input
+    side, so a 32 px network renders 30 px images on a 32 px canvas instead of 224 px ones (7 times the side it
+    sees, 50 times the pixels). A network that flattens a map of fixed size (``Flatten`` then ``Linear``) gets its
+    canvas cropped or padded to exactly its input side (Lucid's ``crop_or_pad_to``).
+    """
+    if input_size >= STANDARD_INPUT and not fixed_input:
+        return Fit(size, STANDARD)
+    ratio = min(1.0, input_size / STANDARD_INPUT)
+    scaled = replace(STANDARD, pad=max(1, round(STANDARD.pad * ratio)), jitter=max(1, round(STANDARD.jitter * ratio)),
+                     jitter_after=max(1, round(STANDARD.jitter_after * ratio)))
+    natural = input_size - 2 * scaled.pad + scaled.jitter + scaled.jitter_after  # its canvas is the input side
+    side = min(size, natural) if ratio < 1 else size
+    transforms = replace(scaled, crop_to=input_size) if fixed_input else scaled
+    why = [f"sized to the network's {input_size} px input"] if ratio < 1 else []
+    if ratio < 1:
+        why.append(f"Lucid's pad and jitters scaled by {input_size}/{STANDARD_INPUT} (pad {scaled.pad}, jitter "
+                   f"{scaled.jitter} and {scaled.jitter_after}), the image {side} px (asked: {size}) so the canvas is "
+                   f"{transforms.canvas(side)} px")
+    if fixed_input:
+        why.append(f"the canvas cropped or padded to {input_size} px: the network flattens a map of fixed size")
+    return Fit(side, transforms, "; ".join(why))
