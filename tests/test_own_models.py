@@ -103,6 +103,10 @@ def test_gelu_layernorm_depthwise_and_grouped_convolutions(tmp_path: Path, tiny_
     from precompute.models.traced import Description, TracedNetwork
 
     module = modern().eval()
+    torch.manual_seed(0)
+    with torch.no_grad():  # every norm's learned scale too, not its initial ones
+        for parameter in module.parameters():
+            parameter.copy_(torch.randn_like(parameter))
     net = TracedNetwork(module, Description(name="modern", input_size=64))
     kinds = {layer.name: layer.kind for layer in net.spec.layers}
     assert kinds == {"stem_0": "conv", "depthwise_0": "branch", "grouped_0": "branch", "add": "residual",
@@ -114,6 +118,14 @@ def test_gelu_layernorm_depthwise_and_grouped_convolutions(tmp_path: Path, tiny_
     expected = module.depthwise[0].weight.detach()[:, 0] * group_norm[:, None, None]
     torch.testing.assert_close(kernel.weights.diagonal(dim1=0, dim2=1).permute(2, 0, 1), expected)
     assert kernel.weights.sum(dim=(2, 3)).count_nonzero() == 8
+    # A LayerNorm over channels (permute, norm, permute) then a grouped convolution: the norm's scale per input.
+    kernel = net.linear_map(net.spec.layer("depthwise_0"), net.spec.layer("grouped_0"))[0].kernel
+    layer_norm = module.depthwise[1].norm.weight.detach()
+    norm = module.grouped[1]  # the BatchNorm after it, folded into the unit's value
+    folded = (norm.weight / (norm.running_var + norm.eps).sqrt()).detach()
+    grouped = module.grouped[0].weight.detach().repeat(1, 2, 1, 1) * torch.block_diag(
+        torch.ones(4, 4), torch.ones(4, 4))[:, :, None, None]  # groups of 4 inputs
+    torch.testing.assert_close(kernel.weights, grouped * layer_norm[None, :, None, None] * folded[:, None, None, None])
     assert "GroupNorm, LayerNorm" in net.approximation(net.spec.layer("stem_0"), net.spec.layer("add"), False)
     weights = write_checkpoint(modern(), tmp_path / "modern.pt")
     names = _names(tmp_path / "modern.json", input_size=64, classes=["a", "b", "c", "d", "e"])
