@@ -18,9 +18,14 @@ METHODS: tuple[MethodEntry, ...] = (
         "diversity objectives; every recipe stored with its image.",
         "The transforms are one fused affine resampling per step (Lucid composes five); the pad's grey is read where a "
         "rotation reaches past it. Lucid's redirected ReLU gradient applies at every ReLU and for the first 17 steps only "
-        "(its global_step <= 16), as in lucid/misc/redirected_relu_grad.py.",
+        "(its global_step <= 16), as in lucid/misc/redirected_relu_grad.py. Networks under 224 px (Lucid's transforms "
+        "are written for InceptionV1's 224) get the pad and jitters scaled by their input side over 224 and an image whose "
+        "canvas is their input side; a network that flattens a fixed-size map gets its canvas cropped or padded to its "
+        "input side; a 1-channel network's image is one gray channel with no colour decorrelation (Lucent's "
+        "param.image(channels=1)). Each recipe's sizing says so.",
         ("tests/test_optvis.py::test_diversity_is_lucids_objective",
-         "tests/test_optvis.py::test_the_redirect_applies_where_and_when_lucid_applies_it")),
+         "tests/test_optvis.py::test_the_redirect_applies_where_and_when_lucid_applies_it",
+         "tests/test_own_models.py::test_renders_are_sized_to_the_network")),
     MethodEntry(
         "attribution", "Attribution maps",
         "Simonyan et al. 2014 (gradient); Sundararajan et al. 2017 (integrated gradients); Selvaraju et al. 2017 "

@@ -79,6 +79,12 @@ def _render_pair(factory: str, work: Path, weights: Path, steps: int) -> None:
     sized_s, full_s = statistics.median(times["sized"]), statistics.median(times["224 px"])
     print(f"{factory}: one unit, {steps} steps: sized ({sized.size} px on a {sized.transforms.canvas(sized.size)} px "
           f"canvas) {sized_s:.2f} s, 224 px (canvas {STANDARD.canvas(224)}) {full_s:.2f} s, ratio {full_s / sized_s:.1f}x")
+    units = list(range(16))  # the stages render a layer's units in batches (one image per unit)
+    started = time.perf_counter()
+    render(net, objectives.channel("3", units), fourier(sized.size, channels=net.spec.channels), units,
+           sized.transforms, steps=steps)
+    batched = time.perf_counter() - started
+    print(f"{factory}: 16 units in one batch, sized, {steps} steps: {batched:.2f} s, {batched / 16:.2f} s a unit")
 
 
 def main() -> None:
