@@ -115,6 +115,18 @@ METHODS: tuple[MethodEntry, ...] = (
         "New activations are coded by non-negative least squares on the fixed components (FISTA), checked against "
         "scikit-learn's own solution.",
         ("tests/test_factors.py::test_the_code_is_the_nmf_solution_scikit_learn_finds",)),
+    MethodEntry(
+        "tuning", "Tuning curves and joint tuning",
+        "Cammarata et al. 2020, Curve Detectors (Distill)", "the article's figures (no released code for the stimuli)",
+        "Lines, edges, curves, gratings and colours drawn at the centre of the unit's receptive field on a grey canvas, the "
+        "unit's response at that position against orientation (and curvature, frequency, hue); joint tuning: the ten most "
+        "curve-selective units of a layer answering rotations of one unit's top examples, as the article's family plots; "
+        "selectivity: the orientation selectivity index of the curve response, zero where a line answers as strongly.",
+        "The stimuli are drawn here from the article's description (stroke width, aperture and canvas are in each "
+        "recipe), not from the article's own images.",
+        ("tests/test_tuning.py::test_hand_written_detectors_prefer_what_they_detect",
+         "tests/test_tuning.py::test_the_curve_family_answers_rotations_of_one_units_examples_as_curve_detectors_defines_it",
+         "tests/test_tuning.py::test_a_line_detector_is_no_curve_detector")),
 )
 
 

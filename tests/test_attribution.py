@@ -514,3 +514,21 @@ def test_the_methods_page_names_tests_that_exist(client: TestClient) -> None:
     assert [m["key"] for m in page["methods"]] == [m.key for m in METHODS]
     html = client.get(urls.methods()).text
     assert 'id="sanity"' in html and "adebayoj/sanity_checks_saliency" in html
+
+
+def test_every_figure_links_to_an_entry_of_the_methods_page() -> None:
+    """Each link a template makes to a method's entry names one that exists, and every section that shows a method's
+    figure (renders, labels, tuning, factors, attribution, caricature, groups, sanity, modules, matches) links to one."""
+    import re
+
+    from app.methods import METHODS
+
+    keys = {method.key for method in METHODS}
+    linked: dict[str, set[str]] = {}
+    for template in (Path(__file__).resolve().parent.parent / "templates").glob("*.html"):
+        found = set(re.findall(r"urls\.methods\(key='([a-z-]+)'\)", template.read_text(encoding="utf-8")))
+        linked[template.name] = found
+        assert found <= keys, (template.name, found - keys)
+    assert {"feature-visualization", "labels", "tuning", "universality"} <= linked["unit.html"]
+    assert {"attribution", "caricature", "nmf"} <= linked["probe.html"]
+    assert "sanity" in linked["model.html"] and "modularity" in linked["layer.html"]
