@@ -115,7 +115,9 @@ def run_probe(stage: Stage, sha256: str, data: bytes, limits: UploadLimits | Non
     # The network sees the framed image as 8-bit pixels, stored losslessly: maps made later read back the same input.
     tensor = (input_transform(spec)(image)[None] * 255).round() / 255
     main = [layer for layer in spec.main_layers if layer.kind != "linear"]  # layers with a map to show
-    logits_layer = next(layer for layer in spec.layers if layer.kind == "logits")
+    logits_layer = spec.logits
+    if logits_layer is None:
+        raise MicroscopeError(f"{spec.name} has no classifier (its output is a feature map): a probe reads its classes")
     with torch.no_grad():
         activations = net(tensor.to(device), [layer.name for layer in main] + [logits_layer.name])
     classes = _top_classes(spec, logits_layer, activations[logits_layer.name][0].float().cpu())
