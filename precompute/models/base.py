@@ -68,9 +68,9 @@ class Network(nn.Module):
 
     @property
     def logits_layer(self) -> LayerSpec:
-        for layer in self.spec.layers:
-            if layer.kind == "logits":
-                return layer
+        layer = self.spec.logits
+        if layer is not None:
+            return layer
         raise MicroscopeError(f"{self.spec.name} has no classifier (its output is a feature map): this needs a class; "
                               "ask for a unit instead")
 

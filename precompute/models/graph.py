@@ -45,8 +45,10 @@ from app.errors import MicroscopeError
 from app.zoo import LayerSpec
 
 #: Operations that leave a value's linear stand-in unchanged (and never make a unit layer).
-PASS_MODULES = (nn.ReLU, nn.ReLU6, nn.Dropout, nn.Identity, nn.LocalResponseNorm, nn.GELU, nn.SiLU, nn.Hardswish,
-                nn.LeakyReLU, nn.ELU, nn.Mish, nn.Tanh, nn.Sigmoid, nn.Hardsigmoid, nn.PReLU)
+#: Activations other than ReLU: in a linear map, the identity, as ReLU is.
+OTHER_ACTIVATIONS = (nn.GELU, nn.SiLU, nn.Hardswish, nn.LeakyReLU, nn.ELU, nn.Mish, nn.Tanh, nn.Sigmoid, nn.Hardsigmoid,
+                     nn.PReLU)
+PASS_MODULES = (nn.ReLU, nn.ReLU6, nn.Dropout, nn.Identity, nn.LocalResponseNorm, *OTHER_ACTIVATIONS)
 PASS_FUNCTIONS = {F.relu, torch.relu, F.dropout, F.relu6, F.gelu, F.silu, F.hardswish, F.leaky_relu, F.elu, F.mish}
 #: Normalizations whose statistics come from each image (not from training, as BatchNorm's in eval): in a
 #: linear map their learned per-channel scale stands in, the division by the image's own spread is left out.
@@ -386,7 +388,7 @@ def _keeps_grid(traced: Traced, node: fx.Node) -> bool:
     """Operations that move axes or normalize without changing positions (their shapes may put the channels last)."""
     return (node.op == "call_method" and node.target in ("permute", "transpose", "contiguous")) or (
         node.op == "call_function" and node.target in (torch.permute, torch.transpose)) or isinstance(
-        traced.submodule(node), (nn.LayerNorm, nn.GroupNorm, nn.InstanceNorm2d))
+        traced.submodule(node), IMAGE_NORMS)
 
 
 def zero_padding(traced: Traced, node: fx.Node) -> int | None:

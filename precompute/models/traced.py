@@ -26,7 +26,7 @@ from app.errors import MicroscopeError, WeightsError
 from app.zoo.inceptionv1 import imagenet_classes, inception5h_classes
 from app.zoo.spec import ClassLabel, LayerSpec, ModelSpec
 from precompute.models.base import Network, Piece, Sink
-from precompute.models.graph import IMAGE_NORMS, PASS_MODULES, Naming, Traced, Unit, derive_layers, is_pass, reads_fixed_map, trace
+from precompute.models.graph import IMAGE_NORMS, OTHER_ACTIVATIONS, Naming, Traced, Unit, derive_layers, is_pass, reads_fixed_map, trace
 from precompute.models.linear import linear_map
 from precompute.weight_files import file_sha256
 
@@ -249,8 +249,7 @@ class TracedNetwork(Network):
         if any(isinstance(module, IMAGE_NORMS) for module in modules):
             notes.append("GroupNorm, LayerNorm and InstanceNorm as their learned scale (each image's own spread "
                          "left out)")
-        if any(isinstance(module, PASS_MODULES) and not isinstance(module, (nn.ReLU, nn.ReLU6, nn.Dropout, nn.Identity,
-                                                                            nn.LocalResponseNorm)) for module in modules):
+        if any(isinstance(module, OTHER_ACTIVATIONS) for module in modules):
             notes.append("activations other than ReLU (GELU, SiLU, Hardswish...) taken as the identity, as ReLU is")
         if not notes:
             return None
