@@ -165,12 +165,10 @@ def render(model: nn.Module, target: str, steps: int = 512, size: int = 224, see
            device: str = "cpu", **described: Any) -> Image.Image:
     """A feature visualization of ``target`` (``"layer:unit"``) of an in-memory ``model``: the project's renderer
     and recipe (Lucid's Fourier basis and transforms, sized to the network's input), ``steps`` Adam steps."""
-    import numpy as np
-
     from precompute.optvis.param import PARAMETERIZATIONS
     from precompute.optvis.render import render as optimize
     from precompute.optvis.transform import fit
-    from precompute.vis import objective_for, parameterization_of
+    from precompute.vis import objective_for, parameterization_of, pixels_of
 
     net, layer, unit = _target(model, target, described)
     sized = fit(net.spec.input_size, net.spec.fixed_input, size)
@@ -178,8 +176,7 @@ def render(model: nn.Module, target: str, steps: int = 512, size: int = 224, see
         rendered = optimize(net, objective_for(technique, layer, [unit], net.spec.spatial_source(layer).name),
                             PARAMETERIZATIONS[parameterization_of(technique)](sized.size, channels=net.spec.channels),
                             [seed], sized.transforms, steps=steps, device=device)
-    pixels = (rendered.images[0].clamp(0, 1).permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
-    return Image.fromarray(pixels)
+    return Image.fromarray(pixels_of(rendered.images)[0])
 
 
 def examples(model: nn.Module, images: str | Path, target: str, k: int = 9, batch: int = 32,
@@ -189,17 +186,17 @@ def examples(model: nn.Module, images: str | Path, target: str, k: int = 9, batc
     import torch
 
     from precompute.examples import input_transform
-    from precompute.images import list_images, load_rgb
+    from precompute.images import Planes, list_images, load
 
     net, layer, unit = _target(model, target, described)
     frame = input_transform(net.spec)
     found: list[tuple[float, str, tuple[int, int], torch.Tensor]] = []
-    files = list_images(Path(images))
+    files = list_images(Path(images), net.spec)
     for start in range(0, len(files), batch):
         chunk, tensors = [], []
         for file in files[start:start + batch]:
             try:
-                tensors.append(frame(load_rgb(file)))
+                tensors.append(frame(load(file)))
                 chunk.append(file)
             except OSError:  # one odd image does not stop the search
                 continue
@@ -213,8 +210,12 @@ def examples(model: nn.Module, images: str | Path, target: str, k: int = 9, batc
         for file, value, position, tensor in zip(chunk, best.tolist(), where.tolist(), tensors):
             found.append((value, file.path, divmod(position, width), tensor))
         found = sorted(found, key=lambda item: -item[0])[:k]
-    return [Example(Image.fromarray((tensor.permute(1, 2, 0).numpy() * 255).round().astype("uint8")), value, path,
-                    position) for value, path, position, tensor in found]
+    def shown(tensor: torch.Tensor) -> Image.Image:  # a multispectral input in false colour
+        if tensor.shape[0] == 3:
+            return Image.fromarray((tensor.permute(1, 2, 0).numpy() * 255).round().astype("uint8"))
+        return Planes(tensor.permute(1, 2, 0).numpy()).display()
+
+    return [Example(shown(tensor), value, path, position) for value, path, position, tensor in found]
 
 
 def precompute(model: nn.Module, images: str | Path, data: str | Path = "microscope-data", steps: int = 128,

@@ -111,11 +111,11 @@ def model_page(catalog: Catalog, connection: Connection, name: str, counts: list
     sanity = sanity_rows(connection, name)
     return ModelPage(title=entry.title, name=name, description=entry.description, url=urls.model(name),
                      json_url=urls.model(name, json=True), layers=layers, commands=commands,
-                     probe_url=urls.probe_form(name) if probes else None, filling=filling,
+                     probe_url=urls.probe_form(name) if probes and "probes" not in entry.skips else None, filling=filling,
                      notes=list(REGISTRY[name].notes) if name in REGISTRY else [], sanity=sanity,
                      sanity_command=None if sanity else sanity_command(name),
                      sanity_plot_url=urls.sanity_plot(name) if sanity else None,
-                     modularity=network_modularity(connection, name))
+                     modularity=network_modularity(connection, name), skips=entry.skips)
 
 
 def not_held_page(error: ModelNotHeld) -> NotHeldPage:
@@ -166,6 +166,7 @@ def layer_page(catalog: Catalog, connection: Connection, model: str, name: str, 
         derived=derived_over(connection, catalog.model(model), layer),
         derived_commands=_factor_commands(connection, catalog.model(model), layer),
         modules=modules_sections(catalog, connection, catalog.model(model), layer.id),
+        skips={**catalog.model(model).skips, **layer.skips},
     )
 
 

@@ -39,6 +39,8 @@ class LayerEntry:
     #: Layers this one reads; a mixed layer's are its branches, concatenated in order.
     inputs: tuple[str, ...]
     block: str | None
+    #: Stage → why it leaves this layer out (`app.zoo.skips.layer_skips`, as the catalog stage stored it).
+    skips: dict[str, str] = field(default_factory=dict, compare=False)
 
     def unit_id(self, index: int) -> int:
         if not 0 <= index < self.channels:
@@ -60,6 +62,9 @@ class ModelEntry:
     description: str
     input_size: int
     layers: tuple[LayerEntry, ...]
+    #: Input channels (None in a store made before schema 12) and what the network gets none of (`model_skips`).
+    channels: int | None = None
+    skips: dict[str, str] = field(default_factory=dict, compare=False)
     by_name: dict[str, LayerEntry] = field(default_factory=dict, compare=False)
 
     def __post_init__(self) -> None:
@@ -120,7 +125,7 @@ class Catalog:
                 id=row["id"], model=model_name, name=row["name"], kind=row["kind"], channels=row["channels"],
                 position=row["position"], unit_ids=tuple(u for _, u, _ in units), labels=tuple(lb for _, _, lb in units),
                 stride=row["stride"], receptive_field=row["receptive_field"], offset=row["field_offset"],
-                inputs=tuple(row["inputs"]), block=row["block"],
+                inputs=tuple(row["inputs"]), block=row["block"], skips=row["skips"] or {},
             )
             layers_by_model[row["model_id"]].append(entry)
             for index, unit_id, label in units:
@@ -131,6 +136,7 @@ class Catalog:
             catalog.models[row["name"]] = ModelEntry(
                 id=row["id"], name=row["name"], title=row["title"], description=row["description"],
                 input_size=row["input_size"], layers=tuple(layers_by_model[row["id"]]),
+                channels=row["channels"], skips=row["skips"] or {},
             )
         return catalog
 

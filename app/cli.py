@@ -75,6 +75,13 @@ def info(data: DataOption = None, database_url: DatabaseOption = None,
             rendered = ", ".join(f"{name} {count}" for name, count in layer.rendered.items()) or "-"
             typer.echo(f"  {layer.name:<24} {layer.kind:<7} {layer.channels:>5} "
                        f"{layer.with_examples:>8} {layer.with_circuits:>8}  {rendered}")
+        for stage, why in model.skips.items():
+            typer.echo(f"  no {stage}: {why}")
+        skipped = [(layer.name, stage, why) for layer in model.layers for stage, why in layer.skips.items()]
+        if skipped:
+            typer.echo("  left out of a layer:")
+            for name, stage, why in skipped:
+                typer.echo(f"    {name:<24} {stage:<10} {why}")
         stale = [(layer.name, stage, count) for layer in model.layers for stage, count in layer.stale.items()]
         if stale:
             typer.echo(f"  stale (made by an older algorithm; `microscope precompute all` or the stage recomputes them):")

@@ -23,6 +23,7 @@ from app.errors import MicroscopeError, NotFound
 from app.access import TOKEN_COOKIE, check_origin, check_policy, client_address, guard_probes, guard_renders, token_matches
 from app.jobs import LAYER, JobQueue, JobState, QueueFull, TooManyJobs
 from app.attribution import PROBE_METHODS, attribution_status
+from app.catalog import ModelEntry
 from app.live_pages import caricature_page, contributions_page, group_render_page, probe_page, render_status_page, stored_probe, worker_command
 from app.page_types import LayerRequest, LoginPage, ProbeForm
 from app.respond import json_response, respond
@@ -237,11 +238,17 @@ def _private(response: Response) -> Response:
 def probe_form(request: Request, model: str, state: StateDep, connection: ConnectionDep) -> Response:
     """Upload an image to see which units of every layer it excites most."""
     check_policy(state.settings, "probes")
-    state.catalog(connection, model).model(model)
+    _probed_model(state.catalog(connection, model).model(model))
     limits = UploadLimits.of(state.store.settings)
     page = ProbeForm(f"{model}: probe an image", model, urls.probe_form(model), urls.probes(model),
                      limits.max_bytes, limits.max_pixels)
     return respond(request, page, "probe_form.html", json=False)
+
+
+def _probed_model(entry: ModelEntry) -> None:
+    """Refuse (415) a probe of a model that reads no RGB images (`app.zoo.skips.model_skips`)."""
+    if "probes" in entry.skips:
+        raise Unsupported(f"{entry.name} has no probes: {entry.skips['probes']}")
 
 
 def _check_length(request: Request, limit: int) -> None:
@@ -275,7 +282,7 @@ def _submit(state: ServerState, model: str, data: bytes, client: str) -> tuple[s
     queue = _require_queue(state)
     sha256 = hashlib.sha256(data).hexdigest()
     with state.engine.connect() as connection:
-        state.catalog(connection, model).model(model)
+        _probed_model(state.catalog(connection, model).model(model))
         row = stored_probe(connection, model, sha256=sha256)
     if row is not None:
         if queue.forgotten(row.public_id):

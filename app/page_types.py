@@ -87,6 +87,8 @@ class ModelPage:
     #: The whole network's modularity (`app.store.NetworkModules`: ncut, shuffled_mean, percentile, z, control_ncut,
     #: verdict, shuffles), where it was measured.
     modularity: dict[str, Any] | None = None
+    #: Stage → why the network gets none of it (`app.zoo.skips.model_skips`): one line each.
+    skips: dict[str, str] = field(default_factory=dict)
     kind: str = "model"
 
 
@@ -168,6 +170,8 @@ class LayerPage:
     derived_commands: list[str] = field(default_factory=list)
     #: The modules of the layer with the main layer before it and with the one after (`app.modules`).
     modules: list[ModulesSection] = field(default_factory=list)
+    #: Stage → why it leaves this layer out (`app.zoo.skips.layer_skips`), the model's too: one line each.
+    skips: dict[str, str] = field(default_factory=dict)
     kind_of_page: str = "layer"
 
 

@@ -5,7 +5,7 @@
 
 Without --render: for each fixture of tests/own_models.py (seeded weights, a names file), runs `microscope
 precompute all` in a fresh store on the images (default: the first 100 of the shared ImageNet sample, copied into a
-temporary folder) with the main job's default renders, and prints its wall time and the store's size (database and
+temporary folder; the multispectral one: as many seeded 4-channel arrays) with the main job's default renders, and prints its wall time and the store's size (database and
 blobs). With --render: one unit of a 32 px fixture rendered sized to the network and at 224 px with Lucid's
 transforms (how it rendered before issue 31), in turn, 3 times each: the medians and their ratio.
 """
@@ -31,6 +31,8 @@ FIXTURES = (
     ("cifar", {"input_size": 32, "mean": [0.5, 0.5, 0.5], "std": [0.5, 0.5, 0.5]}, "3 channels, 32 px, Flatten -> Linear"),
     ("modern", {"input_size": 224, "classes": "none"}, "GELU, SiLU, Hardswish, GroupNorm, LayerNorm, depthwise, 224 px"),
     ("backbone", {"input_size": 512}, "no classifier, 512 px"),
+    ("multispectral", {"input_size": 32, "mean": [0.5] * 4, "std": [0.25] * 4, "classes": "planes"},
+     "4 channels (.npy and TIFF, `write_planes`), 32 px, classes named by the folders"),
 )
 
 
@@ -109,7 +111,10 @@ def main() -> None:
             if arguments.render:
                 _render_pair(factory, work, weights, arguments.steps or 512)
                 continue
-            images = _images(arguments.images, work, arguments.count)
+            if factory == "multispectral":  # arrays of its 4 channels, as many as the images of the others
+                images = own_models.write_planes(work / "planes", per_class=-(-arguments.count // 3))
+            else:
+                images = _images(arguments.images, work, arguments.count)
             steps = (["--steps", str(arguments.steps)] if arguments.steps else []) + (
                 ["--early-steps", str(arguments.early_steps)] if arguments.early_steps else [])
             command = [sys.executable, "-m", "precompute.cli", "precompute", "all", *common, "--images",

@@ -21,6 +21,7 @@ from torch import Tensor
 
 from app.errors import MicroscopeError
 from app.store import Ablation, Layer, Unit
+from app.zoo.skips import has_map, layer_skips
 from precompute.images import batches, eval_transform, list_images
 from precompute.models.derived import base_network
 from precompute.runs import catalogued_model, digested, finish_run, start_run
@@ -127,8 +128,8 @@ def run_ablation(stage: Stage, root: Path, target: AblationTarget, mode: str = "
     net = base_network(stage.net)
     spec = net.spec
     layer = spec.layer(target.layer)
-    if layer.kind in ("linear", "logits") or layer.size <= 1 or layer.is_derived:
-        raise MicroscopeError(f"{target.layer} has no spatial output to ablate")
+    if not has_map(layer):
+        raise MicroscopeError(f"{target.layer} has no spatial output to ablate ({layer_skips(layer)['ablation']})")
     vector = None
     if target.direction is not None:
         derived, index = target.direction

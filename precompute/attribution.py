@@ -31,6 +31,7 @@ from torch import Tensor, nn
 
 from app.errors import MicroscopeError
 from app.zoo import LayerSpec
+from app.zoo.skips import has_map
 from precompute.models.base import Network
 from precompute.models.derived import base_network
 
@@ -66,8 +67,7 @@ class Target:
 
 def spatial_layers(net: Network) -> list[LayerSpec]:
     """The main layers with a spatial map, in network order: where Grad-CAM can look."""
-    return [layer for layer in base_network(net).spec.main_layers
-            if layer.kind not in ("linear", "logits") and layer.size > 1 and not layer.is_derived]
+    return [layer for layer in base_network(net).spec.main_layers if has_map(layer)]
 
 
 def default_cam_layer(net: Network) -> LayerSpec:

@@ -11,6 +11,7 @@ from sqlalchemy.orm import Session
 from app.errors import StoreError
 from app.store import Layer, Model, Store, Unit
 from app.zoo import LayerSpec, ModelSpec
+from app.zoo.skips import layer_skips, model_skips
 from precompute.runs import now, start_run
 from precompute.weight_files import Checksums
 
@@ -46,10 +47,11 @@ def _catalog(store: Store, spec: ModelSpec, weights: str | None, shard: tuple[in
             model = Model(name=spec.name, title=spec.title, description=spec.description,
                           input_size=spec.input_size, weights_sha256=weights)
             session.add(model)
-            session.flush()
         elif weights is not None and model.weights_sha256 != weights:  # None: weights not known, nothing to check
             made = f"{model.weights_sha256[:12]}…" if model.weights_sha256 else "no recorded checksum"
             raise StoreError(f"the store's {spec.name} was made from other weights ({made})")
+        model.channels, model.skips = spec.channels, model_skips(spec)  # also in a store made before they were kept
+        session.flush()
         existing = {layer.name: layer for layer in session.scalars(select(Layer).where(Layer.model_id == model.id))}
         layers_added = units_added = 0
         for position, layer_spec in enumerate(spec.layers):
@@ -63,6 +65,7 @@ def _catalog(store: Store, spec: ModelSpec, weights: str | None, shard: tuple[in
                 layers_added += 1
             else:
                 _check_layer(layer, layer_spec)
+            layer.skips = layer_skips(layer_spec)
             units_added += _add_units(session, layer, spec, layer_spec)
         run = start_run(session, "catalog", model.id, {"layers": len(spec.layers), "shard": f"{index}/{count}"},
                         weights_sha256=weights)

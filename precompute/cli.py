@@ -547,6 +547,7 @@ def precompute_all(
     stored with the same recipe is skipped, so a rerun takes seconds; images
     made by an older algorithm are rendered again with their own settings.
     """
+    from app.zoo.skips import model_skips
     from precompute.catalog import catalog
     from precompute.examples import ExamplesConfig
     from precompute.images import locate_images
@@ -578,7 +579,9 @@ def precompute_all(
         dream_config = VisConfig(layers=main, units={}, techniques=("channel",), steps=steps, size=size, batch=1)
         dreamt = run_deep_dream(stage, main, dream_config)
         typer.echo(f"deep dream: {dreamt.rendered} layers rendered, {dreamt.skipped} already stored")
-        if tuning:
+        if tuning and "tuning" in model_skips(spec):
+            typer.echo(f"tuning: left out ({model_skips(spec)['tuning']})")
+        elif tuning:
             tuned = runner.tuning(TuningConfig(layers=main, images=str(root.resolve())))
             typer.echo(_tuning_line(tuned))
         stale = stale_configs(stage.store, spec)

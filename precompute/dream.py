@@ -12,7 +12,6 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-import numpy as np
 import torch
 from sqlalchemy import select
 
@@ -23,7 +22,7 @@ from precompute.optvis.param import PARAMETERIZATIONS
 from precompute.optvis.render import render
 from precompute.runs import catalogued_model, digested, finish_run, progress_bar, replace_rows, start_run
 from precompute.stage import Stage
-from precompute.vis import VisConfig, encode_render, fitted, recipe, unit_seed
+from precompute.vis import VisConfig, encode_render, fitted, pixels_of, recipe, unit_seed
 
 DEEP_DREAM = "deep_dream"
 
@@ -72,8 +71,7 @@ def run_deep_dream(stage: Stage, layers: Sequence[LayerSpec], config: VisConfig)
                           PARAMETERIZATIONS["fourier"](sized.size, channels=spec.channels), [seed],
                           sized.transforms, steps=config.steps, device=device, learning_rate=config.learning_rate,
                           precision=config.precision)
-        pixels = (rendered.images.clamp(0, 1).permute(0, 2, 3, 1).numpy() * 255).round().astype(np.uint8)
-        key = store.blobs.put(encode_render(pixels[:1]), "webp")
+        key = store.blobs.put(encode_render(pixels_of(rendered.images)[:1]), "webp")
         store.blobs.flush()  # durable before the row points at it
         row = {"layer_id": layer_ids[layer.name], "technique": DEEP_DREAM, "blob_key": key,
                "recipe_sha256": params["recipe_sha256"], "recipe": {**params, "seed": seed},

@@ -38,7 +38,7 @@ from app.store import Dataset, DatasetExample, DatasetImage, Store, UnitStats
 from app.store.algorithms import ALGORITHMS
 from app.zoo import LayerSpec, ModelSpec
 from app.zoo.spec import Framing
-from precompute.images import ImageFile, batches, decode_rgb, list_images
+from precompute.images import PLANE_SUFFIXES, ImageFile, Planes, batches, checked, decode_planes, decode_rgb, list_images
 from precompute.models.base import Network
 from precompute.ranking import HISTOGRAM_EDGES, RunningStatistics
 from precompute.runs import catalogued_model, digested, finish_run, finished_recipes, progress_bar, replace_rows, share, start_run
@@ -88,13 +88,15 @@ def fingerprint(files: Sequence[ImageFile]) -> str:
     return digest.hexdigest()
 
 
+#: How a 1-channel network's example crops are shown (its recipe says so; the images' thumbnails stay as the files are).
+GRAY_CROPS = "gray: the luma the network reads (ITU-R 601-2, as PIL's convert(\"L\"))"
 #: What the pages say of the examples' preprocessing (stored in the recipe).
 PREPROCESSING = "centre square of the short side, resized to {size}x{size} (bilinear); no squashing"
 
 
-def input_transform(spec: ModelSpec) -> Callable[[Image.Image], Tensor]:
+def input_transform(spec: ModelSpec) -> Callable[[Image.Image | Planes], Tensor]:
     """The image's centred square resized to the input size; tiny images are scaled up, long ones cropped."""
-    return _CentredSquare(spec.input_size)
+    return _CentredSquare(spec.input_size, spec.channels)
 
 
 @dataclass(frozen=True)
@@ -102,11 +104,14 @@ class _CentredSquare:
     """`input_transform`'s callable: a plain object, so decode workers started afresh can unpickle it."""
 
     size: int
+    channels: int = 3
 
-    def __call__(self, image: Image.Image) -> Tensor:
+    def __call__(self, image: Image.Image | Planes) -> Tensor:
         framing = Framing.of(image.width, image.height)
         square = image.crop((framing.left, framing.top, framing.left + framing.side, framing.top + framing.side))
         resized = square.resize((self.size, self.size), Image.Resampling.BILINEAR)
+        if isinstance(resized, Planes):
+            return checked(resized, self.channels).tensor()
         return v2.functional.to_dtype(v2.functional.pil_to_tensor(resized), torch.float32, scale=True)
 
 
@@ -123,6 +128,7 @@ def _recipe(spec: ModelSpec, weights: str, dataset: str, config: ExamplesConfig)
         "input": PREPROCESSING.format(size=spec.input_size),
         "batch_size": config.batch_size,
         "histogram_edges": list(HISTOGRAM_EDGES),
+        **({"crops": GRAY_CROPS} if spec.channels == 1 else {}),
     })
 
 
@@ -183,7 +189,7 @@ class _Plan:
 def _plan(store: Store, spec: ModelSpec, weights_sha256: str, root: Path, config: ExamplesConfig,
           shard: tuple[int, int]) -> _Plan:
     """The images, the recipe and what the store already holds of it."""
-    files = list_images(root)
+    files = list_images(root, spec)
     recipe = _recipe(spec, weights_sha256, fingerprint(files), config)
     result = ExamplesResult(images=len(files))
     with store.session() as session:
@@ -357,19 +363,24 @@ def _encode(image: Image.Image, size: int) -> bytes:
     return out.getvalue()
 
 
-def _cut(job: tuple[ImageFile, int, list[tuple[int, int, int, int]]]) -> _ImageBlobs | str:
-    """Thumbnail and crops of one original image (boxes in the square input grid), or why it failed.
+def _cut(job: tuple[ImageFile, int, list[tuple[int, int, int, int]], bool]) -> _ImageBlobs | str:
+    """Thumbnail and crops of one original image (boxes in the square input grid; gray ones for a 1-channel
+    network, which sees the luma), or why it failed.
 
     An image that became unreadable since the pass loses its examples; it never stops the run.
     """
-    file, input_size, boxes = job
+    file, input_size, boxes, gray = job
     try:
         data = file.read_bytes()
-        image = decode_rgb(data, str(file.root / file.path))
+        name = str(file.root / file.path)
+        # An array is shown as its false-colour composite, stretched over the whole image (`Planes.display`).
+        image = (decode_planes(data, name).display() if Path(file.path).suffix.lower() in PLANE_SUFFIXES
+                 else decode_rgb(data, name))
     except OSError as error:
         return str(error)
     framing = Framing.of(image.width, image.height)
-    crops = {box: _encode(image.crop(framing.to_original(box, input_size)), CROP_SIZE) for box in boxes}
+    seen = image.convert("L") if gray else image
+    crops = {box: _encode(seen.crop(framing.to_original(box, input_size)), CROP_SIZE) for box in boxes}
     return _ImageBlobs(hashlib.sha256(data).hexdigest(), image.width, image.height, _encode(image, THUMBNAIL_SIZE), crops)
 
 
@@ -393,7 +404,7 @@ def _write(
     """Crops and thumbnails to the blob store, then the selected units' examples and statistics replaced
     in one transaction; the number of examples written."""
     examples, boxes = _examples(spec, statistics, config.layers)
-    thumbnails, crop_keys = _cut_all(store, files, spec.input_size, boxes, config.workers, progress, failed)
+    thumbnails, crop_keys = _cut_all(store, files, spec, boxes, config.workers, progress, failed)
     for attempt in store.retrying():  # another writer (a worker) may hold the lock
         with attempt, store.transaction() as session:
             dataset = _dataset_row(session, root, str(recipe["dataset_fingerprint"]), len(files))
@@ -437,11 +448,11 @@ def _examples(spec: ModelSpec, statistics: RunningStatistics, layers: Sequence[L
 
 
 def _cut_all(
-    store: Store, files: Sequence[ImageFile], input_size: int, boxes: dict[int, set[_Box]], workers: int,
+    store: Store, files: Sequence[ImageFile], spec: ModelSpec, boxes: dict[int, set[_Box]], workers: int,
     progress: bool, failed: list[str],
 ) -> tuple[dict[int, tuple[_ImageBlobs, str]], dict[tuple[int, _Box], str]]:
     """Thumbnails and crops of every image with examples, cut in worker processes, in the blob store."""
-    jobs = [(files[image], input_size, sorted(found)) for image, found in sorted(boxes.items())]
+    jobs = [(files[image], spec.input_size, sorted(found), spec.channels == 1) for image, found in sorted(boxes.items())]
     thumbnails: dict[int, tuple[_ImageBlobs, str]] = {}
     crop_keys: dict[tuple[int, _Box], str] = {}
     with ProcessPoolExecutor(max_workers=max(1, workers)) as pool:

@@ -61,6 +61,7 @@ from app.store import (
 from app.store.algorithms import ALGORITHMS
 from app.zoo import LayerSpec, ModelSpec
 from app.zoo.spec import DERIVED_KINDS, derived_layer, derived_name
+from app.zoo.skips import layer_skips
 from precompute.evaluate import evaluate
 from precompute.examples import ExamplesConfig, fingerprint, input_transform, run_examples
 from precompute.images import batches, list_images
@@ -104,8 +105,8 @@ class FactorsConfig:
         if not self.layers:
             raise MicroscopeError("no layers selected")
         for layer in self.layers:
-            if layer.is_derived or layer.kind in ("linear", "logits"):
-                raise MicroscopeError(f"{layer.name} is a {layer.kind} layer: factor a layer with a spatial map")
+            if "factors" in layer_skips(layer):
+                raise MicroscopeError(f"{layer.name} is not factored: {layer_skips(layer)['factors']}")
         if min(self.groups, self.expansion, self.k, self.samples, self.steps, self.batch) < 1:
             raise MicroscopeError("--groups, --expansion, --k, --samples, --steps and --batch must be at least 1")
 
@@ -150,7 +151,7 @@ def recipe(spec: ModelSpec, layer: LayerSpec, config: FactorsConfig, weights_sha
 def default_layers(spec: ModelSpec) -> list[LayerSpec]:
     """The layers the worker factors: mixed3b and mixed4c (issue 22) where the model has them, else the main
     spatial layers a third and two thirds of the way through."""
-    spatial = [layer for layer in spec.main_layers if layer.kind not in ("linear", "logits")]
+    spatial = [layer for layer in spec.main_layers if "factors" not in layer_skips(layer)]
     named = [layer for layer in spatial if layer.name in ("mixed3b", "mixed4c")]
     if len(named) == 2 or not spatial:
         return named
@@ -495,7 +496,7 @@ def _derived_row(session, model_id: int, derived: LayerSpec) -> Layer:  # noqa: 
         layer = Layer(model_id=model_id, name=derived.name, position=(position or 0) + 1, kind=derived.kind,
                       channels=derived.channels, size=derived.size, stride=derived.stride,
                       receptive_field=derived.receptive_field, offset=derived.offset, inputs=list(derived.inputs),
-                      previous=None, block=None)
+                      previous=None, block=None, skips=layer_skips(derived))
         session.add(layer)
         session.flush()
     else:

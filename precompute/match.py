@@ -32,6 +32,7 @@ from torch import Tensor
 from app.errors import MicroscopeError
 from app.store import Store, UnitMatch
 from app.zoo import LayerSpec
+from app.zoo.skips import require
 from precompute.examples import fingerprint, input_transform
 from precompute.images import batches, list_images
 from precompute.models.base import Network
@@ -205,6 +206,8 @@ def run_match(store: Store, nets: tuple[Network, Network], weights: tuple[str, s
     first, second = (base_network(net) for net in nets)
     if first.spec.name == second.spec.name:
         raise MicroscopeError(f"--models names {first.spec.name} twice: match two different models")
+    for net in (first, second):
+        require(net.spec, "universality")
     started = time.perf_counter()
     files = list_images(root)
     recipe = digested({"algorithm": MATCH_ALGORITHM, "models": [first.spec.name, second.spec.name],

@@ -35,6 +35,7 @@ from app.store.algorithms import ALGORITHMS, is_stale
 from app.store.schema import new_probe_id
 from app.uploads import UploadLimits, check_image
 from app.zoo import LayerSpec, ModelSpec
+from app.zoo.skips import has_map, layer_skips, require
 from precompute.attribution import ATTRIBUTION_ALGORITHM, IG_STEPS, METHODS, Target, attribute
 from precompute.examples import PREPROCESSING, input_transform
 from precompute.recipes import ON_DEMAND, Defaults
@@ -106,6 +107,7 @@ def run_probe(stage: Stage, sha256: str, data: bytes, limits: UploadLimits | Non
     """Compute and store the probe of ``data`` under ``public_id`` (drawn here when None, as for a job queued
     before probes had ids); False when it was stored already (or by another worker)."""
     store, spec, net, weights_sha256, device = stage.store, stage.spec, stage.net, stage.weights_sha256, stage.device
+    require(spec, "probes")
     if stored(store, spec, sha256):
         return False
     check_image(data, limits or UploadLimits.of(store.settings))  # the server checked it; a worker trusts no queue
@@ -379,7 +381,7 @@ def render_group(stage: Stage, probe_id: str, layer_name: str, group: int, defau
     from precompute.optvis import objectives
     from precompute.optvis.param import PARAMETERIZATIONS
     from precompute.optvis.render import render
-    from precompute.vis import encode_render, fitted, on_demand_config, recipe, unit_seed
+    from precompute.vis import encode_render, fitted, on_demand_config, pixels_of, recipe, unit_seed
 
     store, spec = stage.store, stage.spec
     layer = spec.layer(layer_name)
@@ -406,8 +408,7 @@ def render_group(stage: Stage, probe_id: str, layer_name: str, group: int, defau
                       PARAMETERIZATIONS[params["parameterization"]](params["size"], channels=stage.spec.channels), [seed],
                       fitted(stage.spec, config).transforms, steps=config.steps,
                       device=stage.device, learning_rate=config.learning_rate, precision=config.precision, poll=poll)
-    pixels = (rendered.images.clamp(0, 1).permute(0, 2, 3, 1).numpy() * 255).round().astype(np.uint8)
-    key = store.blobs.put(encode_render(pixels), "webp")
+    key = store.blobs.put(encode_render(pixels_of(rendered.images)), "webp")
     store.blobs.flush()
     objective = round(float(rendered.objective[0]), 4)
     return _insert(store, probe_id, row_id, lambda session: session.add(ProbeRender(
@@ -424,8 +425,8 @@ def render_caricature(stage: Stage, probe_id: str, layer_name: str, defaults: De
 
     store, spec = stage.store, stage.spec
     layer = spec.layer(layer_name)
-    if layer.kind in ("linear", "logits") or layer.size <= 1:
-        raise MicroscopeError(f"{layer_name} has no spatial output to caricature")
+    if not has_map(layer):
+        raise MicroscopeError(f"{layer_name} has no caricature: {layer_skips(layer)['caricature']}")
     with store.session() as session:
         probe = session.scalar(select(Probe).where(Probe.public_id == probe_id))
         if probe is None:

@@ -21,6 +21,7 @@ from sqlalchemy import delete
 from app import verdicts
 from app.errors import MicroscopeError
 from app.store import SanityStep
+from app.zoo.skips import require
 from precompute.attribution import (ALL_METHODS, FIGURES, IG_STEPS, TARGET_KINDS, cascading_randomization,
                                     weight_groups)
 from precompute.examples import input_transform
@@ -91,6 +92,7 @@ def summarize(pairs: Sequence[dict[str, float] | None], seed: int = 0) -> tuple[
 def run_sanity(stage: Stage, root: Path, config: SanityConfig, poll: Callable[[], None] | None = None) -> SanityResult:
     net = base_network(stage.net).eval()
     spec = net.spec
+    require(spec, "sanity")
     result = SanityResult()
     started = time.perf_counter()
     with stage.store.session() as session:

@@ -35,6 +35,7 @@ from app.store import Dataset, DatasetExample, DatasetImage, Run, Store, UnitTun
 from app.stimuli import (CONVENTIONS, FAMILIES, FAMILY_JOINT, GREY, JOINT, ROTATIONS, TUNING_FAMILIES, Family, Placement,
                          draw)
 from app.zoo import LayerSpec, ModelSpec
+from app.zoo.skips import require
 from precompute.examples import input_transform
 from precompute.images import ImageFile, list_images, load_rgb
 from precompute.runs import catalogued_model, digested, finish_run, finished_recipes, progress_bar, replace_rows, share, start_run, unit_ids
@@ -139,6 +140,7 @@ def run_tuning(stage: Stage, config: TuningConfig, poll: Callable[[], None] | No
     if unknown:
         raise MicroscopeError(f"unknown tuning families {unknown}: choose from {', '.join(ALL_FAMILIES)}")
     store, spec = stage.store, stage.spec
+    require(spec, "tuning")
     with store.session() as session:
         model_id = catalogued_model(session, spec).id
         done = finished_recipes(session, "tuning")

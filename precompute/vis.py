@@ -25,6 +25,7 @@ from app.errors import MicroscopeError
 from app.store import Artifact, Layer, Model, Store, Unit
 from app.store.algorithms import ALGORITHMS, is_stale
 from app.zoo import LayerSpec, ModelSpec
+from precompute.images import channel_strip
 from precompute.models.base import Network
 from precompute.optvis import objectives
 from precompute.optvis.objectives import Objective
@@ -167,8 +168,11 @@ def recipe(config: VisConfig, spec: ModelSpec, layer: LayerSpec, technique: str,
     }
     if sized.note:
         params["sizing"] = sized.note
-    if spec.channels != 3:
-        params["channels"] = f"{spec.channels}: a gray image (the network reads the luma), no colour decorrelation"
+    if spec.channels == 1:
+        params["channels"] = "1: a gray image (the network reads the luma), no colour decorrelation"
+    elif spec.channels != 3:
+        params["channels"] = (f"{spec.channels}: each channel in [0, 1] by a sigmoid, no colour decorrelation; shown "
+                              "as a false-colour composite above a strip of each channel in gray")
     if layer.factorization:
         params["factorization"] = layer.factorization
     if technique == "diversity":
@@ -177,14 +181,23 @@ def recipe(config: VisConfig, spec: ModelSpec, layer: LayerSpec, technique: str,
     return digested(params)
 
 
+def pixels_of(images: Tensor) -> np.ndarray:
+    """Rendered images (B, C, H, W) in [0, 1] as uint8 RGB (B, H', W', 3): RGB as they are, a multispectral
+    network's channels as their false-colour composite above a strip of each channel in gray."""
+    values = images.detach().clamp(0, 1).permute(0, 2, 3, 1).cpu().numpy()
+    if values.shape[3] == 3:
+        return (values * 255).round().astype(np.uint8)
+    return np.stack([channel_strip(image) for image in values])
+
+
 def encode_render(images: np.ndarray) -> bytes:
     """One image (1, H, W, 3), or four as a 2x2 grid with white gutters, as WebP."""
     if len(images) == DIVERSITY_IMAGES:
-        side = images.shape[1]
-        grid = np.full((2 * side + GUTTER, 2 * side + GUTTER, 3), 255, dtype=np.uint8)
+        height, width = images.shape[1:3]
+        grid = np.full((2 * height + GUTTER, 2 * width + GUTTER, 3), 255, dtype=np.uint8)
         for number, image in enumerate(images):
-            top, left = (number // 2) * (side + GUTTER), (number % 2) * (side + GUTTER)
-            grid[top:top + side, left:left + side] = image
+            top, left = (number // 2) * (height + GUTTER), (number % 2) * (width + GUTTER)
+            grid[top:top + height, left:left + width] = image
         images = grid[None]
     out = io.BytesIO()
     Image.fromarray(images[0]).save(out, "WEBP", lossless=True, method=4)
@@ -269,7 +282,7 @@ def _render(net: Network, spec: ModelSpec, chunk: _Chunk, config: VisConfig, dev
         PARAMETERIZATIONS[chunk.params["parameterization"]](sized.size, channels=spec.channels), seeds, sized.transforms,
         steps=config.steps, device=device, learning_rate=config.learning_rate, precision=config.precision, poll=poll,
     )
-    pixels = (rendered.images.clamp(0, 1).permute(0, 2, 3, 1).numpy() * 255).round().astype(np.uint8)
+    pixels = pixels_of(rendered.images)
     values = rendered.objective.reshape(len(units), copies).mean(dim=1).tolist()
     keys = [store.blobs.put(encode_render(pixels[i * copies:(i + 1) * copies]), "webp") for i in range(len(units))]
     store.blobs.flush()  # blobs are durable before any row points at them

@@ -29,6 +29,7 @@ from app.store import Store
 from app.store.maintenance import delete_probe
 from app.store.schema import new_probe_id
 from app.zoo import LayerSpec, ModelSpec
+from app.zoo.skips import model_skips
 from precompute.probe import attribute_probe, probe_contributions, render_caricature, render_group, run_probe
 from precompute.recipes import ON_DEMAND, Defaults
 from precompute.stage import Stage
@@ -372,14 +373,17 @@ class Worker:
         return False
 
     def fill_one(self) -> bool:
-        """Tune or render the next missing part; False when the whole model is tuned and rendered."""
-        if self.tune and self.tune_one():
+        """Tune or render the next missing part; False when the whole model is tuned and rendered. A stage the
+        network cannot have (`model_skips`: tuning's RGB stimuli for a multispectral one) is left out."""
+        skips = model_skips(self.spec)
+        tune, sanity = self.tune and "tuning" not in skips, self.sanity and "sanity" not in skips
+        if tune and self.tune_one():
             return True
-        if self.sanity and self.sanity_one():
+        if sanity and self.sanity_one():
             return True
         if self.factor and self.factor_one():
             return True
-        if self.tune and self.tune_one():  # the derived layers just factored
+        if tune and self.tune_one():  # the derived layers just factored
             return True
         claimed = self.queue.claimed()
         for layer in self.fill_order():

@@ -85,3 +85,33 @@ def write_checkpoint(module: nn.Module, path: Path, seed: int = 0) -> Path:
     else:
         torch.save(module.state_dict(), path)
     return path
+
+
+def multispectral(channels: int = 4) -> nn.Sequential:
+    """A 4-channel network (say R, G, B and near infrared) at 32 px, 3 classes: it reads ``.npy`` and TIFF files."""
+    return nn.Sequential(
+        nn.Conv2d(channels, 8, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+        nn.Conv2d(8, 12, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(), nn.Linear(12, 3),
+    )
+
+
+def write_planes(folder: Path, channels: int = 4, per_class: int = 4, classes: tuple[str, ...] = ("field", "forest", "water"),
+                 seed: int = 0) -> Path:
+    """Seeded multispectral images in class folders (``folder/field/0.npy``...): height x width x channels floats,
+    odd sizes, every other one a TIFF (tifffile) stored channel-first, as many instruments write them."""
+    import numpy as np
+    import tifffile
+
+    generator = np.random.default_rng(seed)
+    for number, name in enumerate(classes):
+        (folder / name).mkdir(parents=True, exist_ok=True)
+        for index in range(per_class):
+            height, width = 40 + 3 * index, 36 + 5 * number
+            values = generator.random((height, width, channels), dtype=np.float32) * 0.5
+            values[..., number % channels] += np.linspace(0, 0.5, width, dtype=np.float32)  # each class its own channel
+            if index % 2:
+                tifffile.imwrite(folder / name / f"{index}.tif", values.transpose(2, 0, 1), photometric="minisblack")
+            else:
+                np.save(folder / name / f"{index}.npy", values)
+    return folder

@@ -17,8 +17,8 @@ from sqlalchemy import func, select
 from app import urls
 from app.main import create_app
 from app.settings import Settings
-from app.store import Artifact, Edge, Store
-from tests.own_models import backbone, mnist, modern, write_checkpoint
+from app.store import Artifact, DatasetExample, DatasetImage, Edge, Layer, Store
+from tests.own_models import backbone, mnist, modern, multispectral, write_checkpoint, write_planes
 from tests.test_cli import microscope
 
 DIGITS = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]
@@ -29,11 +29,15 @@ def _names(path: Path, **fields: object) -> Path:
     return path
 
 
-def _precompute_all(root: Path, factory: str, weights: Path, images: Path, names: Path | None = None) -> Settings:
+def _precompute_all(root: Path, factory: str, weights: Path, images: Path, names: Path | None = None,
+                    expect: tuple[str, ...] = ()) -> Settings:
+    """The store of ``precompute all``; ``expect``: lines its output (stdout and stderr) must hold."""
     args = ["precompute", "all", "--model", f"tests.own_models:{factory}", "--weights", str(weights), "--images",
             str(images), "--data", str(root), "--steps", "4", "--early-steps", "4", "--batch", "8", "--device", "cpu"]
     result = microscope(*args, *(["--names", str(names)] if names else []))
     assert result.returncode == 0, result.stderr[-2000:]
+    for line in expect:
+        assert line in result.stdout + result.stderr, (line, result.stdout[-2000:], result.stderr[-2000:])
     return Settings.load(root)
 
 
@@ -66,6 +70,8 @@ def test_a_grayscale_32px_sequential_with_flatten_goes_through_every_stage(mnist
         assert session.scalar(select(func.count()).select_from(Edge)) > 0  # circuits through Flatten -> Linear
         recipes = session.scalars(select(Artifact.recipe)).all()
         pixels = np.asarray(Image.open(io.BytesIO(store.blobs.get(session.scalars(select(Artifact.blob_key)).first()))))
+        crop = Image.open(io.BytesIO(store.blobs.get(session.scalars(select(DatasetExample.crop_key)).first())))
+    assert crop.mode == "L"  # examples shown as the network sees them: the luma
     assert all(recipe["canvas"] == 32 and not recipe["decorrelated_color"] for recipe in recipes)
     assert "sized to the network's 32 px input" in recipes[0]["sizing"]
     assert (pixels[..., 0] == pixels[..., 1]).all() and (pixels[..., 1] == pixels[..., 2]).all()  # gray
@@ -130,7 +136,16 @@ def test_gelu_layernorm_depthwise_and_grouped_convolutions(tmp_path: Path, tiny_
     weights = write_checkpoint(modern(), tmp_path / "modern.pt")
     names = _names(tmp_path / "modern.json", input_size=64, classes=["a", "b", "c", "d", "e"])
     store = _precompute_all(tmp_path / "store", "modern", weights, tiny_images, names)
-    _every_page(store, "modern")
+    common = ["--model", "tests.own_models:modern", "--weights", str(weights), "--names", str(names), "--images",
+              str(tiny_images), "--data", str(tmp_path / "store"), "--device", "cpu"]
+    factors = microscope("precompute", "factors", *common, "--layers", "add", "--method", "nmf", "--groups", "4",
+                         "--samples", "500", "--no-accuracy")
+    assert factors.returncode == 0 and "1 layers factored" in factors.stdout, factors.stderr[-800:]
+    sanity = microscope("precompute", "sanity", *common, "--count", "2", "--methods", "gradient,grad_cam")
+    assert sanity.returncode == 0, sanity.stderr[-800:]
+    refused = microscope("precompute", "factors", *common, "--layers", "head_2", "--method", "nmf")
+    assert refused.returncode == 2 and "head_2 is not factored: fully connected" in refused.stderr
+    _every_page(store, "modern")  # the derived layer add_nmf's pages too
 
 
 def test_a_backbone_without_a_classifier_has_every_page_but_classes(tmp_path: Path, tiny_images: Path) -> None:
@@ -202,3 +217,68 @@ def test_renders_are_sized_to_the_network() -> None:
     assert fit(64, False, 128).transforms.canvas(fit(64, False, 128).size) == 64
     fixed = fit(224, True, 128)  # a 224 px network that flattens a fixed map: the canvas is its input side
     assert fixed.transforms.canvas(fixed.size) == 224 and fixed.size == 128
+
+
+def test_a_4_channel_network_reads_npy_and_tiff_and_names_its_classes_by_folder(tmp_path: Path) -> None:
+    images = write_planes(tmp_path / "images")
+    np.save(images / "field" / "rgb.npy", np.zeros((40, 40, 3), dtype=np.float32))  # 3 channels: skipped, reported
+    (images / "water" / "broken.tif").write_bytes(b"II*\0 not a tiff")
+    (images / "water" / "photo.jpg").write_bytes(b"")  # an RGB file: not what this network reads, not listed
+    weights = write_checkpoint(multispectral(), tmp_path / "ms.pt")
+    names = _names(tmp_path / "ms.json", input_size=32, mean=[0.5] * 4, std=[0.25] * 4, classes="images")
+    store = _precompute_all(tmp_path / "store", "multispectral", weights, images, names, expect=(
+        "skipped " + str(images / "field" / "rgb.npy") + ": 3 channels where the network reads 4",
+        "skipped " + str(images / "water" / "broken.tif") + ": not a readable TIFF file",
+        "tuning: left out (tuning's stimuli (Gabors, curves, colours) are RGB images, and this network reads 4 channels",
+    ))
+    data = _every_page(store, "multispectral")
+    assert [layer["kind"] for layer in data["layers"]] == ["conv", "conv", "logits"]
+    client = TestClient(create_app(store))
+    assert client.get(urls.unit("multispectral", "7", 2, json=True)).json()["title"] == "multispectral / 7 / 2 (water)"
+    assert "No tuning:" in client.get(urls.model("multispectral")).text
+    assert client.get(urls.probe_form("multispectral")).status_code == 415
+    assert "universality" in client.get(urls.layer("multispectral", "7", json=True)).json()["skips"]
+    with Store.open(store) as opened, opened.session() as session:
+        recipe, key = session.execute(select(Artifact.recipe, Artifact.blob_key).where(Artifact.technique == "channel")).first()
+        picture = Image.open(io.BytesIO(opened.blobs.get(key)))
+        assert session.scalar(select(func.count()).select_from(DatasetImage)) == 12  # the 3-channel one left out
+    assert not recipe["decorrelated_color"] and recipe["channels"].startswith("4: each channel in [0, 1]")
+    assert picture.width == 30 and picture.height == 30 + 1 + 30 // 4  # the composite above a strip of 4 channels
+    info = microscope("info", "--data", str(tmp_path / "store"))
+    assert "no probes: a probe's upload" in info.stdout and "7                        ablation   fully connected" in info.stdout
+
+
+def test_planes_read_npy_and_channel_first_tiff_alike_and_show_in_false_colour(tmp_path: Path) -> None:
+    import tifffile
+
+    from precompute.images import ImageFile, false_colour, list_images, load
+    from precompute.models.traced import Description, TracedNetwork
+
+    values = np.random.default_rng(0).random((20, 24, 4), dtype=np.float32)
+    np.save(tmp_path / "a.npy", values)
+    tifffile.imwrite(tmp_path / "b.tif", values.transpose(2, 0, 1), photometric="minisblack")  # planar, as instruments write them
+    tifffile.imwrite(tmp_path / "c.tiff", values, photometric="minisblack", planarconfig="contig")
+    loaded = [load(ImageFile(tmp_path, name, None)).values for name in ("a.npy", "b.tif", "c.tiff")]
+    assert all(np.array_equal(array, values) for array in loaded)
+    net = TracedNetwork(multispectral(), Description(name="ms", input_size=32, mean=(0.5,) * 4, std=(0.25,) * 4))
+    assert [file.path for file in list_images(tmp_path, net.spec)] == ["a.npy", "b.tif", "c.tiff"]
+    batch = torch.rand(2, 4, 32, 32)
+    torch.testing.assert_close(net.preprocess(batch), (batch - 0.5) / 0.25)  # channels as given, no RGB order
+    white, black = np.ones((1, 1, 4)), np.zeros((1, 1, 4))
+    assert false_colour(white).tolist() == [[[255, 255, 255]]] and false_colour(black).tolist() == [[[0, 0, 0]]]
+    one = np.zeros((1, 1, 4))
+    one[..., 0] = 1
+    assert false_colour(one)[0, 0].argmax() == 0  # channel 0 is red
+    gray = np.full((1, 1, 1), 0.5)
+    assert false_colour(gray).tolist() == [[[128, 128, 128]]]
+
+
+def test_a_512px_network_gets_lucids_renders_and_its_examples(tmp_path: Path, tiny_images: Path) -> None:
+    weights = write_checkpoint(backbone(), tmp_path / "backbone.pt")
+    store = _precompute_all(tmp_path / "store", "backbone", weights, tiny_images,
+                            _names(tmp_path / "backbone.json", input_size=512))
+    _every_page(store, "backbone")
+    with Store.open(store) as opened, opened.session() as session:
+        assert session.scalar(select(Layer.size).where(Layer.name == "4")) == 128  # 512 px in, strides 2 and 2
+        recipes = session.scalars(select(Artifact.recipe)).all()
+    assert recipes and all("sizing" not in recipe and recipe["decorrelated_color"] for recipe in recipes)

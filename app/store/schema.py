@@ -32,8 +32,10 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 #: ``attribution_checks`` by ``sanity_steps`` (issue 30: per target kind and Grad-CAM layer, degenerate maps counted,
 #: four figures with bootstrap intervals; the old table's figures scored constant maps as decorrelated, so an upgrade
 #: drops it and the next `precompute sanity` measures again), labels' p and q, matches' position-wise correlations,
-#: modules' z, control and verdict, and the whole network's modules (``network_modules``).
-SCHEMA_VERSION = 11
+#: modules' z, control and verdict, and the whole network's modules (``network_modules``), version 12 the models'
+#: input channels and what each stage leaves out of a model or layer, in one line (``models.channels``,
+#: ``models.skips``, ``layers.skips``: issue 31; the catalog stage fills them).
+SCHEMA_VERSION = 12
 #: Versions a writable open upgrades by creating the tables and nullable columns added since.
 ADDITIVE_SINCE = 1
 
@@ -59,6 +61,10 @@ class Model(Base):
     input_size: Mapped[int]
     #: Digest of the pinned checksum list of the weights the store was made from.
     weights_sha256: Mapped[str | None] = mapped_column(String(64))
+    #: Input channels (1 grayscale, 3 RGB, others arrays); None in a store made before version 12.
+    channels: Mapped[int | None]
+    #: Stage → why the network gets none of it (`app.zoo.skips.model_skips`); None before version 12.
+    skips: Mapped[dict[str, Any] | None]
 
     layers: Mapped[list[Layer]] = relationship(back_populates="model", order_by="Layer.position")
 
@@ -83,6 +89,8 @@ class Layer(Base):
     inputs: Mapped[list[Any]]
     previous: Mapped[str | None] = mapped_column(String(64))
     block: Mapped[str | None] = mapped_column(String(64))
+    #: Stage → why it leaves this layer out (`app.zoo.skips.layer_skips`); None before version 12.
+    skips: Mapped[dict[str, Any] | None]
 
     model: Mapped[Model] = relationship(back_populates="layers")
 

@@ -26,6 +26,8 @@ class LayerCoverage:
     #: Units whose artifacts an older algorithm made, per stage ("vis", "examples", "circuits"):
     #: what a rerun of that stage (or the main job) recomputes.
     stale: dict[str, int] = field(default_factory=dict)
+    #: Stage → why it leaves this layer out (`app.zoo.skips.layer_skips`).
+    skips: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -33,6 +35,8 @@ class ModelCoverage:
     name: str
     title: str
     layers: list[LayerCoverage]
+    #: Stage → why the network gets none of it (`app.zoo.skips.model_skips`).
+    skips: dict[str, str] = field(default_factory=dict)
 
     @property
     def units(self) -> int:
@@ -69,10 +73,11 @@ def coverage(session: Session) -> list[ModelCoverage]:
                 with_examples=examples.get(layer.id, 0),
                 with_circuits=layer.channels if (model.id, layer.name) in circuit_layers else 0,
                 stale={stage: counts[layer.id] for stage, counts in stale.items() if counts.get(layer.id)},
+                skips=layer.skips or {},
             )
             for layer in model.layers
         ]
-        models.append(ModelCoverage(model.name, model.title, layers))
+        models.append(ModelCoverage(model.name, model.title, layers, model.skips or {}))
     return models
 
 

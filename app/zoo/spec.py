@@ -181,8 +181,9 @@ class ModelSpec:
     eval_interpolation: Literal["bilinear", "bicubic"] = "bilinear"
     #: Per-channel divisor applied after the mean, in ``channel_order`` (torchvision's normalization).
     std: tuple[float, ...] = (1.0, 1.0, 1.0)
-    #: Input channels: 3 (RGB, in ``channel_order``) or 1 (grayscale: the luma of the RGB images every stage
-    #: works with, ITU-R 601-2 as PIL's ``convert("L")``).
+    #: Input channels: 3 (RGB, in ``channel_order``), 1 (grayscale: the luma of the RGB images every stage
+    #: works with, ITU-R 601-2 as PIL's ``convert("L")``), or any other count (arrays of that many channels:
+    #: ``.npy`` or TIFF files, shown in false colour).
     channels: int = 3
     #: The network reads a map of fixed size somewhere (a ``Flatten`` then ``Linear`` over more than one
     #: position): it takes exactly ``input_size`` px, so renders are cropped or padded to it.

@@ -75,11 +75,14 @@ class Network(nn.Module):
                               "ask for a unit instead")
 
     def preprocess(self, images: Tensor) -> Tensor:
-        """RGB in [0, 1] to the network's own input convention (a 1-channel network's: the images' luma)."""
+        """RGB in [0, 1] to the network's own input convention (a 1-channel network's: the images' luma); a network
+        of other channel counts reads its channels as given (`precompute.images.Planes`), scaled as RGB would be."""
         if self.spec.channels == 1:
             x = (images * self.luma).sum(dim=1, keepdim=True) * self.scale + self.shift
-        else:
+        elif self.spec.channels == 3:
             x = images.index_select(1, self.channel_order) * self.scale + self.shift
+        else:
+            x = images * self.scale + self.shift
         return (x - self.mean) / self.std  # a std of 1 divides exactly
 
     def forward(self, images: Tensor, layers: Iterable[str] | None = None, sink: Sink | None = None) -> dict[str, Tensor]:

@@ -35,6 +35,8 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 #: Functional ReLUs a traced graph may call (`TracedNetwork._relu_modules`).
 FUNCTIONAL_RELUS = {torch.relu, torch.relu_, torch.nn.functional.relu, torch.nn.functional.relu_}
+#: The names file's words for its classes (any other string is an image folder).
+CLASS_KEYWORDS = ("imagenet", "inception5h", "none")
 #: Feature extractors kept per network (one per set of layers asked for).
 EXTRACTORS = 16
 
@@ -57,11 +59,14 @@ class Description:
     #: Per input channel; None: ImageNet's for a 3-channel network (a 1-channel one must say).
     mean: tuple[float, ...] | None = None
     std: tuple[float, ...] | None = None
-    #: Input channels (1: grayscale, 3: RGB); None: the first convolution's ``in_channels``.
+    #: Input channels (1: grayscale, 3: RGB, others: ``.npy`` or TIFF arrays); None: the first convolution's
+    #: ``in_channels``.
     channels: int | None = None
     #: "imagenet" labels a 1,000-way classifier's units with ImageNet's classes; "inception5h" with the
     #: 1,008 outputs of TensorFlow's inception5h graph; "none" labels nothing; a list names each output (an
-    #: image folder's subfolder of that name holds the class's images, as torchvision's ``ImageFolder``).
+    #: image folder's subfolder of that name holds the class's images, as torchvision's ``ImageFolder``); any other
+    #: string is an image folder whose subfolders name the classes, sorted (``ImageFolder``'s order; a relative path
+    #: is read from the names file's folder).
     classes: str | tuple[str, ...] = "imagenet"
     #: How ``microscope model eval`` frames an image (see `ModelSpec.eval_framing`).
     eval_framing: str = "square"
@@ -81,6 +86,9 @@ class Description:
         if unknown:
             raise MicroscopeError(f"{path}: unknown fields {unknown}; known: {sorted(known)}")
         merged = {**defaults, **given}
+        folder = given.get("classes")
+        if isinstance(folder, str) and folder not in CLASS_KEYWORDS:
+            merged["classes"] = str(path.parent / folder)
         if isinstance(merged.get("classes"), list):
             if not all(isinstance(name, str) and name for name in merged["classes"]):
                 raise MicroscopeError(f"{path}: classes is a list of non-empty names, \"imagenet\" or \"none\"")
@@ -92,10 +100,6 @@ class Description:
 
     def normalization(self, channels: int) -> tuple[tuple[float, ...], tuple[float, ...]]:
         """The mean and std of each of ``channels`` input channels, checked."""
-        if channels not in (1, 3):
-            raise MicroscopeError(
-                f"{self.name}: its first convolution reads {channels} channels; the microscope reads RGB (3) and "
-                "grayscale (1) images, not yet other channel counts")
         if self.mean is None and self.std is None and channels == 3:
             return IMAGENET_MEAN, IMAGENET_STD
         if self.mean is None or self.std is None:
@@ -111,6 +115,16 @@ class Description:
         return self.mean, self.std
 
 
+def class_folders(folder: Path) -> tuple[str, ...]:
+    """The class names an image folder gives: its subfolders' names, sorted (torchvision's ``ImageFolder``)."""
+    if not folder.is_dir():
+        raise MicroscopeError(f"classes: {folder} is neither \"imagenet\", \"inception5h\", \"none\" nor an image folder")
+    names = sorted(entry.name for entry in folder.iterdir() if entry.is_dir() and not entry.name.startswith("."))
+    if not names:
+        raise MicroscopeError(f"classes: {folder} has no subfolders to name the classes (one folder a class)")
+    return tuple(names)
+
+
 def derive_spec(module: nn.Module, described: Description) -> tuple[ModelSpec, Traced, dict[str, Unit]]:
     """The spec of ``module``, read off its traced graph, with the names and input convention given."""
     traced = trace(module, described.input_size, described.channels)
@@ -118,12 +132,16 @@ def derive_spec(module: nn.Module, described: Description) -> tuple[ModelSpec, T
     layers, units = derive_layers(traced, Naming(described.names))
     logits = [layer for layer in layers if layer.kind == "logits"]
     classes: tuple[ClassLabel, ...] = ()
-    if isinstance(described.classes, tuple):
+    named = described.classes
+    source = "the names file names"
+    if isinstance(named, str) and named not in CLASS_KEYWORDS:
+        named, source = class_folders(Path(named)), f"{named} has subfolders for"
+    if isinstance(named, tuple):
         outputs = logits[-1].channels if logits else 0
-        if len(described.classes) != outputs:
-            raise MicroscopeError(f"{described.name}: the names file names {len(described.classes)} classes; the "
+        if len(named) != outputs:
+            raise MicroscopeError(f"{described.name}: {source} {len(named)} classes; the "
                                   f"network's classifier has {outputs} outputs")
-        classes = tuple(ClassLabel(index, name, name) for index, name in enumerate(described.classes))
+        classes = tuple(ClassLabel(index, name, name) for index, name in enumerate(named))
     elif not logits:
         pass  # a backbone: no classifier, no class pages
     elif described.classes == "imagenet" and logits[-1].channels == 1000:

@@ -25,9 +25,11 @@ Parameterization = Callable[[int, Sequence[torch.Generator], torch.device], tupl
 
 def _decorrelated_rgb(image: Tensor) -> Tensor:
     """Decorrelated colour space to RGB in [0, 1]; one channel (a grayscale network's image) to a gray RGB image,
-    with no colour decorrelation (there is no colour)."""
+    and any other count but 3 to that many channels in [0, 1], with no colour decorrelation (there is no colour)."""
     if image.shape[1] == 1:
         return torch.sigmoid(image).expand(-1, 3, -1, -1)
+    if image.shape[1] != 3:  # a multispectral network's channels: no colour to decorrelate
+        return torch.sigmoid(image)
     mixed = torch.einsum("bchw,dc->bdhw", image, COLOR_CORRELATION.to(image.device))
     return torch.sigmoid(mixed)
 
