@@ -33,8 +33,8 @@ from typing import TYPE_CHECKING, Any
 
 from PIL import Image
 
-from app.settings import Settings
-from app.store import Store
+from app.core.settings import Settings
+from app.core.store import Store
 
 if TYPE_CHECKING:
     from torch import nn
@@ -262,7 +262,7 @@ def _network(model: nn.Module, described: dict[str, Any]) -> Any:
 
 
 def _target(model: nn.Module, target: str, described: dict[str, Any]) -> tuple[Any, Any, int]:
-    from app.errors import MicroscopeError
+    from app.core.errors import MicroscopeError
 
     net = _network(model, described)
     name, _, unit = target.rpartition(":")

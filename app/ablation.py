@@ -9,20 +9,11 @@ from __future__ import annotations
 from sqlalchemy import Connection
 
 from app import queries
-from app.jobs import JobQueue
+from app.core.contracts import ABLATION_MODES
+from app.core.jobs import JobQueue
 from app.page_types import AblationRun, AblationView
 
-MODES = ("zero", "mean")
-#: Units of a family ablated together (`precompute.ablation.FAMILY_UNITS`).
-FAMILY_UNITS = 10
-
-
-def unit_key(layer: str, index: int, derived: bool) -> str:
-    return f"direction:{layer}:{index}" if derived else f"units:{layer}:{index}"
-
-
-def family_key(family: str, layer: str) -> str:
-    return f"family:{family}:{layer}:{FAMILY_UNITS}"
+MODES = ABLATION_MODES
 
 
 def ablation_view(queue: JobQueue | None, connection: Connection, model: str, key: str, label: str, url: str,

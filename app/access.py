@@ -31,8 +31,8 @@ from starlette.formparsers import MultiPartException
 from limits.storage import MemoryStorage
 from limits.strategies import MovingWindowRateLimiter
 
-from app.errors import MicroscopeError
-from app.settings import Settings
+from app.core.errors import MicroscopeError
+from app.core.settings import Settings
 
 TOKEN_HEADER = "X-Microscope-Token"
 TOKEN_COOKIE = "microscope_token"

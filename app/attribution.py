@@ -10,9 +10,10 @@ from __future__ import annotations
 
 from sqlalchemy import Connection
 
-from app import queries, urls, verdicts
+from app import queries, urls
+from app.core import verdicts
 from app.catalog import Catalog
-from app.jobs import JobQueue
+from app.core.jobs import JobQueue
 from app.page_types import AttributionMap, AttributionTarget, SanityRow, Verdict
 from app.refs import pictures, unit_ref
 
@@ -28,7 +29,7 @@ def sanity_command(model: str, kind: str = "class") -> str:
 
 
 def sanity_rows(connection: Connection, model: str) -> list[SanityRow]:
-    """Each method's cascade per kind of target, top group first, with its verdict (`app.verdicts`)."""
+    """Each method's cascade per kind of target, top group first, with its verdict (`app.core.verdicts`)."""
     steps: dict[tuple[str, str, str], list[dict]] = {}
     for method, kind, at, depth, randomized, images, degenerate, figures in connection.execute(queries.sanity_steps,
                                                                                                 {"model": model}):
@@ -51,7 +52,7 @@ def sanity_plot(connection: Connection, model: str) -> tuple[bytes, str]:
     import hashlib
     import json
 
-    from app.errors import NotFound
+    from app.core.errors import NotFound
     from app.plots import sanity_svg  # matplotlib: loaded with the first plot, not with the server
 
     rows = sanity_rows(connection, model)
@@ -120,7 +121,7 @@ def _job(queue: JobQueue | None, model: str, probe_id: str, layer: str, index: i
 def attribution_status(state, connection: Connection, catalog: Catalog, model: str, probe_id: str, layer: str,  # noqa: ANN001
                        index: int, at: str | None = None) -> AttributionTarget:
     """One target of a stored probe: its maps so far and the state of the job that makes the rest."""
-    from app.errors import NotFound
+    from app.core.errors import NotFound
     from app.live_pages import live_probe
 
     entry = catalog.model(model)

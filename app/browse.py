@@ -14,9 +14,10 @@ from typing import Any
 from sqlalchemy import Connection
 
 from app import queries, urls
-from app.ablation import ablation_view, unit_key
+from app.ablation import ablation_view
+from app.core.contracts import unit_target
 from app.catalog import Catalog, LayerEntry, ModelEntry
-from app.errors import ModelNotHeld, NotFound
+from app.core.errors import ModelNotHeld, NotFound
 from app.page_types import (
     UnitRef, ModelSummary, IndexPage, LayerSummary, ModelPage, NotHeldPage, LayerPage, Visualization, Example, Connection_, ConnectionGroup, ConnectionsPage, Missing, UnitPage, ExamplePage, SearchResult, SearchPage,
 )
@@ -24,10 +25,10 @@ from app.directions import derived_over, factorization, made_of, matches, part_o
 from app.modules import modules_sections
 from app.refs import Pictures, pictures, unit_ref
 from app.tuning import layer_families, unit_tuning
-from app.zoo.concepts import Hierarchy, Label
-from app.zoo.registry import REGISTRY
-from app.store.summary import ModelCoverage
-from app.zoo.spec import DERIVED_KINDS, Framing
+from app.core.zoo.concepts import Hierarchy, Label
+from app.core.zoo.registry import REGISTRY
+from app.core.store.summary import ModelCoverage
+from app.core.zoo.spec import DERIVED_KINDS, Framing
 
 #: Shown in this order; ``pixels`` (the channel in the pixel basis) stands beside ``channel`` for comparison.
 TECHNIQUES = ("channel", "pixels", "neuron", "negative", "diversity")
@@ -335,7 +336,7 @@ def unit_page(catalog: Catalog, connection: Connection, model_name: str, layer_n
         factorization=factorization(connection, model, layer) if derived else None,
         part_of=[] if derived else part_of(catalog, connection, model, unit_id),
         matches=matches(catalog, connection, unit_id),
-        ablation=(ablation_view(None, connection, model_name, unit_key(layer_name, index, derived),
+        ablation=(ablation_view(None, connection, model_name, unit_target(layer_name, index, derived),
                                 f"{layer_name}:{index}", urls.unit_ablation(model_name, layer_name, index), renders)
                   if layer.kind in ABLATABLE else None),
     )

@@ -14,10 +14,10 @@ from dataclasses import dataclass, field
 
 from sqlalchemy import Connection, select
 
-from app.errors import ModelNotHeld, UnitNotFound, UnknownLayer, UnknownModel
-from app.zoo.registry import REGISTRY
-from app.store import Layer, Model, Unit
-from app.zoo.spec import position_box
+from app.core.errors import ModelNotHeld, UnitNotFound, UnknownLayer, UnknownModel
+from app.core.zoo.registry import REGISTRY
+from app.core.store import Layer, Model, Unit
+from app.core.zoo.spec import position_box
 
 
 @dataclass(frozen=True)
@@ -39,7 +39,7 @@ class LayerEntry:
     #: Layers this one reads; a mixed layer's are its branches, concatenated in order.
     inputs: tuple[str, ...]
     block: str | None
-    #: Stage → why it leaves this layer out (`app.zoo.skips.layer_skips`, as the catalog stage stored it).
+    #: Stage → why it leaves this layer out (`app.core.zoo.skips.layer_skips`, as the catalog stage stored it).
     skips: dict[str, str] = field(default_factory=dict, compare=False)
 
     def unit_id(self, index: int) -> int:

@@ -19,9 +19,9 @@ from starlette.datastructures import UploadFile
 from starlette.formparsers import MultiPartException
 
 from app import queries, urls
-from app.errors import MicroscopeError, NotFound
+from app.core.errors import MicroscopeError, NotFound
 from app.access import TOKEN_COOKIE, check_origin, check_policy, client_address, guard_probes, guard_renders, token_matches
-from app.jobs import LAYER, JobQueue, JobState, QueueFull, TooManyJobs
+from app.core.jobs import LAYER, JobQueue, JobState, QueueFull, TooManyJobs
 from app.attribution import PROBE_METHODS, attribution_status
 from app.catalog import ModelEntry
 from app.live_pages import caricature_page, contributions_page, group_render_page, probe_page, render_status_page, stored_probe, worker_command
@@ -29,7 +29,7 @@ from app.page_types import LayerRequest, LoginPage, ProbeForm
 from app.respond import json_response, respond
 from app.state import ServerState
 from app.views import ConnectionDep, StateDep, twin
-from app.uploads import BadUpload, TooLarge, UploadLimits, Unsupported, check_image
+from app.core.uploads import BadUpload, TooLarge, UploadLimits, Unsupported, check_image
 
 router = APIRouter()
 
@@ -109,15 +109,16 @@ def render_layer(request: Request, model: str, layer: str, state: StateDep, conn
 
 
 def _unit_ablation(state: ServerState, connection, model: str, layer: str, unit: int):  # noqa: ANN001, ANN202
-    from app.ablation import ablation_view, unit_key
+    from app.ablation import ablation_view
+    from app.core.contracts import unit_target
     from app.browse import ABLATABLE
-    from app.zoo.spec import DERIVED_KINDS
+    from app.core.zoo.spec import DERIVED_KINDS
 
     entry = state.catalog(connection, model).model(model).layer(layer)
     entry.unit_id(unit)
     if entry.kind not in ABLATABLE:
         raise NotFound(f"{layer} is a {entry.kind} layer: only a layer the next ones read can be ablated")
-    return ablation_view(state.queue(), connection, model, unit_key(layer, unit, entry.kind in DERIVED_KINDS),
+    return ablation_view(state.queue(), connection, model, unit_target(layer, unit, entry.kind in DERIVED_KINDS),
                          f"{layer}:{unit}", urls.unit_ablation(model, layer, unit))
 
 
@@ -161,13 +162,14 @@ def units_ablation_request(request: Request, model: str, layer: str, units: Unit
 
 
 def _family_ablation(state: ServerState, connection, model: str, layer: str, family: str):  # noqa: ANN001, ANN202
-    from app.ablation import FAMILY_UNITS, ablation_view, family_key
+    from app.ablation import ablation_view
+    from app.core.contracts import FAMILY_UNITS, family_target
     from app.tuning import FAMILY_NAMES
 
     state.catalog(connection, model).model(model).layer(layer)
     if family not in FAMILY_NAMES:
         raise NotFound(f"no tuning family {family!r}: {', '.join(FAMILY_NAMES)}")
-    return ablation_view(state.queue(), connection, model, family_key(family, layer),
+    return ablation_view(state.queue(), connection, model, family_target(family, layer),
                          f"the {FAMILY_UNITS} most {family}-selective units of {layer}",
                          urls.family_ablation(model, layer, family))
 
@@ -246,7 +248,7 @@ def probe_form(request: Request, model: str, state: StateDep, connection: Connec
 
 
 def _probed_model(entry: ModelEntry) -> None:
-    """Refuse (415) a probe of a model that reads no RGB images (`app.zoo.skips.model_skips`)."""
+    """Refuse (415) a probe of a model that reads no RGB images (`app.core.zoo.skips.model_skips`)."""
     if "probes" in entry.skips:
         raise Unsupported(f"{entry.name} has no probes: {entry.skips['probes']}")
 

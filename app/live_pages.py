@@ -10,17 +10,19 @@ from app import queries, urls
 from app.access import allows
 from app.refs import pictures, unit_ref
 from app.catalog import Catalog
-from app.errors import NotFound
-from app.jobs import JobQueue, JobState
+from app.core import contracts
+from app.core.contracts import hex_colour
+from app.core.errors import NotFound
+from app.core.jobs import JobQueue, JobState
 from app.page_types import ContributionsStatus, Contributor, GroupRender, ProbedGroup, ProbedLayer, ProbedUnit, ProbePage, RenderStatus, Weighted
 from app.state import ServerState
-from app.store.algorithms import is_stale
+from app.core.store.algorithms import is_stale
 
 #: Seconds between status polls while a worker is on it, and while none is running.
 POLL_SECONDS = 1
 POLL_IDLE_SECONDS = 5
-#: The colours of a probe's neuron groups' maps, in order of share (`precompute.probe.GROUP_COLOURS`).
-GROUP_COLOURS = ("#e6194b", "#0082c8", "#3cb44b", "#f58230", "#911eb4", "#00aaaa")
+#: The colours of a probe's neuron groups' maps, in order of share (the maps' own, `app.core.contracts`).
+GROUP_COLOURS = tuple(hex_colour(rgb) for rgb in contracts.GROUP_COLOURS)
 #: Units listed per neuron group.
 GROUP_UNITS = 5
 

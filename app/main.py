@@ -25,13 +25,13 @@ from fastapi.templating import Jinja2Templates
 from starlette.exceptions import HTTPException
 
 from app import urls
-from app.errors import MicroscopeError, ModelNotHeld, NotFound
+from app.core.errors import MicroscopeError, ModelNotHeld, NotFound
 from app.browse import not_held_page
 from app.headers import SecurityHeaders
 from app.respond import error_response, respond, wants_json
-from app.settings import Settings
+from app.core.settings import Settings
 from app.state import ServerState
-from app.store import Store
+from app.core.store import Store
 from app.live import router as live_router
 from app.views import router, suggestion_links
 

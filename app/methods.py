@@ -74,7 +74,7 @@ METHODS: tuple[MethodEntry, ...] = (
     MethodEntry(
         "labels", "Concept labels",
         "Bau et al. 2017 (Network Dissection) for the idea of naming units by concepts; the scoring is this project's",
-        "WordNet 3.0 through ImageNet's synsets (app/zoo/imagenet_hierarchy.json); scipy: hypergeom, "
+        "WordNet 3.0 through ImageNet's synsets (app/core/zoo/imagenet_hierarchy.json); scipy: hypergeom, "
         "false_discovery_control",
         "A concept (a class or a WordNet ancestor) shared by a unit's top examples, scored coverage x log2(lift); clear "
         "when it covers at least 4 examples and 30% of them at 2x its base rate, and its permutation p-value (random sets "

@@ -48,7 +48,7 @@ def modules_sections(catalog: Catalog, connection: Connection, model: ModelEntry
 
 
 def network_modularity(connection: Connection, model: str) -> dict | None:
-    """The whole network's modularity as stored (`app.store.NetworkModules`), or None before it is measured."""
+    """The whole network's modularity as stored (`app.core.store.NetworkModules`), or None before it is measured."""
     row = connection.execute(queries.network_modules, {"model": model}).first()
     if row is None:
         return None

@@ -11,8 +11,8 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from app.stimuli import CONVENTIONS
-from app.zoo.concepts import Label
+from app.core.stimuli import CONVENTIONS
+from app.core.zoo.concepts import Label
 
 # Browsing: models, layers, units, circuits, examples, search ----------------------------------------
 
@@ -29,7 +29,7 @@ class UnitRef:
     image_url: str | None
     #: Until the unit is rendered: the crop of its top dataset example, shown marked as such.
     placeholder_url: str | None = None
-    #: Its top concept label's name (`app.zoo.concepts.Label`), where it has a clear one.
+    #: Its top concept label's name (`app.core.zoo.concepts.Label`), where it has a clear one.
     concept: str | None = None
 
 
@@ -84,10 +84,10 @@ class ModelPage:
     sanity_command: str | None = None
     #: The cascades drawn (SVG), where the test was run.
     sanity_plot_url: str | None = None
-    #: The whole network's modularity (`app.store.NetworkModules`: ncut, shuffled_mean, percentile, z, control_ncut,
+    #: The whole network's modularity (`app.core.store.NetworkModules`: ncut, shuffled_mean, percentile, z, control_ncut,
     #: verdict, shuffles), where it was measured.
     modularity: dict[str, Any] | None = None
-    #: Stage → why the network gets none of it (`app.zoo.skips.model_skips`): one line each.
+    #: Stage → why the network gets none of it (`app.core.zoo.skips.model_skips`): one line each.
     skips: dict[str, str] = field(default_factory=dict)
     kind: str = "model"
 
@@ -98,7 +98,7 @@ class SanityRow:
     the weights are re-initialized from the top down. ``steps``: ``{"depth", "randomized", "images", "degenerate",
     "figures"}`` cumulatively, ``figures`` each figure's median with its 95% bootstrap interval (``spearman``,
     ``spearman_signed``, ``ssim``, ``hog``), or None where most maps were degenerate. The verdict reads the step
-    ``judged_step`` (1-based) against the control (`app.verdicts`)."""
+    ``judged_step`` (1-based) against the control (`app.core.verdicts`)."""
 
     method: str
     label: str
@@ -170,7 +170,7 @@ class LayerPage:
     derived_commands: list[str] = field(default_factory=list)
     #: The modules of the layer with the main layer before it and with the one after (`app.modules`).
     modules: list[ModulesSection] = field(default_factory=list)
-    #: Stage → why it leaves this layer out (`app.zoo.skips.layer_skips`), the model's too: one line each.
+    #: Stage → why it leaves this layer out (`app.core.zoo.skips.layer_skips`), the model's too: one line each.
     skips: dict[str, str] = field(default_factory=dict)
     kind_of_page: str = "layer"
 
@@ -265,7 +265,7 @@ class UnitPage:
     #: Until the unit's channel visualization exists: where the page asks a worker for it (POST) and
     #: polls its status (GET).
     render_url: str | None = None
-    #: Concepts its top examples share (`app.zoo.concepts`), best first; empty with ``labelled`` true:
+    #: Concepts its top examples share (`app.core.zoo.concepts`), best first; empty with ``labelled`` true:
     #: no clear concept; ``labelled`` false: the labels stage has not run on this layer.
     labels: list[Label] = field(default_factory=list)
     labelled: bool = False
@@ -569,7 +569,7 @@ class TuningSection:
     computed: bool
     families: list[Tuning] = field(default_factory=list)
     conventions: str = CONVENTIONS
-    #: Where its stimuli were drawn: the canvas, the position read and the receptive field (`app.stimuli.Placement`;
+    #: Where its stimuli were drawn: the canvas, the position read and the receptive field (`app.core.stimuli.Placement`;
     #: a block output's unit has its branch's), and the run of units that share it.
     placement: dict[str, Any] | None = None
     command: str | None = None
@@ -644,7 +644,7 @@ class FactorSummary:
 class PartOf:
     """The directions of one derived layer a base unit weighs most in, and how polysemantic it reads there:
     ``features`` directions put a large weight on it, ``effective`` is the participation ratio of their shares
-    of its activity (`app.store.UnitMixture`)."""
+    of its activity (`app.core.store.UnitMixture`)."""
 
     layer: str
     url: str
@@ -668,7 +668,7 @@ class Module:
 
 @dataclass(frozen=True)
 class ModulesSection:
-    """A layer pair's modules (`app.store.LayerModules`): how clusterable it is against its shuffles, and each module."""
+    """A layer pair's modules (`app.core.store.LayerModules`): how clusterable it is against its shuffles, and each module."""
 
     source: str
     target: str

@@ -21,7 +21,7 @@ from matplotlib.figure import Figure  # noqa: E402
 
 import numpy as np  # noqa: E402
 
-from app.stimuli import FAMILIES, FAMILY_JOINT, JOINT, ROTATIONS  # noqa: E402
+from app.core.stimuli import FAMILIES, FAMILY_JOINT, JOINT, ROTATIONS  # noqa: E402
 
 #: Text stays text (smaller files, selectable); the page's font shows it.
 matplotlib.rcParams.update({"svg.fonttype": "none", "font.size": 8, "axes.titlesize": 8})

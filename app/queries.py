@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from sqlalchemy import bindparam, func, select
 
-from app.store import (Ablation, Artifact, Dataset, DatasetExample, DatasetImage, DirectionWeight, Edge, Factorization, Layer, LayerArtifact, LayerModules, NetworkModules,
+from app.core.store import (Ablation, Artifact, Dataset, DatasetExample, DatasetImage, DirectionWeight, Edge, Factorization, Layer, LayerArtifact, LayerModules, NetworkModules,
                        Model, Probe, ProbeAblation, ProbeAttribution, ProbeGroup, ProbeRender, ProbeUnit, SanityStep, Run, UnitLabel, UnitMatch, UnitMixture, UnitStats, UnitTuning)
 
 THUMBNAIL_TECHNIQUE = "channel"

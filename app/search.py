@@ -2,7 +2,7 @@
 
 Hits come in this order: a unit by its address; a model or layer by its exact
 name; class units whose label is the query; units whose concept label
-(`app.zoo.concepts`) is the query or falls under it in WordNet ("dog" finds
+(`app.core.zoo.concepts`) is the query or falls under it in WordNet ("dog" finds
 the units labelled "hound"), best score first; then class units whose label
 contains the query, whole-word matches ("dog" in "sled dog") before others
 ("hotdog").
@@ -18,9 +18,9 @@ from sqlalchemy import Connection, select
 
 from app import urls
 from app.catalog import Catalog
-from app.errors import NotFound
-from app.store import UnitLabel
-from app.zoo.concepts import Hierarchy
+from app.core.errors import NotFound
+from app.core.store import UnitLabel
+from app.core.zoo.concepts import Hierarchy
 
 _UNIT = re.compile(r"^\s*(?:(?P<model>[\w.-]+)[/:\s]+)?(?P<layer>[\w]+)\s*[:/\s]\s*(?P<unit>\d+)\s*$")
 
@@ -33,7 +33,7 @@ class Hit:
     unit_id: int | None = None
     #: Why it matched: ``unit``, ``model``, ``layer``, ``class`` (its class label), ``concept`` (its concept label).
     reason: str = "unit"
-    #: A concept hit's score (`app.zoo.concepts`).
+    #: A concept hit's score (`app.core.zoo.concepts`).
     score: float | None = None
 
 

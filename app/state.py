@@ -12,11 +12,11 @@ from sqlalchemy.orm import Session
 
 from app.access import Limiter
 from app.catalog import Catalog
-from app.settings import Settings
-from app.jobs import JobQueue
-from app.store import Artifact, Layer, Run, Store
-from app.store.blobs import is_valid_key, media_type
-from app.store.summary import ModelCoverage, coverage
+from app.core.settings import Settings
+from app.core.jobs import JobQueue
+from app.core.store import Artifact, Layer, Run, Store
+from app.core.store.blobs import is_valid_key, media_type
+from app.core.store.summary import ModelCoverage, coverage
 
 log = logging.getLogger("microscope.server")
 

@@ -2,7 +2,7 @@
 
 A unit's section lists each family's preferred parameters and selectivity
 figures, with its plot (`app.plots`) and its preferred stimulus, which the
-server redraws from the stored recipe (`app.stimuli`: the stage stores no
+server redraws from the stored recipe (`app.core.stimuli`: the stage stores no
 stimulus image). A family page ranks a layer's units by selectivity to one
 family and lays the most selective out on a circle by their preferred
 orientation (the Curve Detectors article's figure of the curve family).
@@ -20,12 +20,13 @@ from PIL import Image
 from sqlalchemy import Connection
 
 from app import queries, urls
-from app.ablation import FAMILY_UNITS, ablation_view, family_key
+from app.ablation import ablation_view
+from app.core.contracts import FAMILY_UNITS, family_target
 from app.catalog import Catalog, LayerEntry
-from app.errors import NotFound
+from app.core.errors import NotFound
 from app.page_types import FamilyPage, FamilyUnit, Tuning, TuningSection
 from app.refs import pictures
-from app.stimuli import CONVENTIONS, FAMILIES, FAMILY_JOINT, JOINT, ROTATION, Placement, draw
+from app.core.stimuli import CONVENTIONS, FAMILIES, FAMILY_JOINT, JOINT, ROTATION, Placement, draw
 
 #: Every family a page may name, in the order the unit page shows them.
 FAMILY_NAMES = ("curves", "lines", "edges", "gratings", "colours", JOINT, FAMILY_JOINT)
@@ -110,7 +111,7 @@ def family_page(catalog: Catalog, connection: Connection, model: str, layer: str
         families={name: urls.tuning_family(model, layer, name) for name in FAMILY_NAMES if name != FAMILY_JOINT}
         | ({FAMILY_JOINT: urls.tuning_family(model, layer, FAMILY_JOINT)} if family == FAMILY_JOINT else {}),
         selectivity=SELECTIVITY,
-        ablation=ablation_view(None, connection, model, family_key(family, layer),
+        ablation=ablation_view(None, connection, model, family_target(family, layer),
                                f"the {FAMILY_UNITS} most {family}-selective units of {layer}",
                                urls.family_ablation(model, layer, family)) if units else None,
     )

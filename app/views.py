@@ -18,11 +18,11 @@ from sqlalchemy import Connection
 
 from app import browse, tuning, urls
 from app.access import allows
-from app.errors import NotFound
+from app.core.errors import NotFound
 from app.respond import json_response, respond
 from app.search import search
 from app.state import ServerState
-from app.store.maintenance import probe_blob
+from app.core.store.maintenance import probe_blob
 
 router = APIRouter()
 
@@ -282,7 +282,7 @@ def blob(key: str, request: Request, state: StateDep) -> Response:
 
 def suggestion_links(error: NotFound) -> list[dict[str, str]]:
     """Where an unknown name probably meant to go."""
-    from app.errors import UnitNotFound, UnknownLayer, UnknownModel
+    from app.core.errors import UnitNotFound, UnknownLayer, UnknownModel
 
     if isinstance(error, UnknownModel):
         return [{"label": name, "url": urls.model(name)} for name in error.suggestions]

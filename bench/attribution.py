@@ -33,8 +33,8 @@ from bench.scratch import scratch_copy  # noqa: E402
 def main() -> None:
     import torch
 
-    from app.settings import Settings
-    from app.store import Store
+    from app.core.settings import Settings
+    from app.core.store import Store
     from precompute.ablation import run_ablation, target_of
     from precompute.attribution import METHODS, Target, attribute
     from precompute.devices import pick_device

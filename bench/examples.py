@@ -39,7 +39,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from app.zoo import get_model  # noqa: E402
+from app.core.zoo import get_model  # noqa: E402
 from precompute.devices import pick_device  # noqa: E402
 from precompute.examples import input_transform  # noqa: E402
 from precompute.images import batches, list_images, locate_images  # noqa: E402

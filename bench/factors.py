@@ -34,8 +34,8 @@ def main() -> None:
     import torch
     from sqlalchemy import select
 
-    from app.settings import Settings
-    from app.store import Factorization, Layer, Store, Unit, UnitMixture, UnitTuning
+    from app.core.settings import Settings
+    from app.core.store import Factorization, Layer, Store, Unit, UnitMixture, UnitTuning
     from precompute.devices import pick_device
     from precompute.factors import FactorsConfig, run_factors
     from precompute.models import load

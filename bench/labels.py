@@ -26,9 +26,9 @@ sys.path.insert(0, str(ROOT))
 def main() -> None:
     from sqlalchemy import select
 
-    from app.settings import Settings
-    from app.store import Layer, Model, Store, Unit, UnitLabel
-    from app.zoo.concepts import Hierarchy
+    from app.core.settings import Settings
+    from app.core.store import Layer, Model, Store, Unit, UnitLabel
+    from app.core.zoo.concepts import Hierarchy
     from precompute.images import locate_images
     from precompute.labels import run_labels
     from precompute.models import build

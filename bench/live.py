@@ -38,8 +38,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from app import urls  # noqa: E402
-from app.jobs import JobQueue  # noqa: E402
-from app.settings import Settings  # noqa: E402
+from app.core.jobs import JobQueue  # noqa: E402
+from app.core.settings import Settings  # noqa: E402
 from tests.live_processes import wait_for_heartbeat  # noqa: E402
 from tests.serving import served  # noqa: E402
 
@@ -51,7 +51,7 @@ def scratch_copy(source: Settings, target: Path, repeats: int) -> tuple[Settings
     """STORE's copy, without the renders of the last ``repeats`` units of each benchmarked layer."""
     from sqlalchemy import delete, select
 
-    from app.store import Artifact, Layer, Store, Unit
+    from app.core.store import Artifact, Layer, Store, Unit
 
     with Store.open(source) as store, store.engine.connect() as connection:
         connection.exec_driver_sql("PRAGMA wal_checkpoint(TRUNCATE)")
@@ -95,8 +95,8 @@ def time_probe(client: httpx.Client, photo: Path) -> float:
 def fill_throughput(weights: Path | None, batch: int) -> dict[str, object]:
     import torch
 
-    from app.store import Store
-    from app.zoo import get_model
+    from app.core.store import Store
+    from app.core.zoo import get_model
     from precompute.catalog import catalog
     from precompute.devices import pick_device
     from precompute.stage import Stage

@@ -20,7 +20,7 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from app.zoo import get_model  # noqa: E402
+from app.core.zoo import get_model  # noqa: E402
 from precompute.images import batches, eval_transform, list_images, locate_images  # noqa: E402
 from precompute.weight_files import locate  # noqa: E402
 from precompute.models.bvlc import load_network  # noqa: E402

@@ -64,9 +64,9 @@ def contact_sheet(model: str, store_dir: Path, target: Path, units: int = 4, sid
     from PIL import Image, ImageDraw
     from sqlalchemy import select
 
-    from app.settings import Settings
-    from app.store import Store
-    from app.store.schema import Artifact, Layer, Model, Unit
+    from app.core.settings import Settings
+    from app.core.store import Store
+    from app.core.store.schema import Artifact, Layer, Model, Unit
 
     rows: list[tuple[str, list[bytes]]] = []
     with Store.open(Settings.load(store_dir, None), readonly=True) as store, store.session() as session:

@@ -25,8 +25,8 @@ from bench.scratch import scratch_copy  # noqa: E402
 def main() -> None:
     import torch
 
-    from app.settings import Settings
-    from app.store import Store
+    from app.core.settings import Settings
+    from app.core.store import Store
     from precompute.models import load
     import time
 

@@ -28,8 +28,8 @@ def main() -> None:
     import torch
     from sqlalchemy import select
 
-    from app.settings import Settings
-    from app.store import Layer, Probe, ProbeGroup, Store
+    from app.core.settings import Settings
+    from app.core.store import Layer, Probe, ProbeGroup, Store
     from precompute.devices import pick_device
     from precompute.images import list_images
     from precompute.models import load

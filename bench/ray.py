@@ -22,7 +22,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from app.settings import Settings  # noqa: E402
+from app.core.settings import Settings  # noqa: E402
 from tests.contents import contents  # noqa: E402
 from tests.ray_cluster import ray_cluster  # noqa: E402
 

@@ -36,7 +36,7 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from app.zoo import get_model  # noqa: E402
+from app.core.zoo import get_model  # noqa: E402
 from precompute.devices import pick_device  # noqa: E402
 from precompute.optvis import objectives, param  # noqa: E402
 from precompute.optvis.render import render, resolve_precision  # noqa: E402

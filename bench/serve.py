@@ -35,8 +35,8 @@ sys.path.insert(0, str(ROOT))
 
 from app import urls  # noqa: E402
 from app.catalog import Catalog  # noqa: E402
-from app.settings import Settings  # noqa: E402
-from app.store import Store  # noqa: E402
+from app.core.settings import Settings  # noqa: E402
+from app.core.store import Store  # noqa: E402
 
 WRK_SCRIPT = """
 local paths = {}

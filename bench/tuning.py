@@ -28,8 +28,8 @@ def main() -> None:
     import torch
     from sqlalchemy import delete, select
 
-    from app.settings import Settings
-    from app.store import Layer, Run, Store, Unit, UnitTuning
+    from app.core.settings import Settings
+    from app.core.store import Layer, Run, Store, Unit, UnitTuning
     from precompute.devices import pick_device
     from precompute.models import load
     from precompute.selection import parse_layers

@@ -19,15 +19,16 @@ import torch
 from sqlalchemy import delete, select
 from torch import Tensor
 
-from app.errors import MicroscopeError
-from app.store import Ablation, Layer, Unit
-from app.zoo.skips import has_map, layer_skips
+from app.core.contracts import ABLATION_MODES
+from app.core.errors import MicroscopeError
+from app.core.store import Ablation, Layer, Unit
+from app.core.zoo.skips import has_map, layer_skips
 from precompute.images import batches, eval_transform, list_images
 from precompute.models.derived import base_network
 from precompute.runs import catalogued_model, digested, finish_run, start_run
 from precompute.stage import Stage
 
-MODES = ("zero", "mean")
+MODES = ABLATION_MODES
 #: Classes listed per ablation: those whose correct-class probability changes most.
 CLASSES = 10
 ABLATION_ALGORITHM = 1
@@ -55,14 +56,10 @@ class AblationResult:
     reused: bool = False
 
 
-#: Units of a tuning family ablated together: its most selective (Curve Circuits ablates the curve detectors).
-FAMILY_UNITS = 10
-
-
 def target_of(store, spec, key: str) -> AblationTarget:  # noqa: ANN001
     """The target a key names: ``units:LAYER:1,5``, ``family:FAMILY:LAYER:N`` (the N most selective units of a tuning
     family, as its page ranks them) or ``direction:DERIVED:INDEX`` (a derived layer's direction over its base)."""
-    from app.store import Model, UnitTuning
+    from app.core.store import Model, UnitTuning
 
     parts = key.split(":")
     try:

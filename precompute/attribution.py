@@ -29,9 +29,9 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from app.errors import MicroscopeError
-from app.zoo import LayerSpec
-from app.zoo.skips import has_map
+from app.core.errors import MicroscopeError
+from app.core.zoo import LayerSpec
+from app.core.zoo.skips import has_map
 from precompute.models.base import Network
 from precompute.models.derived import base_network
 

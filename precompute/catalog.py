@@ -8,10 +8,10 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from app.errors import StoreError
-from app.store import Layer, Model, Store, Unit
-from app.zoo import LayerSpec, ModelSpec
-from app.zoo.skips import layer_skips, model_skips
+from app.core.errors import StoreError
+from app.core.store import Layer, Model, Store, Unit
+from app.core.zoo import LayerSpec, ModelSpec
+from app.core.zoo.skips import layer_skips, model_skips
 from precompute.runs import now, start_run
 from precompute.weight_files import Checksums
 

@@ -38,9 +38,9 @@ import torch
 from PIL import Image
 from torch import Tensor
 
-from app.store import Edge, Store
-from app.store.algorithms import ALGORITHMS
-from app.zoo import LayerSpec, ModelSpec
+from app.core.store import Edge, Store
+from app.core.store.algorithms import ALGORITHMS
+from app.core.zoo import LayerSpec, ModelSpec
 from precompute.models.base import Network, Piece
 from precompute.runs import catalogued_model, digested, finished_recipes, finish_run, progress_bar, replace_rows, share, start_run, unit_ids
 from precompute.stage import Stage

@@ -1,6 +1,6 @@
 """The ``microscope`` commands that run a model: the precompute stages, the worker and model checks.
 
-They register onto the torch-free command in `app.cli` (entry point group
+They register onto the torch-free command in `app.core.cli` (entry point group
 ``microscope.commands``); torch is imported only inside each command, so
 ``microscope --help`` stays fast.
 """
@@ -16,13 +16,13 @@ from typing import TYPE_CHECKING, Annotated, Any, Optional
 
 import typer
 
-from app.cli import DatabaseOption, DataOption
-from app.cli import main as run_command
-from app.errors import MicroscopeError
-from app.settings import Settings
-from app.stimuli import TUNING_FAMILIES
-from app.store import Store
-from app.zoo import DEFAULT_MODEL
+from app.core.cli import DatabaseOption, DataOption
+from app.core.cli import main as run_command
+from app.core.errors import MicroscopeError
+from app.core.settings import Settings
+from app.core.stimuli import TUNING_FAMILIES
+from app.core.store import Store
+from app.core.zoo import DEFAULT_MODEL
 from precompute.recipes import ON_DEMAND, Defaults
 
 
@@ -547,7 +547,7 @@ def precompute_all(
     stored with the same recipe is skipped, so a rerun takes seconds; images
     made by an older algorithm are rendered again with their own settings.
     """
-    from app.zoo.skips import model_skips
+    from app.core.zoo.skips import model_skips
     from precompute.catalog import catalog
     from precompute.examples import ExamplesConfig
     from precompute.images import locate_images
@@ -670,7 +670,7 @@ def worker(
     import logging
     import signal
 
-    from app.jobs import JobQueue
+    from app.core.jobs import JobQueue
     from precompute.worker import Worker
 
     if background:
@@ -731,7 +731,7 @@ def model_random_weights(
 
 
 if __name__ == "__main__":
-    from app.cli import cli
+    from app.core.cli import cli
 
     register(cli)
     run_command(cli)

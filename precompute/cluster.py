@@ -26,10 +26,10 @@ from pathlib import Path
 
 import torch
 
-from app.errors import MicroscopeError
-from app.settings import Settings
-from app.store import Store
-from app.zoo import LayerSpec
+from app.core.errors import MicroscopeError
+from app.core.settings import Settings
+from app.core.store import Store
+from app.core.zoo import LayerSpec
 from precompute.circuits import CircuitsResult, run_circuits
 from precompute.examples import ExamplesConfig, ExamplesResult, examples_part, run_examples, write_examples
 from precompute.models.base import Network

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from app.errors import MicroscopeError
+from app.core.errors import MicroscopeError
 
 
 def pick_device(name: str) -> torch.device:

@@ -15,8 +15,8 @@ from dataclasses import dataclass
 import torch
 from sqlalchemy import select
 
-from app.store import Layer, LayerArtifact
-from app.zoo import LayerSpec, ModelSpec
+from app.core.store import Layer, LayerArtifact
+from app.core.zoo import LayerSpec, ModelSpec
 from precompute.optvis import objectives
 from precompute.optvis.param import PARAMETERIZATIONS
 from precompute.optvis.render import render

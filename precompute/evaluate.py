@@ -8,8 +8,8 @@ from pathlib import Path
 
 import torch
 
-from app.errors import DatasetError
-from app.zoo import ModelSpec
+from app.core.errors import DatasetError
+from app.core.zoo import ModelSpec
 from precompute.images import batches, eval_transform, list_images
 from precompute.models.base import Network
 

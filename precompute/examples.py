@@ -33,11 +33,11 @@ from sqlalchemy import select
 from torch import Tensor
 from torchvision.transforms import v2
 
-from app.errors import MicroscopeError
-from app.store import Dataset, DatasetExample, DatasetImage, Store, UnitStats
-from app.store.algorithms import ALGORITHMS
-from app.zoo import LayerSpec, ModelSpec
-from app.zoo.spec import Framing
+from app.core.errors import MicroscopeError
+from app.core.store import Dataset, DatasetExample, DatasetImage, Store, UnitStats
+from app.core.store.algorithms import ALGORITHMS
+from app.core.zoo import LayerSpec, ModelSpec
+from app.core.zoo.spec import Framing
 from precompute.images import PLANE_SUFFIXES, ImageFile, Planes, batches, checked, decode_planes, decode_rgb, list_images
 from precompute.models.base import Network
 from precompute.ranking import HISTOGRAM_EDGES, RunningStatistics

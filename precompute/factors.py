@@ -20,7 +20,7 @@ features per position, the fraction of dead features, and (on a labelled
 dataset) the network's top-1/top-5 with the layer's output replaced by its
 reconstruction against the original's. They are stored with the layer, as
 are the directions' largest weights ("made of", "part of") and each base
-unit's polysemanticity (`app.store.UnitMixture`). A new factorization of a
+unit's polysemanticity (`app.core.store.UnitMixture`). A new factorization of a
 layer replaces the old one and everything made from its directions
 (examples, renders, tuning, labels) in one transaction; its examples and
 labels are then computed again.
@@ -43,8 +43,8 @@ import torch.nn.functional as F
 from sqlalchemy import delete, select
 from torch import Tensor
 
-from app.errors import DatasetError, MicroscopeError
-from app.store import (
+from app.core.errors import DatasetError, MicroscopeError
+from app.core.store import (
     Artifact,
     DatasetExample,
     DirectionWeight,
@@ -58,10 +58,10 @@ from app.store import (
     UnitStats,
     UnitTuning,
 )
-from app.store.algorithms import ALGORITHMS
-from app.zoo import LayerSpec, ModelSpec
-from app.zoo.spec import DERIVED_KINDS, derived_layer, derived_name
-from app.zoo.skips import layer_skips
+from app.core.store.algorithms import ALGORITHMS
+from app.core.zoo import LayerSpec, ModelSpec
+from app.core.zoo.spec import DERIVED_KINDS, derived_layer, derived_name
+from app.core.zoo.skips import layer_skips
 from precompute.evaluate import evaluate
 from precompute.examples import ExamplesConfig, fingerprint, input_transform, run_examples
 from precompute.images import batches, list_images

@@ -31,8 +31,8 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 from torchvision.transforms import v2
 
-from app.errors import DatasetError
-from app.zoo import ModelSpec
+from app.core.errors import DatasetError
+from app.core.zoo import ModelSpec
 
 if TYPE_CHECKING:
     from precompute.weight_files import Checksums
@@ -422,7 +422,7 @@ def locate_images(folder: Path | None, cache: Path | None = None) -> Path:
         return folder
     if SHARED_IMAGES.is_dir():
         return SHARED_IMAGES
-    from app.settings import Settings
+    from app.core.settings import Settings
 
     mirror = Settings.load().images_url
     if mirror:

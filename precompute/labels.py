@@ -5,7 +5,7 @@ same image folder for the base rates (its fingerprint must be the one the
 examples were computed on). One run per layer, recipe-digested over the
 labelling rules, the hierarchy file's sha256 and the digests of the examples
 runs it read, so new examples (or new rules) relabel the layer and a rerun
-skips what is current. The scoring is `app.zoo.concepts`'.
+skips what is current. The scoring is `app.core.zoo.concepts`'.
 """
 
 from __future__ import annotations
@@ -17,10 +17,10 @@ from typing import Sequence
 
 from sqlalchemy import select
 
-from app.errors import StoreError
-from app.store import Dataset, DatasetExample, DatasetImage, Run, Store, UnitLabel
-from app.zoo import LayerSpec, ModelSpec
-from app.zoo.concepts import Hierarchy, image_class, label_layer, rules
+from app.core.errors import StoreError
+from app.core.store import Dataset, DatasetExample, DatasetImage, Run, Store, UnitLabel
+from app.core.zoo import LayerSpec, ModelSpec
+from app.core.zoo.concepts import Hierarchy, image_class, label_layer, rules
 from precompute.examples import fingerprint
 from precompute.images import list_images
 from precompute.runs import catalogued_model, digested, finish_run, finished_recipes, replace_rows, share, start_run, unit_ids

@@ -4,7 +4,7 @@ Zoom In's third claim is that networks trained apart learn analogous features. F
 each model sees every image in its own input convention; each unit's activation after its ReLU is averaged over
 its layer's positions (pooled, since two architectures' grids differ), giving one vector over the images per
 unit. Every unit of one model's main layers is correlated (Pearson, over the images) with every unit of the
-other's, and each keeps its 5 best matches with their correlations, both ways (`app.store.UnitMatch`). A unit
+other's, and each keeps its 5 best matches with their correlations, both ways (`app.core.store.UnitMatch`). A unit
 that never varies over the images (dead) matches nothing.
 
 Beside the pooled correlation, each match has its position-wise one (Li et al. 2016, convergent learning:
@@ -29,10 +29,10 @@ import torch.nn.functional as F
 from sqlalchemy import delete
 from torch import Tensor
 
-from app.errors import MicroscopeError
-from app.store import Store, UnitMatch
-from app.zoo import LayerSpec
-from app.zoo.skips import require
+from app.core.errors import MicroscopeError
+from app.core.store import Store, UnitMatch
+from app.core.zoo import LayerSpec
+from app.core.zoo.skips import require
 from precompute.examples import fingerprint, input_transform
 from precompute.images import batches, list_images
 from precompute.models.base import Network

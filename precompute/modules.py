@@ -27,9 +27,9 @@ import torch
 from scipy import sparse
 from sqlalchemy import delete, select
 
-from app.errors import MicroscopeError
-from app.store import Layer, LayerModules, NetworkModules, Store
-from app.zoo import LayerSpec, ModelSpec
+from app.core.errors import MicroscopeError
+from app.core.store import Layer, LayerModules, NetworkModules, Store
+from app.core.zoo import LayerSpec, ModelSpec
 from precompute.circuits import Pair, expand
 from precompute.models.base import Network
 from precompute.models.derived import base_network
@@ -265,7 +265,7 @@ def _figures(found: Clusterability) -> dict:
 
 def run_network_modules(stage: Stage, config: ModulesConfig) -> dict | None:
     """The whole network (its main layers with maps, in order) as one graph, clustered by Filan et al.'s protocol
-    with its smooth control; stored per model (`app.store.NetworkModules`). None when it is stored with this recipe."""
+    with its smooth control; stored per model (`app.core.store.NetworkModules`). None when it is stored with this recipe."""
     net = base_network(stage.net)
     spec = net.spec
     pairs = module_pairs(spec, tuple(spec.main_layers))

@@ -29,13 +29,14 @@ from PIL import Image
 from sqlalchemy import delete, select
 from sqlalchemy.exc import IntegrityError
 
-from app.errors import MicroscopeError
-from app.store import Layer, Probe, ProbeAblation, ProbeAttribution, ProbeGroup, ProbeRender, ProbeUnit, Store, Unit
-from app.store.algorithms import ALGORITHMS, is_stale
-from app.store.schema import new_probe_id
-from app.uploads import UploadLimits, check_image
-from app.zoo import LayerSpec, ModelSpec
-from app.zoo.skips import has_map, layer_skips, require
+from app.core.contracts import GROUP_COLOURS
+from app.core.errors import MicroscopeError
+from app.core.store import Layer, Probe, ProbeAblation, ProbeAttribution, ProbeGroup, ProbeRender, ProbeUnit, Store, Unit
+from app.core.store.algorithms import ALGORITHMS, is_stale
+from app.core.store.schema import new_probe_id
+from app.core.uploads import UploadLimits, check_image
+from app.core.zoo import LayerSpec, ModelSpec
+from app.core.zoo.skips import has_map, layer_skips, require
 from precompute.attribution import ATTRIBUTION_ALGORITHM, IG_STEPS, METHODS, Target, attribute
 from precompute.examples import PREPROCESSING, input_transform
 from precompute.recipes import ON_DEMAND, Defaults
@@ -51,7 +52,6 @@ HEATMAP_ALPHA = 0.85
 HEATMAP_SIDE = 112
 #: Neuron groups per layer (Building Blocks shows six), and the colour of each group's map, in order of share.
 GROUPS = 6
-GROUP_COLOURS = ((230, 25, 75), (0, 130, 200), (60, 180, 75), (245, 130, 48), (145, 30, 180), (0, 170, 170))
 #: Attribution maps are this colour (the units' heatmaps are orange).
 ATTRIBUTION_COLOUR = (20, 110, 255)
 ATTRIBUTION_RECIPE = {

@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from app.zoo import LayerSpec, ModelSpec
+from app.core.zoo import LayerSpec, ModelSpec
 
 #: Histogram bins, evenly spaced in asinh(activation): fine near zero, coarse
 #: for the large values of deep layers, the same for every layer and run.

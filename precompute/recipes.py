@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from app.zoo import LayerSpec
+from app.core.zoo import LayerSpec
 
 
 @dataclass(frozen=True)

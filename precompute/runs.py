@@ -31,9 +31,9 @@ from tqdm import tqdm
 from sqlalchemy import ColumnElement, delete, insert, select
 from sqlalchemy.orm import InstrumentedAttribute, Session
 
-from app.errors import StoreError
-from app.store import Dataset, Layer, Model, Run, Store, Unit
-from app.zoo import ModelSpec
+from app.core.errors import StoreError
+from app.core.store import Dataset, Layer, Model, Run, Store, Unit
+from app.core.zoo import ModelSpec
 
 #: Ids per ``IN (...)`` list and rows per insert: well under SQLite's and PostgreSQL's parameter limits.
 IDS_PER_DELETE = 500

@@ -4,7 +4,7 @@ For ``images`` photos of the dataset (the first of the examples' images, in thei
 frame theirs), each method's map for the real network's top class is compared with its map on copies of the
 network whose weights are re-initialized from the top down (`precompute.attribution.cascading_randomization`):
 per step, each image's figures (`precompute.attribution.compare`) and their medians with bootstrap intervals; the
-verdict's criterion is `app.verdicts`. One row per model, method, target kind and step (`app.store.SanityStep`); a
+verdict's criterion is `app.core.verdicts`. One row per model, method, target kind and step (`app.core.store.SanityStep`); a
 recipe already stored is not run again.
 """
 
@@ -18,10 +18,10 @@ from pathlib import Path
 import numpy as np
 from sqlalchemy import delete
 
-from app import verdicts
-from app.errors import MicroscopeError
-from app.store import SanityStep
-from app.zoo.skips import require
+from app.core import verdicts
+from app.core.errors import MicroscopeError
+from app.core.store import SanityStep
+from app.core.zoo.skips import require
 from precompute.attribution import (ALL_METHODS, FIGURES, IG_STEPS, TARGET_KINDS, cascading_randomization,
                                     weight_groups)
 from precompute.examples import input_transform
@@ -68,7 +68,7 @@ class SanityResult:
 
 def summarize(pairs: Sequence[dict[str, float] | None], seed: int = 0) -> tuple[dict[str, dict[str, float]] | None, int]:
     """Each figure's median over the images scored, with its 95% bootstrap interval over images, and how many pairs
-    were degenerate; no figures when most were (`app.verdicts.MOSTLY_DEGENERATE`)."""
+    were degenerate; no figures when most were (`app.core.verdicts.MOSTLY_DEGENERATE`)."""
     from scipy.stats import bootstrap
 
     scored = [pair for pair in pairs if pair is not None]

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from app.errors import MicroscopeError
-from app.zoo import LayerSpec, ModelSpec
+from app.core.errors import MicroscopeError
+from app.core.zoo import LayerSpec, ModelSpec
 
 
 def parse_layers(spec: ModelSpec, text: str) -> list[LayerSpec]:

@@ -11,8 +11,8 @@ from dataclasses import dataclass, replace
 
 import torch
 
-from app.store import Store
-from app.zoo import ModelSpec
+from app.core.store import Store
+from app.core.zoo import ModelSpec
 from precompute.models.base import Network
 
 

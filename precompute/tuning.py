@@ -1,6 +1,6 @@
 """The tuning stage: every unit's responses to parametric stimuli and to its top examples rotated.
 
-For each layer, every stimulus of every family in `app.stimuli` is drawn on
+For each layer, every stimulus of every family in `app.core.stimuli` is drawn on
 the layer's canvas, centred on the receptive field of one position, and the
 whole layer is read there in one forward pass (all units at once, no
 gradients): a unit's response is its pre-ReLU activation at that position,
@@ -29,13 +29,13 @@ from sqlalchemy import select
 from torch import Tensor
 from torchvision.transforms import v2
 
-from app.ablation import FAMILY_UNITS
-from app.errors import MicroscopeError
-from app.store import Dataset, DatasetExample, DatasetImage, Run, Store, UnitTuning
-from app.stimuli import (CONVENTIONS, FAMILIES, FAMILY_JOINT, GREY, JOINT, ROTATIONS, TUNING_FAMILIES, Family, Placement,
+from app.core.contracts import FAMILY_UNITS
+from app.core.errors import MicroscopeError
+from app.core.store import Dataset, DatasetExample, DatasetImage, Run, Store, UnitTuning
+from app.core.stimuli import (CONVENTIONS, FAMILIES, FAMILY_JOINT, GREY, JOINT, ROTATIONS, TUNING_FAMILIES, Family, Placement,
                          draw)
-from app.zoo import LayerSpec, ModelSpec
-from app.zoo.skips import require
+from app.core.zoo import LayerSpec, ModelSpec
+from app.core.zoo.skips import require
 from precompute.examples import input_transform
 from precompute.images import ImageFile, list_images, load_rgb
 from precompute.runs import catalogued_model, digested, finish_run, finished_recipes, progress_bar, replace_rows, share, start_run, unit_ids

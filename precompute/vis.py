@@ -21,10 +21,10 @@ import torch
 from PIL import Image
 from sqlalchemy import select
 
-from app.errors import MicroscopeError
-from app.store import Artifact, Layer, Model, Store, Unit
-from app.store.algorithms import ALGORITHMS, is_stale
-from app.zoo import LayerSpec, ModelSpec
+from app.core.errors import MicroscopeError
+from app.core.store import Artifact, Layer, Model, Store, Unit
+from app.core.store.algorithms import ALGORITHMS, is_stale
+from app.core.zoo import LayerSpec, ModelSpec
 from precompute.images import channel_strip
 from precompute.models.base import Network
 from precompute.optvis import objectives

@@ -3,7 +3,7 @@
 The BVLC GoogLeNet ships as raw little-endian float32 files, one filter and
 one bias per Caffe layer, filters in (out, kh, kw, in) order (see
 ../shared/models/bvlc_googlenet/README.md). Every file is checked against the
-pinned SHA256 list kept in ``app/zoo`` before a single number is used.
+pinned SHA256 list kept in ``app/core/zoo`` before a single number is used.
 """
 
 from __future__ import annotations
@@ -20,8 +20,8 @@ from pathlib import Path
 
 import numpy as np
 
-from app.errors import MicroscopeError, WeightsError
-from app.zoo import ModelSpec
+from app.core.errors import MicroscopeError, WeightsError
+from app.core.zoo import ModelSpec
 
 
 @dataclass(frozen=True)
@@ -38,8 +38,8 @@ class Checksums:
 
     @classmethod
     def named(cls, name: str) -> Checksums:
-        """The list ``name`` kept in ``app/zoo``."""
-        text = resources.files("app.zoo").joinpath(name).read_text(encoding="utf-8")
+        """The list ``name`` kept in ``app/core/zoo``."""
+        text = resources.files("app.core.zoo").joinpath(name).read_text(encoding="utf-8")
         files = {}
         for line in text.splitlines():
             if line.strip():

@@ -3,7 +3,7 @@
 The worker holds the network in memory and writes into the store with the
 precompute stages' own code and recipes: a unit rendered here is the unit
 ``precompute vis`` would render with the same settings (same recipe digest,
-so the stage skips it). Jobs come from `app.jobs.JobQueue`, most urgent
+so the stage skips it). Jobs come from `app.core.jobs.JobQueue`, most urgent
 first; a person's request waits at most a few optimization steps of a fill
 batch, because the fill's renders serve waiting requests between steps.
 
@@ -23,13 +23,13 @@ import time
 import uuid
 from dataclasses import dataclass, field, replace
 
-from app.errors import MicroscopeError
-from app.jobs import HANDLERS, HEARTBEAT_SECONDS, MAX_ATTEMPTS, JobQueue
-from app.store import Store
-from app.store.maintenance import delete_probe
-from app.store.schema import new_probe_id
-from app.zoo import LayerSpec, ModelSpec
-from app.zoo.skips import model_skips
+from app.core.errors import MicroscopeError
+from app.core.jobs import HANDLERS, HEARTBEAT_SECONDS, MAX_ATTEMPTS, JobQueue
+from app.core.store import Store
+from app.core.store.maintenance import delete_probe
+from app.core.store.schema import new_probe_id
+from app.core.zoo import LayerSpec, ModelSpec
+from app.core.zoo.skips import model_skips
 from precompute.probe import attribute_probe, probe_contributions, render_caricature, render_group, run_probe
 from precompute.recipes import ON_DEMAND, Defaults
 from precompute.stage import Stage
@@ -136,7 +136,7 @@ class Worker:
         """Remove probes older than the settings' ``probe_days`` (their blobs go with the next gc)."""
         from datetime import UTC, datetime
 
-        from app.store.maintenance import remove_probes
+        from app.core.store.maintenance import remove_probes
 
         removed = remove_probes(self.store, self.store.settings.probe_days, datetime.now(UTC).replace(tzinfo=None))
         if removed:

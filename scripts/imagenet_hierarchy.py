@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Derive app/zoo/imagenet_hierarchy.json from WordNet 3.0: the 1,000 ImageNet classes and every ancestor.
+"""Derive app/core/zoo/imagenet_hierarchy.json from WordNet 3.0: the 1,000 ImageNet classes and every ancestor.
 
 ImageNet's classes are WordNet 3.0 noun synsets (``n02084071`` is the noun
 synset at byte offset 02084071 of ``data.noun``). Each synset keeps its first

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from app.settings import Settings
-from app.store import Store
-from app.zoo import ModelSpec, get_model
+from app.core.settings import Settings
+from app.core.store import Store
+from app.core.zoo import ModelSpec, get_model
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from sqlalchemy import select
 
-from app.settings import Settings
-from app.store import (Ablation, Artifact, DatasetExample, DatasetImage, DirectionWeight, Edge, Factorization, Layer, Probe, ProbeAttribution,
+from app.core.settings import Settings
+from app.core.store import (Ablation, Artifact, DatasetExample, DatasetImage, DirectionWeight, Edge, Factorization, Layer, Probe, ProbeAttribution,
                        ProbeGroup, ProbeRender, ProbeUnit, Store, Unit, UnitMixture, UnitStats, UnitTuning)
-from app.store.maintenance import referenced_keys
+from app.core.store.maintenance import referenced_keys
 
 
 def contents(settings: Settings) -> dict[str, list[tuple]]:

@@ -10,8 +10,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from app.jobs import JobQueue
-from app.settings import Settings
+from app.core.jobs import JobQueue
+from app.core.settings import Settings
 from tests.conftest import ROOT
 
 #: Small renders, so that a test's jobs take seconds (the recipe machinery is the same at any size).

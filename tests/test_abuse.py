@@ -21,9 +21,9 @@ from PIL import Image
 from sqlalchemy import func, select
 
 from app import urls
-from app.jobs import JobQueue
-from app.settings import Settings
-from app.store import Artifact, Layer, Store, Unit, UnitTuning
+from app.core.jobs import JobQueue
+from app.core.settings import Settings
+from app.core.store import Artifact, Layer, Store, Unit, UnitTuning
 from tests.conftest import ROOT
 from tests.live_processes import TINY_ARGS, running_worker
 from tests.serving import served

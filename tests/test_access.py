@@ -11,7 +11,7 @@ from fastapi.testclient import TestClient
 
 from app import urls
 from app.main import create_app
-from app.settings import Settings, SettingsError, variables
+from app.core.settings import Settings, SettingsError, variables
 from tests.conftest import ROOT
 from tests.test_cli import microscope
 from tests.test_live import MODEL, jpeg, live  # noqa: F401 - the live store fixture

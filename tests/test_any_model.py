@@ -14,8 +14,8 @@ from sqlalchemy import func, select
 
 from app import urls
 from app.main import create_app
-from app.settings import Settings
-from app.store import Edge, Layer, Store, Unit
+from app.core.settings import Settings
+from app.core.store import Edge, Layer, Store, Unit
 from tests.tiny_model import FACTORY
 
 

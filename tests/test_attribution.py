@@ -11,9 +11,9 @@ from fastapi.testclient import TestClient
 
 from app import urls
 from app.main import create_app
-from app.settings import Settings
-from app.store import Store
-from app.verdicts import DECORRELATED, judge, judged_step
+from app.core.settings import Settings
+from app.core.store import Store
+from app.core.verdicts import DECORRELATED, judge, judged_step
 from precompute.attribution import (Maps, Target, attribute, attribute_maps, cascading_randomization, compare, randomized,
                                    weight_groups)
 from precompute.examples import input_transform
@@ -139,7 +139,7 @@ def _cascade(medians: list[float | None], width: float = 0.05) -> list[dict]:
 
 
 def test_the_criterion_reads_the_top_layers_against_the_control() -> None:
-    """`app.verdicts.judge` on hand-made cascades of six groups (the judged step is the second)."""
+    """`app.core.verdicts.judge` on hand-made cascades of six groups (the judged step is the second)."""
     control = _cascade([0.9, 0.85, 0.8, 0.7, 0.5, 0.1])
     assert judged_step(6) == 2 and judged_step(13) == 5 and judged_step(1) == 1
     assert judge("gradient", _cascade([0.3, 0.2, 0.1, 0.1, 0.1, 0.0]), control).passes is True
@@ -317,7 +317,7 @@ def test_a_unit_ablation_from_its_page_to_its_figures(client: TestClient, live: 
 
     from sqlalchemy import update
 
-    from app.store import Dataset
+    from app.core.store import Dataset
     from precompute.ablation import AblationTarget, run_ablation, target_of
 
     labelled = tmp_path / "labelled"  # the synthetic images under real synsets of the tiny model's classes
@@ -468,7 +468,7 @@ def test_a_probe_layers_top_units_ablated_together_over_the_dataset(client: Test
 
     from sqlalchemy import update
 
-    from app.store import Dataset
+    from app.core.store import Dataset
 
     labelled = tmp_path / "labelled"
     for number, file in enumerate(sorted(tiny_images.glob("*/*.jpg"))[:8]):

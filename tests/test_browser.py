@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from playwright.sync_api import Page, sync_playwright
 
-from app.settings import Settings
+from app.core.settings import Settings
 from tests.conftest import ROOT
 from tests.serving import served
 

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from playwright.sync_api import Browser, sync_playwright
 
-from app.settings import Settings
+from app.core.settings import Settings
 from tests.live_processes import running_worker
 from tests.serving import served
 from tests.test_browser import ARTIFACTS, CHROMIUM, CHROMIUM_ARGS

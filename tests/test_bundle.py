@@ -10,11 +10,11 @@ from pathlib import Path
 import pytest
 from sqlalchemy import select
 
-from app.errors import StoreError
-from app.settings import Settings
-from app.store import Run, Store
-from app.store.bundle import import_bundle
-from app.zoo import ModelSpec
+from app.core.errors import StoreError
+from app.core.settings import Settings
+from app.core.store import Run, Store
+from app.core.store.bundle import import_bundle
+from app.core.zoo import ModelSpec
 from precompute.runs import start_run
 from tests.contents import contents
 from tests.test_cli import microscope

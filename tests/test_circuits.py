@@ -10,9 +10,9 @@ import torch
 import torch.nn.functional as F
 from sqlalchemy import func, select
 
-from app.store import Edge, Layer, Run, Store, Unit
-from app.store.summary import coverage
-from app.zoo import ModelSpec
+from app.core.store import Edge, Layer, Run, Store, Unit
+from app.core.store.summary import coverage
+from app.core.zoo import ModelSpec
 from precompute.catalog import catalog
 from precompute.circuits import expand, pairs, run_circuits, select_edges
 from precompute.models.inceptionv1 import InceptionV1

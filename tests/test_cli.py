@@ -81,7 +81,7 @@ def test_the_server_side_commands_need_neither_torch_nor_the_precompute_package(
     """As in the web image: `precompute` cannot be imported, the server's commands still work."""
     code = (
         "import sys; sys.modules['precompute'] = None; sys.modules['torch'] = None;"
-        "from app.cli import main, with_plugins; cli = with_plugins();"
+        "from app.core.cli import main, with_plugins; cli = with_plugins();"
         "names = {c.name or c.callback.__name__ for c in cli.registered_commands};"
         "assert {'serve', 'info', 'gc', 'export'} <= names and 'worker' not in names, names;"
         f"sys.argv = ['microscope', 'info', '--data', {str(tmp_path / 'none')!r}]; main(cli)"

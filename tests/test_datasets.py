@@ -10,10 +10,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from app.errors import DatasetError
-from app.settings import Settings
-from app.store import DatasetImage, Store
-from app.zoo import get_model
+from app.core.errors import DatasetError
+from app.core.settings import Settings
+from app.core.store import DatasetImage, Store
+from app.core.zoo import get_model
 from precompute.catalog import catalog
 from precompute import images
 from precompute.examples import ExamplesConfig, run_examples
@@ -136,7 +136,7 @@ def test_a_corrupt_download_is_refused_and_not_kept(no_shared_images: None, imag
 
 def test_without_a_mirror_the_public_originals_download_into_class_folders(
         no_shared_images: None, images_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """The default source: the sample's originals, flat files pinned in app/zoo, laid out by synset."""
+    """The default source: the sample's originals, flat files pinned in app/core/zoo, laid out by synset."""
     from precompute.weight_files import Checksums, file_sha256
 
     pinned = Checksums.named(images.ORIGINALS_CHECKSUMS)

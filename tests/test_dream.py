@@ -11,8 +11,8 @@ from sqlalchemy import select
 
 from app import urls
 from app.main import create_app
-from app.settings import Settings
-from app.store import LayerArtifact, Store
+from app.core.settings import Settings
+from app.core.store import LayerArtifact, Store
 from precompute.dream import DEEP_DREAM, run_deep_dream
 from precompute.optvis import objectives
 from precompute.stage import Stage

@@ -14,9 +14,9 @@ import torch
 from sqlalchemy import func, select
 from sqlalchemy.orm import InstrumentedAttribute
 
-from app.settings import Settings
-from app.store import Dataset, DatasetExample, DatasetImage, Layer, Store, Unit, UnitStats
-from app.zoo import ModelSpec
+from app.core.settings import Settings
+from app.core.store import Dataset, DatasetExample, DatasetImage, Layer, Store, Unit, UnitStats
+from app.core.zoo import ModelSpec
 from precompute.catalog import catalog
 from precompute.examples import ExamplesConfig, input_transform, run_examples
 from precompute.images import read_rgb
@@ -125,7 +125,7 @@ def test_tiny_and_extreme_images_get_examples_and_exact_crops(store: Store, spec
     """A 3x3 PNG, a 1x1 JPEG and an 80:1 strip: no crash, a non-empty crop for every example."""
     from PIL import Image
 
-    from app.zoo.spec import Framing
+    from app.core.zoo.spec import Framing
 
     folder = tmp_path / "odd"
     folder.mkdir()
@@ -153,7 +153,7 @@ def test_tiny_and_extreme_images_get_examples_and_exact_crops(store: Store, spec
 
 
 def test_a_block_units_field_is_its_branchs() -> None:
-    from app.zoo import get_model
+    from app.core.zoo import get_model
 
     spec = get_model("inceptionv1_caffe")
     block = spec.layer("mixed4a")

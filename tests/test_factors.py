@@ -12,8 +12,8 @@ from fastapi.testclient import TestClient
 from sqlalchemy import func, select
 
 from app.main import create_app
-from app.settings import Settings
-from app.store import DatasetExample, DatasetImage, DirectionWeight, Factorization, Layer, Store, Unit, UnitMixture
+from app.core.settings import Settings
+from app.core.store import DatasetExample, DatasetImage, DirectionWeight, Factorization, Layer, Store, Unit, UnitMixture
 from precompute.catalog import catalog
 from precompute.examples import input_transform
 from precompute.factors import FactorsConfig, run_factors
@@ -259,7 +259,7 @@ def test_the_hand_written_inceptionv1_splices_a_layer_as_a_traced_network_does()
 
 
 def test_a_block_diagonal_layer_clusters_into_its_blocks_and_better_than_its_shuffles(tmp_path: Path) -> None:
-    from app.store import LayerModules
+    from app.core.store import LayerModules
     from precompute.modules import ModulesConfig, clusterability, run_modules, run_network_modules
 
     path = tmp_path / "blocks.pt"
@@ -322,7 +322,7 @@ def test_filans_protocol_tells_modular_from_merely_smooth_and_from_random() -> N
 def test_two_copies_match_unit_to_unit_and_a_permuted_copy_recovers_the_permutation(images: Path, tmp_path: Path) -> None:
     import json
 
-    from app.store import UnitMatch
+    from app.core.store import UnitMatch
     from precompute.match import run_match
 
     state = seeded_state_dict("tests.tiny_model:blocks", 0)

@@ -21,9 +21,9 @@ from pathlib import Path
 import pytest
 from sqlalchemy import select
 
-from app.settings import Settings
-from app.store import Layer, Model, Probe, ProbeUnit, Store, Unit
-from app.store.bundle import BadBundle, import_bundle
+from app.core.settings import Settings
+from app.core.store import Layer, Model, Probe, ProbeUnit, Store, Unit
+from app.core.store.bundle import BadBundle, import_bundle
 from tests.contents import contents
 from tests.test_cli import microscope
 

@@ -13,7 +13,7 @@ from fastapi.testclient import TestClient
 
 from app import urls
 from app.main import create_app
-from app.settings import Settings
+from app.core.settings import Settings
 from tests.serving import served
 
 

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from app.settings import Settings
+from app.core.settings import Settings
 from tests.conftest import ROOT
 from tests.contents import contents
 from tests.test_cli import microscope

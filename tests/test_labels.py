@@ -16,9 +16,9 @@ from sqlalchemy import func, select
 
 from app import urls
 from app.main import create_app
-from app.settings import Settings
-from app.store import Store, UnitLabel
-from app.zoo.concepts import HIERARCHY_FILE, MIN_COUNT, MIN_COVERAGE, MIN_LIFT, Hierarchy, image_class, label
+from app.core.settings import Settings
+from app.core.store import Store, UnitLabel
+from app.core.zoo.concepts import HIERARCHY_FILE, MIN_COUNT, MIN_COVERAGE, MIN_LIFT, Hierarchy, image_class, label
 from tests.conftest import ROOT
 
 WORDNET = Path("/usr/share/wordnet")
@@ -61,7 +61,7 @@ def test_a_labels_p_value_is_its_permutation_null_and_chance_labels_do_not_survi
     """A concept's p-value is the chance that random sets of as many distinct dataset images put at least as many
     under it (checked against 20,000 drawn sets); a layer of units whose top examples are random images gets labels
     from the effect-size rules alone, and none once Benjamini-Hochberg's q must be below 0.05."""
-    from app.zoo.concepts import candidates, label_layer
+    from app.core.zoo.concepts import candidates, label_layer
 
     base = hierarchy.concept_counts(hierarchy.classes)
     rng = np.random.default_rng(0)
@@ -132,7 +132,7 @@ def test_the_stage_labels_every_layer_and_a_rerun_reuses_them(tiny_net, tmp_path
 
 
 def _layer_of(settings: Settings, unit_id: int) -> str:
-    from app.store import Layer, Unit
+    from app.core.store import Layer, Unit
 
     with Store.open(settings, readonly=True) as store, store.session() as session:
         name, index = session.execute(select(Layer.name, Unit.index).join(Unit).where(Unit.id == unit_id)).one()

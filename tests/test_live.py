@@ -21,12 +21,12 @@ from PIL import Image
 from sqlalchemy import select
 
 from app import urls
-from app.jobs import JobState, JobQueue, QueueFull
+from app.core.jobs import JobState, JobQueue, QueueFull
 from app.main import create_app
-from app.settings import Settings
-from app.store import Artifact, Layer, Probe, ProbeGroup, ProbeRender, ProbeUnit, Store, Unit
-from app.uploads import BadUpload, TooLarge, UploadLimits, Unsupported, check_image
-from app.zoo import ModelSpec
+from app.core.settings import Settings
+from app.core.store import Artifact, Layer, Probe, ProbeGroup, ProbeRender, ProbeUnit, Store, Unit
+from app.core.uploads import BadUpload, TooLarge, UploadLimits, Unsupported, check_image
+from app.core.zoo import ModelSpec
 from precompute.optvis.render import resolve_precision
 from precompute.recipes import Defaults
 from precompute.vis import on_demand_config, run_vis
@@ -161,7 +161,7 @@ def test_a_refused_probe_leaves_no_bytes_behind(location: str) -> None:
 
 def test_a_failing_job_is_retried_a_bounded_number_of_times_then_recorded_failed(location: str, live: Settings,
                                                                               spec: ModelSpec, net) -> None:  # noqa: ANN001
-    from app.jobs import MAX_ATTEMPTS
+    from app.core.jobs import MAX_ATTEMPTS
 
     queue = JobQueue(location)
     runs = []
@@ -298,7 +298,7 @@ def test_fill_tunes_every_main_layer_first_and_serves_requests_between_passes(li
                                                                              net) -> None:  # noqa: ANN001
     from sqlalchemy import select
 
-    from app.store import UnitTuning
+    from app.core.store import UnitTuning
 
     queue = JobQueue.for_store(live)
     with Store.open(live) as store:
@@ -339,7 +339,7 @@ def test_fill_factors_two_layers_then_renders_their_directions_and_serves_reques
         live: Settings, spec: ModelSpec, net) -> None:  # noqa: ANN001
     """After the tuning, the fill computes NMF groups and a dictionary of two layers (issue 22: the main command's
     worker does), each with its examples; a request waiting meanwhile is served; then the directions are rendered."""
-    from app.store import Factorization
+    from app.core.store import Factorization
 
     queue = JobQueue.for_store(live)
     with Store.open(live) as store:
@@ -600,7 +600,7 @@ def test_the_live_server_imports_no_torch_and_keeps_the_store_read_only(live: Se
 
     code = (
         "import sys; from pathlib import Path; from fastapi.testclient import TestClient;"
-        "from app.main import create_app; from app.settings import Settings;"
+        "from app.main import create_app; from app.core.settings import Settings;"
         f"app = create_app(Settings.load(Path({str(live.data_dir)!r}))); client = TestClient(app);"
         "assert client.post('/models/tiny/res1/14/render').status_code == 202;"
         "assert client.get('/models/tiny/probe').status_code == 200;"

@@ -17,8 +17,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from app.errors import MicroscopeError, UnknownModel, WeightsError
-from app.zoo import get_model
+from app.core.errors import MicroscopeError, UnknownModel, WeightsError
+from app.core.zoo import get_model
 from precompute.models import build, load, seeded_state_dict
 from precompute.models.base import Piece
 from precompute.weight_files import file_sha256

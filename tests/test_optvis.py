@@ -10,11 +10,11 @@ import torch
 from PIL import Image
 from sqlalchemy import func, select
 
-from app.errors import MicroscopeError
-from app.store import Artifact, Store
-from app.store.algorithms import ALGORITHMS
-from app.store.summary import coverage
-from app.zoo import ModelSpec
+from app.core.errors import MicroscopeError
+from app.core.store import Artifact, Store
+from app.core.store.algorithms import ALGORITHMS
+from app.core.store.summary import coverage
+from app.core.zoo import ModelSpec
 from precompute.catalog import catalog
 from precompute.optvis import objectives, param
 from precompute.optvis.render import render, resolve_precision

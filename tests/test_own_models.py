@@ -16,8 +16,8 @@ from sqlalchemy import func, select
 
 from app import urls
 from app.main import create_app
-from app.settings import Settings
-from app.store import Artifact, DatasetExample, DatasetImage, Edge, Layer, Store
+from app.core.settings import Settings
+from app.core.store import Artifact, DatasetExample, DatasetImage, Edge, Layer, Store
 from tests.own_models import backbone, mnist, modern, multispectral, write_checkpoint, write_planes
 from tests.test_cli import microscope
 

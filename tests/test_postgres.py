@@ -11,7 +11,7 @@ import pytest
 from fastapi.testclient import TestClient
 from app import urls
 from app.main import create_app
-from app.settings import Settings
+from app.core.settings import Settings
 from tests.conftest import ROOT, link_sample
 from tests.contents import contents
 from tests.test_cli import microscope

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from app.settings import Settings
+from app.core.settings import Settings
 from tests.conftest import ROOT
 from tests.contents import contents
 from tests.ray_cluster import TaskKiller, ray_cluster

@@ -13,8 +13,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from app.errors import WeightsError
-from app.zoo import REGISTRY, entry
+from app.core.errors import WeightsError
+from app.core.zoo import REGISTRY, entry
 from precompute.models import build, load
 from precompute.models.nets.efficientnet import EfficientNetLite0
 from precompute.models.nets.inception5h import BLOCKS, Inception5h, parameter_names
@@ -30,7 +30,7 @@ ROOT = Path(__file__).resolve().parent.parent
 def test_model_eval_reaches_the_readme_accuracy(model: str, shared_dir: Path) -> None:
     """`microscope model eval` on the shared sample equals the weights README's figures within 0.5 points."""
     result = subprocess.run(
-        [sys.executable, "-m", "app.cli", "model", "eval", "--model", model, "--images",
+        [sys.executable, "-m", "app.core.cli", "model", "eval", "--model", model, "--images",
          str(shared_dir / "data/imagenet-sample")], capture_output=True, text=True, cwd=ROOT, timeout=900, check=True)
     accuracy = json.loads(result.stdout.strip().splitlines()[-1])
     top1, top5 = entry(model).evaluation.expected

@@ -14,10 +14,10 @@ import httpx
 import pytest
 from fastapi.testclient import TestClient
 
-from app.errors import StoreError
+from app.core.errors import StoreError
 from app.main import create_app
-from app.settings import Settings
-from app.store.blobs import ObjectBlobs, key_of
+from app.core.settings import Settings
+from app.core.store.blobs import ObjectBlobs, key_of
 from tests.contents import contents
 from tests.test_cli import microscope
 from tests.tiny_model import FACTORY

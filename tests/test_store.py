@@ -8,13 +8,13 @@ from pathlib import Path
 import pytest
 from sqlalchemy import func, select, update
 
-from app.errors import StoreError
-from app.settings import Settings
-from app.store import SCHEMA_VERSION, Layer, Run, Store, Unit, is_valid_key
-from app.store.blobs import FolderBlobs
-from app.store.schema import Meta
-from app.store.summary import coverage
-from app.zoo import ModelSpec
+from app.core.errors import StoreError
+from app.core.settings import Settings
+from app.core.store import SCHEMA_VERSION, Layer, Run, Store, Unit, is_valid_key
+from app.core.store.blobs import FolderBlobs
+from app.core.store.schema import Meta
+from app.core.store.summary import coverage
+from app.core.zoo import ModelSpec
 from precompute.catalog import catalog
 
 
@@ -118,7 +118,7 @@ def test_a_schema_2_store_is_upgraded_in_place_and_the_catalog_fills_the_offsets
 
 def test_a_schema_3_store_of_the_bvlc_network_calls_it_inceptionv1_caffe(settings: Settings, spec: ModelSpec) -> None:
     """Before schema 4 the BVLC GoogLeNet was ``inceptionv1``: that name is now Microscope's own network."""
-    from app.store.schema import Model
+    from app.core.store.schema import Model
 
     with Store.open(settings, create=True) as store:
         catalog(store, spec)
@@ -138,7 +138,7 @@ def test_a_schema_4_stores_probes_get_random_public_ids(settings: Settings, spec
 
     from sqlalchemy import text
 
-    from app.store.schema import Model, Probe
+    from app.core.store.schema import Model, Probe
 
     with Store.open(settings, create=True) as store:
         catalog(store, spec)
@@ -177,8 +177,8 @@ def test_gc_leaves_young_blobs_and_temporary_files_and_refuses_beside_a_live_wor
     import os
     import time
 
-    from app.jobs import JobQueue
-    from app.store.maintenance import collect_garbage
+    from app.core.jobs import JobQueue
+    from app.core.store.maintenance import collect_garbage
     from tests.test_cli import microscope
 
     with Store.open(settings, create=True) as store:
@@ -208,7 +208,7 @@ def test_a_transaction_that_meets_a_lock_runs_again_a_bounded_number_of_times(se
     timeout waits for) runs the transaction again; other errors and a lock past the attempts are raised."""
     from sqlalchemy.exc import OperationalError
 
-    from app.store.database import WRITE_ATTEMPTS
+    from app.core.store.database import WRITE_ATTEMPTS
 
     locked = OperationalError("INSERT ...", {}, Exception("database is locked"))
     with Store.open(settings, create=True) as store:

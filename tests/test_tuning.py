@@ -10,10 +10,10 @@ import pytest
 import torch
 from sqlalchemy import select
 
-from app.settings import Settings
-from app.stimuli import FAMILIES, Placement, draw
-from app.store import Store, Unit, UnitTuning
-from app.zoo import get_model
+from app.core.settings import Settings
+from app.core.stimuli import FAMILIES, Placement, draw
+from app.core.store import Store, Unit, UnitTuning
+from app.core.zoo import get_model
 from precompute.catalog import catalog
 from precompute.models import load
 from precompute.stage import Stage
@@ -247,7 +247,7 @@ def test_a_store_whose_images_are_gone_is_tuned_without_joint_tuning(tiny_settin
                                                                     tmp_path: Path) -> None:
     from sqlalchemy import delete, update
 
-    from app.store import Dataset, Run
+    from app.core.store import Dataset, Run
     from tests.test_live import copy_store
 
     settings = copy_store(tiny_settings, tmp_path / "store")

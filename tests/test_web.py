@@ -19,9 +19,9 @@ from PIL import Image
 
 from app import urls
 from app.main import create_app
-from app.settings import Settings
-from app.store import Store
-from app.zoo import ModelSpec
+from app.core.settings import Settings
+from app.core.store import Store
+from app.core.zoo import ModelSpec
 from tests.test_cli import microscope
 
 
@@ -259,8 +259,8 @@ def test_search_finds_units_by_their_concept_label(web_settings: Settings) -> No
 
     from sqlalchemy import delete, select
 
-    from app.store import Layer, Run, Store, Unit, UnitLabel
-    from app.zoo.concepts import Hierarchy
+    from app.core.store import Layer, Run, Store, Unit, UnitLabel
+    from app.core.zoo.concepts import Hierarchy
 
     with tempfile.TemporaryDirectory() as folder:
         copy = Settings.load(Path(folder) / "store")
@@ -296,7 +296,7 @@ def test_openapi_lists_every_json_route(client: httpx.Client) -> None:
 
 def test_the_server_never_imports_torch(store_settings: Settings) -> None:
     code = (
-        "import sys; from pathlib import Path; from app.main import create_app; from app.settings import Settings;"
+        "import sys; from pathlib import Path; from app.main import create_app; from app.core.settings import Settings;"
         f"create_app(Settings.load(Path({str(store_settings.data_dir)!r}))); print('torch' in sys.modules)"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
@@ -367,7 +367,7 @@ def test_a_link_to_microscopes_inceptionv1_says_what_it_is_and_what_is_held(clie
 
 def test_the_model_page_shows_the_registry_notes(tmp_path: Path) -> None:
     """A registry model with notes (SqueezeNet's logits are a pooled ReLU) shows them, in the JSON and on the page."""
-    from app.zoo import REGISTRY
+    from app.core.zoo import REGISTRY
     from precompute.catalog import catalog
     from precompute.models import build
 

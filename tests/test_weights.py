@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from app.errors import WeightsError
-from app.zoo import ModelSpec
+from app.core.errors import WeightsError
+from app.core.zoo import ModelSpec
 from precompute.weight_files import Checksums, download, locate, verify
 from tests.serving import serve_folder
 

@@ -17,8 +17,8 @@ from pathlib import Path
 
 import pytest
 
-from app.jobs import JobQueue
-from app.settings import Settings
+from app.core.jobs import JobQueue
+from app.core.settings import Settings
 from tests.contents import contents
 from tests.live_processes import start_worker
 from tests.test_cli import microscope
@@ -45,7 +45,7 @@ def queue_second(settings: Settings, labelled: Path) -> JobQueue:
     """After the probe: its top class's attribution maps on demand and an ablation over a labelled dataset."""
     from sqlalchemy import select, update
 
-    from app.store import Dataset, Probe, Store
+    from app.core.store import Dataset, Probe, Store
 
     with Store.open(settings) as store:
         with store.transaction() as session:

@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from app.errors import UnknownLayer, UnknownModel
-from app.zoo import ModelSpec, get_model
+from app.core.errors import UnknownLayer, UnknownModel
+from app.core.zoo import ModelSpec, get_model
 from precompute.models.inceptionv1 import InceptionV1
 
 
@@ -71,6 +71,6 @@ def test_receptive_field_box_is_centred_and_clipped(spec: ModelSpec) -> None:
 
 
 def test_the_web_side_never_imports_torch() -> None:
-    code = "import sys, app.zoo, app.store, app.store.summary, app.settings; print('torch' in sys.modules)"
+    code = "import sys, app.core.zoo, app.core.store, app.core.store.summary, app.core.settings; print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "False"

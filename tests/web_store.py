@@ -6,9 +6,9 @@ from pathlib import Path
 
 import torch
 
-from app.settings import Settings
-from app.store import Store
-from app.zoo import ModelSpec
+from app.core.settings import Settings
+from app.core.store import Store
+from app.core.zoo import ModelSpec
 from precompute.catalog import catalog
 from precompute.circuits import run_circuits
 from precompute.examples import ExamplesConfig, run_examples

@@ -1,6 +1,6 @@
 """Every network the stages can run, behind one interface (`Network`), found by ``--model``.
 
-A name is either an entry of the registry (`app.zoo.registry`: its source
+A name is either an entry of the registry (`app.core.zoo.registry`: its source
 says how its weights are read) or ``package.module:factory``, your own module
 (the factory returns it, ``--weights`` is its state dict). No stage or
 command looks at a model's name: they call `load`, `build` and `catalogued`.
@@ -17,8 +17,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from app.errors import MicroscopeError, UnknownModel
-from app.zoo import REGISTRY, Entry, ModelSpec, get_model
+from app.core.errors import MicroscopeError, UnknownModel
+from app.core.zoo import REGISTRY, Entry, ModelSpec, get_model
 from precompute.models import sources
 from precompute.models.base import Network, Piece
 from precompute.models.traced import Description, TracedNetwork, load_state_dict

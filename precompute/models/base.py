@@ -25,8 +25,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from app.errors import MicroscopeError
-from app.zoo import LayerSpec, ModelSpec
+from app.core.errors import MicroscopeError
+from app.core.zoo import LayerSpec, ModelSpec
 from precompute.kernels import Kernel
 
 #: ITU-R 601-2 luma weights of R, G and B: how PIL's ``convert("L")`` reads a colour image as grayscale (a

@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from app.zoo import ModelSpec
+from app.core.zoo import ModelSpec
 from precompute.models.inceptionv1 import InceptionV1
 from precompute.weight_files import Checksums, expected_shapes, verify
 

@@ -32,9 +32,9 @@ import torch.nn.functional as F
 from sqlalchemy import select
 from torch import Tensor, nn
 
-from app.store import Factorization, Layer, Model, Store
-from app.zoo import LayerSpec
-from app.zoo.spec import derived_layer
+from app.core.store import Factorization, Layer, Model, Store
+from app.core.zoo import LayerSpec
+from app.core.zoo.spec import derived_layer
 from precompute.models.base import Network, Piece, Sink
 
 #: Projected-gradient steps of an NMF code; the tests hold it to scikit-learn's own solution.

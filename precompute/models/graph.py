@@ -41,8 +41,8 @@ from torch import fx, nn
 from torch.fx.passes.shape_prop import ShapeProp
 from torchvision.models.feature_extraction import NodePathTracer
 
-from app.errors import MicroscopeError
-from app.zoo import LayerSpec
+from app.core.errors import MicroscopeError
+from app.core.zoo import LayerSpec
 
 #: Operations that leave a value's linear stand-in unchanged (and never make a unit layer).
 #: Activations other than ReLU: in a linear map, the identity, as ReLU is.

@@ -16,9 +16,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from app.errors import MicroscopeError
-from app.zoo import LayerSpec, ModelSpec
-from app.zoo.inceptionv1 import POOLED_BLOCKS
+from app.core.errors import MicroscopeError
+from app.core.zoo import LayerSpec, ModelSpec
+from app.core.zoo.inceptionv1 import POOLED_BLOCKS
 from precompute.kernels import Kernel
 from precompute.models.base import Network, Piece, Sink
 

@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import fx, nn
 
-from app.errors import MicroscopeError
+from app.core.errors import MicroscopeError
 from precompute.kernels import Kernel
 from precompute.models.base import Piece
 from precompute.models.graph import (

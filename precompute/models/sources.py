@@ -1,4 +1,4 @@
-"""Each registry source (`app.zoo.registry`) as a network with checked weights.
+"""Each registry source (`app.core.zoo.registry`) as a network with checked weights.
 
 A `Weights` is where a model's parameters were found (a local path, the
 shared folder, or a checked download in the cache) and the digest that names
@@ -21,8 +21,8 @@ import torch
 import torchvision
 from torch import nn
 
-from app.errors import WeightsError
-from app.zoo.registry import Entry
+from app.core.errors import WeightsError
+from app.core.zoo.registry import Entry
 from precompute.models.nets.efficientnet import EfficientNetLite0
 from precompute.models.nets.inception5h import Inception5h, parameter_names
 from precompute.models.nets.mobilenet import MobileNetV2
@@ -300,7 +300,7 @@ def _torchvision(entry: Entry, given: Path | None) -> Weights:
 
 
 def mirrored(url: str) -> str:
-    from app.settings import Settings
+    from app.core.settings import Settings
 
     mirror = Settings.load().weights_mirror
     return mirror.rstrip("/") + "/" + url.removeprefix(TORCHVISION) if mirror and url.startswith(TORCHVISION) else url

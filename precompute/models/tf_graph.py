@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from app.errors import WeightsError
+from app.core.errors import WeightsError
 
 #: TensorProto's DT_FLOAT.
 DT_FLOAT = 1

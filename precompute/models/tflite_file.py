@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from app.errors import WeightsError
+from app.core.errors import WeightsError
 
 CONVOLUTIONS = ("CONV_2D", "DEPTHWISE_CONV_2D")
 

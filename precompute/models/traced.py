@@ -22,9 +22,9 @@ import torch
 from torch import Tensor, fx, nn
 from torchvision.models.feature_extraction import create_feature_extractor
 
-from app.errors import MicroscopeError, WeightsError
-from app.zoo.inceptionv1 import imagenet_classes, inception5h_classes
-from app.zoo.spec import ClassLabel, LayerSpec, ModelSpec
+from app.core.errors import MicroscopeError, WeightsError
+from app.core.zoo.inceptionv1 import imagenet_classes, inception5h_classes
+from app.core.zoo.spec import ClassLabel, LayerSpec, ModelSpec
 from precompute.models.base import Network, Piece, Sink
 from precompute.models.graph import IMAGE_NORMS, OTHER_ACTIVATIONS, Naming, Traced, Unit, derive_layers, is_pass, reads_fixed_map, trace
 from precompute.models.linear import linear_map

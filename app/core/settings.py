@@ -18,7 +18,7 @@ from typing import Any, Literal
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
 
-from app.errors import MicroscopeError, StoreError
+from app.core.errors import MicroscopeError, StoreError
 
 DEFAULT_DATA_DIR = Path("microscope-data")
 DATABASE_FILE = "microscope.sqlite"

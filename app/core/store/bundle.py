@@ -43,12 +43,12 @@ from typing import IO, Any
 
 from sqlalchemy import JSON, DateTime, Engine, Float, Integer, String, Table, create_engine, event, func, insert, select, text
 
-from app.errors import StoreError, StoreMissing
-from app.settings import Settings
-from app.store.blobs import is_valid_key
-from app.store.database import Store
-from app.store.maintenance import BLOB_COLUMNS, PROBE_PARTS, referenced_keys
-from app.store.schema import SCHEMA_VERSION, Base, Meta, Model, Probe
+from app.core.errors import StoreError, StoreMissing
+from app.core.settings import Settings
+from app.core.store.blobs import is_valid_key
+from app.core.store.database import Store
+from app.core.store.maintenance import BLOB_COLUMNS, PROBE_PARTS, referenced_keys
+from app.core.store.schema import SCHEMA_VERSION, Base, Meta, Model, Probe
 
 FORMAT = "neuron-microscope-bundle"
 CHUNK = 20_000

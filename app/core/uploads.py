@@ -15,8 +15,8 @@ from dataclasses import dataclass
 
 from PIL import Image, UnidentifiedImageError
 
-from app.errors import MicroscopeError
-from app.settings import Settings
+from app.core.errors import MicroscopeError
+from app.core.settings import Settings
 
 FORMATS = {"JPEG": "image/jpeg", "PNG": "image/png", "WEBP": "image/webp"}
 

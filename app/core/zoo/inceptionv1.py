@@ -14,8 +14,8 @@ import math
 from dataclasses import dataclass, replace
 from importlib import resources
 
-from app.zoo.registry import entry
-from app.zoo.spec import ClassLabel, LayerSpec, ModelSpec, Pool, WeightsSource
+from app.core.zoo.registry import entry
+from app.core.zoo.spec import ClassLabel, LayerSpec, ModelSpec, Pool, WeightsSource
 
 
 #: (block, 1x1, 3x3 bottleneck, 3x3, 5x5 bottleneck, 5x5, pool projection)
@@ -132,7 +132,7 @@ def _layers(input_size: int) -> tuple[LayerSpec, ...]:
 
 
 def imagenet_classes() -> tuple[ClassLabel, ...]:
-    text = resources.files("app.zoo").joinpath("imagenet_classes.tsv").read_text(encoding="utf-8")
+    text = resources.files("app.core.zoo").joinpath("imagenet_classes.tsv").read_text(encoding="utf-8")
     rows = (line.split("\t") for line in text.splitlines() if line)
     return tuple(ClassLabel(index, synset, name) for index, (synset, name) in enumerate(rows))
 
@@ -143,7 +143,7 @@ def inception5h_classes() -> tuple[ClassLabel, ...]:
     The graph's labels are names without synsets, in an order of their own; a name that is one
     ImageNet class's first name (all but a few repeated ones) gets that class's synset.
     """
-    text = resources.files("app.zoo").joinpath("inception5h_labels.txt").read_text(encoding="utf-8")
+    text = resources.files("app.core.zoo").joinpath("inception5h_labels.txt").read_text(encoding="utf-8")
     names = [line.strip() for line in text.splitlines() if line.strip()]
     first = {}
     for label in imagenet_classes():

@@ -11,7 +11,7 @@ import difflib
 from dataclasses import dataclass
 from typing import Literal
 
-from app.errors import UnknownLayer
+from app.core.errors import UnknownLayer
 
 #: conv: a convolution on the network's trunk; mixed: a block's concatenated branches; residual: a
 #: block's sum of its paths (identity and convolutions); branch: a convolution inside a block;
@@ -152,7 +152,7 @@ class WeightsSource:
     base_url: str
     #: Name of the local folder holding the files (e.g. under ``../shared/models``).
     folder: str
-    #: Package resource (in ``app.zoo``) listing ``sha256  relative/path`` per file.
+    #: Package resource (in ``app.core.zoo``) listing ``sha256  relative/path`` per file.
     checksums: str
 
 

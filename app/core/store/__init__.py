@@ -1,8 +1,8 @@
 """The store: a database of models, layers, units and what precompute made of them, plus a blob folder."""
 
-from app.store.blobs import BlobStore, is_valid_key
-from app.store.database import Store
-from app.store.schema import (
+from app.core.store.blobs import BlobStore, is_valid_key
+from app.core.store.database import Store
+from app.core.store.schema import (
     SCHEMA_VERSION,
     NetworkModules,
     SanityStep,

@@ -9,8 +9,8 @@ the rule that decided it.
 
 from __future__ import annotations
 
-from app.errors import MicroscopeError
-from app.zoo.spec import LayerSpec, ModelSpec
+from app.core.errors import MicroscopeError
+from app.core.zoo.spec import LayerSpec, ModelSpec
 
 #: Stages that feed the network RGB images made or chosen for it: a network of other channel counts reads arrays.
 RGB_STAGES = {

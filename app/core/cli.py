@@ -19,9 +19,9 @@ from typing import Annotated, Optional
 
 import typer
 
-from app.errors import MicroscopeError
-from app.settings import Settings, SettingsError
-from app.store import Store
+from app.core.errors import MicroscopeError
+from app.core.settings import Settings, SettingsError
+from app.core.store import Store
 
 cli = typer.Typer(
     help="Microscope: a self-hostable neuron microscope for vision networks.",
@@ -61,7 +61,7 @@ def info(data: DataOption = None, database_url: DatabaseOption = None,
     """Print what a store holds, per model, layer and technique."""
     from dataclasses import asdict
 
-    from app.store.summary import coverage
+    from app.core.store.summary import coverage
 
     with Store.open(Settings.load(data, database_url), readonly=True) as store, store.session() as session:
         models = coverage(session)
@@ -125,7 +125,7 @@ def export(
         "--probes", help="Include users' probes (their uploaded images' results); left out by default.")] = False,
 ) -> None:
     """Write the whole store (rows and every blob they point at) as one archive, without users' probes."""
-    from app.store.bundle import export_bundle
+    from app.core.store.bundle import export_bundle
 
     with Store.open(Settings.load(data, database_url), readonly=True) as store:
         summary = export_bundle(store, bundle, probes=probes)
@@ -140,7 +140,7 @@ def import_(
     database_url: DatabaseOption = None,
 ) -> None:
     """Read an archive into an empty (or new) store, checking every blob against its key."""
-    from app.store.bundle import import_bundle
+    from app.core.store.bundle import import_bundle
 
     summary = import_bundle(bundle, Settings.load(data, database_url))
     typer.echo(f"imported {sum(summary.rows.values())} rows and {summary.blobs} blobs from {summary.path}")
@@ -161,8 +161,8 @@ def gc(
     """Remove blobs no row points at and files half-written by interrupted runs (older than the grace period)."""
     from datetime import UTC, datetime
 
-    from app.jobs import JobQueue
-    from app.store.maintenance import collect_garbage, remove_probes
+    from app.core.jobs import JobQueue
+    from app.core.store.maintenance import collect_garbage, remove_probes
 
     settings = Settings.load(data, database_url)
     if not force:

@@ -8,8 +8,8 @@ from datetime import datetime, timedelta
 
 from sqlalchemy import Connection, delete, select
 
-from app.store.database import Store
-from app.store.schema import (Artifact, DatasetExample, DatasetImage, Edge, Factorization, LayerArtifact, Probe,
+from app.core.store.database import Store
+from app.core.store.schema import (Artifact, DatasetExample, DatasetImage, Edge, Factorization, LayerArtifact, Probe,
                               ProbeAblation, ProbeAttribution, ProbeGroup, ProbeRender, ProbeUnit)
 
 #: The tables of a probe's parts (rows with a ``probe_id``), and their columns that hold its blobs.

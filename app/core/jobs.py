@@ -41,9 +41,9 @@ from huey import PriorityRedisHuey, SqliteHuey
 from huey.api import Huey, Task
 from huey.constants import EmptyData
 
-from app.errors import MicroscopeError
-from app.settings import Settings
-from app.store.schema import new_probe_id
+from app.core.errors import MicroscopeError
+from app.core.settings import Settings
+from app.core.store.schema import new_probe_id
 
 QUEUE_FILE = "queue.sqlite3"
 #: Pending jobs past which requests are refused (``MICROSCOPE_QUEUE_LIMIT``).

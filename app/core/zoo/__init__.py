@@ -1,14 +1,14 @@
-"""The model zoo: every model Microscope knows (`app.zoo.registry`), and the specs written by hand."""
+"""The model zoo: every model Microscope knows (`app.core.zoo.registry`), and the specs written by hand."""
 
 from __future__ import annotations
 
 import difflib
 from functools import cache
 
-from app.errors import UnknownModel
-from app.zoo.inceptionv1 import inceptionv1_caffe
-from app.zoo.registry import DEFAULT_MODEL, REGISTRY, Entry, entry, model_names
-from app.zoo.spec import ClassLabel, LayerSpec, ModelSpec
+from app.core.errors import UnknownModel
+from app.core.zoo.inceptionv1 import inceptionv1_caffe
+from app.core.zoo.registry import DEFAULT_MODEL, REGISTRY, Entry, entry, model_names
+from app.core.zoo.spec import ClassLabel, LayerSpec, ModelSpec
 
 __all__ = ["ClassLabel", "LayerSpec", "ModelSpec", "DEFAULT_MODEL", "Entry", "REGISTRY", "entry", "get_model",
            "model_names"]

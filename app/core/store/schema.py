@@ -63,7 +63,7 @@ class Model(Base):
     weights_sha256: Mapped[str | None] = mapped_column(String(64))
     #: Input channels (1 grayscale, 3 RGB, others arrays); None in a store made before version 12.
     channels: Mapped[int | None]
-    #: Stage → why the network gets none of it (`app.zoo.skips.model_skips`); None before version 12.
+    #: Stage → why the network gets none of it (`app.core.zoo.skips.model_skips`); None before version 12.
     skips: Mapped[dict[str, Any] | None]
 
     layers: Mapped[list[Layer]] = relationship(back_populates="model", order_by="Layer.position")
@@ -89,7 +89,7 @@ class Layer(Base):
     inputs: Mapped[list[Any]]
     previous: Mapped[str | None] = mapped_column(String(64))
     block: Mapped[str | None] = mapped_column(String(64))
-    #: Stage → why it leaves this layer out (`app.zoo.skips.layer_skips`); None before version 12.
+    #: Stage → why it leaves this layer out (`app.core.zoo.skips.layer_skips`); None before version 12.
     skips: Mapped[dict[str, Any] | None]
 
     model: Mapped[Model] = relationship(back_populates="layers")
@@ -243,7 +243,7 @@ class Edge(Base):
 
 
 class UnitLabel(Base):
-    """One of a unit's concept labels (`app.zoo.concepts`): a class or WordNet ancestor its top examples share.
+    """One of a unit's concept labels (`app.core.zoo.concepts`): a class or WordNet ancestor its top examples share.
 
     A unit labelled by a run and given no row has no clear concept; the run's recipe says which layer it covered.
     """
@@ -264,7 +264,7 @@ class UnitLabel(Base):
     base_rate: Mapped[float]
     lift: Mapped[float]
     score: Mapped[float]
-    #: The permutation p-value and its Benjamini-Hochberg adjustment across the layer (`app.zoo.concepts`); None in
+    #: The permutation p-value and its Benjamini-Hochberg adjustment across the layer (`app.core.zoo.concepts`); None in
     #: rows made before labels had a null (the labels stage makes them again).
     p: Mapped[float | None]
     q: Mapped[float | None]
@@ -459,9 +459,9 @@ class Ablation(Base):
 
 
 class UnitTuning(Base):
-    """A unit's responses to one stimulus family (`app.stimuli`), or to its top examples rotated (``joint``).
+    """A unit's responses to one stimulus family (`app.core.stimuli`), or to its top examples rotated (``joint``).
 
-    ``responses`` is the family's array (axes in `app.stimuli.FAMILIES` order, pooled axes reduced; ``joint``:
+    ``responses`` is the family's array (axes in `app.core.stimuli.FAMILIES` order, pooled axes reduced; ``joint``:
     one per rotation); ``preferred`` names the parameters of the largest; ``figures`` holds the selectivity
     figures; ``selectivity`` is the one the family page ranks by.
     """
