@@ -65,7 +65,7 @@ TrustPickleOption = Annotated[
 NamesOption = Annotated[
     Optional[Path],
     typer.Option("--names", envvar="MICROSCOPE_NAMES",
-                 help="JSON file naming a traced model and its layers, and its input convention (see README)."),
+                 help="JSON file naming a traced model and its layers, and its input convention (docs/your-own-model.md)."),
 ]
 ImagesOption = Annotated[
     Optional[Path],

@@ -89,7 +89,7 @@ _VARIABLES: dict[str, tuple[str, Callable[[str, str], Any]]] = {
 
 @dataclass(frozen=True)
 class Settings:
-    """Where a store lives and how the server and workers behave; see the README's settings table."""
+    """Where a store lives and how the server and workers behave; see docs/settings.md."""
 
     data_dir: Path
     database_url: str
@@ -188,6 +188,6 @@ _DEFAULTS = {field.name: field.default for field in fields(Settings)}
 
 
 def variables() -> dict[str, str]:
-    """Every settings field's environment variable (the README's table lists each)."""
+    """Every settings field's environment variable (docs/settings.md's table lists each)."""
     return {"data_dir": "MICROSCOPE_DATA", "database_url": "MICROSCOPE_DATABASE_URL", "blobs_url": "MICROSCOPE_BLOBS",
             **{field: variable for field, (variable, _) in _VARIABLES.items()}}

@@ -4,7 +4,7 @@ Torch-free (numpy): the tuning stage draws a layer's stimuli in batches from
 here, and the server redraws a unit's preferred stimulus from the same
 recipe, so no stimulus image is stored.
 
-Conventions (the README and every tuning JSON state them): angles are in
+Conventions (docs/artifacts.md and every tuning JSON state them): angles are in
 degrees counterclockwise from the image's +x axis, with y pointing up. A
 line's (and a grating's stripes') orientation is its direction, 0-180; an
 edge's is the direction from its dark side to its light side, 0-360; a
