@@ -14,6 +14,7 @@ from app import queries, urls
 from app.core import verdicts
 from app.catalog import Catalog
 from app.core.jobs import JobQueue
+from app.probes import live_probe
 from app.page_types import AttributionMap, AttributionTarget, SanityRow, Verdict
 from app.refs import pictures, unit_ref
 
@@ -122,7 +123,6 @@ def attribution_status(state, connection: Connection, catalog: Catalog, model: s
                        index: int, at: str | None = None) -> AttributionTarget:
     """One target of a stored probe: its maps so far and the state of the job that makes the rest."""
     from app.core.errors import NotFound
-    from app.live_pages import live_probe
 
     entry = catalog.model(model)
     unit_id = entry.layer(layer).unit_id(index)

@@ -24,7 +24,8 @@ from app.access import TOKEN_COOKIE, check_origin, check_policy, client_address,
 from app.core.jobs import LAYER, JobQueue, JobState, QueueFull, TooManyJobs
 from app.attribution import PROBE_METHODS, attribution_status
 from app.catalog import ModelEntry
-from app.live_pages import caricature_page, contributions_page, group_render_page, probe_page, render_status_page, stored_probe, worker_command
+from app.live_pages import caricature_page, contributions_page, group_render_page, probe_page, render_status_page, worker_command
+from app.probes import stored_probe
 from app.page_types import LayerRequest, LoginPage, ProbeForm
 from app.respond import json_response, respond
 from app.state import ServerState

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 from sqlalchemy import Connection
 
 from app import queries, urls
 from app.access import allows
+from app.attribution import probe_attributions
 from app.refs import pictures, unit_ref
 from app.catalog import Catalog
 from app.core import contracts
@@ -15,6 +14,7 @@ from app.core.contracts import hex_colour
 from app.core.errors import NotFound
 from app.core.jobs import JobQueue, JobState
 from app.page_types import ContributionsStatus, Contributor, GroupRender, ProbedGroup, ProbedLayer, ProbedUnit, ProbePage, RenderStatus, Weighted
+from app.probes import ProbeGone, live_probe, stored_probe
 from app.state import ServerState
 from app.core.store.algorithms import is_stale
 
@@ -57,14 +57,6 @@ def render_status_page(state: ServerState, connection: Connection, catalog: Cata
         message += f" No worker is running, so nothing will render until one starts: {worker_command(state)}"
     poll = (POLL_SECONDS if workers else POLL_IDLE_SECONDS) if job.state not in ("none", "failed") else None
     return RenderStatus(ref, job.state, job.position, job.pending, workers, message, status_url, poll)
-
-
-
-class ProbeGone(NotFound):
-    """Its owner deleted it (the worker is removing it, or has)."""
-
-    status_code = 410
-
 
 
 def probe_page(state: ServerState, connection: Connection, catalog: Catalog, model: str, probe_id: str) -> ProbePage:
@@ -122,7 +114,6 @@ def probe_page(state: ServerState, connection: Connection, catalog: Catalog, mod
                           _contributions(state, queue, model, probe_id, layer.name, by_layer[layer.name])
                           if number else None)
               for number, layer in enumerate([shown for shown in entry.layers if shown.name in by_layer])]
-    from app.attribution import probe_attributions
 
     cam_layers = [layer.name for layer in entry.layers if layer.name in by_layer]  # the layers with a map
     return ProbePage(**base, state="done", message="done", poll=None, sha256=probe.sha256,
@@ -131,24 +122,6 @@ def probe_page(state: ServerState, connection: Connection, catalog: Catalog, mod
                      recipe=probe.recipe, attributions=probe_attributions(state, connection, catalog, model, probe_id, probe),
                      cam_layers=cam_layers)
 
-
-
-def live_probe(state: ServerState, connection: Connection, model: str, probe_id: str) -> Any:
-    """The row of a stored probe that its owner has not deleted (ProbeGone, NotFound otherwise)."""
-    queue = state.queue()
-    if queue is not None and queue.forgotten(probe_id):
-        raise ProbeGone(f"the probe {probe_id} was deleted")
-    row = stored_probe(connection, model, public_id=probe_id)
-    if row is None:
-        raise NotFound(f"no stored probe {probe_id!r} of {model}")
-    return row
-
-
-def stored_probe(connection: Connection, model: str, *, sha256: str | None = None, public_id: str | None = None) -> Any:
-    """The stored probe's row (by the image's digest, or by its id), or None."""
-    if sha256 is not None:
-        return connection.execute(queries.probe_by_sha256, {"model": model, "sha256": sha256}).first()
-    return connection.execute(queries.probe_by_id, {"model": model, "public_id": public_id}).first()
 
 
 def _groups(state: ServerState, connection: Connection, catalog: Catalog, model: str, probe_id: str,

@@ -21,10 +21,11 @@ import socket
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 
 from app.core.errors import MicroscopeError
-from app.core.jobs import HANDLERS, HEARTBEAT_SECONDS, MAX_ATTEMPTS, JobQueue
+from app.core.jobs import HEARTBEAT_SECONDS, MAX_ATTEMPTS, JobQueue
 from app.core.store import Store
 from app.core.store.maintenance import delete_probe
 from app.core.store.schema import new_probe_id
@@ -86,6 +87,12 @@ class Worker:
     @property
     def spec(self) -> ModelSpec:
         return self.stage.spec
+
+    @property
+    def handlers(self) -> dict[str, Callable[..., None]]:
+        """What this worker does with each kind of job (`JobQueue.run` hands them to the job it runs)."""
+        return {"render": self.render, "probe": self.probe, "forget": self.forget, "probe_render": self.probe_render,
+                "ablate": self.ablate}
 
     def run(self, max_jobs: int | None = None, until_idle: bool = False) -> WorkerStats:
         """Serve jobs (and fill) until stopped, ``max_jobs`` are done, or, with ``until_idle``, nothing is left."""
@@ -151,13 +158,11 @@ class Worker:
         if taken is None:
             return False
         key, task = taken
-        HANDLERS.update(render=self.render, probe=self.probe, forget=self.forget, probe_render=self.probe_render,
-                        ablate=self.ablate)  # this worker's (a process may hold several)
         previous, self.doing = self.doing, key
         self._serving = True
         finished = True
         try:
-            self.queue.run(task)
+            self.queue.run(task, self.handlers)
         except MicroscopeError as error:  # the job's input is wrong: failed, with its message
             log.warning("%s failed: %s", key, error)
             self.queue.fail(key, str(error))

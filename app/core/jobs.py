@@ -32,7 +32,8 @@ import json
 import os
 import socket
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from contextvars import ContextVar
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -57,8 +58,8 @@ LAYER = 10
 #: Runs of a job that fails unexpectedly before it is recorded as failed.
 MAX_ATTEMPTS = 3
 
-#: What a worker does with each kind of job (`precompute.worker` registers them; the server never runs a job).
-HANDLERS: dict[str, Callable[..., None]] = {}
+#: What the worker running a job does with each kind (`JobQueue.run` sets it for that job; the server never runs one).
+_HANDLERS: ContextVar[Mapping[str, Callable[..., None]]] = ContextVar("handlers")
 
 
 def _model_of(key: str) -> str:
@@ -77,23 +78,23 @@ class TooManyJobs(MicroscopeError):
 
 
 def _render(key: str, model: str, layer: str, units: list[int], technique: str) -> None:
-    HANDLERS["render"](model, layer, units, technique)
+    _HANDLERS.get()["render"](model, layer, units, technique)
 
 
 def _probe(key: str, model: str, sha256: str, probe_id: str | None = None) -> None:
-    HANDLERS["probe"](model, sha256, probe_id)  # a job queued before probe ids has none: the worker draws one
+    _HANDLERS.get()["probe"](model, sha256, probe_id)  # a job queued before probe ids has none: the worker draws one
 
 
 def _forget(key: str, model: str, probe_id: str) -> None:
-    HANDLERS["forget"](model, probe_id)
+    _HANDLERS.get()["forget"](model, probe_id)
 
 
 def _probe_render(key: str, model: str, probe_id: str, layer: str, kind: str, index: int) -> None:
-    HANDLERS["probe_render"](model, probe_id, layer, kind, index)
+    _HANDLERS.get()["probe_render"](model, probe_id, layer, kind, index)
 
 
 def _ablate(key: str, model: str, target: str, mode: str) -> None:
-    HANDLERS["ablate"](model, target, mode)
+    _HANDLERS.get()["ablate"](model, target, mode)
 
 
 def queue_location(settings: Settings) -> str:
@@ -392,9 +393,14 @@ class JobQueue:
         self._inflight.put_data(key, json.dumps(record).encode())
         return key, task
 
-    def run(self, task: Task) -> None:
-        """Run a job here; its exception propagates (the worker decides: failed, or retried)."""
-        task.execute()
+    def run(self, task: Task, handlers: Mapping[str, Callable[..., None]]) -> None:
+        """Run a job here with ``handlers`` (what this worker does with each kind: render, probe, forget,
+        probe_render, ablate); its exception propagates (the worker decides: failed, or retried)."""
+        token = _HANDLERS.set(handlers)
+        try:
+            task.execute()
+        finally:
+            _HANDLERS.reset(token)
 
     def claim(self, worker: str, key: str) -> bool:
         """Claim work that is not a queued job (a fill batch), so that other workers skip it."""
