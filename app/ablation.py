@@ -11,6 +11,7 @@ from sqlalchemy import Connection
 from app import queries
 from app.core.contracts import ABLATION_MODES
 from app.core.jobs import JobQueue
+from app.status import job_status
 from app.page_types import AblationRun, AblationView
 
 MODES = ABLATION_MODES
@@ -22,19 +23,17 @@ def ablation_view(queue: JobQueue | None, connection: Connection, model: str, ke
     lets visitors queue one (pages without a queue show the stored figures and the button)."""
     stored = {mode: (figures, digest) for mode, figures, digest in connection.execute(
         queries.ablations, {"model": model, "key": key})}
-    runs = []
+    runs, polls = [], []
     for mode in MODES:
         job = queue.state(JobQueue.ablation_key(model, key, mode)) if queue is not None else None
-        if job is not None and job.state in ("queued", "running"):
-            message = "Running now." if job.state == "running" else f"Queued: {job.position} of {job.pending} waiting."
-            if not queue.live_workers():
-                message += " No worker is running."
-            runs.append(AblationRun(mode, job.state, *stored.get(mode, (None, None)), message=message))
+        status = job_status(job, len(queue.live_workers()), "Running now.") if queue is not None and job is not None else None
+        if status is not None and status.waiting:
+            runs.append(AblationRun(mode, job.state, *stored.get(mode, (None, None)), message=status.message))
+            polls.append(status.poll)
         elif mode in stored:
             runs.append(AblationRun(mode, "done", *stored[mode]))
-        elif job is not None and job.state == "failed":
-            runs.append(AblationRun(mode, "failed", message=f"Failed: {job.message}"))
+        elif status is not None and job.state == "failed":
+            runs.append(AblationRun(mode, "failed", message=status.message))
         else:
             runs.append(AblationRun(mode, "none" if live else "off"))
-    poll = 2 if any(run.state in ("queued", "running") for run in runs) else None
-    return AblationView(key, label, url, runs, poll)
+    return AblationView(key, label, url, runs, min(polls, default=None))

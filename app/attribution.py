@@ -17,6 +17,7 @@ from app.core.jobs import JobQueue
 from app.probes import live_probe
 from app.page_types import AttributionMap, AttributionTarget, SanityRow, Verdict
 from app.refs import pictures, unit_ref
+from app.status import job_status
 
 LABELS = {"gradient": "vanilla gradient", "integrated_gradients": "integrated gradients", "grad_cam": "Grad-CAM",
           "guided_backprop": "guided backprop (control)", "guided_grad_cam": "guided Grad-CAM (control)"}
@@ -111,12 +112,10 @@ def probe_attributions(state, connection: Connection, catalog: Catalog, model: s
 def _job(queue: JobQueue | None, model: str, probe_id: str, layer: str, index: int, at: str | None = None) -> tuple[str, str]:
     if queue is None:
         return "done", ""
-    state = queue.state(JobQueue.probe_render_key(model, probe_id, layer, f"grad_cam:{at}" if at else "attribution", index))
-    if state.state == "none":
+    job = queue.state(JobQueue.probe_render_key(model, probe_id, layer, f"grad_cam:{at}" if at else "attribution", index))
+    if job.state == "none":
         return "done", ""
-    if state.state == "failed":
-        return "failed", f"Failed: {state.message}"
-    return state.state, "Being made now." if state.state == "running" else f"Queued: {state.position} of {state.pending}."
+    return job.state, job_status(job, len(queue.live_workers()), "Being made now.").message
 
 
 def attribution_status(state, connection: Connection, catalog: Catalog, model: str, probe_id: str, layer: str,  # noqa: ANN001

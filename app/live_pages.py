@@ -16,11 +16,10 @@ from app.core.jobs import JobQueue, JobState
 from app.page_types import ContributionsStatus, Contributor, GroupRender, ProbedGroup, ProbedLayer, ProbedUnit, ProbePage, RenderStatus, Weighted
 from app.probes import ProbeGone, live_probe, stored_probe
 from app.state import ServerState
+from app.status import job_status
 from app.core.store.algorithms import is_stale
 
 #: Seconds between status polls while a worker is on it, and while none is running.
-POLL_SECONDS = 1
-POLL_IDLE_SECONDS = 5
 #: The colours of a probe's neuron groups' maps, in order of share (the maps' own, `app.core.contracts`).
 GROUP_COLOURS = tuple(hex_colour(rgb) for rgb in contracts.GROUP_COLOURS)
 #: Units listed per neuron group.
@@ -45,18 +44,9 @@ def render_status_page(state: ServerState, connection: Connection, catalog: Cata
                             "(its store directory is read-only; set MICROSCOPE_QUEUE).", status_url, None)
     job = job or queue.state(JobQueue.render_key(model, layer, [index]))
     workers = len(queue.live_workers())
-    if job.state == "none":
-        message = "Not queued."
-    elif job.state == "running":
-        message = "Rendering now; the picture appears here when it is done."
-    elif job.state == "failed":
-        message = f"Rendering failed: {job.message}"
-    else:
-        message = f"Queued for rendering: {job.position} of {job.pending} waiting."
-    if not workers:
-        message += f" No worker is running, so nothing will render until one starts: {worker_command(state)}"
-    poll = (POLL_SECONDS if workers else POLL_IDLE_SECONDS) if job.state not in ("none", "failed") else None
-    return RenderStatus(ref, job.state, job.position, job.pending, workers, message, status_url, poll)
+    status = job_status(job, workers, "Rendering now; the picture appears here when it is done.", what="for rendering",
+                        idle="Not queued.", no_worker=worker_command(state))
+    return RenderStatus(ref, job.state, job.position, job.pending, workers, status.message, status_url, status.poll)
 
 
 def probe_page(state: ServerState, connection: Connection, catalog: Catalog, model: str, probe_id: str) -> ProbePage:
@@ -76,13 +66,8 @@ def probe_page(state: ServerState, connection: Connection, catalog: Catalog, mod
         if job.state == "none":  # its id is known and no result is stored: a worker is just taking it (or lost it)
             job = JobState("running")
         workers = len(queue.live_workers()) if queue is not None else 0
-        if job.state == "failed":
-            return ProbePage(**base, state="failed", message=f"The probe failed: {job.message}", poll=None)
-        message = ("The network is looking at your image." if job.state == "running"
-                   else f"Queued: {job.position} of {job.pending} waiting.")
-        if not workers:
-            message += f" No worker is running, so nothing will happen until one starts: {worker_command(state)}"
-        return ProbePage(**base, state=job.state, message=message, poll=POLL_SECONDS if workers else POLL_IDLE_SECONDS)
+        status = job_status(job, workers, "The network is looking at your image.", no_worker=worker_command(state))
+        return ProbePage(**base, state=job.state, message=status.message, poll=status.poll)
     probe = row
     logits = next((layer.name for layer in entry.layers if layer.kind == "logits"), None)
     classes = [{**c, "url": urls.unit(model, logits, c["index"]) if logits else None,
@@ -160,13 +145,9 @@ def _group_render(state: ServerState, queue: JobQueue | None, model: str, probe_
         return GroupRender(layer, group, "off", "Rendering on demand is off: the server has no job queue.", status_url,
                            picture=picture)
     job = job or queue.state(JobQueue.probe_render_key(model, probe_id, layer, picture, group))
-    workers = len(queue.live_workers())
-    message = {"none": "Not rendered.", "running": "Rendering now.", "failed": f"Rendering failed: {job.message}"}.get(
-        job.state, f"Queued: {job.position} of {job.pending} waiting.")
-    if not workers and job.state in ("queued", "running"):
-        message += f" No worker is running: {worker_command(state)}"
-    poll = (POLL_SECONDS if workers else POLL_IDLE_SECONDS) if job.state in ("queued", "running") else None
-    return GroupRender(layer, group, job.state, message, status_url, poll=poll, picture=picture)
+    status = job_status(job, len(queue.live_workers()), "Rendering now.", idle="Not rendered.",
+                        no_worker=worker_command(state))
+    return GroupRender(layer, group, job.state, status.message, status_url, poll=status.poll, picture=picture)
 
 
 def _contributions(state: ServerState, queue: JobQueue | None, model: str, probe_id: str, layer: str,
@@ -177,12 +158,8 @@ def _contributions(state: ServerState, queue: JobQueue | None, model: str, probe
     if queue is None:
         return ContributionsStatus(layer, "off", "Attribution on demand is off: the server has no job queue.", url)
     job = job or queue.state(JobQueue.probe_render_key(model, probe_id, layer, "contributions", 0))
-    message = {"none": "", "running": "Attributing now.", "failed": f"Failed: {job.message}"}.get(
-        job.state, f"Queued: {job.position} of {job.pending} waiting.")
-    if job.state in ("queued", "running") and not queue.live_workers():
-        message += f" No worker is running: {worker_command(state)}"
-    poll = (POLL_SECONDS if queue.live_workers() else POLL_IDLE_SECONDS) if job.state in ("queued", "running") else None
-    return ContributionsStatus(layer, job.state, message, url, poll)
+    status = job_status(job, len(queue.live_workers()), "Attributing now.", no_worker=worker_command(state))
+    return ContributionsStatus(layer, job.state, status.message, url, status.poll)
 
 
 def contributions_page(state: ServerState, connection: Connection, catalog: Catalog, model: str, probe_id: str,
