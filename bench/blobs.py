@@ -45,7 +45,7 @@ def main() -> None:
     import httpx
 
     from app.core.store.blobs import FolderBlobs, ObjectBlobs
-    from tests.s3 import CREDENTIALS, s3_server
+    from tests.support.s3 import CREDENTIALS, s3_server
 
     payloads = [os.urandom(args.size) for _ in range(args.count)]
     with tempfile.TemporaryDirectory() as folder:

@@ -40,8 +40,8 @@ sys.path.insert(0, str(ROOT))
 from app import urls  # noqa: E402
 from app.core.jobs import JobQueue  # noqa: E402
 from app.core.settings import Settings  # noqa: E402
-from tests.live_processes import wait_for_heartbeat  # noqa: E402
-from tests.serving import served  # noqa: E402
+from tests.support.live_processes import wait_for_heartbeat  # noqa: E402
+from tests.support.serving import served  # noqa: E402
 
 MODEL = "inceptionv1_caffe"
 LAYERS = ("conv2d2", "mixed3b", "mixed4c", "mixed5b")

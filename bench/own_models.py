@@ -3,7 +3,7 @@
     python bench/own_models.py [--images DIR] [--steps 128] [--early-steps 256]   # every fixture's precompute all
     python bench/own_models.py --render mnist|cifar [--steps 512]                  # one unit: sized, and at 224 px
 
-Without --render: for each fixture of tests/own_models.py (seeded weights, a names file), runs `microscope
+Without --render: for each fixture of tests/support/own_models.py (seeded weights, a names file), runs `microscope
 precompute all` in a fresh store on the images (default: the first 100 of the shared ImageNet sample, copied into a
 temporary folder; the multispectral one: as many seeded 4-channel arrays) with the main job's default renders, and prints its wall time and the store's size (database and
 blobs). With --render: one unit of a 32 px fixture rendered sized to the network and at 224 px with Lucid's
@@ -68,7 +68,7 @@ def _render_pair(factory: str, work: Path, weights: Path, steps: int) -> None:
     from precompute.optvis.transform import STANDARD, fit
 
     torch.set_num_threads(os.cpu_count() or 1)
-    net = load(f"tests.own_models:{factory}", weights, work / f"{factory}.json").net
+    net = load(f"tests.support.own_models:{factory}", weights, work / f"{factory}.json").net
     sized = fit(net.spec.input_size, net.spec.fixed_input, 224)
     ways = {"sized": (sized.size, sized.transforms), "224 px": (224, STANDARD)}
     times: dict[str, list[float]] = {name: [] for name in ways}
@@ -106,7 +106,7 @@ def main() -> None:
         for factory, names, described in chosen:
             weights = own_models.write_checkpoint(getattr(own_models, factory)(), work / f"{factory}.pt")
             (work / f"{factory}.json").write_text(json.dumps({"name": factory, **names}), encoding="utf-8")
-            common = ["--model", f"tests.own_models:{factory}", "--weights", str(weights), "--names",
+            common = ["--model", f"tests.support.own_models:{factory}", "--weights", str(weights), "--names",
                       str(work / f"{factory}.json"), "--data", str(work / f"{factory}-store"), "--device", "cpu"]
             if arguments.render:
                 _render_pair(factory, work, weights, arguments.steps or 512)

@@ -3,7 +3,7 @@
 Each run starts from a fresh catalogued SQLite store; the Ray run uses
 ``--ray`` on a head node started here (``ray start --head --num-cpus N``).
 Prints one JSON line per stage with both wall times, the speedup and
-whether the two stores are equal row for row (``tests/contents.py``).
+whether the two stores are equal row for row (``tests/support/contents.py``).
 
     python bench/ray.py [--stages circuits,examples] [--cpus 2] [--images DIR] [--layers all]
 """
@@ -23,8 +23,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from app.core.settings import Settings  # noqa: E402
-from tests.contents import contents  # noqa: E402
-from tests.ray_cluster import ray_cluster  # noqa: E402
+from tests.support.contents import contents  # noqa: E402
+from tests.support.ray_cluster import ray_cluster  # noqa: E402
 
 
 def run(stage: list[str], data: Path, env: dict[str, str], ray: str | None) -> float:

@@ -56,15 +56,15 @@ def net(spec: ModelSpec, weights_dir: Path):  # noqa: ANN201 - torch type kept o
 @pytest.fixture(scope="session")
 def web_settings(tmp_path_factory: pytest.TempPathFactory, spec: ModelSpec, net, images_dir: Path) -> Settings:  # noqa: ANN001
     """One small real store for every web, HTTP and browser test; servers open it read-only."""
-    from tests.web_store import build
+    from tests.support.web_store import build
 
     return build(tmp_path_factory.mktemp("web"), spec, net, images_dir)
 
 
 @pytest.fixture(scope="session")
 def tiny_weights(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """Seeded weights of the tiny model (tests/tiny_model.py) as a state dict."""
-    from tests.tiny_model import write_weights
+    """Seeded weights of the tiny model (tests/support/tiny_model.py) as a state dict."""
+    from tests.support.tiny_model import write_weights
 
     path = tmp_path_factory.mktemp("tiny-weights") / "tiny.pt"
     write_weights(path)
@@ -73,7 +73,7 @@ def tiny_weights(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="session")
 def tiny_images(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from tests.tiny_model import synthetic_images
+    from tests.support.tiny_model import synthetic_images
 
     return synthetic_images(tmp_path_factory.mktemp("tiny-images"), 20)
 
@@ -84,7 +84,7 @@ def tiny_settings(tmp_path_factory: pytest.TempPathFactory, tiny_weights: Path, 
     import subprocess
     import sys
 
-    from tests.tiny_model import FACTORY
+    from tests.support.tiny_model import FACTORY
 
     root = tmp_path_factory.mktemp("tiny-store")
     result = subprocess.run(
@@ -102,7 +102,7 @@ def tiny_settings(tmp_path_factory: pytest.TempPathFactory, tiny_weights: Path, 
 def tiny_net(tiny_weights: Path):  # noqa: ANN201 - torch type kept out of annotations
     from precompute.models import load
 
-    return load("tests.tiny_model:tiny", tiny_weights).net
+    return load("tests.support.tiny_model:tiny", tiny_weights).net
 
 
 @pytest.fixture(scope="session")
@@ -127,7 +127,7 @@ def tiny_unrendered(tmp_path_factory: pytest.TempPathFactory, tiny_net, tiny_ima
 @pytest.fixture(scope="session")
 def s3_endpoint() -> Iterator[str]:
     """A local S3-compatible server (moto's server mode) for the session."""
-    from tests.s3 import s3_server
+    from tests.support.s3 import s3_server
 
     with s3_server() as endpoint:
         yield endpoint
@@ -136,7 +136,7 @@ def s3_endpoint() -> Iterator[str]:
 @pytest.fixture
 def s3_blobs(s3_endpoint: str, monkeypatch: pytest.MonkeyPatch) -> str:
     """A fresh bucket's URL, with the environment that reaches it set for this test (and its subprocesses)."""
-    from tests.s3 import CREDENTIALS, new_bucket
+    from tests.support.s3 import CREDENTIALS, new_bucket
 
     for name, value in {**CREDENTIALS, "AWS_ENDPOINT_URL": s3_endpoint}.items():
         monkeypatch.setenv(name, value)
@@ -156,7 +156,7 @@ def store(settings: Settings):  # noqa: ANN201
 
 @pytest.fixture(scope="session")
 def postgres_base() -> Iterator[str]:
-    from tests.postgres import postgres_server
+    from tests.support.postgres import postgres_server
 
     with postgres_server() as url:
         yield url
@@ -164,7 +164,7 @@ def postgres_base() -> Iterator[str]:
 
 @pytest.fixture
 def postgres_url(postgres_base: str) -> str:
-    from tests.postgres import new_database
+    from tests.support.postgres import new_database
 
     return new_database(postgres_base)
 
@@ -175,3 +175,11 @@ def link_sample(images: Path, folder: Path, step: int, count: int) -> Path:
         (folder / source.parent.name).mkdir(parents=True, exist_ok=True)
         (folder / source.parent.name / source.name).symlink_to(source)
     return folder
+
+
+@pytest.fixture
+def live(tiny_unrendered: Settings, tmp_path: Path) -> Settings:
+    """A tiny model's store (tests/support/tiny_model.py) with examples and circuits and no image yet."""
+    from tests.support.live import copy_store
+
+    return copy_store(tiny_unrendered, tmp_path / "live")

@@ -25,11 +25,11 @@ from app.core.jobs import JobQueue
 from app.core.settings import Settings
 from app.core.store import Artifact, Layer, Store, Unit, UnitTuning
 from tests.conftest import ROOT
-from tests.live_processes import TINY_ARGS, running_worker
-from tests.serving import served
-from tests.test_cli import microscope
-from tests.test_live import MODEL, copy_store
-from tests.tiny_model import FACTORY
+from tests.support.live_processes import TINY_ARGS, running_worker
+from tests.support.serving import served
+from tests.support.cli import microscope
+from tests.support.live import MODEL, copy_store
+from tests.support.tiny_model import FACTORY
 
 #: Two clients behind a proxy that names them (the only way to be two clients on loopback).
 PNG = {"content-type": "image/png"}

@@ -13,8 +13,8 @@ from app import urls
 from app.main import create_app
 from app.core.settings import Settings, SettingsError, variables
 from tests.conftest import ROOT
-from tests.test_cli import microscope
-from tests.test_live import MODEL, jpeg, live  # noqa: F401 - the live store fixture
+from tests.support.cli import microscope
+from tests.support.live import MODEL, jpeg
 
 BASE = "http://microscope"
 

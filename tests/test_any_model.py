@@ -1,6 +1,6 @@
 """Your own model end to end: `precompute all --model package.module:factory`, then every page for it.
 
-The tiny model (tests/tiny_model.py) has a stem, an inception-style block and residual blocks with
+The tiny model (tests/support/tiny_model.py) has a stem, an inception-style block and residual blocks with
 BatchNorm, and seeded random weights, so this runs in seconds without any real weights.
 """
 
@@ -16,7 +16,7 @@ from app import urls
 from app.main import create_app
 from app.core.settings import Settings
 from app.core.store import Edge, Layer, Store, Unit
-from tests.tiny_model import FACTORY
+from tests.support.tiny_model import FACTORY
 
 
 @pytest.fixture(scope="module")
@@ -75,7 +75,7 @@ def test_a_probe_of_the_tiny_model(tiny_store: Settings, tiny_images: Path, tiny
 
     from precompute.models import load
     from precompute.probe import run_probe
-    from tests.test_live import copy_store
+    from tests.support.live import copy_store
 
     probed_store = copy_store(tiny_store, tmp_path / "store")
     photo = sorted(tiny_images.glob("*/*.jpg"))[7].read_bytes()

@@ -21,9 +21,9 @@ from precompute.images import list_images, load_rgb
 from precompute.models import load, seeded_state_dict
 from precompute.sanity import SanityConfig, run_sanity, summarize
 from precompute.stage import Stage
-from tests.test_live import JPEG, MODEL, copy_store, jpeg, worker
+from tests.support.live import JPEG, MODEL, copy_store, jpeg, worker
 
-DETECTORS = "tests.tiny_model:detectors"
+DETECTORS = "tests.support.tiny_model:detectors"
 
 
 @pytest.fixture(scope="module")

@@ -7,7 +7,6 @@ page's screenshot is kept as a test artifact (test-artifacts/).
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -15,14 +14,8 @@ import pytest
 from playwright.sync_api import Page, sync_playwright
 
 from app.core.settings import Settings
-from tests.conftest import ROOT
-from tests.serving import served
-
-CHROMIUM = os.environ.get("MICROSCOPE_CHROMIUM", "/usr/bin/chromium")
-ARTIFACTS = Path(os.environ.get("MICROSCOPE_TEST_ARTIFACTS") or ROOT / "test-artifacts")
-# Without these, Chromium keeps reaching for Google's hosts, which this network refuses.
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync"]
+from tests.support.browser import ARTIFACTS, CHROMIUM, CHROMIUM_ARGS
+from tests.support.serving import served
 
 
 @pytest.fixture(scope="module")

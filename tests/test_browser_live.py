@@ -13,16 +13,16 @@ import pytest
 from playwright.sync_api import Browser, sync_playwright
 
 from app.core.settings import Settings
-from tests.live_processes import running_worker
-from tests.serving import served
-from tests.test_browser import ARTIFACTS, CHROMIUM, CHROMIUM_ARGS
-from tests.test_live import copy_store, jpeg
-from tests.tiny_model import FACTORY
+from tests.support.live_processes import running_worker
+from tests.support.serving import served
+from tests.support.browser import ARTIFACTS, CHROMIUM, CHROMIUM_ARGS
+from tests.support.live import copy_store, jpeg
+from tests.support.tiny_model import FACTORY
 
 
 @pytest.fixture(scope="module")
 def live(tiny_unrendered: Settings, tmp_path_factory: pytest.TempPathFactory) -> Settings:
-    """The tiny model's store (tests/tiny_model.py), examples and circuits but no image."""
+    """The tiny model's store (tests/support/tiny_model.py), examples and circuits but no image."""
     return copy_store(tiny_unrendered, tmp_path_factory.mktemp("browser-live") / "store")
 
 

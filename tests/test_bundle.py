@@ -16,9 +16,9 @@ from app.core.store import Run, Store
 from app.core.store.bundle import import_bundle
 from app.core.zoo import ModelSpec
 from precompute.runs import start_run
-from tests.contents import contents
-from tests.test_cli import microscope
-from tests.web_store import build
+from tests.support.contents import contents
+from tests.support.cli import microscope
+from tests.support.web_store import build
 
 
 @pytest.fixture(scope="module")

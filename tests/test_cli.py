@@ -11,14 +11,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import ROOT
-
-
-def microscope(*args: str, cwd: Path = ROOT, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "precompute.cli", *args],
-        capture_output=True, text=True, cwd=cwd, env={**os.environ, "PYTHONPATH": str(ROOT), **(env or {})},
-        timeout=900,
-    )
+from tests.support.cli import microscope
 
 
 @pytest.mark.slow

@@ -19,8 +19,8 @@ from precompute import images
 from precompute.examples import ExamplesConfig, run_examples
 from precompute.images import list_images
 from precompute.stage import Stage
-from tests.serving import serve_folder
-from tests.test_examples import stored_examples
+from tests.support.serving import serve_folder
+from tests.support.contents import stored_examples
 
 
 def pack(folder: Path, target: Path, per_shard: int, classes: bool = True) -> Path:

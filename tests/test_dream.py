@@ -17,7 +17,7 @@ from precompute.dream import DEEP_DREAM, run_deep_dream
 from precompute.optvis import objectives
 from precompute.stage import Stage
 from precompute.vis import VisConfig
-from tests.test_live import copy_store
+from tests.support.live import copy_store
 
 
 def test_the_deepdream_objective_is_the_squared_relu_of_the_layer() -> None:

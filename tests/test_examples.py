@@ -22,7 +22,8 @@ from precompute.examples import ExamplesConfig, input_transform, run_examples
 from precompute.images import read_rgb
 from precompute.stage import Stage
 from tests.conftest import ROOT, link_sample
-from tests.test_cli import microscope
+from tests.support.cli import microscope
+from tests.support.contents import stored_examples
 
 LAYERS = "conv2d1,mixed3a_3x3,mixed3a,mixed3b"
 
@@ -31,19 +32,6 @@ LAYERS = "conv2d1,mixed3a_3x3,mixed3a,mixed3b"
 def sample(images_dir: Path, tmp_path: Path) -> Path:
     """48 of the shared images, linked (not copied) into a folder of their own."""
     return link_sample(images_dir, tmp_path / "sample", step=20, count=48)
-
-
-def stored_examples(settings: Settings, image: InstrumentedAttribute = DatasetImage.path) -> list[tuple]:
-    """Every example by unit and rank, its image named by ``image`` (its path, or its content's digest)."""
-    with Store.open(settings, readonly=True) as store, store.session() as session:
-        query = (
-            select(Layer.name, Unit.index, DatasetExample.kind, DatasetExample.rank, image,
-                   DatasetExample.activation, DatasetExample.y, DatasetExample.x, DatasetExample.crop_key)
-            .join(Unit, DatasetExample.unit_id == Unit.id).join(Layer, Unit.layer_id == Layer.id)
-            .join(DatasetImage, DatasetExample.image_id == DatasetImage.id)
-            .order_by(Layer.name, Unit.index, DatasetExample.kind, DatasetExample.rank)
-        )
-        return [tuple(row) for row in session.execute(query)]
 
 
 def test_top_examples_are_the_true_maxima(store: Store, spec: ModelSpec, net, sample: Path) -> None:  # noqa: ANN001

@@ -25,9 +25,9 @@ from precompute.optvis.render import render
 from precompute.optvis.transform import STANDARD
 from precompute.stage import Stage
 from precompute.vis import objective_for
-from tests.tiny_model import DIRECTIONS, synthetic_images
+from tests.support.tiny_model import DIRECTIONS, synthetic_images
 
-MODEL = "tests.tiny_model:two_directions"
+MODEL = "tests.support.tiny_model:two_directions"
 CPU = torch.device("cpu")
 
 
@@ -263,8 +263,8 @@ def test_a_block_diagonal_layer_clusters_into_its_blocks_and_better_than_its_shu
     from precompute.modules import ModulesConfig, clusterability, run_modules, run_network_modules
 
     path = tmp_path / "blocks.pt"
-    torch.save(seeded_state_dict("tests.tiny_model:blocks", 0), path)
-    net = load("tests.tiny_model:blocks", path).net
+    torch.save(seeded_state_dict("tests.support.tiny_model:blocks", 0), path)
+    net = load("tests.support.tiny_model:blocks", path).net
     settings = Settings.load(tmp_path / "data")
     with Store.open(settings, create=True) as store:
         catalog(store, net.spec)
@@ -325,7 +325,7 @@ def test_two_copies_match_unit_to_unit_and_a_permuted_copy_recovers_the_permutat
     from app.core.store import UnitMatch
     from precompute.match import run_match
 
-    state = seeded_state_dict("tests.tiny_model:blocks", 0)
+    state = seeded_state_dict("tests.support.tiny_model:blocks", 0)
     path = tmp_path / "blocks.pt"
     torch.save(state, path)
     # The copy's first layer has its units permuted within each of the second layer's two groups (and the
@@ -345,8 +345,8 @@ def test_two_copies_match_unit_to_unit_and_a_permuted_copy_recovers_the_permutat
     torch.save(permuted, copy)
     named = tmp_path / "names.json"
     named.write_text(json.dumps({"name": "blocks-copy"}))
-    a = load("tests.tiny_model:blocks", path).net
-    b = load("tests.tiny_model:blocks", copy, named).net
+    a = load("tests.support.tiny_model:blocks", path).net
+    b = load("tests.support.tiny_model:blocks", copy, named).net
     x = torch.rand(2, 3, 224, 224)
     with torch.no_grad():
         assert torch.allclose(a.logits(x), b.logits(x), atol=1e-5)
@@ -386,10 +386,10 @@ def test_a_random_copys_batchnorm_statistics_are_those_of_the_images(images: Pat
     """`reestimate_batchnorm`: every BatchNorm's running mean and variance become those of its input over the images
     (one cumulative pass), as a trained network's would be, not the initializer's 0 and 1."""
     from precompute.match import reestimate_batchnorm
-    from tests.tiny_model import write_weights
+    from tests.support.tiny_model import write_weights
 
     write_weights(tmp_path / "tiny.pt", seed=3)
-    net = load("tests.tiny_model:tiny", tmp_path / "tiny.pt").net
+    net = load("tests.support.tiny_model:tiny", tmp_path / "tiny.pt").net
     norm = net.module.stem[1]
     with torch.no_grad():
         norm.running_mean.zero_()

@@ -24,8 +24,8 @@ from sqlalchemy import select
 from app.core.settings import Settings
 from app.core.store import Layer, Model, Probe, ProbeUnit, Store, Unit
 from app.core.store.bundle import BadBundle, import_bundle
-from tests.contents import contents
-from tests.test_cli import microscope
+from tests.support.contents import contents
+from tests.support.cli import microscope
 
 Members = dict[str, bytes]
 

@@ -14,7 +14,7 @@ from fastapi.testclient import TestClient
 from app import urls
 from app.main import create_app
 from app.core.settings import Settings
-from tests.serving import served
+from tests.support.serving import served
 
 
 @pytest.fixture

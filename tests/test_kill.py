@@ -20,15 +20,15 @@ import pytest
 
 from app.core.settings import Settings
 from tests.conftest import ROOT
-from tests.contents import contents
-from tests.test_cli import microscope
-from tests.tiny_model import FACTORY, synthetic_images
+from tests.support.contents import contents
+from tests.support.cli import microscope
+from tests.support.tiny_model import FACTORY, synthetic_images
 
 KILLS = 3
 
 
 def stages(sample: Path, weights: Path) -> list[list[str]]:
-    """The stages on the tiny model (tests/tiny_model.py): kills land in its work, not only in torch's import."""
+    """The stages on the tiny model (tests/support/tiny_model.py): kills land in its work, not only in torch's import."""
     common = ["--model", FACTORY, "--weights", str(weights)]
     return [
         ["precompute", "catalog", *common],

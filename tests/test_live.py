@@ -32,28 +32,8 @@ from precompute.recipes import Defaults
 from precompute.vis import on_demand_config, run_vis
 from precompute.stage import Stage
 from precompute.worker import Worker
-from tests.test_cli import microscope
-
-#: Tiny renders: the recipe machinery is the same at any size.
-TINY = Defaults(steps=4, early_steps=16, size=32)
-MODEL = "tiny"
-
-
-#: The probe API's body: an image's bytes, named by their type.
-JPEG = {"content-type": "image/jpeg"}
-
-
-def copy_store(source: Settings, target: Path) -> Settings:
-    """A private copy of a session's store (the live tests write to theirs)."""
-    shutil.copytree(source.data_dir, target, symlinks=True, ignore=shutil.ignore_patterns("queue.sqlite3*"))
-    return Settings.load(target)
-
-
-@pytest.fixture
-def live(tiny_unrendered: Settings, tmp_path: Path) -> Settings:
-    """A tiny model's store (tests/tiny_model.py) with examples and circuits and no image yet."""
-    return copy_store(tiny_unrendered, tmp_path / "live")
-
+from tests.support.cli import microscope
+from tests.support.live import JPEG, MODEL, TINY, artifact_keys, copy_store, jpeg, worker
 
 @pytest.fixture
 def spec(tiny_net) -> ModelSpec:  # noqa: ANN001
@@ -65,34 +45,13 @@ def net(tiny_net):  # noqa: ANN001, ANN201
     return tiny_net
 
 
-def worker(store: Store, settings: Settings, spec: ModelSpec, net, **options) -> Worker:  # noqa: ANN001
-    assert net.spec == spec
-    options.setdefault("factor", False)  # the factors' own test turns it on (tests/test_factors.py)
-    options.setdefault("defaults", TINY)
-    options.setdefault("sanity", False)  # tests/test_attribution.py runs it
-    return Worker(Stage(store, net, "w", torch.device("cpu"), progress=False), JobQueue.for_store(settings), **options)
-
-
-def artifact_keys(settings: Settings, layer: str) -> dict[int, tuple[str, str]]:
-    with Store.open(settings, readonly=True) as store, store.session() as session:
-        rows = session.execute(
-            select(Unit.index, Artifact.blob_key, Artifact.recipe_sha256).join(Unit, Artifact.unit_id == Unit.id)
-            .join(Layer, Unit.layer_id == Layer.id).where(Layer.name == layer, Artifact.technique == "channel")
-        )
-        return {index: (key, digest) for index, key, digest in rows}
-
-
-def jpeg(images: Path, number: int = 0) -> bytes:
-    return sorted(images.glob("*/*.jpg"))[number].read_bytes()
-
-
 # The queue ---------------------------------------------------------------------------------
 
 
 @pytest.fixture(scope="module")
 def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """A Redis server of its own on a free loopback port (Debian's redis-server)."""
-    from tests.serving import free_port
+    from tests.support.serving import free_port
 
     assert shutil.which("redis-server"), "redis-server not found: scripts/system-deps installs it"
     port = free_port()

@@ -20,10 +20,10 @@ from torch import Tensor, nn
 from app.core.errors import MicroscopeError, UnknownModel, WeightsError
 from app.core.zoo import get_model
 from precompute.models import build, load, seeded_state_dict
-from precompute.models.base import Piece
 from precompute.weight_files import file_sha256
 from precompute.models.sources import fetch_torchvision as fetch, mirrored
-from tests.tiny_model import FACTORY
+from tests.support.kernels import assert_kernel_is_the_jacobian
+from tests.support.tiny_model import FACTORY
 
 
 @pytest.fixture(scope="module")
@@ -106,19 +106,6 @@ def _stand_in_residual(block: nn.Module, x: Tensor) -> Tensor:
     return path + (_conv_bn(block.downsample, x) if block.downsample is not None else x)
 
 
-def _assert_kernel_is_the_jacobian(pieces: tuple[Piece, ...], stand_in, channels: int, size: int, y: int, x: int) -> None:  # noqa: ANN001
-    inputs = torch.randn(1, channels, size, size, dtype=torch.float64)
-    jacobian = torch.autograd.functional.jacobian(lambda h: stand_in(h)[0, :, y, x], inputs)[:, 0]
-    (piece,) = pieces
-    kernel = piece.kernel
-    top, left = y * kernel.stride - kernel.padding, x * kernel.stride - kernel.padding
-    assert top >= 0 and left >= 0 and top + kernel.size <= size
-    window = jacobian[:, :, top : top + kernel.size, left : left + kernel.size].float()
-    assert torch.allclose(kernel.weights, window, rtol=1e-4, atol=1e-4 * float(window.abs().max()))
-    outside = float(jacobian.abs().sum() - jacobian[:, :, top : top + kernel.size, left : left + kernel.size].abs().sum())
-    assert outside <= 1e-4 * float(window.abs().sum())
-
-
 @pytest.mark.parametrize("pair", ["stem_0>mixed", "mixed>res1", "res1>res2", "stem_0>res1"])
 def test_composed_kernels_equal_the_jacobian_of_the_linear_stand_in(tiny, pair: str) -> None:  # noqa: ANN001
     """Through BatchNorm, pools, a concatenation, a strided residual block with its projection, the identity path."""
@@ -134,7 +121,7 @@ def test_composed_kernels_equal_the_jacobian_of_the_linear_stand_in(tiny, pair: 
         with torch.no_grad():
             pieces = tiny.linear_map(source, target)
         assert pieces[0].expanded
-        _assert_kernel_is_the_jacobian(pieces, stand_ins[pair], source.channels, source.size, 9, 10)
+        assert_kernel_is_the_jacobian(pieces, stand_ins[pair], source.channels, source.size, 9, 10)
     finally:
         tiny.module.float()
 

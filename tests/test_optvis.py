@@ -22,7 +22,7 @@ from precompute.optvis.transform import LUCENT, NONE, STANDARD, Transforms
 from precompute.selection import parse_layers, units_per_layer
 from precompute.stage import Stage
 from precompute.vis import GUTTER, VisConfig, run_vis, stale_configs, unit_seed
-from tests.test_cli import microscope
+from tests.support.cli import microscope
 
 
 def _generators(count: int) -> list[torch.Generator]:

@@ -18,8 +18,8 @@ from app import urls
 from app.main import create_app
 from app.core.settings import Settings
 from app.core.store import Artifact, DatasetExample, DatasetImage, Edge, Layer, Store
-from tests.own_models import backbone, mnist, modern, multispectral, write_checkpoint, write_planes
-from tests.test_cli import microscope
+from tests.support.own_models import backbone, mnist, modern, multispectral, write_checkpoint, write_planes
+from tests.support.cli import microscope
 
 DIGITS = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]
 
@@ -32,7 +32,7 @@ def _names(path: Path, **fields: object) -> Path:
 def _precompute_all(root: Path, factory: str, weights: Path, images: Path, names: Path | None = None,
                     expect: tuple[str, ...] = ()) -> Settings:
     """The store of ``precompute all``; ``expect``: lines its output (stdout and stderr) must hold."""
-    args = ["precompute", "all", "--model", f"tests.own_models:{factory}", "--weights", str(weights), "--images",
+    args = ["precompute", "all", "--model", f"tests.support.own_models:{factory}", "--weights", str(weights), "--images",
             str(images), "--data", str(root), "--steps", "4", "--early-steps", "4", "--batch", "8", "--device", "cpu"]
     result = microscope(*args, *(["--names", str(names)] if names else []))
     assert result.returncode == 0, result.stderr[-2000:]
@@ -136,7 +136,7 @@ def test_gelu_layernorm_depthwise_and_grouped_convolutions(tmp_path: Path, tiny_
     weights = write_checkpoint(modern(), tmp_path / "modern.pt")
     names = _names(tmp_path / "modern.json", input_size=64, classes=["a", "b", "c", "d", "e"])
     store = _precompute_all(tmp_path / "store", "modern", weights, tiny_images, names)
-    common = ["--model", "tests.own_models:modern", "--weights", str(weights), "--names", str(names), "--images",
+    common = ["--model", "tests.support.own_models:modern", "--weights", str(weights), "--names", str(names), "--images",
               str(tiny_images), "--data", str(tmp_path / "store"), "--device", "cpu"]
     factors = microscope("precompute", "factors", *common, "--layers", "add", "--method", "nmf", "--groups", "4",
                          "--samples", "500", "--no-accuracy")
@@ -154,7 +154,7 @@ def test_a_backbone_without_a_classifier_has_every_page_but_classes(tmp_path: Pa
                             _names(tmp_path / "backbone.json", input_size=64))
     data = _every_page(store, "backbone")
     assert "logits" not in [layer["kind"] for layer in data["layers"]]
-    result = microscope("precompute", "sanity", "--model", "tests.own_models:backbone", "--weights", str(weights),
+    result = microscope("precompute", "sanity", "--model", "tests.support.own_models:backbone", "--weights", str(weights),
                         "--names", str(tmp_path / "backbone.json"), "--images", str(tiny_images), "--data",
                         str(tmp_path / "store"), "--count", "2", "--methods", "gradient", "--device", "cpu")
     assert result.returncode == 2 and "has no classifier" in result.stderr, result.stderr[-500:]
@@ -173,7 +173,7 @@ def test_every_checkpoint_format_loads_the_same_weights(tmp_path: Path, suffix: 
     else:
         path = write_checkpoint(mnist(), tmp_path / f"weights{suffix}")
     names = _names(tmp_path / "names.json", input_size=32, mean=[0.5], std=[0.5])
-    loaded = load("tests.own_models:mnist", path, names).net.module.state_dict()
+    loaded = load("tests.support.own_models:mnist", path, names).net.module.state_dict()
     expected = torch.load(reference, weights_only=True)
     assert loaded.keys() == expected.keys()
     for key, value in expected.items():
@@ -183,7 +183,7 @@ def test_every_checkpoint_format_loads_the_same_weights(tmp_path: Path, suffix: 
 def test_a_pickled_module_is_refused_then_loaded_with_the_flag(tmp_path: Path) -> None:
     pickled = write_checkpoint(mnist(), tmp_path / "model.pickle")
     names = _names(tmp_path / "names.json", input_size=32, mean=[0.5], std=[0.5])
-    args = ("precompute", "catalog", "--model", "tests.own_models:mnist", "--weights", str(pickled), "--names",
+    args = ("precompute", "catalog", "--model", "tests.support.own_models:mnist", "--weights", str(pickled), "--names",
             str(names), "--data", str(tmp_path / "store"))
     refused = microscope(*args, env={"MICROSCOPE_TRUST_PICKLE": ""})
     assert refused.returncode == 2 and "--trust-pickle" in refused.stderr
@@ -201,7 +201,7 @@ def test_a_pickled_module_is_refused_then_loaded_with_the_flag(tmp_path: Path) -
 ])
 def test_a_wrong_names_file_is_one_line_and_exit_2(tmp_path: Path, fields: dict, message: str) -> None:
     weights = write_checkpoint(mnist(), tmp_path / "mnist.pt")
-    result = microscope("precompute", "catalog", "--model", "tests.own_models:mnist", "--weights", str(weights),
+    result = microscope("precompute", "catalog", "--model", "tests.support.own_models:mnist", "--weights", str(weights),
                         "--names", str(_names(tmp_path / "names.json", **fields)), "--data", str(tmp_path / "store"))
     assert result.returncode == 2 and message in result.stderr, result.stderr[-800:]
     assert result.stderr.strip().count("\n") == 0

@@ -13,8 +13,8 @@ from app import urls
 from app.main import create_app
 from app.core.settings import Settings
 from tests.conftest import ROOT, link_sample
-from tests.contents import contents
-from tests.test_cli import microscope
+from tests.support.contents import contents
+from tests.support.cli import microscope
 
 CIRCUITS = "conv2d1,conv2d2,mixed3a,mixed3a_3x3,mixed3a_pool_reduce,softmax2"
 STAGES = [

@@ -13,9 +13,9 @@ import pytest
 
 from app.core.settings import Settings
 from tests.conftest import ROOT
-from tests.contents import contents
-from tests.ray_cluster import TaskKiller, ray_cluster
-from tests.tiny_model import FACTORY, synthetic_images
+from tests.support.contents import contents
+from tests.support.ray_cluster import TaskKiller, ray_cluster
+from tests.support.tiny_model import FACTORY, synthetic_images
 
 #: The tiny store's `precompute all` (conftest's ``tiny_settings``), without its --data.
 TINY_ALL = ["--steps", "4", "--early-steps", "4", "--size", "48", "--batch", "8", "--device", "cpu"]

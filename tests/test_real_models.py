@@ -20,7 +20,7 @@ from precompute.models.nets.efficientnet import EfficientNetLite0
 from precompute.models.nets.inception5h import BLOCKS, Inception5h, parameter_names
 from precompute.models.sources import Weights, locate
 from precompute.models.sources import load as load_weights
-from tests.test_models import _assert_kernel_is_the_jacobian
+from tests.support.kernels import assert_kernel_is_the_jacobian
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -173,7 +173,7 @@ def test_same_padding_kernels_equal_the_jacobian_of_the_linear_stand_in(monkeypa
     def stand_in(h: torch.Tensor) -> torch.Tensor:
         return module._blocks[4](module._blocks[3](h))
 
-    _assert_kernel_is_the_jacobian(pieces, stand_in, source.channels, source.size, 9, 10)
+    assert_kernel_is_the_jacobian(pieces, stand_in, source.channels, source.size, 9, 10)
     assert isinstance(module, EfficientNetLite0)
 
 
@@ -195,7 +195,7 @@ def test_the_installed_package_holds_efficientnets_pinned_state_dict() -> None:
 def test_squeezenet_and_mobilenet_download_once_checked_from_their_pinned_layout(shared_dir: Path, tmp_path: Path) -> None:
     """A loopback server holding each public source's layout: the files arrive checked, then are reused."""
     from precompute.weight_files import Checksums, fetch_checked
-    from tests.serving import serve_folder
+    from tests.support.serving import serve_folder
 
     for model, folder in (("squeezenet1_1_caffe", "squeezenet1_1"), ("mobilenet_v2", "mobilenet_v2_1.0_224_quant")):
         download = entry(model).download
@@ -213,7 +213,7 @@ def test_a_wheel_that_is_not_the_pinned_one_is_refused_and_not_kept(tmp_path: Pa
     import zipfile
 
     from precompute.models import sources
-    from tests.serving import serve_folder
+    from tests.support.serving import serve_folder
 
     served = tmp_path / "pypi"
     served.mkdir()

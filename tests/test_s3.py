@@ -18,9 +18,9 @@ from app.core.errors import StoreError
 from app.main import create_app
 from app.core.settings import Settings
 from app.core.store.blobs import ObjectBlobs, key_of
-from tests.contents import contents
-from tests.test_cli import microscope
-from tests.tiny_model import FACTORY
+from tests.support.contents import contents
+from tests.support.cli import microscope
+from tests.support.tiny_model import FACTORY
 
 
 def test_object_blobs_put_flush_list_read_sign_and_remove(s3_blobs: str) -> None:
@@ -69,7 +69,7 @@ def test_a_store_with_its_blobs_in_a_bucket_equals_a_folder_store(s3_blobs: str,
 
 def test_gc_export_and_import_work_against_a_bucket(s3_blobs: str, tiny_settings: Settings, tmp_path: Path,
                                                     s3_endpoint: str) -> None:
-    from tests.s3 import new_bucket
+    from tests.support.s3 import new_bucket
 
     bundle = tmp_path / "tiny.tar"
     assert microscope("export", str(bundle), "--data", str(tiny_settings.data_dir)).returncode == 0

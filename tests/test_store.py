@@ -179,7 +179,7 @@ def test_gc_leaves_young_blobs_and_temporary_files_and_refuses_beside_a_live_wor
 
     from app.core.jobs import JobQueue
     from app.core.store.maintenance import collect_garbage
-    from tests.test_cli import microscope
+    from tests.support.cli import microscope
 
     with Store.open(settings, create=True) as store:
         young = store.blobs.put(b"a worker's render, rows not committed yet", "webp")

@@ -20,7 +20,7 @@ from precompute.stage import Stage
 from precompute.tuning import (ROTATIONS, TuningConfig, family_figures, half_width, joint_responses, placement,
                                responses, resultant, run_tuning)
 
-DETECTORS = "tests.tiny_model:detectors"
+DETECTORS = "tests.support.tiny_model:detectors"
 SIDE = 15
 CURVE_RADIUS = 0.5  # receptive fields
 
@@ -248,7 +248,7 @@ def test_a_store_whose_images_are_gone_is_tuned_without_joint_tuning(tiny_settin
     from sqlalchemy import delete, update
 
     from app.core.store import Dataset, Run
-    from tests.test_live import copy_store
+    from tests.support.live import copy_store
 
     settings = copy_store(tiny_settings, tmp_path / "store")
     with Store.open(settings) as store:

@@ -22,7 +22,7 @@ from app.main import create_app
 from app.core.settings import Settings
 from app.core.store import Store
 from app.core.zoo import ModelSpec
-from tests.test_cli import microscope
+from tests.support.cli import microscope
 
 
 @pytest.fixture

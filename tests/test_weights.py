@@ -11,7 +11,7 @@ import pytest
 from app.core.errors import WeightsError
 from app.core.zoo import ModelSpec
 from precompute.weight_files import Checksums, download, locate, verify
-from tests.serving import serve_folder
+from tests.support.serving import serve_folder
 
 
 def _copy(weights_dir: Path, target: Path) -> Path:

@@ -19,15 +19,15 @@ import pytest
 
 from app.core.jobs import JobQueue
 from app.core.settings import Settings
-from tests.contents import contents
-from tests.live_processes import start_worker
-from tests.test_cli import microscope
-from tests.test_live import copy_store
-from tests.tiny_model import FACTORY
+from tests.support.contents import contents
+from tests.support.live_processes import start_worker
+from tests.support.cli import microscope
+from tests.support.live import copy_store
+from tests.support.tiny_model import FACTORY
 
 MODEL = "tiny"
 RENDERS = [("mixed", [10]), ("mixed", [11]), ("stem_0", [3]), ("res1", [4, 5, 6, 7])]
-#: Renders long enough on the tiny model (tests/tiny_model.py) for a kill to land inside one.
+#: Renders long enough on the tiny model (tests/support/tiny_model.py) for a kill to land inside one.
 WORKER_ARGS = ["--model", FACTORY, "--steps", "300", "--early-steps", "300", "--size", "64"]
 
 

@@ -13,7 +13,7 @@ from contextlib import contextmanager
 import httpx
 import pytest
 
-from tests.serving import free_port
+from tests.support.serving import free_port
 
 #: The environment a client needs to reach the local server (obstore reads the standard AWS_* variables).
 CREDENTIALS = {"AWS_ACCESS_KEY_ID": "microscope", "AWS_SECRET_ACCESS_KEY": "microscope", "AWS_REGION": "us-east-1",

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import ROOT
-from tests.serving import free_port
+from tests.support.serving import free_port
 
 RAY = Path(sys.executable).parent / "ray"
 

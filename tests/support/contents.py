@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from sqlalchemy import select
+from sqlalchemy.orm import InstrumentedAttribute
 
 from app.core.settings import Settings
 from app.core.store import (Ablation, Artifact, DatasetExample, DatasetImage, DirectionWeight, Edge, Factorization, Layer, Probe, ProbeAttribution,
@@ -60,3 +61,16 @@ def contents(settings: Settings) -> dict[str, list[tuple]]:
             "artifacts": artifacts, "probes": probes, "probe_units": probe_units, "probe_groups": groups,
             "probe_renders": renders, "probe_attributions": maps, "ablations": ablations, "tuning": tuning, "factorizations": factorizations,
             "direction_weights": weights, "mixtures": mixtures, "referenced": sorted(referenced), "blobs": sorted(blobs)}
+
+
+def stored_examples(settings: Settings, image: InstrumentedAttribute = DatasetImage.path) -> list[tuple]:
+    """Every example by unit and rank, its image named by ``image`` (its path, or its content's digest)."""
+    with Store.open(settings, readonly=True) as store, store.session() as session:
+        query = (
+            select(Layer.name, Unit.index, DatasetExample.kind, DatasetExample.rank, image,
+                   DatasetExample.activation, DatasetExample.y, DatasetExample.x, DatasetExample.crop_key)
+            .join(Unit, DatasetExample.unit_id == Unit.id).join(Layer, Unit.layer_id == Layer.id)
+            .join(DatasetImage, DatasetExample.image_id == DatasetImage.id)
+            .order_by(Layer.name, Unit.index, DatasetExample.kind, DatasetExample.rank)
+        )
+        return [tuple(row) for row in session.execute(query)]

@@ -7,7 +7,7 @@
   grouped convolution, a residual add, a global pool, 5 classes;
 - ``backbone``: convolutions whose output is a feature map (no classifier).
 
-Each factory takes no argument (``--model tests.own_models:mnist``); `write_checkpoint` saves seeded weights in
+Each factory takes no argument (``--model tests.support.own_models:mnist``); `write_checkpoint` saves seeded weights in
 any of the formats `--weights` reads.
 """
 

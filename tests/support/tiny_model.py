@@ -4,8 +4,8 @@ A stem (convolution, BatchNorm, ReLU, max pool), one inception-style block
 (branches concatenated, one behind a bottleneck, one behind a pool), two
 residual blocks (one with a strided projection, one with the identity) and a
 1,000-way classifier. It is also the README's worked example of bringing
-your own model: ``microscope precompute all --model tests.tiny_model:tiny
---weights tiny.pt`` after ``python -m tests.tiny_model tiny.pt`` wrote seeded
+your own model: ``microscope precompute all --model tests.support.tiny_model:tiny
+--weights tiny.pt`` after ``python -m tests.support.tiny_model tiny.pt`` wrote seeded
 weights.
 """
 
@@ -18,7 +18,7 @@ import torch
 from torch import Tensor, nn
 
 #: The module path ``--model`` takes.
-FACTORY = "tests.tiny_model:tiny"
+FACTORY = "tests.support.tiny_model:tiny"
 
 
 def _conv(inputs: int, outputs: int, kernel: int, stride: int = 1) -> nn.Sequential:
@@ -74,7 +74,7 @@ def tiny() -> Tiny:
 
 class Detectors(nn.Module):
     """One 15x15 convolution whose kernels tests write by hand (an edge, a line, a curve detector), then a
-    classifier: the tuning tests' model (``tests.tiny_model:detectors``)."""
+    classifier: the tuning tests' model (``tests.support.tiny_model:detectors``)."""
 
     def __init__(self, units: int = 4, classes: int = 10) -> None:
         super().__init__()
@@ -99,7 +99,7 @@ DIRECTIONS = (
 
 
 class TwoDirections(nn.Module):
-    """A layer built from two known directions (the factors tests' model, ``tests.tiny_model:two_directions``).
+    """A layer built from two known directions (the factors tests' model, ``tests.support.tiny_model:two_directions``).
 
     ``maps`` makes two non-negative maps that never overlap (where the image is redder than green, and
     where it is greener than red); ``mix`` writes each into 8 units along its direction of `DIRECTIONS`,
@@ -133,7 +133,7 @@ def two_directions() -> TwoDirections:
 
 class Blocks(nn.Module):
     """Two convolutions, the second grouped in two: the weights between them are block-diagonal (the modules
-    test's model, ``tests.tiny_model:blocks``)."""
+    test's model, ``tests.support.tiny_model:blocks``)."""
 
     def __init__(self, classes: int = 1000) -> None:
         super().__init__()
