@@ -111,7 +111,7 @@ def fill_throughput(weights: Path | None, batch: int) -> dict[str, object]:
     with tempfile.TemporaryDirectory() as scratch, Store.open(Settings.load(Path(scratch)), create=True) as store:
         catalog(store, spec)
         for layer in spec.main_layers:
-            config = on_demand_config(layer, range(batch), batch=batch)
+            config = on_demand_config(layer, range(batch), batch=batch, input_size=net.spec.input_size)
             started = time.perf_counter()
             run_vis(Stage(store, net.to(device), checksums.digest, device, progress=False), config)
             per_layer[layer.name] = (time.perf_counter() - started) / batch

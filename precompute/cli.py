@@ -599,8 +599,8 @@ def _default_renders(spec: Any, logits: Any, vis_layer: str, vis_units: str, vis
     from precompute.vis import TECHNIQUES, VisConfig
 
     main = list(spec.main_layers)
-    early = [layer for layer in main if defaults.is_early(layer)]
-    later = [layer for layer in main if not defaults.is_early(layer)]
+    early = [layer for layer in main if defaults.is_early(layer, spec.input_size)]
+    later = [layer for layer in main if not defaults.is_early(layer, spec.input_size)]
     showcase = spec.layer(vis_layer or _showcase_layer(spec))
     common = {"size": defaults.size, "batch": batch}
     return [
@@ -652,7 +652,7 @@ def worker(
                                      "(`precompute sanity`) on --sanity-images of the dataset.")] = True,
     sanity_images: Annotated[int, typer.Option(min=2, help="Images of the worker's randomization test.")] = 20,
     steps: Annotated[int, typer.Option(help="Steps of on-demand renders (the main job's recipe).")] = ON_DEMAND.steps,
-    early_steps: Annotated[int, typer.Option(help="Steps for the stem's conv layers.")] = ON_DEMAND.early_steps,
+    early_steps: Annotated[int, typer.Option(help="Steps for the stem's conv layers (a receptive field of at most a tenth of the input side).")] = ON_DEMAND.early_steps,
     size: Annotated[int, typer.Option(help="Image side of on-demand renders.")] = ON_DEMAND.size,
     until_idle: Annotated[bool, typer.Option("--until-idle", help="Exit when the queue (and, with --fill, the model) is done.")] = False,
     background: Annotated[bool, typer.Option(

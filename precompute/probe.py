@@ -397,7 +397,7 @@ def render_group(stage: Stage, probe_id: str, layer_name: str, group: int, defau
         if session.scalar(select(ProbeRender.id).where(ProbeRender.probe_id == row_id, ProbeRender.layer_id == layer_id,
                                                        ProbeRender.kind == "group", ProbeRender.index == group)):
             return False
-    config = on_demand_config(layer, [group], "channel", defaults, batch=1)
+    config = on_demand_config(layer, [group], "channel", defaults, batch=1, input_size=stage.spec.input_size)
     seed = unit_seed(config.seed, layer_name, group, "group")
     params = {key: value for key, value in recipe(config, stage.spec, layer, "channel", stage.weights_sha256, stage.device).items()
               if key != "recipe_sha256"}
@@ -439,7 +439,7 @@ def render_caricature(stage: Stage, probe_id: str, layer_name: str, defaults: De
         stale = None if made is None else made.id  # made by an older recipe: replaced below
         row_id, image_key = probe.id, probe.image_key
     image = _framed(store, image_key)
-    steps, size, seed = defaults.steps_for(layer), spec.input_size, unit_seed(0, layer_name, 0, "caricature")
+    steps, size, seed = defaults.steps_for(layer, spec.input_size), spec.input_size, unit_seed(0, layer_name, 0, "caricature")
     transforms = lucid_transforms(spec.input_size)
     result, end, start = caricature(stage.net, image, layer_name, size, steps, seed, transforms, device=stage.device,
                                     poll=poll)

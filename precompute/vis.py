@@ -32,7 +32,7 @@ from precompute.optvis.objectives import Objective
 from precompute.optvis.param import PARAMETERIZATIONS
 from precompute.optvis.render import LEARNING_RATE, STEPS, Precision, render, resolve_precision
 from precompute.optvis.transform import Fit, fit
-from precompute.recipes import ON_DEMAND, Defaults
+from precompute.recipes import ON_DEMAND, STEM_FIELD, Defaults
 from precompute.runs import catalogued_model, digested, finish_run, progress_bar, replace_rows, share, start_run, unit_ids
 from precompute.stage import Stage
 
@@ -166,8 +166,10 @@ def recipe(config: VisConfig, spec: ModelSpec, layer: LayerSpec, technique: str,
         "precision": resolve_precision(config.precision, device),
         "weights_sha256": weights_sha256,
     }
-    if sized.note:
-        params["sizing"] = sized.note
+    if sized.note:  # a network sized apart says how its steps were chosen too (the stem's are for every network)
+        params["sizing"] = (f"{sized.note}; steps by receptive field: a convolution that sees at most a tenth of the "
+                            f"input side ({spec.input_size // STEM_FIELD} px) is a stem layer and takes the early steps, "
+                            "every other layer the steps")
     if spec.channels == 1:
         params["channels"] = "1: a gray image (the network reads the luma), no colour decorrelation"
     elif spec.channels != 3:
@@ -344,10 +346,11 @@ def _describe(config: VisConfig) -> dict[str, object]:
 
 
 def on_demand_config(layer: LayerSpec, units: Sequence[int], technique: str = "channel",
-                     defaults: Defaults = ON_DEMAND, batch: int = 16) -> VisConfig:
-    """The config a worker renders ``units`` of ``layer`` with (the main job's recipe)."""
+                     defaults: Defaults = ON_DEMAND, batch: int = 16, *, input_size: int) -> VisConfig:
+    """The config a worker renders ``units`` of ``layer`` of a network of ``input_size`` px with (the main job's
+    recipe)."""
     return VisConfig(layers=(layer,), units={layer.name: list(units)}, techniques=(technique,),
-                     steps=defaults.steps_for(layer), size=defaults.size, batch=max(batch, DIVERSITY_IMAGES))
+                     steps=defaults.steps_for(layer, input_size), size=defaults.size, batch=max(batch, DIVERSITY_IMAGES))
 
 
 def missing_units(store: Store, spec: ModelSpec, layer: LayerSpec, technique: str, recipe_sha256: str) -> list[int]:

@@ -194,7 +194,8 @@ class Worker:
         if layer not in spec.layer_names:  # a derived layer factored since this worker started
             self.refresh_layers()
             spec = self.spec
-        config = on_demand_config(spec.layer(layer), units, technique, self.defaults, batch=len(units))
+        config = on_demand_config(spec.layer(layer), units, technique, self.defaults, batch=len(units),
+                                  input_size=spec.input_size)
         run_vis(self.stage, config)
 
     def probe(self, model: str, sha256: str, probe_id: str | None) -> None:
@@ -394,7 +395,7 @@ class Worker:
         for layer in self.fill_order():
             if layer.name in self._complete:
                 continue
-            config = on_demand_config(layer, [0], "channel", self.defaults)
+            config = on_demand_config(layer, [0], "channel", self.defaults, input_size=self.spec.input_size)
             digest = recipe(config, self.spec, layer, "channel", self.stage.weights_sha256, self.stage.device)["recipe_sha256"]
             missing = missing_units(self.store, self.spec, layer, "channel", digest)
             if not missing:
@@ -407,7 +408,8 @@ class Worker:
                     continue  # another worker renders it
                 self.doing = key
                 try:
-                    config = on_demand_config(layer, units, "channel", self.defaults, batch=len(units))
+                    config = on_demand_config(layer, units, "channel", self.defaults, batch=len(units),
+                                              input_size=self.spec.input_size)
                     result = run_vis(self.stage, config, poll=self.between_steps)
                 finally:
                     self.doing = "idle"

@@ -223,13 +223,14 @@ def test_a_unit_rendered_on_demand_is_the_unit_precompute_renders(live: Settings
         stats = worker(store, live, spec, net).run(until_idle=True)
         assert stats.jobs == 1
         # precompute vis with the same recipe, over a batch that includes unit 5: it skips it.
-        config = on_demand_config(spec.layer("stem_0"), range(4, 8), defaults=TINY, batch=4)
+        config = on_demand_config(spec.layer("stem_0"), range(4, 8), defaults=TINY, batch=4, input_size=spec.input_size)
         result = run_vis(Stage(store, net, "w", torch.device("cpu"), progress=False), config)
         assert (result.rendered, result.skipped) == (3, 1)
     alone = artifact_keys(live, "stem_0")[5]
     other = copy_store(tiny_unrendered, tmp_path / "batched")
     with Store.open(other) as store:
-        run_vis(Stage(store, net, "w", torch.device("cpu"), progress=False), on_demand_config(spec.layer("stem_0"), range(4, 8), defaults=TINY, batch=4))
+        run_vis(Stage(store, net, "w", torch.device("cpu"), progress=False), on_demand_config(spec.layer("stem_0"), range(4, 8), defaults=TINY, batch=4,
+                                                                                         input_size=spec.input_size))
     batched = artifact_keys(other, "stem_0")[5]
     assert alone[1] == batched[1]  # the same recipe digest
     if resolve_precision("auto", torch.device("cpu")) == "bf16":

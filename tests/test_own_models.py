@@ -282,3 +282,16 @@ def test_a_512px_network_gets_lucids_renders_and_its_examples(tmp_path: Path, ti
         assert session.scalar(select(Layer.size).where(Layer.name == "4")) == 128  # 512 px in, strides 2 and 2
         recipes = session.scalars(select(Artifact.recipe)).all()
     assert recipes and all("sizing" not in recipe and recipe["decorrelated_color"] for recipe in recipes)
+
+
+def test_steps_follow_each_layers_receptive_field() -> None:
+    from app.core.zoo import get_model
+    from precompute.models.traced import Description, TracedNetwork
+    from precompute.recipes import ON_DEMAND
+
+    spec = get_model("inceptionv1_caffe")  # the zoo's stems stay what they were: conv2d0-2 (7, 11, 19 px of 224)
+    assert [layer.name for layer in spec.main_layers if ON_DEMAND.is_early(layer, spec.input_size)] == [
+        "conv2d0", "conv2d1", "conv2d2"]
+    net = TracedNetwork(mnist(), Description(name="mnist", input_size=32, mean=(0.5,), std=(0.5,)))
+    # The 3 x 3 stem (3 px of 32) takes the early steps; the second convolution (8 px) the plain ones.
+    assert [ON_DEMAND.steps_for(layer, 32) for layer in net.spec.main_layers] == [ON_DEMAND.early_steps, ON_DEMAND.steps]
