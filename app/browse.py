@@ -16,6 +16,7 @@ from sqlalchemy import Connection
 from app import queries, urls
 from app.ablation import ablation_view
 from app.core.contracts import unit_target
+from app.status import FILL_ORDER
 from app.catalog import Catalog, LayerEntry, ModelEntry
 from app.core.errors import ModelNotHeld, NotFound
 from app.page_types import (
@@ -77,7 +78,7 @@ def index_page(catalog: Catalog, counts: list[ModelCoverage]) -> IndexPage:
 
 
 def model_page(catalog: Catalog, connection: Connection, name: str, counts: list[ModelCoverage],
-               filling: bool = False, probes: bool = True) -> ModelPage:
+               filling: bool = False, probes: bool = True, workers: list[str] | None = None) -> ModelPage:
     """``counts`` is the store's coverage (cached by the caller: it scans every table); ``probes``: the live
     policy lets visitors probe their images (else the page links no upload form)."""
     entry = catalog.model(name)
@@ -116,7 +117,8 @@ def model_page(catalog: Catalog, connection: Connection, name: str, counts: list
                      notes=list(REGISTRY[name].notes) if name in REGISTRY else [], sanity=sanity,
                      sanity_command=None if sanity else sanity_command(name),
                      sanity_plot_url=urls.sanity_plot(name) if sanity else None,
-                     modularity=network_modularity(connection, name), skips=entry.skips)
+                     modularity=network_modularity(connection, name), skips=entry.skips, workers=workers or [],
+                     fill_order=FILL_ORDER if workers else None)
 
 
 def not_held_page(error: ModelNotHeld) -> NotHeldPage:

@@ -89,6 +89,9 @@ class ModelPage:
     modularity: dict[str, Any] | None = None
     #: Stage → why the network gets none of it (`app.core.zoo.skips.model_skips`): one line each.
     skips: dict[str, str] = field(default_factory=dict)
+    #: What each live worker is doing now, in words (`app.status.worker_doing`), and what its fill does in order.
+    workers: list[str] = field(default_factory=list)
+    fill_order: str | None = None
     kind: str = "model"
 
 

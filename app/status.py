@@ -41,3 +41,26 @@ def job_status(job: JobState, workers: int, doing: str, *, what: str = "", idle:
     if waiting and not workers:
         message += f" No worker is running{', so nothing happens until one starts: ' + no_worker if no_worker else '.'}"
     return JobStatus(message, (POLL_SECONDS if workers else POLL_IDLE_SECONDS) if waiting else None)
+
+
+#: What a worker's fill does, in order (`precompute.worker.Worker.fill_one`), for the model page.
+FILL_ORDER = ("requests first, always; then the first units of every main layer (what a layer page shows first), "
+              "the tuning curves of every main layer, the attribution sanity test, two layers' NMF groups and "
+              "dictionaries, and every other unit's picture")
+
+
+def worker_doing(doing: str) -> str:
+    """A worker's heartbeat (``fill:model:layer:0-3``, ``tune:model:layer``...) in words."""
+    kind, _, rest = doing.partition(":")
+    parts = rest.split(":")
+    if kind == "fill" and len(parts) == 3:
+        return f"drawing units {parts[2]} of {parts[1]}"
+    if kind == "tune" and len(parts) == 2:
+        return f"computing the tuning curves of {parts[1]}"
+    if kind == "factor" and len(parts) == 3:
+        return f"factoring {parts[1]} ({'NMF groups' if parts[2] == 'nmf' else 'a sparse dictionary'})"
+    if kind == "sanity":
+        return "running the attribution maps' sanity test"
+    if kind in ("render", "probe", "forget", "probe_render", "ablate"):
+        return "answering a request"
+    return "waiting for requests" if doing in ("idle", "starting") else doing

@@ -17,6 +17,7 @@ from fastapi.responses import FileResponse, RedirectResponse, Response
 from sqlalchemy import Connection
 
 from app import browse, tuning, urls
+from app.status import worker_doing
 from app.access import allows
 from app.core.errors import NotFound
 from app.respond import json_response, respond
@@ -98,9 +99,10 @@ async def methods(request: Request, json: bool) -> Response:
 async def model(request: Request, model: str, state: StateDep, connection: ConnectionDep, json: bool) -> Response:
     """A model's layers in network order, with coverage per technique and a strip of visualizations."""
     queue = state.queue()
-    filling = bool(queue is not None and queue.live_workers())
-    page = browse.model_page(state.catalog(connection, model), connection, model, state.coverage(connection), filling,
-                            probes=allows(state.settings, "probes"))
+    beats = queue.live_workers() if queue is not None else []
+    page = browse.model_page(state.catalog(connection, model), connection, model, state.coverage(connection),
+                             bool(beats), probes=allows(state.settings, "probes"),
+                             workers=[worker_doing(beat.doing) for beat in beats])
     return respond(request, page, "model.html", json)
 
 

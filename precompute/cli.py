@@ -23,7 +23,7 @@ from app.core.settings import Settings
 from app.core.stimuli import TUNING_FAMILIES
 from app.core.store import Store
 from app.core.zoo import DEFAULT_MODEL
-from precompute.recipes import ON_DEMAND, Defaults
+from precompute.recipes import FIRST_LOOK, ON_DEMAND, Defaults
 
 
 if TYPE_CHECKING:
@@ -641,6 +641,9 @@ def worker(
     model: ModelOption = DEFAULT_MODEL,
     fill: Annotated[bool, typer.Option("--fill", help="When no request waits, render every unit still missing.")] = False,
     fill_batch: Annotated[int, typer.Option(min=1, help="Units rendered together by the fill.")] = 4,
+    first_look: Annotated[int, typer.Option(
+        min=0, help="With --fill: the first this many units of every main layer are drawn before the tuning, the "
+                    "sanity test and the factors (what a newcomer opens first); 0 draws none first.")] = FIRST_LOOK,
     tune: Annotated[bool, typer.Option(
         "--tune/--no-tune", help="With --fill: first the tuning curves of every main layer still without them.")] = True,
     factor: Annotated[bool, typer.Option(
@@ -684,7 +687,7 @@ def worker(
         running = Worker(stage.quiet(), queue, fill=fill, tune=tune, factor=factor, sanity=sanity,
                          sanity_images=sanity_images,
                          factor_settings={"steps": factor_steps},
-                         fill_batch=fill_batch, defaults=Defaults(steps, early_steps, size))
+                         fill_batch=fill_batch, first_look=first_look, defaults=Defaults(steps, early_steps, size))
         signal.signal(signal.SIGTERM, lambda *_: running.stop())
         typer.echo(f"worker {running.name}: {spec.name} on {stage.device}, queue {queue.location}"
                    f"{', filling' if fill else ''}")

@@ -21,7 +21,7 @@ import socket
 import threading
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 
 from app.core.errors import MicroscopeError
@@ -32,7 +32,7 @@ from app.core.store.schema import new_probe_id
 from app.core.zoo import LayerSpec, ModelSpec
 from app.core.zoo.skips import model_skips
 from precompute.probe import attribute_probe, probe_contributions, render_caricature, render_group, run_probe
-from precompute.recipes import ON_DEMAND, Defaults
+from precompute.recipes import FIRST_LOOK, ON_DEMAND, Defaults
 from precompute.stage import Stage
 from precompute.vis import missing_units, on_demand_config, recipe, run_vis
 
@@ -70,6 +70,8 @@ class Worker:
     sanity: bool = True
     sanity_images: int = 20
     fill_batch: int = 4
+    #: With ``fill``: the first this many units of every main layer are drawn before anything else (0: none).
+    first_look: int = FIRST_LOOK
     defaults: Defaults = ON_DEMAND
     name: str = field(default_factory=lambda: f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}")
     stats: WorkerStats = field(default_factory=WorkerStats)
@@ -381,6 +383,8 @@ class Worker:
     def fill_one(self) -> bool:
         """Tune or render the next missing part; False when the whole model is tuned and rendered. A stage the
         network cannot have (`model_skips`: tuning's RGB stimuli for a multispectral one) is left out."""
+        if self.first_look and self.render_one(self.spec.main_layers, below=self.first_look):
+            return True  # what a newcomer opens first, before the long analyses
         skips = model_skips(self.spec)
         tune, sanity = self.tune and "tuning" not in skips, self.sanity and "sanity" not in skips
         if tune and self.tune_one():
@@ -391,8 +395,13 @@ class Worker:
             return True
         if tune and self.tune_one():  # the derived layers just factored
             return True
+        return self.render_one(self.fill_order())
+
+    def render_one(self, layers: Sequence[LayerSpec], below: int | None = None) -> bool:
+        """Render the next batch of ``layers``' units still without a picture of this recipe (only units under
+        ``below``, if given); False when they all have one."""
         claimed = self.queue.claimed()
-        for layer in self.fill_order():
+        for layer in layers:
             if layer.name in self._complete:
                 continue
             config = on_demand_config(layer, [0], "channel", self.defaults, input_size=self.spec.input_size)
@@ -401,6 +410,7 @@ class Worker:
             if not missing:
                 self._complete.add(layer.name)
                 continue
+            missing = [unit for unit in missing if below is None or unit < below]
             for start in range(0, len(missing), self.fill_batch):
                 units = missing[start:start + self.fill_batch]
                 key = f"fill:{self.spec.name}:{layer.name}:{units[0]}-{units[-1]}"

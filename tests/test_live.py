@@ -18,7 +18,7 @@ import pytest
 import torch
 from fastapi.testclient import TestClient
 from PIL import Image
-from sqlalchemy import select
+from sqlalchemy import func, select
 
 from app import urls
 from app.core.jobs import JobState, JobQueue, QueueFull
@@ -275,6 +275,34 @@ def test_fill_tunes_every_main_layer_first_and_serves_requests_between_passes(li
         assert not queue.claimed()
         again = worker(store, live, spec, net, fill=True, tune=True)
         assert not again.tune_one()  # another worker finds every layer tuned with this recipe
+
+
+def test_fill_draws_the_first_units_of_every_main_layer_before_any_analysis(live: Settings, spec: ModelSpec,
+                                                                            net) -> None:  # noqa: ANN001
+    """Issue 34's first hour: a layer page's first units are drawn before the tuning (and what follows it)."""
+    from app.core.store import UnitTuning
+
+    with Store.open(live) as store:
+        running = worker(store, live, spec, net, fill=True, fill_batch=2, first_look=2, tune=True)
+        main = [layer.name for layer in spec.main_layers]
+        for _ in main:
+            assert running.fill_one()
+        assert {name: sorted(artifact_keys(live, name)) for name in main} == {name: [0, 1] for name in main}
+        with store.session() as session:
+            assert session.scalar(select(func.count()).select_from(UnitTuning)) == 0
+        served = _served_during(running, "tune:")
+        JobQueue.for_store(live).request_render(MODEL, "mixed", [5])
+        assert running.fill_one() and served == [f"tune:tiny:{main[0]}"]  # then the analyses, requests between
+
+
+def test_the_model_page_says_what_the_worker_does_and_what_comes_next(live: Settings) -> None:
+    queue = JobQueue.for_store(live)
+    queue.beat("w", "fill:tiny:mixed:0-3")  # this process's heartbeat: alive
+    page = TestClient(create_app(live)).get(urls.model(MODEL))
+    assert "Now: drawing units 0-3 of mixed." in page.text and "then the first units of every main layer" in page.text
+    queue.beat("w", "tune:tiny:res1")
+    data = TestClient(create_app(live)).get(urls.model(MODEL, json=True)).json()
+    assert data["workers"] == ["computing the tuning curves of res1"]
 
 
 def test_fill_renders_main_layers_first_and_serves_requests_between_steps(live: Settings, spec: ModelSpec,

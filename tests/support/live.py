@@ -37,6 +37,7 @@ def worker(store: Store, settings: Settings, spec: ModelSpec, net, **options) ->
     options.setdefault("factor", False)  # the factors' own test turns it on (tests/test_factors.py)
     options.setdefault("defaults", TINY)
     options.setdefault("sanity", False)  # tests/test_attribution.py runs it
+    options.setdefault("first_look", 0)  # test_live's first-look test turns it on
     return Worker(Stage(store, net, "w", torch.device("cpu"), progress=False), JobQueue.for_store(settings), **options)
 
 
