@@ -153,7 +153,7 @@ def layer_page(catalog: Catalog, connection: Connection, model: str, name: str, 
     rendered = connection.execute(queries.rendered_in, {"ids": list(layer.unit_ids)}).scalar_one()
     missing = None if rendered else f"microscope precompute vis --model {model} --layers {name} --units all"
     found = connection.execute(queries.layer_dream, {"layer": layer.id}).first()
-    dream = Visualization("deep_dream", urls.blob(found[0]), found[1], found[2]) if found else None
+    dream = Visualization("deep_dream", urls.blob(found.blob_key), found.objective, found.recipe) if found else None
     dream_command = (f"microscope precompute dream --model {model} --layers {name}"
                      if dream is None and layer.kind != "logits" else None)
     render_url = urls.render_layer(model, name) if renders and rendered < layer.channels else None
@@ -197,13 +197,13 @@ def _connections(
     rows = connection.execute(queries.edges, {"unit": unit_id}).all()
     others = [source if target == unit_id else target for source, target, *_ in rows]
     notes = {run: params.get("approximation") for run, params in
-             connection.execute(queries.run_params, {"ids": sorted({row[-1] for row in rows})})} if rows else {}
-    ordered = sorted(zip(rows, others), key=lambda pair: -pair[0][3])
+             connection.execute(queries.run_params, {"ids": sorted({row.run_id for row in rows})})} if rows else {}
+    ordered = sorted(zip(rows, others), key=lambda pair: -pair[0].norm)
     # Thumbnails only for the connections shown: a group's tail comes with its "more".
     counts: dict[tuple[bool, str], int] = {}
     visible = []
     for row, other in ordered:
-        group = (row[1] == unit_id, catalog.units[other][1])
+        group = (row.target_id == unit_id, catalog.units[other][1])
         counts[group] = counts.get(group, 0) + 1
         model_entry = catalog.models[catalog.units[other][0]]
         shown = SHOWN_BRANCH if model_entry.layer(group[1]).kind == "branch" else SHOWN
@@ -286,9 +286,9 @@ def unit_page(catalog: Catalog, connection: Connection, model_name: str, layer_n
     stats = None
     if stats_row is not None:
         params = _examples_params(connection)
-        stats = {"images": stats_row[0], "mean_max": stats_row[1], "active_fraction": stats_row[2],
-                 "histogram": stats_row[3], "histogram_edges": params.get("histogram_edges"),
-                 "dataset": stats_row[4], "preprocessing": params.get("input")}
+        stats = {"images": stats_row.images, "mean_max": stats_row.mean_max, "active_fraction": stats_row.active_fraction,
+                 "histogram": stats_row.histogram, "histogram_edges": params.get("histogram_edges"),
+                 "dataset": stats_row.name, "preprocessing": params.get("input")}
     inputs, outputs = _connections(connection, catalog, unit_id)
     same = _same_unit(catalog, model, layer, index)
     same_ref = None

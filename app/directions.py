@@ -58,8 +58,8 @@ def made_of(catalog: Catalog, connection: Connection, unit_id: int) -> list[Weig
 def matches(catalog: Catalog, connection: Connection, unit_id: int) -> list[Match]:
     """The unit's nearest units in other models, by the correlation of their pooled activations (universality), each
     with its position-wise correlation and the permutation null's thresholds for the unit's layer."""
-    rows = [row for row in connection.execute(queries.matches, {"unit": unit_id}) if row[0] in catalog.units]
-    shown = pictures(connection, [row[0] for row in rows])
+    rows = [row for row in connection.execute(queries.matches, {"unit": unit_id}) if row.other_id in catalog.units]
+    shown = pictures(connection, [row.other_id for row in rows])
     model, layer, _ = catalog.units[unit_id]
     out = []
     for other, value, spatial, params in rows:

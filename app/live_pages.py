@@ -75,8 +75,8 @@ def probe_page(state: ServerState, connection: Connection, catalog: Catalog, mod
                for c in probe.classes]
     rows = connection.execute(queries.probe_units, {"probe": probe.id}).all()
     contributor_ids = {(c["layer"], c["unit"]): entry.layer(c["layer"]).unit_id(c["unit"])
-                       for row in rows for c in (row[6] or [])}
-    shown = pictures(connection, [row[0] for row in rows] + list(contributor_ids.values()))
+                       for row in rows for c in (row.contributions or [])}
+    shown = pictures(connection, [row.unit_id for row in rows] + list(contributor_ids.values()))
     by_layer: dict[str, list[ProbedUnit]] = {}
     for unit_id, rank, activation, y, x, key, found in rows:
         ref = unit_ref(catalog, unit_id, shown)

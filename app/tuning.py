@@ -72,9 +72,9 @@ def unit_tuning(catalog: Catalog, connection: Connection, model: str, layer: str
                urls.tuning_plot(model, layer, index, family),
                urls.tuning_stimulus(model, layer, index, family) if family not in ROTATED else None,
                urls.tuning_family(model, layer, family))
-        for family, responses, preferred, figures, selectivity, _ in sorted(rows, key=lambda row: order.get(row[0], 99))
+        for family, responses, preferred, figures, selectivity, _ in sorted(rows, key=lambda row: order.get(row.family, 99))
     ]
-    recipe = connection.execute(queries.run_recipe, {"run": rows[0][5]}).scalar() or {}
+    recipe = connection.execute(queries.run_recipe, {"run": rows[0].run_id}).scalar() or {}
     return TuningSection(True, families, placement=_placement(recipe, index))
 
 
@@ -92,9 +92,9 @@ def family_page(catalog: Catalog, connection: Connection, model: str, layer: str
     if not rows:
         raise NotFound(f"{model}/{layer} has no {family} tuning yet: "
                        f"microscope precompute tuning --model {model} --layers {layer}")
-    shown = pictures(connection, [row[0] for row in rows[:ON_CIRCLE]])
+    shown = pictures(connection, [row.unit_id for row in rows[:ON_CIRCLE]])
     angle = _axes(family)[0]["name"]
-    places = _circle([row[1][angle] for row in rows[:ON_CIRCLE]], 360 if family not in ("lines", "gratings") else 180)
+    places = _circle([row.preferred[angle] for row in rows[:ON_CIRCLE]], 360 if family not in ("lines", "gratings") else 180)
     units = [
         FamilyUnit(by_id[unit_id], urls.unit(model, layer, by_id[unit_id]),
                    shown.images.get(unit_id), shown.placeholders.get(unit_id), entry.labels[by_id[unit_id]],

@@ -20,8 +20,8 @@ import json
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-CLASSES = ROOT / "app" / "zoo" / "imagenet_classes.tsv"
-OUTPUT = ROOT / "app" / "zoo" / "imagenet_hierarchy.json"
+CLASSES = ROOT / "app" / "core" / "zoo" / "imagenet_classes.tsv"
+OUTPUT = ROOT / "app" / "core" / "zoo" / "imagenet_hierarchy.json"
 
 
 def read_synset(data: bytes, offset: int) -> tuple[str, list[str]]:
