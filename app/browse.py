@@ -9,6 +9,7 @@ as `app.refs` shows them everywhere.
 from __future__ import annotations
 
 from collections import Counter
+from dataclasses import replace
 from typing import Any
 
 from sqlalchemy import Connection
@@ -20,7 +21,7 @@ from app.status import FILL_ORDER
 from app.catalog import Catalog, LayerEntry, ModelEntry
 from app.core.errors import ModelNotHeld, NotFound
 from app.page_types import (
-    UnitRef, ModelSummary, IndexPage, LayerSummary, ModelPage, NotHeldPage, LayerPage, Visualization, Example, Connection_, ConnectionGroup, ConnectionsPage, Missing, UnitPage, ExamplePage, SearchResult, SearchPage,
+    UnitRef, ModelSummary, IndexPage, LayerSummary, ModelPage, NotHeldPage, LayerPage, Visualization, Example, Connection_, ConnectionGroup, ConnectionsPage, Missing, UnitPage, UnitSummary, ExamplePage, SearchResult, SearchPage,
 )
 from app.directions import derived_over, factorization, made_of, matches, part_of
 from app.modules import modules_sections
@@ -318,7 +319,7 @@ def unit_page(catalog: Catalog, connection: Connection, model_name: str, layer_n
     placeholder = None
     if THUMBNAIL_TECHNIQUE not in by_technique:
         placeholder = next((e.crop_url for e in examples if e.kind == "top" and e.rank == 0), None)
-    return UnitPage(
+    page = UnitPage(
         title=title,
         unit=UnitRef(model_name, layer_name, index, label, urls.unit(model_name, layer_name, index),
                      visualizations[0].image_url if visualizations else None, placeholder),
@@ -341,6 +342,36 @@ def unit_page(catalog: Catalog, connection: Connection, model_name: str, layer_n
         ablation=(ablation_view(None, connection, model_name, unit_target(layer_name, index, derived),
                                 f"{layer_name}:{index}", urls.unit_ablation(model_name, layer_name, index), renders)
                   if layer.kind in ABLATABLE else None),
+    )
+    return replace(page, summary=summary(page))
+
+
+def summary(page: UnitPage) -> UnitSummary:
+    """The card at the top of a unit page: its clearest label, its most selective tuning family, how polysemantic
+    it reads, its strongest input and output, and its ablation, each as the section below has it."""
+    label = page.labels[0] if page.labels else None
+    families = [family for family in (page.tuning.families if page.tuning else []) if family.family != "joint"]
+    best = max(families, key=lambda family: family.selectivity, default=None)
+    mixture = next((part for part in page.part_of if part.effective is not None), None)
+
+    def strongest(groups: list[ConnectionGroup]) -> dict[str, Any] | None:
+        edges = [edge for group in groups for edge in group.edges]
+        edge = max(edges, key=lambda edge: edge.norm, default=None)
+        if edge is None:
+            return None
+        return {"unit": f"{edge.unit.layer}:{edge.unit.index}", "label": edge.unit.concept or edge.unit.label,
+                "url": edge.unit.url, "weight": round(edge.weight, 4)}
+
+    zeroed = next((run for run in page.ablation.runs if run.mode == "zero" and run.figures), None) if page.ablation else None
+    return UnitSummary(
+        label={"name": label.name, "score": round(label.score, 3), "q": label.q} if label else None,
+        tuning=({"family": best.family, "title": best.title, "selectivity": round(best.selectivity, 3),
+                 "preferred": best.preferred} if best else None),
+        polysemanticity=({"layer": mixture.layer, "features": mixture.features, "effective": mixture.effective}
+                         if mixture else None),
+        strongest_input=strongest(page.inputs), strongest_output=strongest(page.outputs),
+        ablation=({"mode": "zero", "top1": zeroed.figures["top1"], "ablated_top1": zeroed.figures["ablated_top1"]}
+                  if zeroed else None),
     )
 
 

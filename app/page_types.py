@@ -247,6 +247,24 @@ class Missing:
 
 
 @dataclass(frozen=True)
+class UnitSummary:
+    """A unit page's first card (issue 34): what its sections say, one line each, where they have it. Every field is
+    None where the section has nothing yet."""
+
+    #: Its clearest concept label: ``{"name", "score", "q"}``.
+    label: dict[str, Any] | None = None
+    #: Its most selective tuning family: ``{"family", "title", "selectivity", "preferred"}``.
+    tuning: dict[str, Any] | None = None
+    #: How many dictionary features weigh on it, and their participation ratio: ``{"layer", "features", "effective"}``.
+    polysemanticity: dict[str, Any] | None = None
+    #: Its strongest input and output by the expanded weights' norm: ``{"unit", "label", "url", "weight"}``.
+    strongest_input: dict[str, Any] | None = None
+    strongest_output: dict[str, Any] | None = None
+    #: Top-1 accuracy over the dataset without it (zeroed): ``{"mode", "top1", "ablated_top1"}``.
+    ablation: dict[str, Any] | None = None
+
+
+@dataclass(frozen=True)
 class UnitPage:
     title: str
     unit: UnitRef
@@ -283,6 +301,8 @@ class UnitPage:
     matches: list[Match] = field(default_factory=list)
     #: The unit (or direction) ablated over the dataset (issue 23).
     ablation: AblationView | None = None
+    #: What the sections below say, in one card (`app.browse.summary`).
+    summary: UnitSummary = field(default_factory=lambda: UnitSummary())
     kind: str = "unit"
 
 

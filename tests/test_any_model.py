@@ -88,3 +88,19 @@ def test_a_probe_of_the_tiny_model(tiny_store: Settings, tiny_images: Path, tiny
     probed = page.json()
     assert [layer["name"] for layer in probed["layers"]] == ["stem_0", "mixed", "res1", "res2"]
     assert all(layer["units"] for layer in probed["layers"]) and len(probed["classes"]) == 5
+
+
+def test_a_unit_page_opens_with_a_summary_of_its_sections(tiny_store: Settings) -> None:
+    """Issue 34's summary card: what the sections below say, in one place, and the same in the JSON."""
+    client = TestClient(create_app(tiny_store))
+    data = client.get(urls.unit("tiny", "mixed", 3, json=True)).json()
+    summary = data["summary"]
+    best = max((family for family in data["tuning"]["families"] if family["family"] != "joint"),
+               key=lambda family: family["selectivity"])
+    assert summary["tuning"]["family"] == best["family"] and summary["tuning"]["selectivity"] == round(best["selectivity"], 3)
+    edges = [edge for group in data["inputs"] for edge in group["edges"]]
+    strongest = max(edges, key=lambda edge: edge["norm"])
+    assert summary["strongest_input"]["unit"] == f"{strongest['unit']['layer']}:{strongest['unit']['index']}"
+    assert (summary["label"] or {}).get("name") == (data["labels"][0]["name"] if data["labels"] else None)
+    page = client.get(urls.unit("tiny", "mixed", 3)).text
+    assert 'id="summary"' in page and "Strongest input" in page and page.index('id="summary"') < page.index('id="tuning"')
