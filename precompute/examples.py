@@ -38,7 +38,7 @@ from app.core.store import Dataset, DatasetExample, DatasetImage, Store, UnitSta
 from app.core.store.algorithms import ALGORITHMS
 from app.core.zoo import LayerSpec, ModelSpec
 from app.core.zoo.spec import Framing
-from precompute.images import PLANE_SUFFIXES, ImageFile, Planes, batches, checked, decode_planes, decode_rgb, list_images
+from precompute.images import ImageFile, Planes, batches, checked, decode, list_images
 from precompute.models.base import Network
 from precompute.ranking import HISTOGRAM_EDGES, RunningStatistics
 from precompute.runs import catalogued_model, digested, finish_run, finished_recipes, progress_bar, replace_rows, share, start_run
@@ -372,12 +372,11 @@ def _cut(job: tuple[ImageFile, int, list[tuple[int, int, int, int]], bool]) -> _
     file, input_size, boxes, gray = job
     try:
         data = file.read_bytes()
-        name = str(file.root / file.path)
-        # An array is shown as its false-colour composite, stretched over the whole image (`Planes.display`).
-        image = (decode_planes(data, name).display() if Path(file.path).suffix.lower() in PLANE_SUFFIXES
-                 else decode_rgb(data, name))
+        image = decode(data, str(file.root / file.path))
     except OSError as error:
         return str(error)
+    # An array is shown as its false-colour composite, stretched over the whole image (`Planes.display`).
+    image = image.display() if isinstance(image, Planes) else image
     framing = Framing.of(image.width, image.height)
     seen = image.convert("L") if gray else image
     crops = {box: _encode(seen.crop(framing.to_original(box, input_size)), CROP_SIZE) for box in boxes}

@@ -240,11 +240,10 @@ def channel_strip(values: np.ndarray) -> np.ndarray:
     if channels in (1, 3):
         return false_colour(values)
     tile = max(1, width // channels)
-    tiles = torch.nn.functional.interpolate(torch.from_numpy(np.ascontiguousarray(values.transpose(2, 0, 1)))[:, None].float(),
-                                            size=(tile, tile), mode="bilinear", align_corners=False, antialias=True)
+    tiles = Planes(values).resize((tile, tile)).values
     strip = np.full((tile, width, 3), 255, dtype=np.uint8)
     for channel in range(channels):
-        gray = (tiles[channel, 0].clamp(0, 1).numpy() * 255).round().astype(np.uint8)
+        gray = (np.clip(tiles[:, :, channel], 0, 1) * 255).round().astype(np.uint8)
         strip[:, channel * tile:(channel + 1) * tile] = gray[:, :, None]
     return np.concatenate([false_colour(values), np.full((1, width, 3), 255, dtype=np.uint8), strip])
 
@@ -281,15 +280,18 @@ def decode_planes(data: bytes, name: str) -> Planes:
     return Planes(values)
 
 
+def decode(data: bytes, name: str) -> Image.Image | Planes:
+    """The file ``name``'s bytes: an image in RGB, or an array's `Planes` (by its suffix); OSError naming it."""
+    return decode_planes(data, name) if Path(name).suffix.lower() in PLANE_SUFFIXES else decode_rgb(data, name)
+
+
 def load(file: ImageFile) -> Image.Image | Planes:
     """One listed file: an image in RGB, or an array's `Planes`; OSError naming it when it cannot be read."""
-    if Path(file.path).suffix.lower() not in PLANE_SUFFIXES:
-        return load_rgb(file)
     try:
         data = file.read_bytes()
     except OSError as error:
         raise OSError(f"{file.root / file.path}: {error}") from error
-    return decode_planes(data, str(file.root / file.path))
+    return decode(data, str(file.root / file.path))
 
 
 def read_rgb(path: Path) -> Image.Image:
