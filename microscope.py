@@ -168,7 +168,7 @@ def render(model: nn.Module, target: str, steps: int = 512, size: int = 224, see
     from precompute.optvis.param import PARAMETERIZATIONS
     from precompute.optvis.render import render as optimize
     from precompute.optvis.transform import fit
-    from precompute.vis import objective_for, parameterization_of, pixels_of
+    from precompute.stages.vis import objective_for, parameterization_of, pixels_of
 
     net, layer, unit = _target(model, target, described)
     sized = fit(net.spec.input_size, net.spec.fixed_input, size)
@@ -185,8 +185,8 @@ def examples(model: nn.Module, images: str | Path, target: str, k: int = 9, batc
     pre-ReLU value over positions), strongest first, each as the network saw it; no store needed."""
     import torch
 
-    from precompute.examples import input_transform
-    from precompute.images import Planes, list_images, load
+    from precompute.stages.examples import input_transform
+    from precompute.running.images import Planes, list_images, load
 
     net, layer, unit = _target(model, target, described)
     frame = input_transform(net.spec)
@@ -225,13 +225,13 @@ def precompute(model: nn.Module, images: str | Path, data: str | Path = "microsc
     The weights are named in every recipe by the sha256 of their tensors."""
     import torch
 
-    from precompute.catalog import catalog
-    from precompute.circuits import run_circuits
-    from precompute.examples import ExamplesConfig, run_examples
-    from precompute.labels import run_labels
-    from precompute.selection import units_per_layer
-    from precompute.stage import Stage
-    from precompute.vis import VisConfig, run_vis
+    from precompute.stages.catalog import catalog
+    from precompute.stages.circuits import run_circuits
+    from precompute.stages.examples import ExamplesConfig, run_examples
+    from precompute.stages.labels import run_labels
+    from precompute.running.selection import units_per_layer
+    from precompute.running.context import Stage
+    from precompute.stages.vis import VisConfig, run_vis
 
     net = _network(model, described)
     digest = hashlib.sha256()

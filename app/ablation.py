@@ -1,7 +1,7 @@
 """Ablations over the dataset (issue 23), read from the store and the queue (torch-free).
 
 A unit's page (or a direction's) and a tuning family's page show what the network's top-1 and top-5 become
-without it, by zero or by mean activation, and queue the job that measures it (`precompute.ablation`).
+without it, by zero or by mean activation, and queue the job that measures it (`precompute.live.ablation`).
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """Attribution on probes and the randomization test behind each map (issue 23), read from the store (torch-free).
 
-A probe's maps (`precompute.probe.attributions`) explain a target: one of its top classes or one of the units it
-lists. Each map carries its method's result in `Model randomization test <precompute.attribution>`_ words: a
+A probe's maps (`precompute.live.probe.attributions`) explain a target: one of its top classes or one of the units it
+lists. Each map carries its method's result in `Model randomization test <precompute.methods.attribution>`_ words: a
 method whose maps decorrelate from the real network's once the weights are re-initialized depends on the model;
 one whose maps stay alike is treated with care (Adebayo et al. 2018).
 """
@@ -22,7 +22,7 @@ from app.status import job_status
 LABELS = {"gradient": "vanilla gradient", "integrated_gradients": "integrated gradients", "grad_cam": "Grad-CAM",
           "guided_backprop": "guided backprop (control)", "guided_grad_cam": "guided Grad-CAM (control)"}
 TARGET_KINDS = ("class", "unit")
-#: The methods a probe's maps are made with (`precompute.attribution.METHODS`); the others are the test's controls.
+#: The methods a probe's maps are made with (`precompute.methods.attribution.METHODS`); the others are the test's controls.
 PROBE_METHODS = ("gradient", "integrated_gradients", "grad_cam")
 
 

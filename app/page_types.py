@@ -297,7 +297,7 @@ class UnitPage:
     factorization: FactorSummary | None = None
     #: A base unit's directions in each derived layer over its layer (with its polysemanticity there).
     part_of: list[PartOf] = field(default_factory=list)
-    #: Its nearest units in other models of the store (`precompute.match`), by correlation, best first.
+    #: Its nearest units in other models of the store (`precompute.stages.match`), by correlation, best first.
     matches: list[Match] = field(default_factory=list)
     #: The unit (or direction) ablated over the dataset (issue 23).
     ablation: AblationView | None = None
@@ -735,7 +735,7 @@ class MethodsPage:
 
 @dataclass(frozen=True)
 class Match:
-    """One of a unit's nearest units in another model (`precompute.match`): the pooled correlation (``weight``), the
+    """One of a unit's nearest units in another model (`precompute.stages.match`): the pooled correlation (``weight``), the
     position-wise one (Li et al.), and each against the permutation null's 99th percentile for this unit's layer
     (``above_chance``: the pooled correlation above its threshold; None for matches stored without a null)."""
 

@@ -43,7 +43,7 @@ def job_status(job: JobState, workers: int, doing: str, *, what: str = "", idle:
     return JobStatus(message, (POLL_SECONDS if workers else POLL_IDLE_SECONDS) if waiting else None)
 
 
-#: What a worker's fill does, in order (`precompute.worker.Worker.fill_one`), for the model page.
+#: What a worker's fill does, in order (`precompute.running.worker.Worker.fill_one`), for the model page.
 FILL_ORDER = ("requests first, always; then the first units of every main layer (what a layer page shows first), "
               "the tuning curves of every main layer, the attribution sanity test, two layers' NMF groups and "
               "dictionaries, and every other unit's picture")

@@ -4,7 +4,7 @@
 
 On a scratch copy of the store (blobs shared), with the shared ImageNet sample:
 
-(a) a probe end to end in process (`precompute.probe.run_probe`: classes, top units, neuron groups, the three
+(a) a probe end to end in process (`precompute.live.probe.run_probe`: classes, top units, neuron groups, the three
     attribution methods for its top class and its deepest top unit, each layer's top units ablated), and the
     attributions alone (gradient, integrated gradients, Grad-CAM of the top class and the top unit);
 (b) a caricature of one layer (mixed4c, the worker's recipe: 128 px, 128 steps);
@@ -35,15 +35,15 @@ def main() -> None:
 
     from app.core.settings import Settings
     from app.core.store import Store
-    from precompute.ablation import run_ablation, target_of
-    from precompute.attribution import METHODS, Target, attribute
-    from precompute.devices import pick_device
-    from precompute.examples import input_transform
-    from precompute.images import list_images, load_rgb
+    from precompute.live.ablation import run_ablation, target_of
+    from precompute.methods.attribution import METHODS, Target, attribute
+    from precompute.running.devices import pick_device
+    from precompute.stages.examples import input_transform
+    from precompute.running.images import list_images, load_rgb
     from precompute.models import load
-    from precompute.probe import render_caricature, run_probe
-    from precompute.runs import stored_dataset_root
-    from precompute.stage import Stage
+    from precompute.live.probe import render_caricature, run_probe
+    from precompute.running.runs import stored_dataset_root
+    from precompute.running.context import Stage
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--data", type=Path, default=ROOT / "microscope-data")

@@ -40,11 +40,11 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from app.core.zoo import get_model  # noqa: E402
-from precompute.devices import pick_device  # noqa: E402
-from precompute.examples import input_transform  # noqa: E402
-from precompute.images import batches, list_images, locate_images  # noqa: E402
-from precompute.ranking import RunningStatistics  # noqa: E402
-from precompute.weight_files import locate  # noqa: E402
+from precompute.running.devices import pick_device  # noqa: E402
+from precompute.stages.examples import input_transform  # noqa: E402
+from precompute.running.images import batches, list_images, locate_images  # noqa: E402
+from precompute.methods.ranking import RunningStatistics  # noqa: E402
+from precompute.models.weight_files import locate  # noqa: E402
 from precompute.models.bvlc import load_network  # noqa: E402
 
 

@@ -36,13 +36,13 @@ def main() -> None:
 
     from app.core.settings import Settings
     from app.core.store import Factorization, Layer, Store, Unit, UnitMixture, UnitTuning
-    from precompute.devices import pick_device
-    from precompute.factors import FactorsConfig, run_factors
+    from precompute.running.devices import pick_device
+    from precompute.stages.factors import FactorsConfig, run_factors
     from precompute.models import load
     from precompute.models.derived import with_factors
-    from precompute.runs import stored_dataset_root
-    from precompute.stage import Stage
-    from precompute.tuning import TuningConfig, run_tuning
+    from precompute.running.runs import stored_dataset_root
+    from precompute.running.context import Stage
+    from precompute.stages.tuning import TuningConfig, run_tuning
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--data", type=Path, default=ROOT / "microscope-data")

@@ -29,8 +29,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from app.core.settings import Settings  # noqa: E402
 from app.core.store import Artifact, DatasetExample, Layer, Model, Store, Unit  # noqa: E402
 from app.core.zoo import get_model  # noqa: E402
-from precompute.devices import pick_device  # noqa: E402
-from precompute.weight_files import locate  # noqa: E402
+from precompute.running.devices import pick_device  # noqa: E402
+from precompute.models.weight_files import locate  # noqa: E402
 from precompute.models.bvlc import load_network  # noqa: E402
 
 

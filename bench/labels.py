@@ -29,8 +29,8 @@ def main() -> None:
     from app.core.settings import Settings
     from app.core.store import Layer, Model, Store, Unit, UnitLabel
     from app.core.zoo.concepts import Hierarchy
-    from precompute.images import locate_images
-    from precompute.labels import run_labels
+    from precompute.running.images import locate_images
+    from precompute.stages.labels import run_labels
     from precompute.models import build
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])

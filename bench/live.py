@@ -97,11 +97,11 @@ def fill_throughput(weights: Path | None, batch: int) -> dict[str, object]:
 
     from app.core.store import Store
     from app.core.zoo import get_model
-    from precompute.catalog import catalog
-    from precompute.devices import pick_device
-    from precompute.stage import Stage
-    from precompute.vis import on_demand_config, run_vis
-    from precompute.weight_files import locate
+    from precompute.stages.catalog import catalog
+    from precompute.running.devices import pick_device
+    from precompute.running.context import Stage
+    from precompute.stages.vis import on_demand_config, run_vis
+    from precompute.models.weight_files import locate
     from precompute.models.bvlc import load_network
 
     spec = get_model(MODEL)

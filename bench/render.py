@@ -37,11 +37,11 @@ from torch import nn
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from app.core.zoo import get_model  # noqa: E402
-from precompute.devices import pick_device  # noqa: E402
+from precompute.running.devices import pick_device  # noqa: E402
 from precompute.optvis import objectives, param  # noqa: E402
 from precompute.optvis.render import render, resolve_precision  # noqa: E402
 from precompute.optvis.transform import LUCENT, STANDARD  # noqa: E402
-from precompute.weight_files import locate  # noqa: E402
+from precompute.models.weight_files import locate  # noqa: E402
 from precompute.models.bvlc import load_network  # noqa: E402
 
 LAYER = "mixed4a"

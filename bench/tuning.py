@@ -30,11 +30,11 @@ def main() -> None:
 
     from app.core.settings import Settings
     from app.core.store import Layer, Run, Store, Unit, UnitTuning
-    from precompute.devices import pick_device
+    from precompute.running.devices import pick_device
     from precompute.models import load
-    from precompute.selection import parse_layers
-    from precompute.stage import Stage
-    from precompute.tuning import TuningConfig, run_tuning
+    from precompute.running.selection import parse_layers
+    from precompute.running.context import Stage
+    from precompute.stages.tuning import TuningConfig, run_tuning
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--data", type=Path, default=ROOT / "microscope-data")

@@ -23,11 +23,11 @@ from app.core.settings import Settings
 from app.core.stimuli import TUNING_FAMILIES
 from app.core.store import Store
 from app.core.zoo import DEFAULT_MODEL
-from precompute.recipes import FIRST_LOOK, ON_DEMAND, Defaults
+from precompute.running.recipes import FIRST_LOOK, ON_DEMAND, Defaults
 
 
 if TYPE_CHECKING:
-    from precompute.cluster import Runner
+    from precompute.running.cluster import Runner
 
 commands = typer.Typer()
 precompute_cli = typer.Typer(help="Offline stages that fill the store (need torch).", no_args_is_help=True)
@@ -108,10 +108,10 @@ def _stage(model: str, weights: Path | None, names: Path | None, device: str, da
     With ``ray``, the model is checked here on the CPU (the driver needs no GPU) and the stages run on the
     cluster, each task opening the same model and store.
     """
-    from precompute.cluster import Cluster, Runner, source
-    from precompute.devices import pick_device
-    from precompute.selection import parse_shard
-    from precompute.stage import Stage
+    from precompute.running.cluster import Cluster, Runner, source
+    from precompute.running.devices import pick_device
+    from precompute.running.selection import parse_shard
+    from precompute.running.context import Stage
 
     if ray and shard:
         raise MicroscopeError("--ray runs every shard itself: leave out --shard")
@@ -131,9 +131,9 @@ def precompute_catalog(model: ModelOption = DEFAULT_MODEL, shard: ShardOption = 
                        trust_pickle: TrustPickleOption = False,
                        names: NamesOption = None, data: DataOption = None, database_url: DatabaseOption = None) -> None:
     """Write the model, layer and unit rows (with class names and geometry); idempotent."""
-    from precompute.catalog import catalog
+    from precompute.stages.catalog import catalog
     from precompute.models import catalogued
-    from precompute.selection import parse_shard
+    from precompute.running.selection import parse_shard
 
     part = parse_shard(shard)
     spec, digest = catalogued(model, weights, names)
@@ -162,9 +162,9 @@ def precompute_examples(
     database_url: DatabaseOption = None,
 ) -> None:
     """Top and bottom dataset examples of every unit, in one resumable streaming pass."""
-    from precompute.examples import ExamplesConfig
-    from precompute.images import locate_images
-    from precompute.selection import parse_layers
+    from precompute.stages.examples import ExamplesConfig
+    from precompute.running.images import locate_images
+    from precompute.running.selection import parse_layers
 
     root = locate_images(images)
     with _stage(model, weights, names, device, data, database_url, ray=ray, tasks=tasks, shard=shard) as runner:
@@ -197,10 +197,10 @@ def precompute_labels(
     database_url: DatabaseOption = None,
 ) -> None:
     """Concept labels of every unit from the ImageNet classes of its top examples (runs no network)."""
-    from precompute.images import locate_images
-    from precompute.labels import run_labels
+    from precompute.running.images import locate_images
+    from precompute.stages.labels import run_labels
     from precompute.models import build
-    from precompute.selection import parse_layers, parse_shard
+    from precompute.running.selection import parse_layers, parse_shard
 
     root = locate_images(images)
     spec = build(model, names).spec  # the layers only: labels need no weights
@@ -239,8 +239,8 @@ def precompute_vis(
     database_url: DatabaseOption = None,
 ) -> None:
     """Feature visualizations of the chosen units, batched; skips what is stored with the same recipe."""
-    from precompute.selection import parse_layers, units_per_layer
-    from precompute.vis import VisConfig
+    from precompute.running.selection import parse_layers, units_per_layer
+    from precompute.stages.vis import VisConfig
 
     if precision not in ("auto", "fp32", "bf16"):
         raise MicroscopeError(f"--precision {precision!r}: choose auto, fp32 or bf16")
@@ -271,9 +271,9 @@ def precompute_dream(
     database_url: DatabaseOption = None,
 ) -> None:
     """DeepDream of each layer (Microscope's deep_dream): one render of the whole layer's squared activation."""
-    from precompute.dream import run_deep_dream
-    from precompute.selection import parse_layers
-    from precompute.vis import VisConfig
+    from precompute.stages.dream import run_deep_dream
+    from precompute.running.selection import parse_layers
+    from precompute.stages.vis import VisConfig
 
     with _stage(model, weights, names, device, data, database_url) as runner:
         stage = runner.stage
@@ -307,8 +307,8 @@ def precompute_tuning(
 ) -> None:
     """Tuning curves of every unit: responses to lines, edges, curves, gratings and colours drawn on its receptive
     field, and to its top example rotated (joint tuning); forward passes only, resumable by layer."""
-    from precompute.selection import parse_layers
-    from precompute.tuning import TuningConfig
+    from precompute.running.selection import parse_layers
+    from precompute.stages.tuning import TuningConfig
 
     root = _joint_images(images, families)
     with _stage(model, weights, names, device, data, database_url, ray=ray, tasks=tasks, shard=shard) as runner:
@@ -325,7 +325,7 @@ def _joint_images(images: Path | None, families: str = "joint") -> str | None:
     """The image folder joint tuning reads top examples from (None: the store's latest examples dataset)."""
     if images is None or "joint" not in families:
         return None
-    from precompute.images import locate_images
+    from precompute.running.images import locate_images
 
     return str(locate_images(images).resolve())
 
@@ -362,9 +362,9 @@ def precompute_factors(
 ) -> None:
     """Directions as units: NMF groups or a sparse dictionary of each layer's activations over the images, stored as
     a derived layer (``mixed4c_nmf``, ``mixed3b_sae``) with its figures, then its examples and labels; resumable."""
-    from precompute.factors import FactorsConfig, default_layers, run_factors
-    from precompute.images import locate_images
-    from precompute.selection import parse_layers
+    from precompute.stages.factors import FactorsConfig, default_layers, run_factors
+    from precompute.running.images import locate_images
+    from precompute.running.selection import parse_layers
 
     root = locate_images(images)
     with _stage(model, weights, names, device, data, database_url) as runner:
@@ -397,8 +397,8 @@ def precompute_modules(
     """Modules: the units of each pair of adjacent main layers, and of the whole network, clustered by the weights
     between them (Filan et al.'s protocol: spectral clustering against each layer's weights shuffled, and against a
     smooth network with no modules); resumable by pair."""
-    from precompute.modules import ModulesConfig, run_modules, run_network_modules
-    from precompute.selection import parse_layers
+    from precompute.stages.modules import ModulesConfig, run_modules, run_network_modules
+    from precompute.running.selection import parse_layers
 
     with _stage(model, weights, names, "cpu", data, database_url) as runner:
         stage = runner.stage
@@ -433,8 +433,8 @@ def precompute_sanity(
     """The attribution maps' sanity check: the cascading model-randomization test (Adebayo et al.), each method's maps
     on the real network against copies re-initialized from the top layer down, with guided backprop and guided
     Grad-CAM as negative controls; stored per model, method and kind of target."""
-    from precompute.images import locate_images
-    from precompute.sanity import SanityConfig, run_sanity
+    from precompute.running.images import locate_images
+    from precompute.stages.sanity import SanityConfig, run_sanity
 
     root = locate_images(images)
     config = SanityConfig(images=count, methods=tuple(m.strip() for m in methods.split(",") if m.strip()),
@@ -464,9 +464,9 @@ def precompute_match(
 ) -> None:
     """Universality: each unit's 5 nearest units in the other model, by the correlation of their pooled activations
     over the same images (both ways)."""
-    from precompute.devices import pick_device
-    from precompute.images import locate_images
-    from precompute.match import run_match
+    from precompute.running.devices import pick_device
+    from precompute.running.images import locate_images
+    from precompute.stages.match import run_match
 
     chosen = [name.strip() for name in models.split(",") if name.strip()]
     if len(chosen) != 2:
@@ -499,7 +499,7 @@ def precompute_circuits(
     database_url: DatabaseOption = None,
 ) -> None:
     """Strongest input and output weights of every unit (expanded across blocks); resumable by layer pair."""
-    from precompute.selection import parse_layers
+    from precompute.running.selection import parse_layers
 
     with _stage(model, weights, names, "cpu", data, database_url, ray=ray, tasks=tasks, shard=shard) as runner:
         stage = runner.stage
@@ -548,13 +548,13 @@ def precompute_all(
     made by an older algorithm are rendered again with their own settings.
     """
     from app.core.zoo.skips import model_skips
-    from precompute.catalog import catalog
-    from precompute.examples import ExamplesConfig
-    from precompute.images import locate_images
-    from precompute.dream import run_deep_dream
-    from precompute.labels import run_labels
-    from precompute.tuning import TuningConfig
-    from precompute.vis import VisConfig, stale_configs
+    from precompute.stages.catalog import catalog
+    from precompute.stages.examples import ExamplesConfig
+    from precompute.running.images import locate_images
+    from precompute.stages.dream import run_deep_dream
+    from precompute.stages.labels import run_labels
+    from precompute.stages.tuning import TuningConfig
+    from precompute.stages.vis import VisConfig, stale_configs
 
     root = locate_images(images)
     with _stage(model, weights, names, device, data, database_url, create=True, ray=ray, tasks=tasks) as runner:
@@ -595,8 +595,8 @@ def _default_renders(spec: Any, logits: Any, vis_layer: str, vis_units: str, vis
                      batch: int) -> list[Any]:
     """The main job's renders: the channel technique for ``vis_units`` of every main layer (the stem's conv
     layers with more steps), every technique for those of the showcase layer, the class logit in both bases."""
-    from precompute.selection import parse_units, units_per_layer
-    from precompute.vis import TECHNIQUES, VisConfig
+    from precompute.running.selection import parse_units, units_per_layer
+    from precompute.stages.vis import TECHNIQUES, VisConfig
 
     main = list(spec.main_layers)
     early = [layer for layer in main if defaults.is_early(layer, spec.input_size)]
@@ -674,7 +674,7 @@ def worker(
     import signal
 
     from app.core.jobs import JobQueue
-    from precompute.worker import Worker
+    from precompute.running.worker import Worker
 
     if background:
         _yield_cpu()  # before torch is imported and starts its threads: they inherit it
@@ -709,8 +709,8 @@ def model_eval(
     workers: Annotated[int, typer.Option(min=0, help="Image-decoding processes.")] = 1,
 ) -> None:
     """Classify a class-per-folder image set and print top-1/top-5 accuracy as one JSON line."""
-    from precompute.evaluate import evaluate
-    from precompute.images import locate_images
+    from precompute.methods.evaluate import evaluate
+    from precompute.running.images import locate_images
     net = _load(model, weights, names).net
     accuracy = evaluate(net, net.spec, locate_images(images), batch_size=batch, workers=workers)
     typer.echo(json.dumps(accuracy.as_dict()))
@@ -727,7 +727,7 @@ def model_random_weights(
     import torch
 
     from precompute.models import seeded_state_dict
-    from precompute.weight_files import file_sha256
+    from precompute.models.weight_files import file_sha256
 
     torch.save(seeded_state_dict(model, seed, names), target)
     typer.echo(f"{target}: seeded ({seed}) random weights for {model}, sha256 {file_sha256(target)}")

@@ -110,10 +110,10 @@ def tiny_unrendered(tmp_path_factory: pytest.TempPathFactory, tiny_net, tiny_ima
     """A store of the tiny model with catalog, examples and circuits but no image: what the live side fills."""
     import torch
 
-    from precompute.catalog import catalog
-    from precompute.circuits import run_circuits
-    from precompute.examples import ExamplesConfig, run_examples
-    from precompute.stage import Stage
+    from precompute.stages.catalog import catalog
+    from precompute.stages.circuits import run_circuits
+    from precompute.stages.examples import ExamplesConfig, run_examples
+    from precompute.running.context import Stage
 
     settings = Settings.load(tmp_path_factory.mktemp("tiny-unrendered"))
     spec, cpu = tiny_net.spec, torch.device("cpu")

@@ -71,10 +71,10 @@ def test_a_probe_of_the_tiny_model(tiny_store: Settings, tiny_images: Path, tiny
 
     import torch
 
-    from precompute.stage import Stage
+    from precompute.running.context import Stage
 
     from precompute.models import load
-    from precompute.probe import run_probe
+    from precompute.live.probe import run_probe
     from tests.support.live import copy_store
 
     probed_store = copy_store(tiny_store, tmp_path / "store")

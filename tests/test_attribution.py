@@ -14,13 +14,13 @@ from app.main import create_app
 from app.core.settings import Settings
 from app.core.store import Store
 from app.core.verdicts import DECORRELATED, judge, judged_step
-from precompute.attribution import (Maps, Target, attribute, attribute_maps, cascading_randomization, compare, randomized,
+from precompute.methods.attribution import (Maps, Target, attribute, attribute_maps, cascading_randomization, compare, randomized,
                                    weight_groups)
-from precompute.examples import input_transform
-from precompute.images import list_images, load_rgb
+from precompute.stages.examples import input_transform
+from precompute.running.images import list_images, load_rgb
 from precompute.models import load, seeded_state_dict
-from precompute.sanity import SanityConfig, run_sanity, summarize
-from precompute.stage import Stage
+from precompute.stages.sanity import SanityConfig, run_sanity, summarize
+from precompute.running.context import Stage
 from tests.support.live import JPEG, MODEL, copy_store, jpeg, worker
 
 DETECTORS = "tests.support.tiny_model:detectors"
@@ -110,7 +110,7 @@ def test_the_randomization_test_decorrelates_the_gradient_maps_and_not_the_contr
 
 def test_both_sides_name_the_same_probe_methods() -> None:
     from app.attribution import PROBE_METHODS
-    from precompute.attribution import METHODS
+    from precompute.methods.attribution import METHODS
 
     assert PROBE_METHODS == METHODS
 
@@ -293,7 +293,7 @@ def net(tiny_net):  # noqa: ANN001, ANN201
 def test_ablating_a_unit_the_classifier_reads_changes_the_logits_by_its_contribution(tiny_net, tiny_images: Path) -> None:  # noqa: ANN001
     """The classifier reads res2's units averaged over positions: without unit u the logits lose exactly
     W[:, u] times its mean activation (and, by mean, gain W[:, u] times the dataset mean less the image's)."""
-    from precompute.ablation import editor
+    from precompute.live.ablation import editor
 
     x = torch.stack(_images(tiny_images, tiny_net.spec, 3))
     weight = tiny_net.module.fc.weight.detach()
@@ -318,7 +318,7 @@ def test_a_unit_ablation_from_its_page_to_its_figures(client: TestClient, live: 
     from sqlalchemy import update
 
     from app.core.store import Dataset
-    from precompute.ablation import AblationTarget, run_ablation, target_of
+    from precompute.live.ablation import AblationTarget, run_ablation, target_of
 
     labelled = tmp_path / "labelled"  # the synthetic images under real synsets of the tiny model's classes
     for number, file in enumerate(sorted(tiny_images.glob("*/*.jpg"))[:12]):
@@ -351,7 +351,7 @@ def test_a_unit_ablation_from_its_page_to_its_figures(client: TestClient, live: 
     figures = done["figures"]
     # The same figures computed here: the 12 images through the network with res2:5 zeroed where the next layers
     # read it, against their folders' classes.
-    from precompute.ablation import editor
+    from precompute.live.ablation import editor
 
     files = list_images(labelled)
     frame, synsets = input_transform(spec), [label.synset for label in spec.classes]
@@ -374,7 +374,7 @@ def test_a_unit_ablation_from_its_page_to_its_figures(client: TestClient, live: 
 def test_dot_compare_is_lucids_formula() -> None:
     """Lucid's recipe (lucid/recipes/caricature.py) in numpy: dot = sum(a_image * a_optimized), cossim = max(0.1,
     dot / (1e-6 + |a_optimized|)), objective dot * cossim ** cossim_pow; by default cossim_pow = 0 (the dot alone)."""
-    from precompute.caricature import COSSIM_POW, dot_compare, lucid_transforms
+    from precompute.live.caricature import COSSIM_POW, dot_compare, lucid_transforms
 
     rng = np.random.default_rng(3)
     optimized, target = rng.random((2, 5, 4, 4)).astype(np.float32), rng.random((2, 5, 4, 4)).astype(np.float32)
@@ -399,8 +399,8 @@ def test_dot_compare_is_lucids_formula() -> None:
 
 def test_a_probes_caricature_matches_its_activations_better_than_where_it_started(
         client: TestClient, live: Settings, spec, net, tiny_images: Path) -> None:  # noqa: ANN001
-    from precompute.caricature import caricature
-    from precompute.recipes import Defaults
+    from precompute.live.caricature import caricature
+    from precompute.running.recipes import Defaults
 
     image = _images(tiny_images, spec, 1)[0]
     result, end, start = caricature(net, image, "mixed", 32, 24, seed=1)
@@ -428,7 +428,7 @@ def test_a_probes_caricature_matches_its_activations_better_than_where_it_starte
 def test_which_units_of_the_layer_before_made_a_probes_units(client: TestClient, live: Settings, spec, net,  # noqa: ANN001
                                                               tiny_images: Path) -> None:
     """Building Blocks' spatial attribution: activation times gradient at the layer before, per unit and position."""
-    from precompute.attribution import contributions
+    from precompute.methods.attribution import contributions
 
     image = _images(tiny_images, spec, 1)[0]
     before, found = contributions(net, image, [Target("res1", 3, 2, 2), Target("res1", 7, 5, 1)])

@@ -15,7 +15,7 @@ from app.core.settings import Settings
 from app.core.store import Run, Store
 from app.core.store.bundle import import_bundle
 from app.core.zoo import ModelSpec
-from precompute.runs import start_run
+from precompute.running.runs import start_run
 from tests.support.contents import contents
 from tests.support.cli import microscope
 from tests.support.web_store import build

@@ -13,10 +13,10 @@ from sqlalchemy import func, select
 from app.core.store import Edge, Layer, Run, Store, Unit
 from app.core.store.summary import coverage
 from app.core.zoo import ModelSpec
-from precompute.catalog import catalog
-from precompute.circuits import expand, pairs, run_circuits, select_edges
+from precompute.stages.catalog import catalog
+from precompute.stages.circuits import expand, pairs, run_circuits, select_edges
 from precompute.models.inceptionv1 import InceptionV1
-from precompute.stage import Stage
+from precompute.running.context import Stage
 
 
 def _linear_block(net: InceptionV1, spec: ModelSpec, block: str, x: torch.Tensor) -> torch.Tensor:

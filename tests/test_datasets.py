@@ -14,11 +14,11 @@ from app.core.errors import DatasetError
 from app.core.settings import Settings
 from app.core.store import DatasetImage, Store
 from app.core.zoo import get_model
-from precompute.catalog import catalog
+from precompute.stages.catalog import catalog
 from precompute import images
-from precompute.examples import ExamplesConfig, run_examples
-from precompute.images import list_images
-from precompute.stage import Stage
+from precompute.stages.examples import ExamplesConfig, run_examples
+from precompute.running.images import list_images
+from precompute.running.context import Stage
 from tests.support.serving import serve_folder
 from tests.support.contents import stored_examples
 
@@ -137,7 +137,7 @@ def test_a_corrupt_download_is_refused_and_not_kept(no_shared_images: None, imag
 def test_without_a_mirror_the_public_originals_download_into_class_folders(
         no_shared_images: None, images_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """The default source: the sample's originals, flat files pinned in app/core/zoo, laid out by synset."""
-    from precompute.weight_files import Checksums, file_sha256
+    from precompute.models.weight_files import Checksums, file_sha256
 
     pinned = Checksums.named(images.ORIGINALS_CHECKSUMS)
     assert len(pinned.files) == 1000 and "n01440764_tench.JPEG" in pinned.files

@@ -13,10 +13,10 @@ from app import urls
 from app.main import create_app
 from app.core.settings import Settings
 from app.core.store import LayerArtifact, Store
-from precompute.dream import DEEP_DREAM, run_deep_dream
+from precompute.stages.dream import DEEP_DREAM, run_deep_dream
 from precompute.optvis import objectives
-from precompute.stage import Stage
-from precompute.vis import VisConfig
+from precompute.running.context import Stage
+from precompute.stages.vis import VisConfig
 from tests.support.live import copy_store
 
 

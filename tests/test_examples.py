@@ -17,10 +17,10 @@ from sqlalchemy.orm import InstrumentedAttribute
 from app.core.settings import Settings
 from app.core.store import Dataset, DatasetExample, DatasetImage, Layer, Store, Unit, UnitStats
 from app.core.zoo import ModelSpec
-from precompute.catalog import catalog
-from precompute.examples import ExamplesConfig, input_transform, run_examples
-from precompute.images import read_rgb
-from precompute.stage import Stage
+from precompute.stages.catalog import catalog
+from precompute.stages.examples import ExamplesConfig, input_transform, run_examples
+from precompute.running.images import read_rgb
+from precompute.running.context import Stage
 from tests.conftest import ROOT, link_sample
 from tests.support.cli import microscope
 from tests.support.contents import stored_examples

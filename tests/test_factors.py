@@ -14,17 +14,17 @@ from sqlalchemy import func, select
 from app.main import create_app
 from app.core.settings import Settings
 from app.core.store import DatasetExample, DatasetImage, DirectionWeight, Factorization, Layer, Store, Unit, UnitMixture
-from precompute.catalog import catalog
-from precompute.examples import input_transform
-from precompute.factors import FactorsConfig, run_factors
-from precompute.images import load_rgb, list_images
+from precompute.stages.catalog import catalog
+from precompute.stages.examples import input_transform
+from precompute.stages.factors import FactorsConfig, run_factors
+from precompute.running.images import load_rgb, list_images
 from precompute.models import load, seeded_state_dict
 from precompute.models.derived import Factored, NMFCode, with_factors
 from precompute.optvis.param import PARAMETERIZATIONS
 from precompute.optvis.render import render
 from precompute.optvis.transform import STANDARD
-from precompute.stage import Stage
-from precompute.vis import objective_for
+from precompute.running.context import Stage
+from precompute.stages.vis import objective_for
 from tests.support.tiny_model import DIRECTIONS, synthetic_images
 
 MODEL = "tests.support.tiny_model:two_directions"
@@ -94,7 +94,7 @@ def test_the_dictionarys_pieces_equal_their_references() -> None:
     fraction counts exactly the features top-k never selects."""
     from scipy.optimize import minimize
 
-    from precompute.factors import aux_loss, geometric_median, sae_figures
+    from precompute.stages.factors import aux_loss, geometric_median, sae_figures
     from precompute.models.derived import SAECode
 
     rng = np.random.default_rng(1)
@@ -260,7 +260,7 @@ def test_the_hand_written_inceptionv1_splices_a_layer_as_a_traced_network_does()
 
 def test_a_block_diagonal_layer_clusters_into_its_blocks_and_better_than_its_shuffles(tmp_path: Path) -> None:
     from app.core.store import LayerModules
-    from precompute.modules import ModulesConfig, clusterability, run_modules, run_network_modules
+    from precompute.stages.modules import ModulesConfig, clusterability, run_modules, run_network_modules
 
     path = tmp_path / "blocks.pt"
     torch.save(seeded_state_dict("tests.support.tiny_model:blocks", 0), path)
@@ -300,7 +300,7 @@ def test_filans_protocol_tells_modular_from_merely_smooth_and_from_random() -> N
     """Three networks of four 24-unit layers: one made of three blocks (modular), one whose units lie on rings with
     weights falling with the angle between them (smooth: it beats its shuffles, as Filan et al.'s test alone would
     call clusterable, but it cuts no lower than its smooth control), and one of random weights."""
-    from precompute.modules import filan, smooth_control
+    from precompute.stages.modules import filan, smooth_control
 
     rng = np.random.default_rng(0)
     blocks = np.kron(np.eye(3), np.ones((8, 8)))
@@ -323,7 +323,7 @@ def test_two_copies_match_unit_to_unit_and_a_permuted_copy_recovers_the_permutat
     import json
 
     from app.core.store import UnitMatch
-    from precompute.match import run_match
+    from precompute.stages.match import run_match
 
     state = seeded_state_dict("tests.support.tiny_model:blocks", 0)
     path = tmp_path / "blocks.pt"
@@ -385,7 +385,7 @@ def test_two_copies_match_unit_to_unit_and_a_permuted_copy_recovers_the_permutat
 def test_a_random_copys_batchnorm_statistics_are_those_of_the_images(images: Path, tmp_path: Path) -> None:
     """`reestimate_batchnorm`: every BatchNorm's running mean and variance become those of its input over the images
     (one cumulative pass), as a trained network's would be, not the initializer's 0 and 1."""
-    from precompute.match import reestimate_batchnorm
+    from precompute.stages.match import reestimate_batchnorm
     from tests.support.tiny_model import write_weights
 
     write_weights(tmp_path / "tiny.pt", seed=3)
@@ -407,7 +407,7 @@ def test_a_random_copys_batchnorm_statistics_are_those_of_the_images(images: Pat
 def test_the_universality_null_is_chance_for_unrelated_units() -> None:
     """Units of two independent random models: their best matches sit at the null's level (about 1% above its 99th
     percentile); units that are noisy copies of the first model's stand far above it, pooled and position-wise."""
-    from precompute.match import above_null, correlations, null_maxima, positionwise
+    from precompute.stages.match import above_null, correlations, null_maxima, positionwise
 
     generator = torch.Generator().manual_seed(0)
     first = {"a": torch.rand(300, 16, 40, generator=generator)}
@@ -427,7 +427,7 @@ def test_the_universality_null_is_chance_for_unrelated_units() -> None:
 
 def test_a_probes_neuron_groups_recover_the_directions_and_where_they_are() -> None:
     """Building Blocks' per-image groups: an image whose left half holds one direction and right half another."""
-    from precompute.probe import neuron_groups
+    from precompute.live.probe import neuron_groups
 
     generator = torch.Generator().manual_seed(3)
     first, second = torch.rand(12, generator=generator), torch.rand(12, generator=generator)

@@ -92,10 +92,10 @@ def _two_class_images(folder: Path) -> Path:
 
 
 def test_the_stage_labels_every_layer_and_a_rerun_reuses_them(tiny_net, tmp_path: Path) -> None:  # noqa: ANN001
-    from precompute.catalog import catalog
-    from precompute.examples import ExamplesConfig, run_examples
-    from precompute.labels import run_labels
-    from precompute.stage import Stage
+    from precompute.stages.catalog import catalog
+    from precompute.stages.examples import ExamplesConfig, run_examples
+    from precompute.stages.labels import run_labels
+    from precompute.running.context import Stage
 
     images = _two_class_images(tmp_path / "images")
     settings = Settings.load(tmp_path / "store")
@@ -141,10 +141,10 @@ def _layer_of(settings: Settings, unit_id: int) -> str:
 
 def test_a_dataset_of_ones_own_classes_is_labelled_by_its_folder_names(tiny_net, tmp_path: Path) -> None:  # noqa: ANN001
     """Folders that are not WordNet synsets (a researcher's own classes): each folder is a flat concept."""
-    from precompute.catalog import catalog
-    from precompute.examples import ExamplesConfig, run_examples
-    from precompute.labels import run_labels
-    from precompute.stage import Stage
+    from precompute.stages.catalog import catalog
+    from precompute.stages.examples import ExamplesConfig, run_examples
+    from precompute.stages.labels import run_labels
+    from precompute.running.context import Stage
 
     images = _two_class_images(tmp_path / "images")
     for wnid, name in ((GOLDEN, "reds"), (GOLDFISH, "blues")):

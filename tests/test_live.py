@@ -28,10 +28,10 @@ from app.core.store import Artifact, Layer, Probe, ProbeGroup, ProbeRender, Prob
 from app.core.uploads import BadUpload, TooLarge, UploadLimits, Unsupported, check_image
 from app.core.zoo import ModelSpec
 from precompute.optvis.render import resolve_precision
-from precompute.recipes import Defaults
-from precompute.vis import on_demand_config, run_vis
-from precompute.stage import Stage
-from precompute.worker import Worker
+from precompute.running.recipes import Defaults
+from precompute.stages.vis import on_demand_config, run_vis
+from precompute.running.context import Stage
+from precompute.running.worker import Worker
 from tests.support.cli import microscope
 from tests.support.live import JPEG, MODEL, TINY, artifact_keys, copy_store, jpeg, worker
 
@@ -608,7 +608,7 @@ def test_model_page_links_the_probe_and_follows_the_fill(client: TestClient, liv
 
 
 def test_a_heatmap_puts_each_position_at_its_receptive_fields_centre(spec: ModelSpec) -> None:
-    from precompute.probe import heatmaps
+    from precompute.live.probe import heatmaps
 
     layer = spec.layer("res1")
     maps = torch.zeros(2, layer.size, layer.size)

@@ -20,7 +20,7 @@ from torch import Tensor, nn
 from app.core.errors import MicroscopeError, UnknownModel, WeightsError
 from app.core.zoo import get_model
 from precompute.models import build, load, seeded_state_dict
-from precompute.weight_files import file_sha256
+from precompute.models.weight_files import file_sha256
 from precompute.models.sources import fetch_torchvision as fetch, mirrored
 from tests.support.kernels import assert_kernel_is_the_jacobian
 from tests.support.tiny_model import FACTORY

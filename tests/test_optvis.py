@@ -15,13 +15,13 @@ from app.core.store import Artifact, Store
 from app.core.store.algorithms import ALGORITHMS
 from app.core.store.summary import coverage
 from app.core.zoo import ModelSpec
-from precompute.catalog import catalog
+from precompute.stages.catalog import catalog
 from precompute.optvis import objectives, param
 from precompute.optvis.render import render, resolve_precision
 from precompute.optvis.transform import LUCENT, NONE, STANDARD, Transforms
-from precompute.selection import parse_layers, units_per_layer
-from precompute.stage import Stage
-from precompute.vis import GUTTER, VisConfig, run_vis, stale_configs, unit_seed
+from precompute.running.selection import parse_layers, units_per_layer
+from precompute.running.context import Stage
+from precompute.stages.vis import GUTTER, VisConfig, run_vis, stale_configs, unit_seed
 from tests.support.cli import microscope
 
 

@@ -251,7 +251,7 @@ def test_a_4_channel_network_reads_npy_and_tiff_and_names_its_classes_by_folder(
 def test_planes_read_npy_and_channel_first_tiff_alike_and_show_in_false_colour(tmp_path: Path) -> None:
     import tifffile
 
-    from precompute.images import ImageFile, false_colour, list_images, load
+    from precompute.running.images import ImageFile, false_colour, list_images, load
     from precompute.models.traced import Description, TracedNetwork
 
     values = np.random.default_rng(0).random((20, 24, 4), dtype=np.float32)
@@ -287,7 +287,7 @@ def test_a_512px_network_gets_lucids_renders_and_its_examples(tmp_path: Path, ti
 def test_steps_follow_each_layers_receptive_field() -> None:
     from app.core.zoo import get_model
     from precompute.models.traced import Description, TracedNetwork
-    from precompute.recipes import ON_DEMAND
+    from precompute.running.recipes import ON_DEMAND
 
     spec = get_model("inceptionv1_caffe")  # the zoo's stems stay what they were: conv2d0-2 (7, 11, 19 px of 224)
     assert [layer.name for layer in spec.main_layers if ON_DEMAND.is_early(layer, spec.input_size)] == [

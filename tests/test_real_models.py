@@ -194,7 +194,7 @@ def test_the_installed_package_holds_efficientnets_pinned_state_dict() -> None:
 
 def test_squeezenet_and_mobilenet_download_once_checked_from_their_pinned_layout(shared_dir: Path, tmp_path: Path) -> None:
     """A loopback server holding each public source's layout: the files arrive checked, then are reused."""
-    from precompute.weight_files import Checksums, fetch_checked
+    from precompute.models.weight_files import Checksums, fetch_checked
     from tests.support.serving import serve_folder
 
     for model, folder in (("squeezenet1_1_caffe", "squeezenet1_1"), ("mobilenet_v2", "mobilenet_v2_1.0_224_quant")):

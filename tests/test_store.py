@@ -15,7 +15,7 @@ from app.core.store.blobs import FolderBlobs
 from app.core.store.schema import Meta
 from app.core.store.summary import coverage
 from app.core.zoo import ModelSpec
-from precompute.catalog import catalog
+from precompute.stages.catalog import catalog
 
 
 def _digest(path: Path) -> str:

@@ -14,10 +14,10 @@ from app.core.settings import Settings
 from app.core.stimuli import FAMILIES, Placement, draw
 from app.core.store import Store, Unit, UnitTuning
 from app.core.zoo import get_model
-from precompute.catalog import catalog
+from precompute.stages.catalog import catalog
 from precompute.models import load
-from precompute.stage import Stage
-from precompute.tuning import (ROTATIONS, TuningConfig, family_figures, half_width, joint_responses, placement,
+from precompute.running.context import Stage
+from precompute.stages.tuning import (ROTATIONS, TuningConfig, family_figures, half_width, joint_responses, placement,
                                responses, resultant, run_tuning)
 
 DETECTORS = "tests.support.tiny_model:detectors"
@@ -160,7 +160,7 @@ def test_the_curve_family_answers_rotations_of_one_units_examples_as_curve_detec
     example by r makes the unit facing 90 + r answer most (Curve Detectors' joint tuning of the family). The curve
     selectivity, read from the curves alone, ranks them above a line detector, which gets none."""
     from precompute.models import seeded_state_dict
-    from precompute.tuning import family_joint_responses
+    from precompute.stages.tuning import family_joint_responses
 
     state = seeded_state_dict(DETECTORS, 0)
     kernels = [_curve(angle, CURVE_RADIUS * SIDE) for angle in (0, 90, 180, 270)]
@@ -192,7 +192,7 @@ def test_a_line_detector_is_no_curve_detector(detectors) -> None:  # noqa: ANN00
 
 
 def test_figures() -> None:
-    from precompute.tuning import orientation_selectivity
+    from precompute.stages.tuning import orientation_selectivity
 
     angles = np.arange(0, 360, 15.0)
     two_lobes = np.maximum(np.cos(np.radians(2 * (angles - 30))), 0)  # peaks at 30 and 210, silent at 120 and 300
@@ -232,7 +232,7 @@ def test_the_stage_stores_every_unit_and_reuses_its_recipe(detectors, tmp_path: 
 
 
 def test_a_block_outputs_units_are_tuned_on_their_branchs_field() -> None:
-    from precompute.tuning import field_groups
+    from precompute.stages.tuning import field_groups
 
     spec = get_model("inceptionv1_caffe")
     groups = field_groups(spec, spec.layer("mixed3b"))

@@ -368,7 +368,7 @@ def test_a_link_to_microscopes_inceptionv1_says_what_it_is_and_what_is_held(clie
 def test_the_model_page_shows_the_registry_notes(tmp_path: Path) -> None:
     """A registry model with notes (SqueezeNet's logits are a pooled ReLU) shows them, in the JSON and on the page."""
     from app.core.zoo import REGISTRY
-    from precompute.catalog import catalog
+    from precompute.stages.catalog import catalog
     from precompute.models import build
 
     notes = list(REGISTRY["squeezenet1_1_caffe"].notes)

@@ -10,7 +10,7 @@ import pytest
 
 from app.core.errors import WeightsError
 from app.core.zoo import ModelSpec
-from precompute.weight_files import Checksums, download, locate, verify
+from precompute.models.weight_files import Checksums, download, locate, verify
 from tests.support.serving import serve_folder
 
 
@@ -89,7 +89,7 @@ def test_download_refuses_a_corrupt_file_and_keeps_nothing_of_it(
 def test_loaded_network_classifies_a_real_image(net, spec: ModelSpec, images_dir: Path) -> None:  # noqa: ANN001
     import torch
 
-    from precompute.images import eval_transform, read_rgb
+    from precompute.running.images import eval_transform, read_rgb
 
     image = eval_transform(spec)(read_rgb(images_dir / "n01443537/n01443537_goldfish.jpg"))
     with torch.no_grad():
@@ -98,7 +98,7 @@ def test_loaded_network_classifies_a_real_image(net, spec: ModelSpec, images_dir
 
 
 def test_a_download_past_its_size_cap_is_refused_and_nothing_is_kept(tmp_path: Path) -> None:
-    from precompute.weight_files import download_to
+    from precompute.models.weight_files import download_to
 
     served = tmp_path / "served"
     served.mkdir()

@@ -244,7 +244,7 @@ class JobQueue:
         return self._submit(key, lambda: task.s(key, model, probe_id, layer, kind, index, priority=PAGE), client)
 
     def request_ablation(self, model: str, target: str, mode: str, client: str | None = None) -> JobState:
-        """Queue an ablation over the dataset (``target`` as `precompute.ablation.AblationTarget.key`); one that failed
+        """Queue an ablation over the dataset (``target`` as `precompute.live.ablation.AblationTarget.key`); one that failed
         before is tried again."""
         key = self.ablation_key(model, target, mode)
         task = self._list(model)[5]

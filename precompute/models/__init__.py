@@ -55,7 +55,7 @@ def load(model: str, weights: Path | None, names: Path | None = None) -> Loaded:
     entry = REGISTRY.get(model)
     if entry is not None and entry.source == "bvlc":
         from precompute.models.bvlc import load_network
-        from precompute.weight_files import locate
+        from precompute.models.weight_files import locate
 
         spec = get_model(model)
         net, checksums = load_network(spec, locate(spec, weights))
@@ -78,7 +78,7 @@ def catalogued(model: str, weights: Path | None, names: Path | None = None) -> t
     """The spec and weights digest of ``model`` without loading its weights (what the catalog stage needs)."""
     entry = REGISTRY.get(model)
     if entry is not None and entry.source == "bvlc":
-        from precompute.weight_files import Checksums
+        from precompute.models.weight_files import Checksums
 
         return get_model(model), Checksums.of(get_model(model)).digest
     net = build(model, names)  # an unknown name fails here, before any download

@@ -27,7 +27,7 @@ from torch import Tensor, nn
 
 from app.core.errors import MicroscopeError
 from app.core.zoo import LayerSpec, ModelSpec
-from precompute.kernels import Kernel
+from precompute.methods.kernels import Kernel
 
 #: ITU-R 601-2 luma weights of R, G and B: how PIL's ``convert("L")`` reads a colour image as grayscale (a
 #: grayscale file read as RGB has R = G = B, so its luma is its own value).
@@ -76,7 +76,7 @@ class Network(nn.Module):
 
     def preprocess(self, images: Tensor) -> Tensor:
         """RGB in [0, 1] to the network's own input convention (a 1-channel network's: the images' luma); a network
-        of other channel counts reads its channels as given (`precompute.images.Planes`), scaled as RGB would be."""
+        of other channel counts reads its channels as given (`precompute.running.images.Planes`), scaled as RGB would be."""
         if self.spec.channels == 1:
             x = (images * self.luma).sum(dim=1, keepdim=True) * self.scale + self.shift
         elif self.spec.channels == 3:

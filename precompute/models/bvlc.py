@@ -9,7 +9,7 @@ import torch
 
 from app.core.zoo import ModelSpec
 from precompute.models.inceptionv1 import InceptionV1
-from precompute.weight_files import Checksums, expected_shapes, verify
+from precompute.models.weight_files import Checksums, expected_shapes, verify
 
 
 def load_network(spec: ModelSpec, folder: Path) -> tuple[InceptionV1, Checksums]:

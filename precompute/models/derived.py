@@ -1,6 +1,6 @@
 """Derived layers: directions in a layer's activation space, run as units like any other (issue 22).
 
-A factorization (`precompute.factors`) turns a base layer's post-ReLU
+A factorization (`precompute.stages.factors`) turns a base layer's post-ReLU
 activations into codes over a set of directions: NMF's groups (Building
 Blocks) or a sparse autoencoder's dictionary features. `Factored` wraps a
 network so that every stage asks it for ``mixed4c_nmf`` as it asks for

@@ -19,7 +19,7 @@ from torch import Tensor, nn
 from app.core.errors import MicroscopeError
 from app.core.zoo import LayerSpec, ModelSpec
 from app.core.zoo.inceptionv1 import POOLED_BLOCKS
-from precompute.kernels import Kernel
+from precompute.methods.kernels import Kernel
 from precompute.models.base import Network, Piece, Sink
 
 
@@ -240,7 +240,7 @@ class InceptionV1(Network):
         capture.add(self.logits_name, self.classifier(x.mean(dim=(2, 3))))
         return capture.found
 
-    # Circuits: the linear maps of the three kinds of pairs (see `precompute.circuits`).
+    # Circuits: the linear maps of the three kinds of pairs (see `precompute.stages.circuits`).
 
     def linear_map(self, source: LayerSpec, target: LayerSpec) -> tuple[Piece, ...]:
         if target.kind == "branch":

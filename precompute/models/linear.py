@@ -29,7 +29,7 @@ import torch.nn.functional as F
 from torch import fx, nn
 
 from app.core.errors import MicroscopeError
-from precompute.kernels import Kernel
+from precompute.methods.kernels import Kernel
 from precompute.models.base import Piece
 from precompute.models.graph import (
     IMAGE_NORMS,

@@ -28,7 +28,7 @@ from precompute.models.nets.inception5h import Inception5h, parameter_names
 from precompute.models.nets.mobilenet import MobileNetV2
 from precompute.models.nets.squeezenet import SqueezeNet
 from precompute.models.traced import CHECKPOINT_SUFFIXES, load_state_dict, load_tensors, weights_in
-from precompute.weight_files import (
+from precompute.models.weight_files import (
     SHARED_MODELS,
     Checksums,
     default_cache,

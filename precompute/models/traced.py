@@ -28,7 +28,7 @@ from app.core.zoo.spec import ClassLabel, LayerSpec, ModelSpec
 from precompute.models.base import Network, Piece, Sink
 from precompute.models.graph import IMAGE_NORMS, OTHER_ACTIVATIONS, Naming, Traced, Unit, derive_layers, is_pass, reads_fixed_map, trace
 from precompute.models.linear import linear_map
-from precompute.weight_files import file_sha256
+from precompute.models.weight_files import file_sha256
 
 #: torchvision's ImageNet normalization (RGB in [0, 1]).
 IMAGENET_MEAN = (0.485, 0.456, 0.406)

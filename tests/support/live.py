@@ -13,9 +13,9 @@ from app.core.jobs import JobQueue
 from app.core.settings import Settings
 from app.core.store import Artifact, Layer, Store, Unit
 from app.core.zoo import ModelSpec
-from precompute.recipes import Defaults
-from precompute.stage import Stage
-from precompute.worker import Worker
+from precompute.running.recipes import Defaults
+from precompute.running.context import Stage
+from precompute.running.worker import Worker
 
 #: Tiny renders: the recipe machinery is the same at any size.
 TINY = Defaults(steps=4, early_steps=16, size=32)

@@ -173,7 +173,7 @@ def synthetic_images(folder: Path, count: int, seed: int = 0) -> Path:
 def write_weights(path: Path, seed: int = 0) -> str:
     """Seeded random weights as a state dict (torch.save) at ``path``; their sha256."""
     from precompute.models import seeded_state_dict
-    from precompute.weight_files import file_sha256
+    from precompute.models.weight_files import file_sha256
 
     torch.save(seeded_state_dict(FACTORY, seed), path)
     return file_sha256(path)

@@ -9,14 +9,14 @@ import torch
 from app.core.settings import Settings
 from app.core.store import Store
 from app.core.zoo import ModelSpec
-from precompute.catalog import catalog
-from precompute.circuits import run_circuits
-from precompute.examples import ExamplesConfig, run_examples
-from precompute.labels import run_labels
-from precompute.selection import parse_layers, units_per_layer
-from precompute.stage import Stage
-from precompute.tuning import TuningConfig, run_tuning
-from precompute.vis import VisConfig, run_vis
+from precompute.stages.catalog import catalog
+from precompute.stages.circuits import run_circuits
+from precompute.stages.examples import ExamplesConfig, run_examples
+from precompute.stages.labels import run_labels
+from precompute.running.selection import parse_layers, units_per_layer
+from precompute.running.context import Stage
+from precompute.stages.tuning import TuningConfig, run_tuning
+from precompute.stages.vis import VisConfig, run_vis
 from tests.conftest import link_sample
 
 EXAMPLE_LAYERS = "conv2d1,mixed3a,mixed3b,mixed3b_3x3,softmax2"

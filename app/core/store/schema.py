@@ -369,7 +369,7 @@ class ProbeAttribution(Base):
     """One attribution map of a probe (issue 23): which pixels drove a class's logit or a unit's activation.
 
     ``unit_id`` is the target (a logit unit for a class; a unit at its strongest position ``y``, ``x``), ``method``
-    the Captum method (`precompute.attribution.METHODS`), ``at`` Grad-CAM's layer ("" for the others),
+    the Captum method (`precompute.methods.attribution.METHODS`), ``at`` Grad-CAM's layer ("" for the others),
     ``heatmap_key`` the map over the image (a PNG), ``params`` the method's parameters and figures.
     """
 
@@ -395,7 +395,7 @@ class SanityStep(Base):
 
     At ``depth`` the top ``depth`` weight groups are re-initialized (``randomized`` names the last one). ``pairs``
     holds, per image, the figures of the method's map on the randomized network against the real one's
-    (`precompute.attribution.compare`: ``spearman``, ``spearman_signed``, ``ssim``, ``hog``), or None where a map
+    (`precompute.methods.attribution.compare`: ``spearman``, ``spearman_signed``, ``ssim``, ``hog``), or None where a map
     was degenerate (constant or non-finite: counted in ``degenerate``, never scored); ``figures`` each figure's
     median over the scored images with its 95% bootstrap interval (``median``, ``low``, ``high``), or None when most
     maps were degenerate.
@@ -434,7 +434,7 @@ class ProbeAblation(Base):
 
 
 class Ablation(Base):
-    """The network over the dataset with a unit, a set of units or a direction ablated (`precompute.ablation`).
+    """The network over the dataset with a unit, a set of units or a direction ablated (`precompute.live.ablation`).
 
     ``key`` names what (``units:mixed3b:1,5``, ``family:curves:mixed3b:10``, ``direction:mixed3b_sae:17``); ``units``
     are the base layer's channels set to zero or their mean (``mode``), ``direction_id`` the derived unit whose
@@ -573,7 +573,7 @@ class LayerModules(Base):
 
 
 class NetworkModules(Base):
-    """The whole network's units clustered as one graph by Filan et al.'s protocol (`precompute.modules`, issue 30):
+    """The whole network's units clustered as one graph by Filan et al.'s protocol (`precompute.stages.modules`, issue 30):
     the normalized cut against ``shuffled`` (each layer's weights permuted), ``percentile`` (the share of shuffles that
     cut as low or lower) and ``z``, the smooth control's cut and the verdict; ``modules``: each module's units by layer.
     """
@@ -599,7 +599,7 @@ class NetworkModules(Base):
 
 class UnitMatch(Base):
     """One of a unit's nearest units in another model: the correlation of their activations over the same images,
-    spatially pooled (issue 22's universality; `precompute.match`). ``rank`` 0 is the best match."""
+    spatially pooled (issue 22's universality; `precompute.stages.match`). ``rank`` 0 is the best match."""
 
     __tablename__ = "unit_matches"
     __table_args__ = (UniqueConstraint("unit_id", "other_id"), Index("ix_unit_matches_unit", "unit_id", "rank"))

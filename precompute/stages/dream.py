@@ -20,9 +20,9 @@ from app.core.zoo import LayerSpec, ModelSpec
 from precompute.optvis import objectives
 from precompute.optvis.param import PARAMETERIZATIONS
 from precompute.optvis.render import render
-from precompute.runs import catalogued_model, digested, finish_run, progress_bar, replace_rows, start_run
-from precompute.stage import Stage
-from precompute.vis import VisConfig, encode_render, fitted, pixels_of, recipe, unit_seed
+from precompute.running.runs import catalogued_model, digested, finish_run, progress_bar, replace_rows, start_run
+from precompute.running.context import Stage
+from precompute.stages.vis import VisConfig, encode_render, fitted, pixels_of, recipe, unit_seed
 
 DEEP_DREAM = "deep_dream"
 

@@ -38,12 +38,12 @@ from app.core.store import Dataset, DatasetExample, DatasetImage, Store, UnitSta
 from app.core.store.algorithms import ALGORITHMS
 from app.core.zoo import LayerSpec, ModelSpec
 from app.core.zoo.spec import Framing
-from precompute.images import ImageFile, Planes, batches, checked, decode, list_images
+from precompute.running.images import ImageFile, Planes, batches, checked, decode, list_images
 from precompute.models.base import Network
-from precompute.ranking import HISTOGRAM_EDGES, RunningStatistics
-from precompute.runs import catalogued_model, digested, finish_run, finished_recipes, progress_bar, replace_rows, share, start_run
-from precompute.runs import unit_ids as stored_unit_ids
-from precompute.stage import Stage
+from precompute.methods.ranking import HISTOGRAM_EDGES, RunningStatistics
+from precompute.running.runs import catalogued_model, digested, finish_run, finished_recipes, progress_bar, replace_rows, share, start_run
+from precompute.running.runs import unit_ids as stored_unit_ids
+from precompute.running.context import Stage
 
 THUMBNAIL_SIZE = 320
 CROP_SIZE = 128

@@ -21,9 +21,9 @@ from app.core.errors import StoreError
 from app.core.store import Dataset, DatasetExample, DatasetImage, Run, Store, UnitLabel
 from app.core.zoo import LayerSpec, ModelSpec
 from app.core.zoo.concepts import Hierarchy, image_class, label_layer, rules
-from precompute.examples import fingerprint
-from precompute.images import list_images
-from precompute.runs import catalogued_model, digested, finish_run, finished_recipes, replace_rows, share, start_run, unit_ids
+from precompute.stages.examples import fingerprint
+from precompute.running.images import list_images
+from precompute.running.runs import catalogued_model, digested, finish_run, finished_recipes, replace_rows, share, start_run, unit_ids
 
 #: 2: a permutation null per label, Benjamini-Hochberg across the layer (issue 30).
 LABELS_ALGORITHM = 2

@@ -49,7 +49,7 @@ def code_version() -> str:
         version = metadata.version("neuron-microscope")
     except metadata.PackageNotFoundError:
         version = "0+unknown"
-    root = Path(__file__).resolve().parent.parent
+    root = Path(__file__).resolve().parents[2]
     try:
         commit = subprocess.run(
             ["git", "-C", str(root), "rev-parse", "--short=12", "HEAD"], capture_output=True, text=True, check=True
@@ -143,7 +143,7 @@ def finished_recipes(session: Session, stage: str) -> set[str]:
     return {run.params.get("recipe_sha256") for run in runs}
 
 
-#: Set in a Ray task's process (`precompute.cluster`), where bars are drawn by the driver.
+#: Set in a Ray task's process (`precompute.running.cluster`), where bars are drawn by the driver.
 _REMOTE_PROGRESS: list[bool] = [False]
 
 

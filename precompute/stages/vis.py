@@ -25,16 +25,16 @@ from app.core.errors import MicroscopeError
 from app.core.store import Artifact, Layer, Model, Store, Unit
 from app.core.store.algorithms import ALGORITHMS, is_stale
 from app.core.zoo import LayerSpec, ModelSpec
-from precompute.images import channel_strip
+from precompute.running.images import channel_strip
 from precompute.models.base import Network
 from precompute.optvis import objectives
 from precompute.optvis.objectives import Objective
 from precompute.optvis.param import PARAMETERIZATIONS
 from precompute.optvis.render import LEARNING_RATE, STEPS, Precision, render, resolve_precision
 from precompute.optvis.transform import Fit, fit
-from precompute.recipes import ON_DEMAND, STEM_FIELD, Defaults
-from precompute.runs import catalogued_model, digested, finish_run, progress_bar, replace_rows, share, start_run, unit_ids
-from precompute.stage import Stage
+from precompute.running.recipes import ON_DEMAND, STEM_FIELD, Defaults
+from precompute.running.runs import catalogued_model, digested, finish_run, progress_bar, replace_rows, share, start_run, unit_ids
+from precompute.running.context import Stage
 
 #: ``pixels`` is the channel objective in the pixel basis: the comparison that motivates the
 #: Fourier basis (Olah et al. 2017, "Feature Visualization", preconditioning); every other

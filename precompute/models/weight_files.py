@@ -144,7 +144,7 @@ def download_to(url: str, target: Path, error: type[MicroscopeError], sha256: st
 
 
 #: Where this repository's CI and a developer checkout find the shared weights.
-SHARED_MODELS = Path(__file__).resolve().parents[2] / "shared" / "models"
+SHARED_MODELS = Path(__file__).resolve().parents[3] / "shared" / "models"
 
 
 def locate(spec: ModelSpec, folder: Path | None, cache: Path | None = None) -> Path:

@@ -35,7 +35,7 @@ from app.core.errors import DatasetError
 from app.core.zoo import ModelSpec
 
 if TYPE_CHECKING:
-    from precompute.weight_files import Checksums
+    from precompute.models.weight_files import Checksums
 
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".webp"})
 #: What a network of other than 1 or 3 input channels reads: arrays of its channels (`Planes`).
@@ -400,12 +400,12 @@ def batches(
 def _decode_context() -> multiprocessing.context.BaseContext:
     """Fork-server processes with torch and this module already imported, so a worker starts in milliseconds."""
     context = multiprocessing.get_context("forkserver")
-    context.set_forkserver_preload(["torch", "torchvision", "precompute.images", "precompute.examples"])
+    context.set_forkserver_preload(["torch", "torchvision", "precompute.running.images", "precompute.stages.examples"])
     return context
 
 
 #: Where this repository's CI and a developer checkout find the default image folder.
-SHARED_IMAGES = Path(__file__).resolve().parents[2] / "shared" / "data/imagenet-sample"
+SHARED_IMAGES = Path(__file__).resolve().parents[3] / "shared" / "data/imagenet-sample"
 #: The default image set (the 1,000 images of ../shared/data/imagenet-sample), pinned file by file.
 SAMPLE_CHECKSUMS = "imagenet_sample.sha256"
 #: The sample's public originals (full size, 107 MB), pinned file by file, and where they are served.
@@ -418,7 +418,7 @@ def locate_images(folder: Path | None, cache: Path | None = None) -> Path:
     """The image folder given, else the shared ImageNet sample beside the checkout, else a download, once,
     each file checked against its pinned sha256: from ``MICROSCOPE_IMAGES_URL`` (a mirror of the shared
     sample), else the sample's public originals (EliSchwartz/imagenet-sample-images at a pinned commit)."""
-    from precompute.weight_files import Checksums, default_cache, fetch_checked
+    from precompute.models.weight_files import Checksums, default_cache, fetch_checked
 
     if folder is not None:
         return folder
@@ -436,7 +436,7 @@ def locate_images(folder: Path | None, cache: Path | None = None) -> Path:
 
 def fetch_originals(checksums: Checksums, base_url: str, folder: Path) -> Path:
     """The originals' flat files (``n01440764_tench.JPEG``) into a class-per-folder layout, so each is labelled."""
-    from precompute.weight_files import fetch_checked
+    from precompute.models.weight_files import fetch_checked
 
     try:
         return fetch_checked(checksums, base_url, folder, DatasetError, place=lambda name: f"{name.split('_', 1)[0]}/{name}")

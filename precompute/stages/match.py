@@ -33,11 +33,11 @@ from app.core.errors import MicroscopeError
 from app.core.store import Store, UnitMatch
 from app.core.zoo import LayerSpec
 from app.core.zoo.skips import require
-from precompute.examples import fingerprint, input_transform
-from precompute.images import batches, list_images
+from precompute.stages.examples import fingerprint, input_transform
+from precompute.running.images import batches, list_images
 from precompute.models.base import Network
 from precompute.models.derived import base_network
-from precompute.runs import catalogued_model, digested, finish_run, progress_bar, start_run, unit_ids
+from precompute.running.runs import catalogued_model, digested, finish_run, progress_bar, start_run, unit_ids
 
 #: 2: the position-wise correlation and the permutation null beside the pooled one (issue 30).
 MATCH_ALGORITHM = 2

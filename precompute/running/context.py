@@ -1,7 +1,7 @@
 """What every model-running stage starts from: one `Stage` (store, network, weights digest, device, shard, progress).
 
 The commands build it once (`precompute.cli`), the worker holds one, and a
-cluster task opens one per shard (`precompute.cluster`); the stages take it
+cluster task opens one per shard (`precompute.running.cluster`); the stages take it
 as their first argument instead of the six values one by one.
 """
 

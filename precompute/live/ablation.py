@@ -23,10 +23,10 @@ from app.core.contracts import ABLATION_MODES
 from app.core.errors import MicroscopeError
 from app.core.store import Ablation, Layer, Unit
 from app.core.zoo.skips import has_map, layer_skips
-from precompute.images import batches, eval_transform, list_images
+from precompute.running.images import batches, eval_transform, list_images
 from precompute.models.derived import base_network
-from precompute.runs import catalogued_model, digested, finish_run, start_run
-from precompute.stage import Stage
+from precompute.running.runs import catalogued_model, digested, finish_run, start_run
+from precompute.running.context import Stage
 
 MODES = ABLATION_MODES
 #: Classes listed per ablation: those whose correct-class probability changes most.

@@ -30,11 +30,11 @@ from sqlalchemy import delete, select
 from app.core.errors import MicroscopeError
 from app.core.store import Layer, LayerModules, NetworkModules, Store
 from app.core.zoo import LayerSpec, ModelSpec
-from precompute.circuits import Pair, expand
+from precompute.stages.circuits import Pair, expand
 from precompute.models.base import Network
 from precompute.models.derived import base_network
-from precompute.runs import catalogued_model, digested, finish_run, finished_recipes, start_run
-from precompute.stage import Stage
+from precompute.running.runs import catalogued_model, digested, finish_run, finished_recipes, start_run
+from precompute.running.context import Stage
 
 #: 2: Filan et al.'s protocol (L1 norms, arpack and k-means, isolated units removed, 100 shuffles, percentile and
 #: z-score) with the smooth control, and the whole network as one graph (issue 30).

@@ -62,12 +62,12 @@ from app.core.store.algorithms import ALGORITHMS
 from app.core.zoo import LayerSpec, ModelSpec
 from app.core.zoo.spec import DERIVED_KINDS, derived_layer, derived_name
 from app.core.zoo.skips import layer_skips
-from precompute.evaluate import evaluate
-from precompute.examples import ExamplesConfig, fingerprint, input_transform, run_examples
-from precompute.images import batches, list_images
+from precompute.methods.evaluate import evaluate
+from precompute.stages.examples import ExamplesConfig, fingerprint, input_transform, run_examples
+from precompute.running.images import batches, list_images
 from precompute.models.derived import Code, NMFCode, SAECode, arrays_bytes, base_network, with_factors
-from precompute.runs import catalogued_model, digested, finish_run, progress_bar, start_run
-from precompute.stage import Stage
+from precompute.running.runs import catalogued_model, digested, finish_run, progress_bar, start_run
+from precompute.running.context import Stage
 
 #: Weights listed per direction ("made of") and per base unit ("part of").
 LISTED = 12
@@ -168,7 +168,7 @@ def stored_recipe(store: Store, spec: ModelSpec, name: str) -> str | None:
 
 def run_factors(stage: Stage, root: Path, config: FactorsConfig, poll: Callable[[], None] | None = None) -> FactorsResult:
     """Factor each chosen layer (skipping one whose factorization has this recipe), then its examples and labels."""
-    from precompute.labels import run_labels
+    from precompute.stages.labels import run_labels
 
     spec = base_network(stage.net).spec
     files = list_images(root, spec)

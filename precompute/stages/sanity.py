@@ -2,8 +2,8 @@
 
 For ``images`` photos of the dataset (the first of the examples' images, in their stable order, framed as probes
 frame theirs), each method's map for the real network's top class is compared with its map on copies of the
-network whose weights are re-initialized from the top down (`precompute.attribution.cascading_randomization`):
-per step, each image's figures (`precompute.attribution.compare`) and their medians with bootstrap intervals; the
+network whose weights are re-initialized from the top down (`precompute.methods.attribution.cascading_randomization`):
+per step, each image's figures (`precompute.methods.attribution.compare`) and their medians with bootstrap intervals; the
 verdict's criterion is `app.core.verdicts`. One row per model, method, target kind and step (`app.core.store.SanityStep`); a
 recipe already stored is not run again.
 """
@@ -22,13 +22,13 @@ from app.core import verdicts
 from app.core.errors import MicroscopeError
 from app.core.store import SanityStep
 from app.core.zoo.skips import require
-from precompute.attribution import (ALL_METHODS, FIGURES, IG_STEPS, TARGET_KINDS, cascading_randomization,
+from precompute.methods.attribution import (ALL_METHODS, FIGURES, IG_STEPS, TARGET_KINDS, cascading_randomization,
                                     weight_groups)
-from precompute.examples import input_transform
-from precompute.images import list_images, load_rgb
+from precompute.stages.examples import input_transform
+from precompute.running.images import list_images, load_rgb
 from precompute.models.derived import base_network
-from precompute.runs import catalogued_model, digested, finish_run, finished_recipes, start_run
-from precompute.stage import Stage
+from precompute.running.runs import catalogued_model, digested, finish_run, finished_recipes, start_run
+from precompute.running.context import Stage
 
 #: Bumped when a stored step would change. 2: degenerate maps counted instead of scored 0, four figures with
 #: bootstrap intervals, per target kind, guided backprop and guided Grad-CAM as negative controls (issue 30).

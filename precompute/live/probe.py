@@ -37,11 +37,11 @@ from app.core.store.schema import new_probe_id
 from app.core.uploads import UploadLimits, check_image
 from app.core.zoo import LayerSpec, ModelSpec
 from app.core.zoo.skips import has_map, layer_skips, require
-from precompute.attribution import ATTRIBUTION_ALGORITHM, IG_STEPS, METHODS, Target, attribute
-from precompute.examples import PREPROCESSING, input_transform
-from precompute.recipes import ON_DEMAND, Defaults
-from precompute.runs import catalogued_model, digested, unit_ids
-from precompute.stage import Stage
+from precompute.methods.attribution import ATTRIBUTION_ALGORITHM, IG_STEPS, METHODS, Target, attribute
+from precompute.stages.examples import PREPROCESSING, input_transform
+from precompute.running.recipes import ON_DEMAND, Defaults
+from precompute.running.runs import catalogued_model, digested, unit_ids
+from precompute.running.context import Stage
 
 TOP_CLASSES = 5
 TOP_UNITS = 8
@@ -255,7 +255,7 @@ def attribution_picture(values: np.ndarray, side: int = HEATMAP_SIDE) -> bytes:
 def _ablated_classes(stage: Stage, tensor: torch.Tensor, units: list[dict], logits_layer: LayerSpec) -> dict[str, list]:
     """Per main layer, the probe's top classes with that layer's top units set to zero (where the network can
     edit the layer: `Network.spliced`)."""
-    from precompute.ablation import editor
+    from precompute.live.ablation import editor
     from precompute.models.derived import base_network
 
     net = base_network(stage.net)
@@ -381,7 +381,7 @@ def render_group(stage: Stage, probe_id: str, layer_name: str, group: int, defau
     from precompute.optvis import objectives
     from precompute.optvis.param import PARAMETERIZATIONS
     from precompute.optvis.render import render
-    from precompute.vis import encode_render, fitted, on_demand_config, pixels_of, recipe, unit_seed
+    from precompute.stages.vis import encode_render, fitted, on_demand_config, pixels_of, recipe, unit_seed
 
     store, spec = stage.store, stage.spec
     layer = spec.layer(layer_name)
@@ -417,11 +417,11 @@ def render_group(stage: Stage, probe_id: str, layer_name: str, group: int, defau
 
 def render_caricature(stage: Stage, probe_id: str, layer_name: str, defaults: Defaults = ON_DEMAND,
                       poll: Callable[[], None] | None = None) -> bool:
-    """The probe's caricature at one main layer (`precompute.caricature`: Lucid's recipe with the units' renderer's
+    """The probe's caricature at one main layer (`precompute.live.caricature`: Lucid's recipe with the units' renderer's
     parameterization, transforms and on-demand size and steps); False when it was made already."""
-    from precompute.caricature import COSSIM_POW, caricature, lucid_transforms
+    from precompute.live.caricature import COSSIM_POW, caricature, lucid_transforms
     from precompute.optvis.render import LEARNING_RATE
-    from precompute.vis import encode_render, unit_seed
+    from precompute.stages.vis import encode_render, unit_seed
 
     store, spec = stage.store, stage.spec
     layer = spec.layer(layer_name)
@@ -468,9 +468,9 @@ def render_caricature(stage: Stage, probe_id: str, layer_name: str, defaults: De
 
 def probe_contributions(stage: Stage, probe_id: str, layer_name: str) -> bool:
     """Building Blocks' spatial attribution for each of a probe's listed units of ``layer_name``: the units of the
-    layer before that add most to it at its strongest position (`precompute.attribution.contributions`); False
+    layer before that add most to it at its strongest position (`precompute.methods.attribution.contributions`); False
     when they were stored already."""
-    from precompute.attribution import contributions
+    from precompute.methods.attribution import contributions
 
     store = stage.store
     with store.session() as session:

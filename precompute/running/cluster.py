@@ -30,13 +30,13 @@ from app.core.errors import MicroscopeError
 from app.core.settings import Settings
 from app.core.store import Store
 from app.core.zoo import LayerSpec
-from precompute.circuits import CircuitsResult, run_circuits
-from precompute.examples import ExamplesConfig, ExamplesResult, examples_part, run_examples, write_examples
+from precompute.stages.circuits import CircuitsResult, run_circuits
+from precompute.stages.examples import ExamplesConfig, ExamplesResult, examples_part, run_examples, write_examples
 from precompute.models.base import Network
 from precompute.models.derived import with_factors
-from precompute.stage import Stage
-from precompute.tuning import TuningConfig, TuningResult, run_tuning
-from precompute.vis import VisConfig, VisResult, run_vis
+from precompute.running.context import Stage
+from precompute.stages.tuning import TuningConfig, TuningResult, run_tuning
+from precompute.stages.vis import VisConfig, VisResult, run_vis
 
 #: Retries of a task whose worker died or that hit a transient error.
 RETRIES = 3
@@ -129,7 +129,7 @@ class Refused:
 @cache
 def _opened(model: str, weights: str | None, names: str | None, device: str) -> tuple[Network, str, torch.device]:
     """The checked network on its device, loaded once per worker process."""
-    from precompute.devices import pick_device
+    from precompute.running.devices import pick_device
     from precompute.models import load
 
     loaded = load(model, Path(weights) if weights else None, Path(names) if names else None)
@@ -140,7 +140,7 @@ def _opened(model: str, weights: str | None, names: str | None, device: str) -> 
 def run_task(task: Task) -> Part | Refused:
     """One shard of one stage, in a Ray worker: what the driver collects (a result, an examples part, or why
     the input was refused)."""
-    from precompute.runs import report_progress_to_driver
+    from precompute.running.runs import report_progress_to_driver
 
     report_progress_to_driver()
     try:

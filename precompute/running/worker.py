@@ -31,10 +31,10 @@ from app.core.store.maintenance import delete_probe
 from app.core.store.schema import new_probe_id
 from app.core.zoo import LayerSpec, ModelSpec
 from app.core.zoo.skips import model_skips
-from precompute.probe import attribute_probe, probe_contributions, render_caricature, render_group, run_probe
-from precompute.recipes import FIRST_LOOK, ON_DEMAND, Defaults
-from precompute.stage import Stage
-from precompute.vis import missing_units, on_demand_config, recipe, run_vis
+from precompute.live.probe import attribute_probe, probe_contributions, render_caricature, render_group, run_probe
+from precompute.running.recipes import FIRST_LOOK, ON_DEMAND, Defaults
+from precompute.running.context import Stage
+from precompute.stages.vis import missing_units, on_demand_config, recipe, run_vis
 
 log = logging.getLogger("microscope.worker")
 
@@ -59,13 +59,13 @@ class Worker:
     stage: Stage
     queue: JobQueue
     fill: bool = False
-    #: With ``fill``: first the tuning curves of every main layer still without them (`precompute.tuning`).
+    #: With ``fill``: first the tuning curves of every main layer still without them (`precompute.stages.tuning`).
     tune: bool = True
-    #: With ``fill``: then NMF groups and a sparse dictionary of the default layers (`precompute.factors`), with
+    #: With ``fill``: then NMF groups and a sparse dictionary of the default layers (`precompute.stages.factors`), with
     #: these `FactorsConfig` settings.
     factor: bool = True
     factor_settings: dict = field(default_factory=dict)
-    #: With ``fill``: after the tuning, the randomization test of the attribution maps (`precompute.sanity`) on this
+    #: With ``fill``: after the tuning, the randomization test of the attribution maps (`precompute.stages.sanity`) on this
     #: many of the dataset's images.
     sanity: bool = True
     sanity_images: int = 20
@@ -238,10 +238,10 @@ class Worker:
             raise MicroscopeError(f"no picture of kind {kind!r}: group, caricature, contributions, attribution or grad_cam:LAYER")
 
     def ablate(self, model: str, target: str, mode: str) -> None:
-        """An ablation over the dataset the examples stage read (`precompute.ablation`); requests are served between
+        """An ablation over the dataset the examples stage read (`precompute.live.ablation`); requests are served between
         its batches."""
-        from precompute.ablation import run_ablation, target_of
-        from precompute.runs import stored_dataset_root
+        from precompute.live.ablation import run_ablation, target_of
+        from precompute.running.runs import stored_dataset_root
 
         self._spec(model)
         root = stored_dataset_root(self.store)
@@ -290,9 +290,9 @@ class Worker:
     def factor_one(self) -> bool:
         """NMF groups, then a dictionary, of the next default layer without them (with this recipe); False when
         every one has them. Needs the dataset the examples stage read (its images are sampled again)."""
-        from precompute.factors import FactorsConfig, default_layers, run_factors
+        from precompute.stages.factors import FactorsConfig, default_layers, run_factors
         from precompute.models.derived import base_network
-        from precompute.runs import stored_dataset_root
+        from precompute.running.runs import stored_dataset_root
 
         claimed = self.queue.claimed()
         root = stored_dataset_root(self.store)
@@ -325,8 +325,8 @@ class Worker:
     def sanity_one(self) -> bool:
         """The randomization test of every attribution method, once (with this recipe); False when it is stored.
         Requests are served between images (the network is its real self there)."""
-        from precompute.runs import stored_dataset_root
-        from precompute.sanity import SanityConfig, run_sanity
+        from precompute.running.runs import stored_dataset_root
+        from precompute.stages.sanity import SanityConfig, run_sanity
 
         key = f"sanity:{self.spec.name}"
         if key in self._factored or key in self.queue.claimed() or not self.queue.claim(self.name, key):
@@ -353,7 +353,7 @@ class Worker:
         """Tune the next main layer without tuning curves (with this recipe), then the next derived layer (lines,
         edges and curves: a dictionary's features beside the neurons on the family pages); False when every one
         has them."""
-        from precompute.tuning import TuningConfig, run_tuning
+        from precompute.stages.tuning import TuningConfig, run_tuning
 
         claimed = self.queue.claimed()
         plan = [(layer, TuningConfig(layers=(layer,))) for layer in self.spec.main_layers]

@@ -42,8 +42,8 @@ from app.core.store import Edge, Store
 from app.core.store.algorithms import ALGORITHMS
 from app.core.zoo import LayerSpec, ModelSpec
 from precompute.models.base import Network, Piece
-from precompute.runs import catalogued_model, digested, finished_recipes, finish_run, progress_bar, replace_rows, share, start_run, unit_ids
-from precompute.stage import Stage
+from precompute.running.runs import catalogued_model, digested, finished_recipes, finish_run, progress_bar, replace_rows, share, start_run, unit_ids
+from precompute.running.context import Stage
 
 TOP = 50
 #: Colour of the strongest positive and negative weights (ColorBrewer RdBu ends).

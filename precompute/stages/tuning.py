@@ -36,10 +36,10 @@ from app.core.stimuli import (CONVENTIONS, FAMILIES, FAMILY_JOINT, GREY, JOINT, 
                          draw)
 from app.core.zoo import LayerSpec, ModelSpec
 from app.core.zoo.skips import require
-from precompute.examples import input_transform
-from precompute.images import ImageFile, list_images, load_rgb
-from precompute.runs import catalogued_model, digested, finish_run, finished_recipes, progress_bar, replace_rows, share, start_run, unit_ids
-from precompute.stage import Stage
+from precompute.stages.examples import input_transform
+from precompute.running.images import ImageFile, list_images, load_rgb
+from precompute.running.runs import catalogued_model, digested, finish_run, finished_recipes, progress_bar, replace_rows, share, start_run, unit_ids
+from precompute.running.context import Stage
 
 #: 2: the selectivity read from the tuning curves alone (no drive factor; curves zero where a line wins), and the
 #: curve family's joint tuning as Curve Detectors defines it (issue 30).

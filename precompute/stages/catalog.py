@@ -12,8 +12,8 @@ from app.core.errors import StoreError
 from app.core.store import Layer, Model, Store, Unit
 from app.core.zoo import LayerSpec, ModelSpec
 from app.core.zoo.skips import layer_skips, model_skips
-from precompute.runs import now, start_run
-from precompute.weight_files import Checksums
+from precompute.running.runs import now, start_run
+from precompute.models.weight_files import Checksums
 
 
 @dataclass(frozen=True)

@@ -10,7 +10,7 @@ import torch
 
 from app.core.errors import DatasetError
 from app.core.zoo import ModelSpec
-from precompute.images import batches, eval_transform, list_images
+from precompute.running.images import batches, eval_transform, list_images
 from precompute.models.base import Network
 
 

@@ -1,0 +1,1 @@
+"""Methods the stages and the live work share: attribution maps, ranking, evaluation, the expanded kernels."""
