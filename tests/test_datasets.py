@@ -15,7 +15,7 @@ from app.core.settings import Settings
 from app.core.store import DatasetImage, Store
 from app.core.zoo import get_model
 from precompute.stages.catalog import catalog
-from precompute import images
+from precompute.running import images
 from precompute.stages.examples import ExamplesConfig, run_examples
 from precompute.running.images import list_images
 from precompute.running.context import Stage
