@@ -23,6 +23,7 @@ from app.core.contracts import ABLATION_MODES
 from app.core.errors import MicroscopeError
 from app.core.store import Ablation, Layer, Unit
 from app.core.zoo.skips import has_map, layer_skips
+from app.core.store.algorithms import ALGORITHMS
 from precompute.running.images import batches, eval_transform, list_images
 from precompute.models.derived import base_network
 from precompute.running.runs import catalogued_model, digested, finish_run, start_run
@@ -31,7 +32,6 @@ from precompute.running.context import Stage
 MODES = ABLATION_MODES
 #: Classes listed per ablation: those whose correct-class probability changes most.
 CLASSES = 10
-ABLATION_ALGORITHM = 1
 
 
 @dataclass(frozen=True)
@@ -137,7 +137,7 @@ def run_ablation(stage: Stage, root: Path, target: AblationTarget, mode: str = "
     if not files:
         raise MicroscopeError(f"no image under {root} has a class: nothing to score the ablation on")
     recipe = digested({
-        "algorithm": ABLATION_ALGORITHM, "model": spec.name, "weights_sha256": stage.weights_sha256, "key": target.key,
+        "algorithm": ALGORITHMS["ablation"], "model": spec.name, "weights_sha256": stage.weights_sha256, "key": target.key,
         "layer": target.layer, "units": list(target.units), "direction": list(target.direction or ()), "mode": mode,
         "images": len(files), "dataset": str(root), "framing": "the model's evaluation framing (as `model eval`)",
         "edit": "the layer's output after its ReLU, where the next layers read it",

@@ -37,7 +37,7 @@ from app.core.store.schema import new_probe_id
 from app.core.uploads import UploadLimits, check_image
 from app.core.zoo import LayerSpec, ModelSpec
 from app.core.zoo.skips import has_map, layer_skips, require
-from precompute.methods.attribution import ATTRIBUTION_ALGORITHM, IG_STEPS, METHODS, Target, attribute
+from precompute.methods.attribution import IG_STEPS, METHODS, Target, attribute
 from precompute.stages.examples import PREPROCESSING, input_transform
 from precompute.running.recipes import ON_DEMAND, Defaults
 from precompute.running.runs import catalogued_model, digested, unit_ids
@@ -59,8 +59,6 @@ ATTRIBUTION_RECIPE = {
     "activation at its strongest position); others on demand", "integrated_gradients_steps": IG_STEPS,
     "map": "|attribution| summed over colour (Grad-CAM: its ReLU'd map, upsampled), / its 99.5th percentile",
 }
-#: Bumped when a probe's numbers would change (2: neuron groups, attributions, the framed image lossless).
-PROBE_ALGORITHM = 2
 
 
 def stored(store: Store, spec: ModelSpec, sha256: str) -> bool:
@@ -137,7 +135,7 @@ def run_probe(stage: Stage, sha256: str, data: bytes, limits: UploadLimits | Non
     ablated = _ablated_classes(stage, tensor, units, logits_layer)
     store.blobs.flush()  # blobs are durable before any row points at them
     recipe = {
-        "algorithm": PROBE_ALGORITHM, "weights_sha256": weights_sha256, "input": PREPROCESSING.format(size=spec.input_size),
+        "algorithm": ALGORITHMS["probe"], "weights_sha256": weights_sha256, "input": PREPROCESSING.format(size=spec.input_size),
         "activation": "maximum of the pre-ReLU activation over positions", "top_units": TOP_UNITS,
         "top_classes": TOP_CLASSES, "heatmap": "activation / the unit's maximum on this image, at position centres",
         "heatmap_side": HEATMAP_SIDE,
@@ -233,7 +231,7 @@ def attributions(stage: Stage, image: torch.Tensor, target: Target, methods: tup
         rows.append({"layer": target.layer, "unit": target.index, "y": target.y, "x": target.x, "method": method,
                      "at": params.get("layer", "") if method == "grad_cam" else "",
                      "heatmap_key": stage.store.blobs.put(attribution_picture(values), "png"),
-                     "params": {**params, "algorithm": ATTRIBUTION_ALGORITHM}})
+                     "params": {**params, "algorithm": ALGORITHMS["attribution"]}})
     return rows
 
 
@@ -403,7 +401,7 @@ def render_group(stage: Stage, probe_id: str, layer_name: str, group: int, defau
               if key != "recipe_sha256"}
     params = digested({**params, "technique": "group", "activation": f"Lucid's direction objective on {layer_name} "
                        "after its ReLU, averaged over positions (the probe's neuron group)",
-                       "probe_algorithm": PROBE_ALGORITHM, "unit_seeds": [seed]})
+                       "probe_algorithm": ALGORITHMS["probe"], "unit_seeds": [seed]})
     rendered = render(stage.net, objectives.direction(layer_name, torch.tensor([vector])),
                       PARAMETERIZATIONS[params["parameterization"]](params["size"], channels=stage.spec.channels), [seed],
                       fitted(stage.spec, config).transforms, steps=config.steps,
@@ -448,7 +446,7 @@ def render_caricature(stage: Stage, probe_id: str, layer_name: str, defaults: De
     store.blobs.flush()
     params = digested({
         "technique": "caricature", "algorithm": ALGORITHMS["caricature"], "layer": layer_name,
-        "probe_algorithm": PROBE_ALGORITHM,
+        "probe_algorithm": ALGORITHMS["probe"],
         "objective": "Lucid's dot_compare: dot * max(0.1, dot / |optimized|) ** cossim_pow, after the ReLU, the probe's "
                      "image transformed with the same draw each step", "cossim_pow": COSSIM_POW,
         "parameterization": "fourier", "decorrelated_color": True, "size": size, "steps": steps, "optimizer": "adam",

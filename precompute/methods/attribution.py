@@ -46,8 +46,6 @@ TARGET_KINDS = ("class", "unit")
 #: Integrated gradients' path: steps of the Gauss-Legendre rule (Captum's default method), evaluated this many at once.
 IG_STEPS = 20
 IG_BATCH = 20
-#: Bumped when a stored map would change.
-ATTRIBUTION_ALGORITHM = 1
 
 
 @dataclass(frozen=True)

@@ -21,12 +21,11 @@ from app.core.errors import StoreError
 from app.core.store import Dataset, DatasetExample, DatasetImage, Run, Store, UnitLabel
 from app.core.zoo import LayerSpec, ModelSpec
 from app.core.zoo.concepts import Hierarchy, image_class, label_layer, rules
+from app.core.store.algorithms import ALGORITHMS
 from precompute.stages.examples import fingerprint
 from precompute.running.images import list_images
 from precompute.running.runs import catalogued_model, digested, finish_run, finished_recipes, replace_rows, share, start_run, unit_ids
 
-#: 2: a permutation null per label, Benjamini-Hochberg across the layer (issue 30).
-LABELS_ALGORITHM = 2
 
 
 @dataclass
@@ -65,7 +64,7 @@ def run_labels(store: Store, spec: ModelSpec, root: Path, layers: Sequence[Layer
     for layer in share(layers, shard):
         with store.session() as session:
             examples = _top_examples(session, model.id, dataset.id, layer)
-        recipe = digested({"algorithm": LABELS_ALGORITHM, "layer": layer.name, "rules": rules(),
+        recipe = digested({"algorithm": ALGORITHMS["labels"], "layer": layer.name, "rules": rules(),
                            **({"concepts": f"the image folders' names, flat (sha256 {hierarchy.digest[:12]})"}
                               if flat else {}),
                            "dataset_fingerprint": dataset.fingerprint, "examples_recipes": sorted(examples.recipes)})

@@ -33,14 +33,13 @@ from app.core.errors import MicroscopeError
 from app.core.store import Store, UnitMatch
 from app.core.zoo import LayerSpec
 from app.core.zoo.skips import require
+from app.core.store.algorithms import ALGORITHMS
 from precompute.stages.examples import fingerprint, input_transform
 from precompute.running.images import batches, list_images
 from precompute.models.base import Network
 from precompute.models.derived import base_network
 from precompute.running.runs import catalogued_model, digested, finish_run, progress_bar, start_run, unit_ids
 
-#: 2: the position-wise correlation and the permutation null beside the pooled one (issue 30).
-MATCH_ALGORITHM = 2
 #: Matches kept per unit.
 KEPT = 5
 #: The common grid position-wise correlations are taken on (each layer's map averaged onto it).
@@ -210,7 +209,7 @@ def run_match(store: Store, nets: tuple[Network, Network], weights: tuple[str, s
         require(net.spec, "universality")
     started = time.perf_counter()
     files = list_images(root)
-    recipe = digested({"algorithm": MATCH_ALGORITHM, "models": [first.spec.name, second.spec.name],
+    recipe = digested({"algorithm": ALGORITHMS["match"], "models": [first.spec.name, second.spec.name],
                        "weights_sha256": list(weights), "dataset_fingerprint": fingerprint(files),
                        "activation": "after the ReLU, averaged over the layer's positions (logits as they are)",
                        "similarity": "Pearson correlation over the images", "kept": KEPT,

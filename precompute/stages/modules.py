@@ -30,15 +30,13 @@ from sqlalchemy import delete, select
 from app.core.errors import MicroscopeError
 from app.core.store import Layer, LayerModules, NetworkModules, Store
 from app.core.zoo import LayerSpec, ModelSpec
+from app.core.store.algorithms import ALGORITHMS
 from precompute.stages.circuits import Pair, expand
 from precompute.models.base import Network
 from precompute.models.derived import base_network
 from precompute.running.runs import catalogued_model, digested, finish_run, finished_recipes, start_run
 from precompute.running.context import Stage
 
-#: 2: Filan et al.'s protocol (L1 norms, arpack and k-means, isolated units removed, 100 shuffles, percentile and
-#: z-score) with the smooth control, and the whole network as one graph (issue 30).
-MODULES_ALGORITHM = 2
 #: Strongest inside connections kept per module.
 EDGES_KEPT = 8
 
@@ -55,7 +53,7 @@ class ModulesConfig:
             raise MicroscopeError("--modules must be at least 2 and --shuffles at least 1")
 
     def describe(self, net: Network) -> dict:
-        return {"algorithm": MODULES_ALGORITHM, "modules": self.modules, "shuffles": self.shuffles, "seed": self.seed,
+        return {"algorithm": ALGORITHMS["modules"], "modules": self.modules, "shuffles": self.shuffles, "seed": self.seed,
                 "weights": f"L1 norm of the expanded kernel between main layers ({net.stand_ins})",
                 "clustering": "scikit-learn SpectralClustering, precomputed affinity, arpack, k-means labels",
                 "isolated": "units with no weight in or out removed", "shuffle": "each layer's weights permuted",

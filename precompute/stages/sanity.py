@@ -22,6 +22,7 @@ from app.core import verdicts
 from app.core.errors import MicroscopeError
 from app.core.store import SanityStep
 from app.core.zoo.skips import require
+from app.core.store.algorithms import ALGORITHMS
 from precompute.methods.attribution import (ALL_METHODS, FIGURES, IG_STEPS, TARGET_KINDS, cascading_randomization,
                                     weight_groups)
 from precompute.stages.examples import input_transform
@@ -30,9 +31,6 @@ from precompute.models.derived import base_network
 from precompute.running.runs import catalogued_model, digested, finish_run, finished_recipes, start_run
 from precompute.running.context import Stage
 
-#: Bumped when a stored step would change. 2: degenerate maps counted instead of scored 0, four figures with
-#: bootstrap intervals, per target kind, guided backprop and guided Grad-CAM as negative controls (issue 30).
-SANITY_ALGORITHM = 2
 #: Bootstrap resamples of the images for each median's 95% interval (scipy.stats.bootstrap, percentile method).
 RESAMPLES = 1000
 
@@ -100,7 +98,7 @@ def run_sanity(stage: Stage, root: Path, config: SanityConfig, poll: Callable[[]
         done = finished_recipes(session, "sanity")
     groups = [name for name, _ in weight_groups(net)]
     recipes = {(method, kind): digested({
-        "algorithm": SANITY_ALGORITHM, "model": spec.name, "weights_sha256": stage.weights_sha256, "method": method,
+        "algorithm": ALGORITHMS["sanity"], "model": spec.name, "weights_sha256": stage.weights_sha256, "method": method,
         "target": kind, "images": config.images, "dataset": str(root), "seed": config.seed, "groups": groups,
         "targets": {"class": "the real network's top class on each image (its logit)",
                     "unit": "the deepest layer with a map's most active unit at its strongest position (pre-ReLU)"}[kind],

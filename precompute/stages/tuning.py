@@ -36,14 +36,12 @@ from app.core.stimuli import (CONVENTIONS, FAMILIES, FAMILY_JOINT, GREY, JOINT, 
                          draw)
 from app.core.zoo import LayerSpec, ModelSpec
 from app.core.zoo.skips import require
+from app.core.store.algorithms import ALGORITHMS
 from precompute.stages.examples import input_transform
 from precompute.running.images import ImageFile, list_images, load_rgb
 from precompute.running.runs import catalogued_model, digested, finish_run, finished_recipes, progress_bar, replace_rows, share, start_run, unit_ids
 from precompute.running.context import Stage
 
-#: 2: the selectivity read from the tuning curves alone (no drive factor; curves zero where a line wins), and the
-#: curve family's joint tuning as Curve Detectors defines it (issue 30).
-TUNING_ALGORITHM = 2
 ALL_FAMILIES = TUNING_FAMILIES
 
 
@@ -84,7 +82,7 @@ def tuning_recipe(spec: ModelSpec, layer: LayerSpec, config: TuningConfig, weigh
                   examples: list[str]) -> dict:
     families = [name for name in config.families if name != JOINT]
     params: dict = {
-        "algorithm": TUNING_ALGORITHM, "layer": layer.name, "weights_sha256": weights_sha256,
+        "algorithm": ALGORITHMS["tuning"], "layer": layer.name, "weights_sha256": weights_sha256,
         "input_size": spec.input_size,
         # Where each run of units' stimuli are drawn (a block output's units have their branch's field).
         "placements": [{"units": [part.units.start, part.units.stop], **part.placement.describe()}

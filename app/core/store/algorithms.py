@@ -28,13 +28,26 @@ History:
 - caricature 2: Lucid's recipe exactly where it says so: ``cossim_pow`` 0 (it was 1), the standard transforms then
   ``crop_or_pad_to`` the input size, at the input size (issue 30). Older caricatures are not shown and are made
   again when asked for.
+- labels 2: a permutation null per label, Benjamini-Hochberg across the layer (issue 30).
+- tuning 2: the selectivity read from the tuning curves alone (no drive factor; curves zero where a line wins), and
+  the curve family's joint tuning as Curve Detectors defines it (issue 30).
+- modules 2: Filan et al.'s protocol (L1 norms, arpack and k-means, isolated units removed, 100 shuffles, percentile
+  and z-score) with the smooth control, and the whole network as one graph (issue 30).
+- sanity 2: degenerate maps counted instead of scored 0, four figures with bootstrap intervals, per target kind,
+  guided backprop and guided Grad-CAM as negative controls (issue 30).
+- match 2: the position-wise correlation and the permutation null beside the pooled one (issue 30).
+- probe 2: neuron groups, attributions, the framed image lossless.
+- attribution 1, ablation 1: as first stored.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-ALGORITHMS: dict[str, int] = {"vis": 4, "examples": 3, "circuits": 2, "factors": 2, "caricature": 2}
+#: Every versioned artifact's algorithm, the one place it is bumped (a stage's registry entry reads its own).
+ALGORITHMS: dict[str, int] = {"vis": 4, "examples": 3, "circuits": 2, "factors": 2, "caricature": 2, "labels": 2,
+                              "tuning": 2, "modules": 2, "sanity": 2, "match": 2, "probe": 2, "attribution": 1,
+                              "ablation": 1}
 
 
 def is_stale(stage: str, recipe: dict[str, Any] | None) -> bool:
